@@ -1,0 +1,28 @@
+# `make test`: create .venv if missing, install the pinned set, run the fast suite.
+# `make test-all`: the same plus the slow tests.   `make demo`: sample a video.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# On the project machines torch's CPU wheel lies in /opt/wheels (a plain `torch` is CUDA, GBs).
+FIND_LINKS := $(if $(wildcard /opt/wheels),--find-links /opt/wheels,)
+PIP := $(PY) -m pip install -q --disable-pip-version-check $(FIND_LINKS)
+PYTEST_FLAGS ?=
+
+.PHONY: install test test-all clean
+
+$(VENV)/.installed: requirements/requirements.txt requirements/reference.txt setup.cfg pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) -r requirements/requirements.txt -r requirements/reference.txt
+	$(PIP) --no-deps --no-build-isolation -e .
+	touch $@
+
+install: $(VENV)/.installed
+
+test: $(VENV)/.installed
+	$(PY) -m pytest -q -m "not slow" $(PYTEST_FLAGS)
+
+test-all: $(VENV)/.installed
+	$(PY) -m pytest -q $(PYTEST_FLAGS)
+
+clean:
+	rm -rf $(VENV) build *.egg-info

@@ -1,0 +1,93 @@
+"""imagen_video_jax: the Imagen Video text-to-video cascade in JAX/Flax.
+
+The public API lives here; nothing else is needed from private paths:
+
+    import imagen_video_jax as ivj
+    cfg = ivj.UNetConfig(levels=(ivj.LevelConfig(64, temporal='attention'), ...))
+    model = ivj.VideoUNet(cfg)
+
+Names are resolved lazily, so `import imagen_video_jax` stays cheap and does not
+import the data or text stacks until they are used.
+"""
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
+
+__version__ = '0.1.0'
+
+# public name -> module that defines it
+_EXPORTS = {
+    # models
+    'VideoUNet': 'imagen_video_jax.models.unet',
+    'UNetConfig': 'imagen_video_jax.models.unet',
+    'LevelConfig': 'imagen_video_jax.models.unet',
+    'init_params': 'imagen_video_jax.models.unet',
+    'count_params': 'imagen_video_jax.models.unet',
+    'T5Config': 'imagen_video_jax.models.t5',
+    'T5Encoder': 'imagen_video_jax.models.t5',
+    # diffusion
+    'CosineSchedule': 'imagen_video_jax.diffusion.schedules',
+    'alpha_sigma': 'imagen_video_jax.diffusion.schedules',
+    'DiffusionConfig': 'imagen_video_jax.diffusion.objectives',
+    'diffusion_loss': 'imagen_video_jax.diffusion.objectives',
+    'drop_text': 'imagen_video_jax.diffusion.objectives',
+    'noise_augment': 'imagen_video_jax.diffusion.objectives',
+    'SamplerConfig': 'imagen_video_jax.diffusion.samplers',
+    'sample': 'imagen_video_jax.diffusion.samplers',
+    'guided_denoiser': 'imagen_video_jax.diffusion.samplers',
+    # text
+    'Tokenizer': 'imagen_video_jax.text.tokenizer',
+    'train_sentencepiece': 'imagen_video_jax.text.tokenizer',
+    'CheckpointError': 'imagen_video_jax.text.checkpoints',
+    'load_source': 'imagen_video_jax.text.checkpoints',
+    'load_t5': 'imagen_video_jax.text.checkpoints',
+    'save_t5': 'imagen_video_jax.text.checkpoints',
+    'TextEncoder': 'imagen_video_jax.text.encoder',
+    'CacheReader': 'imagen_video_jax.text.cache',
+    'CacheWriter': 'imagen_video_jax.text.cache',
+    # data
+    'DigitsConfig': 'imagen_video_jax.data.digits',
+    'caption_for': 'imagen_video_jax.data.digits',
+    'parse_caption': 'imagen_video_jax.data.digits',
+    'Example': 'imagen_video_jax.data.records',
+    'ImportConfig': 'imagen_video_jax.data.importer',
+    'import_videos': 'imagen_video_jax.data.importer',
+    'StageSpec': 'imagen_video_jax.data.pipeline',
+    'PipelineConfig': 'imagen_video_jax.data.pipeline',
+    'DIGITS_STAGES': 'imagen_video_jax.data.pipeline',
+    'make_pipeline': 'imagen_video_jax.data.pipeline',
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+  module = _EXPORTS.get(name)
+  if module is None:
+    raise AttributeError(f'module {__name__!r} has no attribute {name!r}')
+  value = getattr(importlib.import_module(module), name)
+  globals()[name] = value  # cache: later lookups skip __getattr__
+  return value
+
+
+def __dir__():
+  return sorted(set(globals()) | set(_EXPORTS))
+
+
+if TYPE_CHECKING:  # static analysers and IDEs see the real names
+  from imagen_video_jax.data.digits import DigitsConfig, caption_for, parse_caption
+  from imagen_video_jax.data.importer import ImportConfig, import_videos
+  from imagen_video_jax.data.pipeline import DIGITS_STAGES, PipelineConfig, StageSpec, make_pipeline
+  from imagen_video_jax.data.records import Example
+  from imagen_video_jax.diffusion.objectives import (DiffusionConfig, diffusion_loss, drop_text,
+                                                     noise_augment)
+  from imagen_video_jax.diffusion.samplers import SamplerConfig, guided_denoiser, sample
+  from imagen_video_jax.diffusion.schedules import CosineSchedule, alpha_sigma
+  from imagen_video_jax.models.t5 import T5Config, T5Encoder
+  from imagen_video_jax.models.unet import (LevelConfig, UNetConfig, VideoUNet, count_params,
+                                            init_params)
+  from imagen_video_jax.text.cache import CacheReader, CacheWriter
+  from imagen_video_jax.text.checkpoints import CheckpointError, load_source, load_t5, save_t5
+  from imagen_video_jax.text.encoder import TextEncoder
+  from imagen_video_jax.text.tokenizer import Tokenizer, train_sentencepiece

@@ -1,0 +1,452 @@
+"""grain input pipeline: stored clips -> per-stage training batches.
+
+Every stage of the cascade reads the same shards. :func:`stage_example` turns one source
+clip into one stage's example (frame stride for the stage's fps, centre crop and resize
+for its size, and for super-resolution stages the low-resolution conditioning built
+exactly as the sampler builds it), :func:`make_pipeline` mixes video rows with rows
+packed from T independent still images, attaches text and batches.
+
+Batch layout (``B`` rows per process, ``T`` = ``stage.frames``)::
+
+  video      [B, T, H, W, 3] float32 in [-1, 1]
+  frame_ids  [B, T] int32   one id per clip; a video row is all 0, a packed image row
+                            is 0..T-1; -1 marks a padding frame
+  cond       [B, T, H, W, 3] float32   (SR stages only)
+  tokens     [B, T, L] int32 + text_mask [B, T, L] bool          (given a tokenizer)
+  text_emb   [B, T, L, D] + text_mask [B, T, L] bool  (given an embedder; its dtype)
+  captions   [B, T] str      (only with ``PipelineConfig.keep_captions``)
+
+Text is per frame because a batch mixes video rows (one caption, repeated on every
+frame) and packed image rows (one caption per frame) and must have one shape.
+
+The pipeline is a ``grain.MapDataset`` chain converted to an ``IterDataset``: its
+iterator's ``get_state()``/``set_state()`` resume exactly at the next batch, and
+everything random is drawn from the seed and the element index, so it is deterministic.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import grain
+import numpy as np
+
+from imagen_video_jax.data import records
+
+Tokenizer = Callable[[Sequence[str]], Any]
+"""captions -> ids [N, L] int32 and mask [N, L] bool, as a tuple, a mapping or an object
+with ``.ids``/``.mask`` (``functools.partial(text.tokenizer.Tokenizer(...),
+max_length=L, warn=False)`` fits)."""
+Embedder = Callable[[str], Any]
+"""caption -> emb [L, D] and mask [L] bool, as a tuple, a mapping or an object with
+``.emb``/``.mask`` (``text.cache.CacheReader(dir).lookup`` fits)."""
+PAD_ID = -1
+_KINDS = ("base", "tsr", "ssr")
+
+
+@dataclasses.dataclass(frozen=True)
+class StageSpec:
+  """What one cascade stage trains on.
+
+  Attributes:
+    frames, height, width: the stage's output clip.
+    frame_stride: take every ``frame_stride``-th source frame (source fps / stage fps).
+    kind: ``"base"``, ``"tsr"`` (temporal super-resolution) or ``"ssr"`` (spatial).
+    factor: the SR factor: a TSR stage is conditioned on every ``factor``-th of its
+      frames, an SSR stage on its frames at ``1 / factor`` of the size.
+  """
+
+  frames: int
+  height: int
+  width: int
+  frame_stride: int = 1
+  kind: str = "base"
+  factor: int = 1
+
+  def __post_init__(self):
+    if self.kind not in _KINDS:
+      raise ValueError(f"StageSpec.kind must be one of {_KINDS}, got {self.kind!r}")
+    if min(self.frames, self.height, self.width, self.frame_stride, self.factor) < 1:
+      raise ValueError(f"StageSpec sizes must be positive: {self}")
+    if self.kind != "base" and self.factor < 2:
+      raise ValueError(f"a {self.kind} stage needs factor >= 2: {self}")
+    t, h, w = self.cond_frames, self.cond_height, self.cond_width
+    if (t * self.temporal_factor, h * self.spatial_factor, w * self.spatial_factor) != (
+        self.frames, self.height, self.width):
+      raise ValueError(f"factor {self.factor} must divide the {self.kind} output: {self}")
+
+  @property
+  def is_sr(self) -> bool:
+    return self.kind != "base"
+
+  @property
+  def temporal_factor(self) -> int:
+    return self.factor if self.kind == "tsr" else 1
+
+  @property
+  def spatial_factor(self) -> int:
+    return self.factor if self.kind == "ssr" else 1
+
+  @property
+  def cond_frames(self) -> int:
+    return self.frames // self.temporal_factor
+
+  @property
+  def cond_height(self) -> int:
+    return self.height // self.spatial_factor
+
+  @property
+  def cond_width(self) -> int:
+    return self.width // self.spatial_factor
+
+  @property
+  def source_span(self) -> int:
+    """Source frames one example covers."""
+    return (self.frames - 1) * self.frame_stride + 1
+
+
+# DESIGN §5: the embedded cascade on 16-frame 32x32 8 fps Moving Digits clips.
+DIGITS_STAGES: Mapping[str, StageSpec] = {
+    "base": StageSpec(frames=8, height=16, width=16, frame_stride=2),
+    "tsr": StageSpec(frames=16, height=16, width=16, kind="tsr", factor=2),
+    "ssr": StageSpec(frames=16, height=32, width=32, kind="ssr", factor=2),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class PipelineConfig:
+  """How batches are drawn (the stage decides what an example is).
+
+  Attributes:
+    batch_size: global batch size; each JAX process gets ``batch_size / process_count``.
+    image_fraction: fraction of rows that are packed still images (0 = videos only).
+    seed: shuffling and random-crop seed.
+    num_epochs: passes over the videos (None = forever).
+    shuffle: shuffle the records (each epoch differently).
+    random_offset: random temporal offset into source clips longer than a stage needs
+      (else the clip's start).
+    keep_captions: also emit the caption strings (``captions [B, T]``; keep them out of
+      ``jax.device_put``).
+    num_threads: grain read threads; prefetch_rows: rows read ahead (bounds memory);
+    worker_count: grain worker processes (0 = none).
+    shard_index, shard_count: this process's data shard (default: the JAX process).
+  """
+
+  batch_size: int
+  image_fraction: float = 0.0
+  seed: int = 0
+  num_epochs: int | None = None
+  shuffle: bool = True
+  random_offset: bool = True
+  keep_captions: bool = False
+  num_threads: int = 4
+  prefetch_rows: int = 64
+  worker_count: int = 0
+  shard_index: int | None = None
+  shard_count: int | None = None
+
+  def __post_init__(self):
+    if self.batch_size < 1:
+      raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+    if not 0.0 <= self.image_fraction <= 1.0:
+      raise ValueError(f"image_fraction must be in [0, 1], got {self.image_fraction}")
+
+
+# ----------------------------------------------------------------------------- resizing
+def _resize_weights(in_size: int, out_size: int, antialias: bool) -> np.ndarray:
+  """[out, in] triangle-kernel weights, the same as ``jax.image.resize(..., "bilinear")``.
+
+  Written in numpy so the data pipeline needs no JAX, yet gives the conditioning the
+  sampler builds with ``jax.image.resize`` (half-pixel centres, antialiased when
+  shrinking, weights renormalised at the borders).
+  """
+  inv = in_size / out_size
+  kernel_scale = max(inv, 1.0) if antialias else 1.0
+  sample = (np.arange(out_size, dtype=np.float64) + 0.5) * inv - 0.5
+  x = np.abs(sample[:, None] - np.arange(in_size, dtype=np.float64)[None]) / kernel_scale
+  w = np.maximum(0.0, 1.0 - x)
+  total = w.sum(axis=1, keepdims=True)
+  w = np.where(np.abs(total) > 1000 * np.finfo(np.float32).eps, w / np.where(total, total, 1), 0)
+  inside = (sample >= -0.5) & (sample <= in_size - 0.5)
+  return np.where(inside[:, None], w, 0.0).astype(np.float32)
+
+
+def resize_frames(x: np.ndarray, height: int, width: int, antialias: bool = True) -> np.ndarray:
+  """Bilinearly resizes ``x [..., H, W, C]`` to ``[..., height, width, C]`` (float32).
+
+  Matches ``jax.image.resize(x, shape, "bilinear", antialias=antialias)``.
+  """
+  x = np.asarray(x, np.float32)
+  h, w = x.shape[-3:-1]
+  if (h, w) != (height, width):
+    x = np.einsum("oh,...hwc->...owc", _resize_weights(h, height, antialias), x)
+    x = np.einsum("ow,...hwc->...hoc", _resize_weights(w, width, antialias), x)
+  return x
+
+
+def centre_crop(x: np.ndarray, height: int, width: int) -> np.ndarray:
+  """Crops ``x [..., H, W, C]`` about its centre to the aspect ratio height:width."""
+  h, w = x.shape[-3:-1]
+  if h * width > w * height:  # too tall
+    ch = max(1, round(w * height / width))
+    top = (h - ch) // 2
+    return x[..., top:top + ch, :, :]
+  if h * width < w * height:  # too wide
+    cw = max(1, round(h * width / height))
+    left = (w - cw) // 2
+    return x[..., :, left:left + cw, :]
+  return x
+
+
+def to_model_range(x_uint8: np.ndarray) -> np.ndarray:
+  """uint8 [0, 255] -> float32 [-1, 1]."""
+  return np.asarray(x_uint8, np.float32) / 127.5 - 1.0
+
+
+def sr_condition(video: np.ndarray, frame_ids: np.ndarray, stage: StageSpec) -> np.ndarray:
+  """The low-resolution conditioning of an SR stage, brought to the output size.
+
+  TSR: within each clip (run of equal ``frame_ids``), every ``factor``-th frame repeated
+  ``factor`` times. SSR: each frame resized down by ``factor`` (antialiased), then
+  bilinearly back up. Padding frames (negative id) get zeros.
+
+  Args:
+    video: float ``[T, H, W, C]`` at the stage's output size.
+    frame_ids: int ``[T]``.
+    stage: an SR stage.
+  """
+  cond = np.asarray(video, np.float32)
+  k = stage.temporal_factor
+  if k > 1:
+    src = np.arange(len(frame_ids))
+    for t in range(len(frame_ids)):
+      start = t
+      while start > 0 and frame_ids[start - 1] == frame_ids[t]:
+        start -= 1
+      src[t] = start + ((t - start) // k) * k
+    cond = cond[src]
+  if stage.spatial_factor > 1:
+    low = resize_frames(cond, stage.cond_height, stage.cond_width, antialias=True)
+    cond = resize_frames(low, stage.height, stage.width, antialias=False)
+  return np.where((np.asarray(frame_ids) < 0)[:, None, None, None], 0.0, cond).astype(np.float32)
+
+
+# --------------------------------------------------------------------- stage examples
+def _as_example(element: Any) -> records.Example:
+  """Accepts our record bytes or a ``tfds.data_source`` dict."""
+  if isinstance(element, (bytes, bytearray, memoryview)):
+    return records.decode(bytes(element))
+  if isinstance(element, Mapping):
+    caption = element["caption"]
+    return records.Example(
+        video=np.asarray(element["video"], np.uint8),
+        caption=caption.decode("utf-8") if isinstance(caption, bytes) else str(caption),
+        fps=float(element.get("fps", 0.0)))
+  if isinstance(element, records.Example):
+    return element
+  raise TypeError(f"cannot read a {type(element).__name__} as a clip")
+
+
+def _fit(frames_uint8: np.ndarray, stage: StageSpec) -> np.ndarray:
+  """Centre-crops and resizes uint8 frames to the stage's size, in [-1, 1]."""
+  x = centre_crop(frames_uint8, stage.height, stage.width)
+  return resize_frames(to_model_range(x), stage.height, stage.width)
+
+
+def stage_example(element: Any, stage: StageSpec, offset: int = 0) -> dict[str, np.ndarray]:
+  """One stage's video row from one stored clip.
+
+  Takes frames ``offset, offset + stride, ...``; a clip too short for the stage is
+  padded with padding frames (id -1, zeros) rather than dropped.
+  """
+  ex = _as_example(element)
+  idx = offset + stage.frame_stride * np.arange(stage.frames)
+  valid = idx < ex.video.shape[0]
+  frames = np.zeros((stage.frames, stage.height, stage.width, 3), np.float32)
+  frames[valid] = _fit(ex.video[idx[valid]], stage)
+  ids = np.where(valid, 0, PAD_ID).astype(np.int32)
+  row = {"video": frames, "frame_ids": ids, "captions": [ex.caption] * stage.frames}
+  if stage.is_sr:
+    row["cond"] = sr_condition(frames, ids, stage)
+  return row
+
+
+def pack_images(elements: Sequence[Any], stage: StageSpec) -> dict[str, np.ndarray]:
+  """Packs up to ``stage.frames`` still images into one row with distinct frame ids."""
+  if len(elements) > stage.frames:
+    raise ValueError(f"{len(elements)} images do not fit in {stage.frames} frames")
+  frames = np.zeros((stage.frames, stage.height, stage.width, 3), np.float32)
+  ids = np.full((stage.frames,), PAD_ID, np.int32)
+  captions = [""] * stage.frames
+  for i, element in enumerate(elements):
+    ex = _as_example(element)
+    frames[i] = _fit(ex.video[:1], stage)[0]
+    ids[i], captions[i] = i, ex.caption
+  row = {"video": frames, "frame_ids": ids, "captions": captions}
+  if stage.is_sr:
+    row["cond"] = sr_condition(frames, ids, stage)
+  return row
+
+
+class _VideoRow(grain.transforms.RandomMap):
+
+  def __init__(self, stage: StageSpec, random_offset: bool):
+    self.stage, self.random_offset = stage, random_offset
+
+  def random_map(self, element, rng: np.random.Generator):
+    ex = _as_example(element)
+    slack = ex.video.shape[0] - self.stage.source_span
+    offset = int(rng.integers(slack + 1)) if self.random_offset and slack > 0 else 0
+    return stage_example(ex, self.stage, offset)
+
+
+class _PackImages(grain.transforms.Map):
+
+  def __init__(self, stage: StageSpec):
+    self.stage = stage
+
+  def map(self, elements):
+    return pack_images(elements, self.stage)
+
+
+def _pair(out: Any, first: str) -> tuple[np.ndarray, np.ndarray]:
+  """(ids or emb, mask) from a tuple, a mapping or an object with attributes."""
+  if isinstance(out, Mapping):
+    return out[first], out["mask"]
+  if hasattr(out, first) and hasattr(out, "mask"):
+    return getattr(out, first), out.mask
+  a, m = out
+  return a, m
+
+
+class _AttachText(grain.transforms.Map):
+  """Adds per-frame text; padding frames get an all-false mask."""
+
+  def __init__(self, tokenizer: Tokenizer | None, embedder: Embedder | None,
+               keep_captions: bool):
+    self.tokenizer, self.embedder, self.keep_captions = tokenizer, embedder, keep_captions
+
+  def map(self, row):
+    captions = row.pop("captions")
+    pad = row["frame_ids"] < 0
+    unique = sorted(set(captions))  # a video row tokenises its caption once
+    where = np.asarray([unique.index(c) for c in captions])
+    if self.tokenizer is not None:
+      ids, mask = _pair(self.tokenizer(unique), "ids")
+      ids, mask = np.asarray(ids, np.int32)[where], np.asarray(mask, bool)[where]
+      row["tokens"] = np.where(pad[:, None], 0, ids).astype(np.int32)
+      row["text_mask"] = mask & ~pad[:, None]
+    if self.embedder is not None:
+      pairs = [_pair(self.embedder(c), "emb") for c in unique]
+      emb = np.stack([np.asarray(e) for e, _ in pairs])[where]
+      mask = np.stack([np.asarray(m, bool) for _, m in pairs])[where]
+      # Keeps the embedder's dtype (the T5 cache stores bfloat16: half the bytes).
+      row["text_emb"] = np.where(pad[:, None, None], np.zeros((), emb.dtype), emb)
+      if "text_mask" in row and not np.array_equal(row["text_mask"], mask & ~pad[:, None]):
+        raise ValueError("tokenizer and embedder disagree on the text mask; pass one")
+      row["text_mask"] = mask & ~pad[:, None]
+    if self.keep_captions:
+      row["captions"] = np.asarray(captions, dtype=str)
+    return row
+
+
+# ----------------------------------------------------------------------------- sources
+Source = str | os.PathLike | Sequence[str] | grain.sources.RandomAccessDataSource
+
+
+def _source(spec: Any, prefix: str) -> Any:
+  """A random-access source from a folder / glob / file list, or a ready source."""
+  if hasattr(spec, "__getitem__") and hasattr(spec, "__len__") and not isinstance(
+      spec, (str, list, tuple)):
+    return spec  # e.g. tfds.data_source(...)["videos"] or an ArrayRecordDataSource
+  return grain.sources.ArrayRecordDataSource(records.shard_paths(spec, prefix))
+
+
+def _process_shard(config: PipelineConfig) -> tuple[int, int]:
+  if config.shard_index is not None:
+    return config.shard_index, config.shard_count or 1
+  import jax  # only here: the rest of the data code runs without JAX
+
+  return jax.process_index(), jax.process_count()
+
+
+def _ensure_flags_parsed() -> None:
+  """grain's worker processes read absl flags; outside ``app.run`` (notebooks, tests)
+  nothing has parsed them, so take the defaults instead of failing in the worker."""
+  from absl import flags
+
+  if not flags.FLAGS.is_parsed():
+    flags.FLAGS.mark_as_parsed()
+
+
+def make_pipeline(stage: StageSpec, config: PipelineConfig, videos: Source | None,
+                  images: Source | None = None, *, tokenizer: Tokenizer | None = None,
+                  embedder: Embedder | None = None) -> grain.IterDataset:
+  """The training input of one stage, as a checkpointable ``grain.IterDataset``.
+
+  Args:
+    stage: what one example is (frames, size, stride, SR conditioning).
+    config: batch size, image fraction, seed, epochs, sharding.
+    videos: clip shards (a folder holding ``videos-*.array_record``, a glob, a list of
+      files) or any random-access source such as ``tfds.data_source(...)["videos"]``.
+    images: still-image shards (folder: ``images-*.array_record``) or a source; needed
+      when ``config.image_fraction > 0``.
+    tokenizer: captions -> (ids, mask); adds ``tokens`` and ``text_mask``.
+    embedder: caption -> (emb, mask), e.g. cached T5 embeddings; adds ``text_emb`` and
+      ``text_mask``.
+
+  Returns:
+    An IterDataset of batch dicts (see the module docstring). ``it = iter(ds)``;
+    ``it.get_state()`` / ``it.set_state(state)`` save and restore the position (a
+    small JSON-able dict), and orbax saves it next to the train state with
+    ``ocp.args.Composite(data=grain.checkpoint.CheckpointSave(it))`` (restore with
+    ``grain.checkpoint.CheckpointRestore(it)``, handler
+    ``grain.checkpoint.CheckpointHandler()``).
+  """
+  index, count = _process_shard(config)
+  if config.batch_size % count:
+    raise ValueError(f"batch_size {config.batch_size} is not divisible by the "
+                     f"{count} data processes")
+  f = config.image_fraction
+  if f > 0 and images is None:
+    raise ValueError("image_fraction > 0 needs image shards (images=...)")
+  if f < 1 and videos is None:
+    raise ValueError("image_fraction < 1 needs video shards (videos=...)")
+  seed = config.seed
+  parts, weights = [], []
+
+  def read(spec, prefix, salt):
+    # Each process owns a fixed, disjoint slice of the records (as grain's
+    # ShardByJaxProcess does), shuffled anew every epoch. Sources are sharded, not the
+    # mix, whose fixed interleaving could give one process all the videos.
+    source = _source(spec, prefix)
+    if len(source) < count:
+      raise ValueError(f"{len(source)} {prefix} records cannot feed {count} data "
+                       "processes; every process needs at least one")
+    ds = grain.MapDataset.source(source)[index::count]
+    if config.shuffle:
+      ds = ds.shuffle(seed=seed + salt)
+    return ds.repeat(config.num_epochs)
+
+  if f < 1:
+    rows = read(videos, records.VIDEO_PREFIX, 0).random_map(
+        _VideoRow(stage, config.random_offset), seed=seed + 2)
+    parts.append(rows)
+    weights.append(1.0 - f)
+  if f > 0:
+    rows = read(images, records.IMAGE_PREFIX, 1).batch(
+        stage.frames, batch_fn=list).map(_PackImages(stage))
+    parts.append(rows)
+    weights.append(f)
+  rows = parts[0] if len(parts) == 1 else grain.MapDataset.mix(parts, weights)
+  rows = rows.map(_AttachText(tokenizer, embedder, config.keep_captions))
+  ds = rows.to_iter_dataset(grain.ReadOptions(
+      num_threads=config.num_threads, prefetch_buffer_size=config.prefetch_rows))
+  ds = ds.batch(config.batch_size // count, drop_remainder=True)
+  if config.worker_count > 0:
+    _ensure_flags_parsed()
+    ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=config.worker_count))
+  return ds

@@ -1,0 +1,193 @@
+"""The on-disk example format shared by every writer and the grain pipeline.
+
+One ArrayRecord record is one example: a clip (or a still image, a 1-frame clip) as
+uint8 ``[T, H, W, 3]``, its caption, its frame rate, and optional metadata (ground-truth
+attributes for the Moving Digits world, the source file and time for imported videos).
+
+The record is a small self-describing container, not a pickle and not a TF Example:
+
+    b"IVJ1" | uint32 header length | JSON header | raw array bytes
+
+The JSON header holds the scalars and, for every array, its dtype, shape and byte
+offset, so decoding is one ``json.loads`` plus zero-copy ``np.frombuffer`` calls and
+needs neither TensorFlow nor anything that can execute code from the file.
+
+Files are named ``{prefix}-{index:05d}.array_record`` (prefix ``videos``, ``images``,
+``eval_videos``); :func:`shard_paths` finds them again.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import glob
+import json
+import os
+import struct
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+MAGIC = b"IVJ1"
+_LEN = struct.Struct("<I")
+VIDEO_PREFIX = "videos"
+IMAGE_PREFIX = "images"
+EVAL_VIDEO_PREFIX = "eval_videos"
+INFO_FILE = "dataset_info.json"
+
+
+@dataclasses.dataclass(frozen=True)
+class Example:
+  """One stored clip or image.
+
+  Attributes:
+    video: uint8 ``[T, H, W, 3]``; a still image has ``T == 1``.
+    caption: the text describing it.
+    fps: frame rate of ``video`` (0 for a still image).
+    meta: JSON-serialisable extras (ground truth, provenance).
+    arrays: extra named arrays (for Moving Digits: ``positions [T, 2]``).
+  """
+
+  video: np.ndarray
+  caption: str
+  fps: float = 0.0
+  meta: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+  arrays: Mapping[str, np.ndarray] = dataclasses.field(default_factory=dict)
+
+  @property
+  def is_image(self) -> bool:
+    return self.video.shape[0] == 1
+
+
+def encode(example: Example) -> bytes:
+  """Serialises ``example`` into the bytes of one ArrayRecord record."""
+  video = np.asarray(example.video)
+  if video.dtype != np.uint8 or video.ndim != 4 or video.shape[-1] != 3:
+    raise ValueError(
+        f"video must be uint8 [T, H, W, 3], got {video.dtype} {video.shape}")
+  arrays = {"video": video, **{k: np.asarray(v) for k, v in example.arrays.items()}}
+  specs, blobs, offset = {}, [], 0
+  for name, arr in arrays.items():
+    arr = np.ascontiguousarray(arr)
+    specs[name] = {"dtype": arr.dtype.str, "shape": list(arr.shape), "offset": offset}
+    blobs.append(arr.tobytes())
+    offset += arr.nbytes
+  header = json.dumps({
+      "caption": example.caption,
+      "fps": float(example.fps),
+      "meta": dict(example.meta),
+      "arrays": specs,
+  }, sort_keys=True).encode("utf-8")
+  return b"".join([MAGIC, _LEN.pack(len(header)), header, *blobs])
+
+
+def decode(record: bytes) -> Example:
+  """Inverse of :func:`encode`. Arrays are read-only views into ``record``."""
+  if record[:4] != MAGIC:
+    raise ValueError("not an imagen_video_jax record (bad magic bytes)")
+  (n,) = _LEN.unpack_from(record, 4)
+  header = json.loads(record[8:8 + n].decode("utf-8"))
+  base = 8 + n
+  arrays = {}
+  for name, spec in header["arrays"].items():
+    dtype = np.dtype(spec["dtype"])
+    count = int(np.prod(spec["shape"], dtype=np.int64))
+    arrays[name] = np.frombuffer(
+        record, dtype=dtype, count=count, offset=base + spec["offset"]
+    ).reshape(spec["shape"])
+  video = arrays.pop("video")
+  return Example(video=video, caption=header["caption"], fps=header["fps"],
+                 meta=header["meta"], arrays=arrays)
+
+
+class ShardedWriter:
+  """Writes records into ``{prefix}-00000.array_record``, ``-00001``, ... in a folder.
+
+  A shard is closed (and so readable) as soon as it holds ``per_shard`` records, and
+  :meth:`close` runs on any exit from a ``with`` block, so an interrupted writer never
+  loses the shards it already finished.
+  """
+
+  def __init__(self, folder: str | os.PathLike, prefix: str, per_shard: int = 1000):
+    if per_shard < 1:
+      raise ValueError("per_shard must be >= 1")
+    self.folder, self.prefix, self.per_shard = os.fspath(folder), prefix, per_shard
+    os.makedirs(self.folder, exist_ok=True)
+    stale = shard_paths(self.folder, prefix, missing_ok=True)
+    if stale:
+      raise FileExistsError(
+          f"{self.folder} already holds {prefix} shards ({stale[0]} ...); "
+          "choose an empty --output folder")
+    self.paths: list[str] = []
+    self.count = 0
+    self._writer = None
+    self._in_shard = 0
+
+  def write(self, example: Example | bytes) -> None:
+    """Appends one example (or already encoded record)."""
+    from array_record.python import array_record_module  # heavy import, lazily
+
+    if self._writer is None:
+      path = os.path.join(self.folder, f"{self.prefix}-{len(self.paths):05d}.array_record")
+      # group_size:1 keeps every record independently seekable: random access is what
+      # grain's shuffling needs.
+      self._writer = array_record_module.ArrayRecordWriter(path, "group_size:1")
+      self.paths.append(path)
+    self._writer.write(example if isinstance(example, bytes) else encode(example))
+    self.count += 1
+    self._in_shard += 1
+    if self._in_shard >= self.per_shard:
+      self._close_shard()
+
+  def _close_shard(self) -> None:
+    if self._writer is not None:
+      self._writer.close()
+      self._writer, self._in_shard = None, 0
+
+  def close(self) -> None:
+    self._close_shard()
+
+  def __enter__(self) -> "ShardedWriter":
+    return self
+
+  def __exit__(self, *exc) -> None:
+    self.close()
+
+
+def shard_paths(folder_or_paths: str | os.PathLike | Sequence[str], prefix: str = VIDEO_PREFIX,
+                missing_ok: bool = False) -> list[str]:
+  """Resolves a folder, a glob pattern, one file or a list of files into shard paths.
+
+  A folder means ``{folder}/{prefix}-*.array_record``, sorted, so that every process and
+  every restart sees the same order.
+  """
+  if isinstance(folder_or_paths, (list, tuple)):
+    return [os.fspath(p) for p in folder_or_paths]
+  path = os.fspath(folder_or_paths)
+  if os.path.isdir(path):
+    found = sorted(glob.glob(os.path.join(path, f"{prefix}-*.array_record")))
+  elif any(c in path for c in "*?["):
+    found = sorted(glob.glob(path))
+  else:
+    found = [path] if os.path.exists(path) else []
+  if not found and not missing_ok:
+    raise FileNotFoundError(f"no {prefix} ArrayRecord shards at {path!r}")
+  return found
+
+
+def write_info(folder: str | os.PathLike, info: Mapping[str, Any]) -> str:
+  """Writes ``dataset_info.json`` (counts, sizes, seed) next to the shards."""
+  path = os.path.join(os.fspath(folder), INFO_FILE)
+  with open(path, "w") as f:
+    json.dump(dict(info), f, indent=2, sort_keys=True)
+    f.write("\n")
+  return path
+
+
+def read_info(folder: str | os.PathLike) -> dict[str, Any]:
+  """Reads ``dataset_info.json`` written by :func:`write_info` ({} when absent)."""
+  path = os.path.join(os.fspath(folder), INFO_FILE)
+  if not os.path.exists(path):
+    return {}
+  with open(path) as f:
+    return json.load(f)

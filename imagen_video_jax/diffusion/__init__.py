@@ -1,0 +1,1 @@
+"""Diffusion: log-SNR schedules, parameterisations and loss, samplers."""

@@ -1,0 +1,157 @@
+"""Samplers: ancestral and DDIM, each one jitted `lax.fori_loop` (DESIGN §4).
+
+A sampler needs a *denoiser* `fn(z, logsnr [B], w) -> model output` where `w` is
+the guidance weight of the current step. `guided_denoiser` builds one that runs
+the conditional and unconditional halves in a single batched forward and mixes
+them: out = w * cond + (1 - w) * uncond (w = 1 is plain conditional sampling).
+x-predictions are then clipped (static) or dynamically thresholded before the
+update, and eps is recomputed from the clipped x so the step stays consistent.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable, Literal
+
+import jax
+import jax.numpy as jnp
+
+from imagen_video_jax.diffusion import objectives
+from imagen_video_jax.diffusion.schedules import CosineSchedule, alpha_sigma
+
+Denoiser = Callable[[jax.Array, jax.Array, jax.Array], jax.Array]
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplerConfig:
+  """How to sample one stage.
+
+  Attributes:
+    sampler: 'ddim' (deterministic given the initial noise) or 'ancestral'.
+    steps: number of denoising steps.
+    guidance: classifier-free guidance weight w (1 = none).
+    guidance_low: if set, the weight oscillates between `guidance` (even steps) and
+      `guidance_low` (odd steps), as Imagen Video does for its high guidance.
+    oscillate_until: fraction of the steps (from the start) that oscillate; later
+      steps use `guidance_low`. 1.0 oscillates throughout.
+    clip: 'none', 'static' (x in [-1, 1]) or 'dynamic' (Imagen's percentile thresholding).
+    dynamic_percentile: percentile p of |x_hat| for dynamic thresholding.
+    gamma: ancestral variance interpolation: sigma^2 = post_var^(1-gamma) * fwd_var^gamma.
+  """
+  sampler: Literal['ddim', 'ancestral'] = 'ddim'
+  steps: int = 64
+  guidance: float = 1.0
+  guidance_low: float | None = None
+  oscillate_until: float = 1.0
+  clip: Literal['none', 'static', 'dynamic'] = 'static'
+  dynamic_percentile: float = 99.5
+  gamma: float = 0.0
+
+  def __post_init__(self):
+    if self.sampler not in ('ddim', 'ancestral'):
+      raise ValueError(f"sampler must be 'ddim' or 'ancestral'; got {self.sampler!r}")
+    if self.steps < 1:
+      raise ValueError(f'steps must be >= 1; got {self.steps}')
+    if self.clip not in ('none', 'static', 'dynamic'):
+      raise ValueError(f"clip must be 'none', 'static' or 'dynamic'; got {self.clip!r}")
+    if not 0.0 < self.dynamic_percentile <= 100.0:
+      raise ValueError(f'dynamic_percentile must be in (0, 100]; got {self.dynamic_percentile}')
+    if not 0.0 <= self.gamma <= 1.0:
+      raise ValueError(f'gamma must be in [0, 1]; got {self.gamma}')
+
+  def guidance_weights(self) -> jax.Array:
+    """[steps] guidance weight of each step (constant or oscillating)."""
+    w = jnp.full((self.steps,), self.guidance, jnp.float32)
+    if self.guidance_low is None:
+      return w
+    i = jnp.arange(self.steps)
+    osc = jnp.where(i % 2 == 0, self.guidance, self.guidance_low)
+    return jnp.where(i < self.oscillate_until * self.steps, osc, self.guidance_low).astype(
+        jnp.float32)
+
+
+def threshold(x: jax.Array, clip: str, percentile: float = 99.5) -> jax.Array:
+  """Static clipping to [-1, 1] or dynamic thresholding (Imagen, per example)."""
+  if clip == 'none':
+    return x
+  if clip == 'static':
+    return jnp.clip(x, -1.0, 1.0)
+  s = jnp.percentile(jnp.abs(x).reshape(x.shape[0], -1), percentile, axis=1)
+  s = jnp.maximum(s, 1.0).reshape((-1,) + (1,) * (x.ndim - 1))
+  return jnp.clip(x, -s, s) / s
+
+
+def guided_denoiser(apply_fn: Callable[..., jax.Array], text_emb: jax.Array, text_mask: jax.Array,
+                    neg_text_emb: jax.Array | None = None,
+                    neg_text_mask: jax.Array | None = None) -> Denoiser:
+  """Classifier-free guidance with cond and uncond in ONE batched forward.
+
+  apply_fn(z, logsnr, text_emb, text_mask) runs the network (close over params,
+  frame ids and SR conditioning, which must then have batch 2B: use `jnp.concatenate
+  ([c, c])`). The unconditional half uses the null text, or a negative prompt.
+  """
+  if neg_text_emb is None:
+    neg_text_emb, neg_text_mask = objectives.null_text(text_emb, text_mask)
+  both_emb = jnp.concatenate([text_emb, neg_text_emb.astype(text_emb.dtype)], axis=0)
+  both_mask = jnp.concatenate([text_mask.astype(bool), neg_text_mask.astype(bool)], axis=0)
+
+  def fn(z, logsnr, w):
+    out = apply_fn(jnp.concatenate([z, z]), jnp.concatenate([logsnr, logsnr]), both_emb,
+                   both_mask)
+    cond, uncond = jnp.split(out, 2)
+    return uncond + w * (cond - uncond)
+  return fn
+
+
+def _step_logsnrs(schedule: CosineSchedule, steps: int) -> tuple[jax.Array, jax.Array]:
+  """(logsnr_t, logsnr_s) of every step: t = 1 - i/steps -> s = 1 - (i+1)/steps."""
+  ts = 1.0 - jnp.arange(steps + 1, dtype=jnp.float32) / steps
+  l = schedule.logsnr(ts)
+  return l[:-1], l[1:]
+
+
+def sample(denoise: Denoiser, shape: tuple[int, ...], key: jax.Array, *, config: SamplerConfig,
+           schedule: CosineSchedule = CosineSchedule(), prediction: objectives.Prediction = 'v',
+           z_init: jax.Array | None = None, return_z: bool = False) -> jax.Array:
+  """Runs the whole sampling loop (jit it, or call under jit: it is one fori_loop).
+
+  Starts from z_init or N(0, I) of `shape` drawn from `key`; returns the final
+  x-prediction (thresholded as configured). DDIM uses `key` only for the initial
+  noise; ancestral also for each step's noise (fold_in(key, step)).
+  """
+  k_init, k_steps = jax.random.split(key)
+  z = jax.random.normal(k_init, shape, jnp.float32) if z_init is None else z_init
+  b = shape[0]
+  l_t_all, l_s_all = _step_logsnrs(schedule, config.steps)
+  weights = config.guidance_weights()
+
+  def x_eps(z, l_t, w):
+    out = denoise(z, jnp.full((b,), l_t), w)
+    x, eps = objectives.to_x_eps(out, z, jnp.full((b,), l_t), prediction)
+    if config.clip != 'none':
+      x = threshold(x, config.clip, config.dynamic_percentile)
+      a_t, s_t = alpha_sigma(l_t)
+      eps = (z - a_t * x) / s_t
+    return x, eps
+
+  def body(i, carry):
+    z, _ = carry
+    l_t, l_s = l_t_all[i], l_s_all[i]
+    x, eps = x_eps(z, l_t, weights[i])
+    a_t, s_t = alpha_sigma(l_t)
+    a_s, s_s = alpha_sigma(l_s)
+    if config.sampler == 'ddim':
+      z_s = a_s * x + s_s * eps
+    else:
+      # Posterior q(z_s | z_t, x): mean and variance (VDM eq. 32-33), written with
+      # r = exp(l_t - l_s) = snr_t / snr_s in (0, 1).
+      r = jnp.exp(l_t - l_s)
+      mean = r * (a_s / a_t) * z + (1.0 - r) * a_s * x
+      post_var = (1.0 - r) * jnp.square(s_s)
+      fwd_var = (1.0 - r) * jnp.square(s_t)
+      var = jnp.exp((1.0 - config.gamma) * jnp.log(post_var) + config.gamma * jnp.log(fwd_var))
+      noise = jax.random.normal(jax.random.fold_in(k_steps, i), z.shape, z.dtype)
+      z_s = mean + jnp.sqrt(var) * noise
+    return z_s, x
+
+  z, x = jax.lax.fori_loop(0, config.steps, body, (z, jnp.zeros(shape, jnp.float32)))
+  return z if return_z else x

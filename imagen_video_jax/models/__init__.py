@@ -1,0 +1,1 @@
+"""Pure Flax Linen modules: no I/O, no meshes."""

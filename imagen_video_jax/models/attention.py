@@ -1,0 +1,148 @@
+"""Attention for the video U-Net: spatial (per frame), temporal (per pixel), text cross.
+
+All three share `MultiHeadAttention`, whose `attend` broadcasts over any leading
+axes, so a per-pixel temporal mask `[B, 1, 1, T, T]` is never materialised per pixel.
+Each block is a residual branch; the temporal block's output projection starts
+at zero so a fresh temporal layer is the identity (image-to-video inflation).
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import linen as nn
+
+from imagen_video_jax.models import layers
+
+_NEG_INF = -1e9  # large negative, finite: no NaN even if a softmax row were all masked
+
+
+def attend(q: jax.Array, k: jax.Array, v: jax.Array, *, bias: jax.Array | None = None,
+           mask: jax.Array | None = None) -> jax.Array:
+  """Scaled dot-product attention over leading batch axes.
+
+  q [..., Q, N, K], k/v [..., S, N, K]; bias and mask broadcast to [..., N, Q, S].
+  Softmax runs in float32 whatever the compute dtype.
+  """
+  scale = q.shape[-1] ** -0.5
+  logits = jnp.einsum('...qnk,...snk->...nqs', q, k).astype(jnp.float32) * scale
+  if bias is not None:
+    logits = logits + bias.astype(jnp.float32)
+  if mask is not None:
+    logits = jnp.where(mask, logits, _NEG_INF)
+  probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
+  return jnp.einsum('...nqs,...snk->...qnk', probs, v)
+
+
+class MultiHeadAttention(nn.Module):
+  """Projections around `attend`; q/k/v kernels named ('embed', 'heads', 'kv')."""
+  num_heads: int
+  head_dim: int
+  out_features: int
+  zero_out: bool = False
+  dtype: layers.Dtype = jnp.float32
+
+  def _proj(self, name: str) -> nn.DenseGeneral:
+    return nn.DenseGeneral(
+        (self.num_heads, self.head_dim), dtype=self.dtype, use_bias=False, name=name,
+        kernel_init=nn.with_logical_partitioning(nn.initializers.lecun_normal(),
+                                                 ('embed', 'heads', 'kv')))
+
+  @nn.compact
+  def __call__(self, x_q: jax.Array, x_kv: jax.Array, *, bias=None, mask=None,
+               extra_kv: tuple[jax.Array, jax.Array] | None = None) -> jax.Array:
+    q = self._proj('query')(x_q)
+    k = self._proj('key')(x_kv)
+    v = self._proj('value')(x_kv)
+    if extra_kv is not None:  # learned tokens every query may attend to (the null text)
+      ek, ev = extra_kv
+      shape = k.shape[:-3] + ek.shape
+      k = jnp.concatenate([jnp.broadcast_to(ek.astype(k.dtype), shape), k], axis=-3)
+      v = jnp.concatenate([jnp.broadcast_to(ev.astype(v.dtype), shape), v], axis=-3)
+      if mask is not None:
+        mask = jnp.concatenate(
+            [jnp.ones(mask.shape[:-1] + (ek.shape[0],), bool), mask], axis=-1)
+    out = attend(q, k, v, bias=bias, mask=mask)
+    kinit = nn.initializers.zeros if self.zero_out else nn.initializers.lecun_normal()
+    return nn.DenseGeneral(
+        self.out_features, axis=(-2, -1), dtype=self.dtype, name='out',
+        kernel_init=nn.with_logical_partitioning(kinit, ('heads', 'kv', 'embed')),
+        bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ('embed',)))(out)
+
+
+def _heads(channels: int, head_dim: int) -> int:
+  return max(1, channels // head_dim)
+
+
+class SpatialSelfAttention(nn.Module):
+  """Self-attention over the H*W positions of each frame (frames never mix)."""
+  head_dim: int = 64
+  dtype: layers.Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x_BTHWC: jax.Array) -> jax.Array:
+    b, t, h, w, c = x_BTHWC.shape
+    y = layers.FrameGroupNorm(dtype=self.dtype, name='norm')(x_BTHWC)
+    y = y.reshape(b, t, h * w, c)
+    y = MultiHeadAttention(_heads(c, self.head_dim), self.head_dim, c, dtype=self.dtype,
+                           name='attn')(y, y)
+    return x_BTHWC + y.reshape(b, t, h, w, c)
+
+
+class TextCrossAttention(nn.Module):
+  """Each pixel of each frame attends to its text tokens (plus one learned null token).
+
+  Text is per row `[B, 1, L, D]` (one caption for the clip) or per frame
+  `[B, T, L, D]` (packed images, each with its own caption). The null token keeps
+  the softmax defined for the all-masked unconditional text of guidance.
+  """
+  head_dim: int = 64
+  dtype: layers.Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x_BTHWC: jax.Array, text_BtLD: jax.Array, mask_BtL: jax.Array) -> jax.Array:
+    b, t, h, w, c = x_BTHWC.shape
+    tt = text_BtLD.shape[1]
+    n = _heads(c, self.head_dim)
+    y = layers.FrameGroupNorm(dtype=self.dtype, name='norm')(x_BTHWC)
+    # Queries of all frames that share one caption are attended in one go.
+    y = y.reshape(b, tt, (t // tt) * h * w, c)
+    text = layers.LayerNorm(dtype=self.dtype, name='text_norm')(text_BtLD)
+    null_k = self.param('null_key', nn.with_logical_partitioning(
+        nn.initializers.normal(1.0), (None, 'heads', 'kv')), (1, n, self.head_dim), jnp.float32)
+    null_v = self.param('null_value', nn.with_logical_partitioning(
+        nn.initializers.normal(1.0), (None, 'heads', 'kv')), (1, n, self.head_dim), jnp.float32)
+    mask = mask_BtL[:, :, None, None, :]  # [B, t, heads, Q, L]
+    y = MultiHeadAttention(n, self.head_dim, c, dtype=self.dtype, name='attn')(
+        y, text, mask=mask, extra_kv=(null_k, null_v))
+    return x_BTHWC + y.reshape(b, t, h, w, c)
+
+
+class TemporalSelfAttention(nn.Module):
+  """Self-attention along time at each pixel, masked to frames of the same clip.
+
+  T5-style bucketed relative position bias (Imagen Video). Zero-initialised output:
+  a fresh layer is the identity.
+  """
+  head_dim: int = 64
+  num_buckets: int = 32
+  max_distance: int = 64
+  dtype: layers.Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x_BTHWC: jax.Array, frame_ids_BT: jax.Array) -> jax.Array:
+    b, t, h, w, c = x_BTHWC.shape
+    n = _heads(c, self.head_dim)
+    y = layers.FrameGroupNorm(dtype=self.dtype, name='norm')(x_BTHWC)
+    y = jnp.transpose(y, (0, 2, 3, 1, 4)).reshape(b, h * w, t, c)
+    pos = jnp.arange(t)
+    buckets = layers.relative_position_bucket(
+        pos[None, :] - pos[:, None], bidirectional=True, num_buckets=self.num_buckets,
+        max_distance=self.max_distance)
+    table = self.param('rel_bias', nn.with_logical_partitioning(
+        nn.initializers.zeros, (None, 'heads')), (self.num_buckets, n), jnp.float32)
+    bias = jnp.transpose(table[buckets], (2, 0, 1))  # [N, T, T]
+    mask = layers.same_clip(frame_ids_BT)[:, None, None]  # [B, 1(HW), 1(N), T, T]
+    y = MultiHeadAttention(n, self.head_dim, c, zero_out=True, dtype=self.dtype, name='attn')(
+        y, y, bias=bias, mask=mask)
+    y = jnp.transpose(y.reshape(b, h, w, t, c), (0, 3, 1, 2, 4))
+    return x_BTHWC + y

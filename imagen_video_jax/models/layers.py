@@ -1,0 +1,204 @@
+"""Building blocks shared by the video U-Net and the T5 encoder.
+
+Every parameter is created through `nn.with_logical_partitioning`, so a mesh's
+logical-axis rules (in configs, never here) decide how it is sharded.
+"""
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import linen as nn
+
+
+def relative_position_bucket(relative_position: jax.Array, *, bidirectional: bool = True,
+                             num_buckets: int = 32, max_distance: int = 128) -> jax.Array:
+  """T5's bucketing of relative positions (memory - query) into `num_buckets` ids.
+
+  Exact positions for small distances, logarithmically wider buckets up to
+  `max_distance`, one shared bucket beyond. Used by T5 self-attention and by the
+  U-Net's temporal attention (Imagen Video).
+  """
+  ret = jnp.zeros_like(relative_position, dtype=jnp.int32)
+  n = -relative_position
+  if bidirectional:
+    num_buckets //= 2
+    ret = ret + (n < 0).astype(jnp.int32) * num_buckets
+    n = jnp.abs(n)
+  else:
+    n = jnp.maximum(n, 0)
+  max_exact = num_buckets // 2
+  is_small = n < max_exact
+  # Guard log(0): n == 0 takes the `is_small` branch anyway.
+  val_if_large = max_exact + (
+      jnp.log(jnp.maximum(n, 1).astype(jnp.float32) / max_exact)
+      / math.log(max_distance / max_exact) * (num_buckets - max_exact)).astype(jnp.int32)
+  val_if_large = jnp.minimum(val_if_large, num_buckets - 1)
+  return ret + jnp.where(is_small, n, val_if_large)
+
+
+# ---------------------------------------------------------------------------
+# Parameter helpers: every parameter carries logical axis names.
+# ---------------------------------------------------------------------------
+
+Dtype = jnp.dtype | type
+
+
+def dense(features: int, axes: tuple[str | None, str | None], *, dtype: Dtype, zero: bool = False,
+          use_bias: bool = True, name: str | None = None) -> nn.Dense:
+  """A Dense layer whose kernel/bias are named `axes` / `axes[-1:]`."""
+  kinit = nn.initializers.zeros if zero else nn.initializers.lecun_normal()
+  return nn.Dense(
+      features, use_bias=use_bias, dtype=dtype, name=name,
+      kernel_init=nn.with_logical_partitioning(kinit, axes),
+      bias_init=nn.with_logical_partitioning(nn.initializers.zeros, axes[-1:]))
+
+
+def conv(features: int, kernel: tuple[int, int, int], *, dtype: Dtype, zero: bool = False,
+         name: str | None = None) -> nn.Conv:
+  """A [T, H, W] convolution over a [B, T, H, W, C] tensor, 'SAME' padded.
+
+  Used for the spatial 1x3x3 and the 1x1x1 (channel-mixing) convolutions; the
+  temporal 3x1x1 convolution is `TemporalConv`, which respects clip boundaries.
+  """
+  kinit = nn.initializers.zeros if zero else nn.initializers.lecun_normal()
+  return nn.Conv(
+      features, kernel, padding='SAME', dtype=dtype, name=name,
+      kernel_init=nn.with_logical_partitioning(kinit, (None, None, None, 'conv_in', 'conv_out')),
+      bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ('conv_out',)))
+
+
+def num_groups_for(channels: int, max_groups: int = 32) -> int:
+  """Largest group count <= max_groups that divides `channels`."""
+  for g in range(min(max_groups, channels), 0, -1):
+    if channels % g == 0:
+      return g
+  return 1
+
+
+class FrameGroupNorm(nn.Module):
+  """GroupNorm with statistics per frame (over H, W and the group's channels).
+
+  Per-frame statistics keep frames independent, which packed image rows and
+  identity inflation (a video model equal to the per-frame image model) need.
+  """
+  max_groups: int = 32
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x_BTHWC: jax.Array) -> jax.Array:
+    b, t, h, w, c = x_BTHWC.shape
+    g = num_groups_for(c, self.max_groups)
+    x = x_BTHWC.reshape(b, t, h, w, g, c // g).astype(jnp.float32)
+    mean = x.mean(axis=(2, 3, 5), keepdims=True)
+    var = jnp.square(x - mean).mean(axis=(2, 3, 5), keepdims=True)
+    x = ((x - mean) * jax.lax.rsqrt(var + 1e-6)).reshape(b, t, h, w, c)
+    scale = self.param('scale', nn.with_logical_partitioning(nn.initializers.ones, ('embed',)),
+                       (c,), jnp.float32)
+    bias = self.param('bias', nn.with_logical_partitioning(nn.initializers.zeros, ('embed',)),
+                      (c,), jnp.float32)
+    return (x * scale + bias).astype(self.dtype)
+
+
+class LayerNorm(nn.Module):
+  """LayerNorm over the last axis with named parameters."""
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    return nn.LayerNorm(
+        dtype=self.dtype, epsilon=1e-6,
+        scale_init=nn.with_logical_partitioning(nn.initializers.ones, ('embed',)),
+        bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ('embed',)))(x)
+
+
+# ---------------------------------------------------------------------------
+# Clip structure from frame ids.
+# ---------------------------------------------------------------------------
+
+def same_clip(frame_ids_BT: jax.Array) -> jax.Array:
+  """[B, T, T] bool: frames i and j belong to the same clip.
+
+  Negative ids mark padding frames; they are connected to nothing but themselves.
+  """
+  ids = frame_ids_BT
+  eq = ids[:, :, None] == ids[:, None, :]
+  real = (ids >= 0)[:, :, None] & (ids >= 0)[:, None, :]
+  eye = jnp.eye(ids.shape[1], dtype=bool)[None]
+  return (eq & real) | eye
+
+
+class TemporalConv(nn.Module):
+  """Temporal convolution (kernel k x 1 x 1) that never mixes different clips.
+
+  Each tap reads frame t+d only where it has the same frame id as t; elsewhere it
+  reads zero, exactly as at a clip's edge. Zero-initialised: a fresh layer is the
+  identity when used as a residual branch (`x + TemporalConv(x)`).
+  """
+  kernel_size: int = 3
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x_BTHWC: jax.Array, frame_ids_BT: jax.Array) -> jax.Array:
+    b, t, h, w, c = x_BTHWC.shape
+    k = self.kernel_size
+    kernel = self.param('kernel', nn.with_logical_partitioning(
+        nn.initializers.zeros, (None, 'conv_in', 'conv_out')), (k, c, c), jnp.float32)
+    bias = self.param('bias', nn.with_logical_partitioning(nn.initializers.zeros, ('conv_out',)),
+                      (c,), jnp.float32)
+    x = x_BTHWC.astype(self.dtype)
+    kernel = kernel.astype(self.dtype)
+    ids = frame_ids_BT
+    out = jnp.zeros((b, t, h, w, c), self.dtype)
+    for i in range(k):
+      d = i - k // 2  # tap i reads frame t + d
+      if abs(d) >= t:
+        continue
+      if d == 0:
+        shifted, valid = x, ids >= 0
+      else:
+        # Shift frames so position t holds frame t + d (zeros past the ends).
+        shifted = jnp.roll(x, -d, axis=1)
+        valid = jnp.roll(ids, -d, axis=1) == ids
+        pos = jnp.arange(t)
+        inside = (pos + d >= 0) & (pos + d < t)
+        valid = valid & inside[None] & (ids >= 0)
+      shifted = shifted * valid[:, :, None, None, None].astype(self.dtype)
+      out = out + jnp.einsum('bthwc,cd->bthwd', shifted, kernel[i])
+    return out + bias.astype(self.dtype)
+
+
+# ---------------------------------------------------------------------------
+# Conditioning embeddings.
+# ---------------------------------------------------------------------------
+
+def logsnr_to_cosine_time(logsnr: jax.Array) -> jax.Array:
+  """Maps logsnr to the cosine schedule's t in [0, 1] (bounded: a good embedding input)."""
+  return jnp.arctan(jnp.exp(-0.5 * logsnr.astype(jnp.float32))) / (0.5 * np.pi)
+
+
+def sinusoidal_embedding(x: jax.Array, dim: int, max_period: float = 10000.0) -> jax.Array:
+  """[...] -> [..., dim] transformer-style sinusoidal features."""
+  half = dim // 2
+  freqs = jnp.exp(-math.log(max_period) * jnp.arange(half, dtype=jnp.float32) / half)
+  args = x.astype(jnp.float32)[..., None] * freqs
+  emb = jnp.concatenate([jnp.sin(args), jnp.cos(args)], axis=-1)
+  if dim % 2:
+    emb = jnp.pad(emb, [(0, 0)] * (emb.ndim - 1) + [(0, 1)])
+  return emb
+
+
+class LogSNREmbedding(nn.Module):
+  """logsnr [...] -> [..., dim] via sinusoidal features of the cosine time and an MLP."""
+  dim: int
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, logsnr: jax.Array) -> jax.Array:
+    t = logsnr_to_cosine_time(logsnr) * 1000.0
+    h = sinusoidal_embedding(t, self.dim)
+    h = dense(self.dim * 4, ('embed', 'mlp'), dtype=self.dtype, name='fc1')(h)
+    h = nn.silu(h)
+    return dense(self.dim, ('mlp', 'embed'), dtype=self.dtype, name='fc2')(h)

@@ -1,0 +1,1 @@
+"""Text: the T5 tokenizer, checkpoint conversion, the prompt encoder and the embedding cache."""

@@ -1,0 +1,249 @@
+"""grain pipeline: stage examples, packing, SR conditioning, text, resume, sharding."""
+
+import json
+
+import numpy as np
+import pytest
+
+from imagen_video_jax.data import digits, pipeline as P, records
+
+STAGES = P.DIGITS_STAGES
+L = 6
+
+
+def tokenize(captions):
+  """A stand-in tokenizer: one id per word (hash), padded/truncated to L."""
+  ids = np.zeros((len(captions), L), np.int32)
+  mask = np.zeros((len(captions), L), bool)
+  for i, c in enumerate(captions):
+    words = [1 + sum(map(ord, w)) % 97 for w in c.split()][:L]
+    ids[i, :len(words)], mask[i, :len(words)] = words, True
+  return ids, mask
+
+
+def embed(caption):
+  """A stand-in for text.cache.CacheReader.lookup: a dict with bfloat16 embeddings."""
+  import ml_dtypes
+
+  ids, mask = tokenize([caption])
+  emb = np.repeat(ids[0, :, None], 3, axis=1).astype(ml_dtypes.bfloat16)
+  return {"caption": caption, "ids": ids[0], "emb": emb, "mask": mask[0]}
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory):
+  out = tmp_path_factory.mktemp("digits")
+  digits.write_shards(digits.DigitsConfig(), 0, str(out), num_videos=24, num_images=40,
+                      per_shard=10)
+  return str(out)
+
+
+def _pipe(shards, stage="base", **kw):
+  kw = {"batch_size": 4, "image_fraction": 0.5, "shard_index": 0, "shard_count": 1,
+        **kw}
+  return P.make_pipeline(STAGES[stage], P.PipelineConfig(**kw), shards, shards,
+                         tokenizer=tokenize)
+
+
+def _take(it, n):
+  return [next(it) for _ in range(n)]
+
+
+def _same(a, b):
+  return len(a) == len(b) and all(
+      x.keys() == y.keys() and all(np.array_equal(x[k], y[k]) for k in x)
+      for x, y in zip(a, b))
+
+
+def test_batch_layout_and_frame_ids(shards):
+  batch = next(iter(_pipe(shards, "base", keep_captions=True)))
+  assert batch["video"].shape == (4, 8, 16, 16, 3) and batch["video"].dtype == np.float32
+  assert -1.0 <= batch["video"].min() and batch["video"].max() <= 1.0
+  assert batch["frame_ids"].shape == (4, 8) and batch["frame_ids"].dtype == np.int32
+  assert batch["tokens"].shape == (4, 8, L) and batch["text_mask"].dtype == bool
+  assert "cond" not in batch
+  kinds = []
+  for ids, caps in zip(batch["frame_ids"], batch["captions"]):
+    if len(set(ids)) == 1:  # a video row: one id, one caption on every frame
+      kinds.append("video")
+      assert ids[0] == 0 and len(set(caps)) == 1 and "moving" in caps[0]
+    else:  # a packed image row: distinct ids, one caption per frame
+      kinds.append("image")
+      assert len(set(ids.tolist())) == len(ids) and all("moving" not in c for c in caps)
+  assert sorted(kinds) == ["image", "image", "video", "video"]
+  # Per-frame text follows the captions.
+  ids, mask = tokenize([str(c) for c in batch["captions"].reshape(-1)])
+  assert np.array_equal(batch["tokens"].reshape(-1, L), ids)
+  assert np.array_equal(batch["text_mask"].reshape(-1, L), mask)
+
+
+def test_video_row_is_strided_resized_source(shards):
+  import jax
+
+  src = records.decode(_first_record(shards))
+  row = P.stage_example(records.encode(src), STAGES["base"])
+  want = jax.image.resize(src.video[::2].astype(np.float32) / 127.5 - 1, (8, 16, 16, 3),
+                          "bilinear", antialias=True)
+  np.testing.assert_allclose(row["video"], want, atol=1e-5)
+  assert row["captions"] == [src.caption] * 8
+
+
+def _first_record(shards):
+  import grain
+
+  return grain.sources.ArrayRecordDataSource(records.shard_paths(shards, "videos"))[0]
+
+
+def test_sr_conditioning_is_the_downsampled_target(shards):
+  import jax
+
+  ssr = next(iter(_pipe(shards, "ssr", batch_size=2)))
+  target = ssr["video"]
+  low = jax.image.resize(target, (2, 16, 16, 16, 3), "bilinear", antialias=True)
+  want = jax.image.resize(low, (2, 16, 32, 32, 3), "bilinear")
+  np.testing.assert_allclose(ssr["cond"], want, atol=1e-5)
+
+  tsr = next(iter(_pipe(shards, "tsr", batch_size=4)))
+  for video, cond, ids in zip(tsr["video"], tsr["cond"], tsr["frame_ids"]):
+    if len(set(ids)) == 1:  # video: each even frame repeated twice
+      np.testing.assert_array_equal(cond, np.repeat(video[::2], 2, axis=0))
+    else:  # independent images: each its own 1-frame clip
+      np.testing.assert_array_equal(cond, video)
+  # The base stage's frames are the TSR conditioning's frames (same source clip).
+  assert tsr["cond"].shape == (4, 16, 16, 16, 3)
+
+
+def test_resume_from_saved_state_gives_identical_batches(shards):
+  it = iter(_pipe(shards, "tsr", batch_size=3, seed=5))
+  _take(it, 4)  # mid-epoch: 24 videos, 4 x 3 rows half of them videos
+  state = json.loads(json.dumps(it.get_state()))  # states survive a JSON round trip
+  expected = _take(it, 5)
+  resumed = iter(_pipe(shards, "tsr", batch_size=3, seed=5))
+  resumed.set_state(state)
+  assert _same(_take(resumed, 5), expected)
+
+
+def test_orbax_checkpoint_of_the_iterator(shards, tmp_path):
+  import grain
+  import orbax.checkpoint as ocp
+
+  it = iter(_pipe(shards, "base", batch_size=2, seed=9))
+  _take(it, 3)
+  manager = ocp.CheckpointManager(
+      tmp_path, item_handlers={"data": grain.checkpoint.CheckpointHandler()})
+  manager.save(3, args=ocp.args.Composite(data=grain.checkpoint.CheckpointSave(it)))
+  manager.wait_until_finished()
+  expected = _take(it, 3)
+  resumed = iter(_pipe(shards, "base", batch_size=2, seed=9))
+  manager.restore(3, args=ocp.args.Composite(data=grain.checkpoint.CheckpointRestore(resumed)))
+  assert _same(_take(resumed, 3), expected)
+
+
+def test_deterministic_given_seed(shards):
+  a = _take(iter(_pipe(shards, seed=1)), 3)
+  b = _take(iter(_pipe(shards, seed=1)), 3)
+  c = _take(iter(_pipe(shards, seed=2)), 3)
+  assert _same(a, b)
+  assert not _same(a, c)
+
+
+def test_process_shards_are_disjoint_and_cover(shards):
+  def rows(index, count, image_fraction, num_epochs, batches=None):
+    it = iter(_pipe(shards, batch_size=2, shard_index=index, shard_count=count,
+                    random_offset=False, image_fraction=image_fraction,
+                    num_epochs=num_epochs))
+    got = list(it) if batches is None else _take(it, batches)
+    return [(v.tobytes(), len(set(ids))) for b in got
+            for v, ids in zip(b["video"], b["frame_ids"])]
+
+  whole = rows(0, 1, 0.0, 1)  # one epoch of the 24 videos
+  p0, p1 = rows(0, 2, 0.0, 1), rows(1, 2, 0.0, 1)
+  assert len(whole) == 24 and len(p0) == len(p1) == 12
+  assert not set(p0) & set(p1) and set(p0) | set(p1) == set(whole)
+  for index in (0, 1):  # every process gets the configured mix of videos and images
+    kinds = [n for _, n in rows(index, 2, 0.5, None, batches=8)]
+    assert kinds.count(1) == 4 and kinds.count(8) == 4
+  with pytest.raises(ValueError, match="divisible"):
+    _pipe(shards, batch_size=3, shard_index=0, shard_count=2)
+
+
+def test_cached_embeddings_and_padding(shards):
+  config = P.PipelineConfig(batch_size=2, image_fraction=1.0, num_epochs=1,
+                            shuffle=False, shard_index=0, shard_count=1)
+  batches = list(P.make_pipeline(STAGES["base"], config, None, shards, embedder=embed))
+  # 40 images, 8 per row -> 5 rows -> 2 full batches (the remainder is dropped).
+  assert len(batches) == 2
+  b = batches[0]
+  assert b["text_emb"].shape == (2, 8, L, 3) and b["text_mask"].shape == (2, 8, L)
+  assert b["text_emb"].dtype.name == "bfloat16"  # the cache's dtype is kept
+  assert "tokens" not in b
+  # A short last pack is padded with id -1 frames that carry no text.
+  row = P.pack_images([_first_image(shards)] * 3, STAGES["ssr"])
+  assert row["frame_ids"].tolist() == [0, 1, 2] + [-1] * 13
+  assert np.all(row["video"][3:] == 0) and np.all(row["cond"][3:] == 0)
+  attached = P._AttachText(tokenize, None, False).map(row)
+  assert not attached["text_mask"][3:].any() and attached["text_mask"][:3].any()
+
+
+def _first_image(shards):
+  import grain
+
+  return grain.sources.ArrayRecordDataSource(records.shard_paths(shards, "images"))[0]
+
+
+def test_with_the_project_sentencepiece_tokenizer(shards, tmp_path):
+  import functools
+
+  tokenizer = pytest.importorskip("imagen_video_jax.text.tokenizer")
+  config = digits.DigitsConfig()
+  captions = [e.caption for e in digits.generate(config, 0, "video", 200)]
+  captions += [e.caption for e in digits.generate(config, 0, "image", 50)]
+  model = tokenizer.train_sentencepiece(captions, str(tmp_path / "sp.model"), vocab_size=64)
+  tok = functools.partial(tokenizer.Tokenizer(model), max_length=12, warn=False)
+  batch = next(iter(P.make_pipeline(
+      STAGES["base"], P.PipelineConfig(batch_size=2, image_fraction=0.5, shard_index=0,
+                                       shard_count=1, keep_captions=True),
+      shards, shards, tokenizer=tok)))
+  assert batch["tokens"].shape == (2, 8, 12)
+  want = tok([str(c) for c in batch["captions"].reshape(-1)])
+  assert np.array_equal(batch["tokens"].reshape(-1, 12), want.ids)
+  assert np.array_equal(batch["text_mask"].reshape(-1, 12), want.mask)
+
+
+def test_short_clip_is_padded_not_dropped():
+  ex = records.Example(video=np.full((5, 32, 32, 3), 255, np.uint8), caption="x", fps=8)
+  row = P.stage_example(records.encode(ex), STAGES["base"])  # needs 15 source frames
+  assert row["frame_ids"].tolist() == [0, 0, 0, -1, -1, -1, -1, -1]
+  np.testing.assert_allclose(row["video"][:3], 1.0, atol=1e-6)
+
+
+def test_stage_spec_and_config_validation():
+  assert STAGES["tsr"].cond_frames == 8 and STAGES["ssr"].cond_height == 16
+  assert STAGES["base"].source_span == 15
+  with pytest.raises(ValueError, match="kind"):
+    P.StageSpec(8, 16, 16, kind="xsr")
+  with pytest.raises(ValueError, match="divide"):
+    P.StageSpec(9, 16, 16, kind="tsr", factor=2)
+  with pytest.raises(ValueError, match="image_fraction"):
+    P.PipelineConfig(batch_size=2, image_fraction=1.5)
+  with pytest.raises(ValueError, match="image shards"):
+    P.make_pipeline(STAGES["base"], P.PipelineConfig(batch_size=2, image_fraction=0.5,
+                                                     shard_index=0, shard_count=1), "x")
+
+
+def test_centre_crop_keeps_the_middle():
+  x = np.arange(6 * 10).reshape(1, 6, 10, 1)
+  assert P.centre_crop(x, 4, 4).shape == (1, 6, 6, 1)
+  assert P.centre_crop(x, 4, 4)[0, 0, 0, 0] == 2
+  assert P.centre_crop(x, 2, 5).shape == (1, 4, 10, 1)
+
+
+@pytest.mark.slow
+def test_resume_with_worker_processes(shards):
+  it = iter(_pipe(shards, "base", worker_count=1, seed=3))
+  _take(it, 2)
+  state = it.get_state()
+  expected = _take(it, 3)
+  resumed = iter(_pipe(shards, "base", worker_count=1, seed=3))
+  resumed.set_state(state)
+  assert _same(_take(resumed, 3), expected)
