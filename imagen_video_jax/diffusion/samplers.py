@@ -111,12 +111,15 @@ def _step_logsnrs(schedule: CosineSchedule, steps: int) -> tuple[jax.Array, jax.
 
 def sample(denoise: Denoiser, shape: tuple[int, ...], key: jax.Array, *, config: SamplerConfig,
            schedule: CosineSchedule = CosineSchedule(), prediction: objectives.Prediction = 'v',
-           z_init: jax.Array | None = None, return_z: bool = False) -> jax.Array:
+           z_init: jax.Array | None = None, return_z: bool = False,
+           on_step: Callable[[jax.Array], None] | None = None) -> jax.Array:
   """Runs the whole sampling loop (jit it, or call under jit: it is one fori_loop).
 
   Starts from z_init or N(0, I) of `shape` drawn from `key`; returns the final
   x-prediction (thresholded as configured). DDIM uses `key` only for the initial
   noise; ancestral also for each step's noise (fold_in(key, step)).
+  `on_step(i)` is called on the host after each step (progress bars), through
+  `jax.debug.callback`, so the loop stays one compiled program.
   """
   k_init, k_steps = jax.random.split(key)
   z = jax.random.normal(k_init, shape, jnp.float32) if z_init is None else z_init
@@ -151,6 +154,8 @@ def sample(denoise: Denoiser, shape: tuple[int, ...], key: jax.Array, *, config:
       var = jnp.exp((1.0 - config.gamma) * jnp.log(post_var) + config.gamma * jnp.log(fwd_var))
       noise = jax.random.normal(jax.random.fold_in(k_steps, i), z.shape, z.dtype)
       z_s = mean + jnp.sqrt(var) * noise
+    if on_step is not None:
+      jax.debug.callback(on_step, i)
     return z_s, x
 
   z, x = jax.lax.fori_loop(0, config.steps, body, (z, jnp.zeros(shape, jnp.float32)))

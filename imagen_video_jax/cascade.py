@@ -1,0 +1,199 @@
+"""The cascade: prompt(s) -> T5 -> base -> each TSR / SSR stage -> uint8 video.
+
+Each super-resolution stage is conditioned exactly as in training (see
+`data.pipeline.sr_condition`): a TSR stage on the previous video with every frame
+repeated `factor` times, an SSR stage on the previous video resized bilinearly to
+its output size; the conditioning is noised at a fixed augmentation level
+(`cond_aug_t`) and the stage is told that level (`cond_logsnr`).
+
+Every stage samples in one jitted loop with cond and uncond in one batched forward
+(`diffusion.samplers`); compiled samplers are cached per stage and sampler config,
+so a second prompt of the same batch size runs without recompiling.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, Mapping, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from imagen_video_jax import io
+from imagen_video_jax.data.pipeline import StageSpec
+from imagen_video_jax.diffusion import objectives, samplers
+from imagen_video_jax.diffusion.objectives import DiffusionConfig
+from imagen_video_jax.diffusion.samplers import SamplerConfig
+from imagen_video_jax.models.unet import UNetConfig, VideoUNet
+
+TextEncoderFn = Callable[[Sequence[str]], tuple[Any, Any]]
+
+
+def sr_conditioning(low_BTHWC: jax.Array, spec: StageSpec) -> jax.Array:
+  """The previous stage's video brought to this SR stage's output size."""
+  b, t, h, w, c = low_BTHWC.shape
+  if (t, h, w) != (spec.cond_frames, spec.cond_height, spec.cond_width):
+    raise ValueError(f'a {spec.kind} stage of output {spec.frames}x{spec.height}x{spec.width} '
+                     f'needs a {spec.cond_frames}x{spec.cond_height}x{spec.cond_width} input; '
+                     f'got {t}x{h}x{w}')
+  if spec.kind == 'tsr':
+    return jnp.repeat(low_BTHWC, spec.factor, axis=1)
+  if spec.kind == 'ssr':
+    return jax.image.resize(low_BTHWC, (b, t, spec.height, spec.width, c), 'bilinear')
+  raise ValueError(f'{spec.kind} is not a super-resolution stage')
+
+
+@dataclasses.dataclass(frozen=True)
+class Stage:
+  """One trained stage of a cascade.
+
+  Attributes:
+    name: e.g. 'base', 'tsr', 'ssr'.
+    spec: output size and, for SR stages, kind and factor.
+    unet: the network's config; params: its (EMA) parameters.
+    fps: frame rate of this stage's output.
+    diffusion: schedule and parameterisation it was trained with.
+    sampler: default sampler settings (overridable per call).
+    cond_aug_t: fixed noise-augmentation level (schedule time) of SR conditioning.
+  """
+  name: str
+  spec: StageSpec
+  unet: UNetConfig
+  params: Any
+  fps: float
+  diffusion: DiffusionConfig = DiffusionConfig()
+  sampler: SamplerConfig = SamplerConfig()
+  cond_aug_t: float = 0.1
+
+
+@dataclasses.dataclass
+class CascadeOutput:
+  """videos: uint8 [N, T, H, W, 3] at `fps`; intermediates: every stage's output by name."""
+  videos: np.ndarray
+  fps: float
+  prompts: list[str]
+  intermediates: dict[str, np.ndarray] | None = None
+
+  def save(self, stem: str, *, scale: int = 1) -> list[dict[str, str]]:
+    """Writes stem.mp4/.gif/.png (stem_i.* for several videos); returns the paths."""
+    if len(self.videos) == 1:
+      return [io.write_video_files(stem, self.videos[0], self.fps, scale=scale)]
+    return [io.write_video_files(f'{stem}_{i}', v, self.fps, scale=scale)
+            for i, v in enumerate(self.videos)]
+
+
+class CascadePipeline:
+  """Text-to-video sampling through a chain of stages.
+
+  Args:
+    stages: base first, then each SR stage; each stage's conditioning size must be
+      the previous stage's output size.
+    text_encoder: prompts -> (text_emb [B, L, D], text_mask [B, L]); e.g. a
+      `text.encoder.TextEncoder`. May be None only if no stage reads text.
+  """
+
+  def __init__(self, stages: Sequence[Stage], text_encoder: TextEncoderFn | None):
+    if not stages:
+      raise ValueError('a cascade needs at least one stage')
+    if stages[0].spec.is_sr:
+      raise ValueError(f'the first stage ({stages[0].name}) must be a base stage')
+    for prev, st in zip(stages, stages[1:]):
+      if not st.spec.is_sr:
+        raise ValueError(f'stage {st.name} follows {prev.name} but is not a TSR/SSR stage')
+      want = (st.spec.cond_frames, st.spec.cond_height, st.spec.cond_width)
+      have = (prev.spec.frames, prev.spec.height, prev.spec.width)
+      if want != have:
+        raise ValueError(f'stage {st.name} is conditioned on {want[0]}x{want[1]}x{want[2]} '
+                         f'(frames x H x W) but {prev.name} makes {have[0]}x{have[1]}x{have[2]}')
+    if text_encoder is None and any(s.unet.text_dim is not None for s in stages):
+      raise ValueError('the stages read text: pass a text_encoder')
+    self.stages = list(stages)
+    self.text_encoder = text_encoder
+    self._compiled: dict[tuple[int, SamplerConfig], Callable] = {}
+    self._on_step: Callable[[Any], None] = lambda i: None
+
+  def _sampler(self, index: int, cfg: SamplerConfig) -> Callable:
+    key = (index, cfg)
+    if key not in self._compiled:
+      self._compiled[key] = jax.jit(self._make_sampler(self.stages[index], cfg),
+                                    static_argnums=7)
+    return self._compiled[key]
+
+  def _make_sampler(self, stage: Stage, cfg: SamplerConfig) -> Callable:
+    model = VideoUNet(stage.unet)
+    schedule = stage.diffusion.schedule
+    aug_logsnr = schedule.logsnr(stage.cond_aug_t)
+    on_step = lambda i: self._on_step(i)  # stable identity: the jit cache is reused
+
+    def run(params, emb, mask, neg_emb, neg_mask, low, key, b):
+      shape = (b, stage.spec.frames, stage.spec.height, stage.spec.width,
+               stage.unet.in_channels)
+      k_aug, k_sample = jax.random.split(key)
+      cond = cond_logsnr = None
+      if stage.spec.is_sr:
+        cond = objectives.noise_augment(k_aug, sr_conditioning(low, stage.spec),
+                                        jnp.full((b,), aug_logsnr))
+      if stage.unet.text_dim is None:
+        def denoise(z, logsnr, w):
+          del w
+          cl = jnp.full((b,), aug_logsnr) if stage.unet.cond_augment else None
+          return model.apply({'params': params}, z, logsnr, None, None, None, cond, cl)
+      else:
+        if cond is not None:
+          cond = jnp.concatenate([cond, cond])  # cond and uncond halves share it
+        if stage.unet.cond_augment:
+          cond_logsnr = jnp.full((2 * b,), aug_logsnr)
+
+        def apply(z, logsnr, e, m):
+          return model.apply({'params': params}, z, logsnr, e, m, None, cond, cond_logsnr)
+        denoise = samplers.guided_denoiser(apply, emb, mask, neg_emb, neg_mask)
+      return samplers.sample(denoise, shape, k_sample, config=cfg, schedule=schedule,
+                             prediction=stage.diffusion.prediction, on_step=on_step)
+    return run
+
+  def __call__(self, prompts: str | Sequence[str], *, negative_prompt: str | None = None,
+               num_samples: int = 1, seed: int = 0,
+               samplers_by_stage: Mapping[str, SamplerConfig] | None = None,
+               return_intermediates: bool = False, progress: bool = True) -> CascadeOutput:
+    """Samples `num_samples` videos per prompt; returns uint8 videos of the last stage.
+
+    samplers_by_stage: per-stage SamplerConfig overrides (steps, guidance,
+    oscillating guidance, thresholding, sampler), keyed by stage name.
+    """
+    prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+    if not prompts or num_samples < 1:
+      raise ValueError('give at least one prompt and num_samples >= 1')
+    overrides = dict(samplers_by_stage or {})
+    unknown = set(overrides) - {s.name for s in self.stages}
+    if unknown:
+      raise ValueError(f'no stage named {sorted(unknown)}; stages: {[s.name for s in self.stages]}')
+    batch_prompts = [p for p in prompts for _ in range(num_samples)]
+    emb = mask = neg_emb = neg_mask = None
+    if self.text_encoder is not None:
+      emb, mask = (jnp.asarray(a) for a in self.text_encoder(batch_prompts))
+      if negative_prompt is not None:
+        neg_emb, neg_mask = (jnp.asarray(a) for a in
+                             self.text_encoder([negative_prompt] * len(batch_prompts)))
+    key = jax.random.key(seed)
+    video = None
+    intermediates = {}
+    for i, stage in enumerate(self.stages):
+      cfg = overrides.get(stage.name, stage.sampler)
+      bar = _progress(stage.name, cfg.steps, progress)
+      self._on_step = lambda _, bar=bar: bar.update(1)
+      try:
+        video = self._sampler(i, cfg)(stage.params, emb, mask, neg_emb, neg_mask, video,
+                                      jax.random.fold_in(key, i), len(batch_prompts))
+        video = jax.block_until_ready(video)
+      finally:
+        self._on_step = lambda i: None
+        bar.close()
+      if return_intermediates:
+        intermediates[stage.name] = io.to_uint8(np.asarray(video))
+    return CascadeOutput(io.to_uint8(np.asarray(video)), self.stages[-1].fps, batch_prompts,
+                         intermediates if return_intermediates else None)
+
+
+def _progress(name: str, steps: int, enabled: bool):
+  from tqdm.auto import tqdm
+  return tqdm(total=steps, desc=f'stage {name}', unit='step', disable=not enabled, leave=False)

@@ -1,0 +1,45 @@
+r"""Trains one stage of a cascade; re-running the same command resumes it.
+
+  python -m imagen_video_jax.train --config=configs/digits.py:stage=base --workdir=runs/base
+  python -m imagen_video_jax.train --config=configs/digits.py:stage=base,tiny=True \
+      --workdir=/tmp/tiny --config.num_steps=20 --config.log_every=5
+
+--config.x=y overrides any field. SIGTERM (or a multi-host preemption notice) saves at
+the next step boundary and exits 0. A workdir holding a run with a different config,
+a bad config value or too many non-finite steps in a row exit 1 with one line saying why.
+TensorBoard: `tensorboard --logdir=<workdir>/tensorboard`.
+"""
+import os
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file('config', None, 'A config file, e.g. '
+                                 'configs/digits.py:stage=base.', lock_config=True)
+flags.DEFINE_string('workdir', None, 'Checkpoints, TensorBoard logs and samples go here.')
+flags.DEFINE_bool('distributed', False, 'Call jax.distributed.initialize() first '
+                  '(multi-host TPU pods / GPU clusters).')
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  if FLAGS.config is None or not FLAGS.workdir:
+    raise app.UsageError('--config and --workdir are required.')
+  if not FLAGS['verbosity'].present:
+    logging.set_verbosity(logging.WARNING)  # keep orbax/grain INFO chatter out
+  import jax
+  if FLAGS.distributed:
+    jax.distributed.initialize()
+  from imagen_video_jax import training
+  try:
+    training.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+  except (training.ConfigError, training.ConfigMismatchError, training.NonFiniteError,
+          training.NonFiniteCheckpointError, FileNotFoundError) as e:
+    raise SystemExit(f'train: {e}') from None
+
+
+if __name__ == '__main__':
+  os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+  app.run(main)

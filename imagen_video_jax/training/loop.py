@@ -1,0 +1,358 @@
+"""`train_and_evaluate(config, workdir)`: one stage of the cascade, resumable.
+
+Sections: config -> mesh -> data and text -> state (init or resume) -> the loop
+(step, non-finite guard, metrics, samples, checkpoints, preemption).
+
+Resuming is exact: the state, the grain iterator's position and the config are saved
+together, and every step's randomness is `fold_in(train_key, step)`, so 10 steps, a
+restart and 10 more equal 20 straight steps bit for bit.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import os
+import shutil
+import signal
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import linen as nn
+from jax.sharding import NamedSharding, PartitionSpec
+
+from imagen_video_jax.data import pipeline as pipeline_lib
+from imagen_video_jax.models import t5 as t5_lib
+from imagen_video_jax.models import unet as unet_lib
+from imagen_video_jax.training import checkpointing, metrics as metrics_lib, state as state_lib
+from imagen_video_jax.training import step as step_lib
+
+
+class ConfigError(ValueError):
+  """A config value the job cannot run with (the message says which and why)."""
+
+
+class NonFiniteError(RuntimeError):
+  """Too many consecutive steps had a non-finite loss or gradients."""
+
+
+@dataclasses.dataclass
+class TrainResult:
+  state: state_lib.TrainState
+  step: int
+  history: list  # one dict of metrics per logged step
+  preempted: bool
+  data_state: Any = None  # the grain iterator's position after the last step
+
+
+# ----------------------------------------------------------------------------- config
+def _stage_spec(config) -> pipeline_lib.StageSpec:
+  return pipeline_lib.StageSpec(**dict(config.spec))
+
+
+def validate(config) -> tuple[unet_lib.UNetConfig, pipeline_lib.StageSpec]:
+  """Builds the typed configs; any problem becomes one ConfigError."""
+  try:
+    model = unet_lib.UNetConfig.from_dict(config.model.to_dict())
+    spec = _stage_spec(config)
+    step_lib.diffusion_config(config.diffusion)
+    pipeline_lib.PipelineConfig(batch_size=int(config.data.batch_size),
+                                image_fraction=float(config.data.image_fraction))
+  except (TypeError, ValueError, KeyError, AttributeError) as e:
+    raise ConfigError(f'invalid config: {e}') from None
+  problems = []
+  if config.num_steps < 1:
+    problems.append(f'num_steps must be >= 1, got {config.num_steps}')
+  if config.log_every < 1 or config.checkpoint_every_steps < 1:
+    problems.append('log_every and checkpoint_every_steps must be >= 1')
+  if config.max_nonfinite_in_a_row < 1:
+    problems.append('max_nonfinite_in_a_row must be >= 1')
+  if spec.is_sr != bool(model.cond_channels) or spec.is_sr != model.cond_augment:
+    problems.append(f'stage kind {spec.kind!r} needs model.cond_channels='
+                    f'{3 if spec.is_sr else 0} and cond_augment={spec.is_sr}')
+  if model.text_dim is not None and config.text.source != 'cache' and (
+      model.text_dim != config.text.get('d_model', model.text_dim)):
+    problems.append(f'model.text_dim {model.text_dim} != text.d_model {config.text.d_model}')
+  if config.text.source not in ('t5_random', 't5', 'cache'):
+    problems.append(f"text.source {config.text.source!r}: use 't5_random', 't5' or 'cache'")
+  if problems:
+    raise ConfigError('invalid config: ' + '; '.join(problems))
+  return model, spec
+
+
+# ------------------------------------------------------------------------------- mesh
+def make_mesh(mesh_cfg):
+  """(mesh, logical rules, batch sharding) from the config's `mesh` section."""
+  from imagen_video_jax import parallel
+  try:
+    mesh = parallel.mesh_from_config(dict(mesh_cfg))
+  except ValueError as e:
+    raise ConfigError(str(e)) from None
+  return mesh, parallel.DEFAULT_RULES, parallel.batch_sharding(mesh)
+
+
+# ----------------------------------------------------------------------- data, text
+def _has_shards(d: str) -> bool:
+  return os.path.isfile(os.path.join(d, 'dataset_info.json')) and os.path.isfile(
+      os.path.join(d, 'spiece.model'))
+
+
+def digits_captions(config) -> list[str]:
+  from imagen_video_jax.data import digits
+  out = []
+  for digit in range(10):
+    for colour in digits.COLOURS:
+      out.append(digits.caption_for(digit, colour))
+      out += [digits.caption_for(digit, colour, m) for m in digits.DIRECTIONS]
+  return out
+
+
+def prepare_digits(config, workdir: str) -> str:
+  """The Moving Digits shards + SentencePiece model, made on first use; returns the dir."""
+  from imagen_video_jax.data import digits
+  from imagen_video_jax.text.tokenizer import train_sentencepiece
+  d = config.data
+  data_dir = d.dir or os.path.join(
+      os.path.dirname(os.path.abspath(workdir)), 'data',
+      f'digits-{d.num_videos}v-{d.num_images}i-{d.clip_frames}x{d.clip_size}-seed{d.seed}')
+  if not _has_shards(data_dir):
+    if os.path.isdir(data_dir) and os.listdir(data_dir):
+      raise ConfigError(f'data.dir {data_dir} is not empty but holds no Moving Digits '
+                        'shards (dataset_info.json, spiece.model); point data.dir elsewhere')
+    if jax.process_index() == 0:
+      tmp = f'{data_dir}.tmp{os.getpid()}'
+      print(f'Making the Moving Digits world in {data_dir} ...', flush=True)
+      world = digits.DigitsConfig(frames=int(d.clip_frames), size=int(d.clip_size),
+                                  fps=int(d.fps))
+      digits.write_shards(world, int(d.seed), tmp, int(d.num_videos), int(d.num_images))
+      train_sentencepiece(digits_captions(config), os.path.join(tmp, 'spiece.model'),
+                          vocab_size=int(config.text.vocab_size))
+      if os.path.isdir(data_dir):
+        os.rmdir(data_dir)  # empty: checked above
+      try:
+        os.rename(tmp, data_dir)
+      except OSError:  # another job made it meanwhile
+        shutil.rmtree(tmp, ignore_errors=True)
+    if jax.process_count() > 1:
+      from jax.experimental import multihost_utils
+      multihost_utils.sync_global_devices('digits data')
+  return data_dir
+
+
+def make_text(config, data_dir: str, mesh):
+  """(tokenizer for the pipeline, embedder for the pipeline, T5 module, T5 params)."""
+  from imagen_video_jax.text.tokenizer import Tokenizer
+  t = config.text
+  if config.model.text_dim is None:
+    return None, None, None, None
+  if t.source == 'cache':
+    from imagen_video_jax.text.cache import CacheReader
+    return None, CacheReader(t.cache_dir).lookup, None, None
+  if t.source == 't5':
+    from imagen_video_jax.text import checkpoints
+    t5_cfg, params = checkpoints.load_t5(t.t5_dir, mesh=mesh)
+    path = t.tokenizer or os.path.join(t.t5_dir, 'spiece.model')
+  else:  # t5_random: the tiny frozen random T5 of the Moving Digits world
+    t5_cfg = t5_lib.T5Config(vocab_size=int(t.vocab_size), d_model=int(t.d_model),
+                             num_layers=int(t.num_layers), num_heads=int(t.num_heads),
+                             d_kv=int(t.d_kv), d_ff=int(t.d_ff))
+    params = nn.unbox(t5_lib.init_params(t5_cfg, int(t.init_seed)))
+    params = jax.device_put(params, NamedSharding(mesh, PartitionSpec()))
+    path = t.tokenizer or os.path.join(data_dir, 'spiece.model')
+  tok = Tokenizer(path)
+  if tok.vocab_size > t5_cfg.vocab_size:
+    raise ConfigError(f'tokenizer {path} has {tok.vocab_size} pieces > T5 vocab_size '
+                      f'{t5_cfg.vocab_size}')
+  tokenizer = functools.partial(tok, max_length=int(t.max_length), warn=False)
+  return tokenizer, None, t5_lib.T5Encoder(t5_cfg), params
+
+
+def make_data(config, spec, data_dir, tokenizer, embedder):
+  d = config.data
+  pcfg = pipeline_lib.PipelineConfig(
+      batch_size=int(d.batch_size), image_fraction=float(d.image_fraction), seed=int(d.seed),
+      num_threads=int(d.num_threads), prefetch_rows=int(d.prefetch_rows),
+      worker_count=int(d.worker_count))
+  f = pcfg.image_fraction
+  return pipeline_lib.make_pipeline(spec, pcfg, data_dir if f < 1 else None,
+                                    data_dir if f > 0 else None, tokenizer=tokenizer,
+                                    embedder=embedder)
+
+
+# ------------------------------------------------------------------ compiled functions
+_CACHE: dict = {}  # compiled step/sample functions, reused by runs with the same config
+
+
+def _key(kind: str, config, mesh) -> str:
+  c = checkpointing.config_to_dict(config)
+  for name in checkpointing.RESUMABLE_FIELDS:
+    if '.' not in name:
+      c.pop(name, None)
+  return json.dumps([kind, c, mesh.devices.shape, str(mesh.devices.flat[0])], sort_keys=True)
+
+
+def _place(batch: dict, sharding) -> dict:
+  out = {}
+  for k, v in batch.items():
+    if k == 'captions':
+      continue
+    out[k] = jax.make_array_from_process_local_data(sharding, np.asarray(v))
+  return out
+
+
+# ------------------------------------------------------------------------------- loop
+def train_and_evaluate(config, workdir: str) -> TrainResult:
+  """Trains one stage as configured, resuming from `workdir` if it holds checkpoints."""
+  jax.config.update('jax_threefry_partitionable', True)
+  model_cfg, spec = validate(config)
+  workdir = os.path.abspath(workdir)
+  os.makedirs(workdir, exist_ok=True)
+  is_main = jax.process_index() == 0
+  mesh, rules, batch_sharding = make_mesh(config.mesh)
+  replicated = NamedSharding(mesh, PartitionSpec())
+
+  ckpt = checkpointing.Checkpointer(workdir, keep=int(config.keep_checkpoints))
+  latest = ckpt.latest_step()
+  if latest is not None:  # refuse a different run before doing any work
+    ckpt.check_config(latest, config)
+
+  # ---- data and text
+  if config.data.world == 'digits':
+    data_dir = prepare_digits(config, workdir)
+  else:
+    data_dir = config.data.dir
+  tokenizer, embedder, t5_model, t5_params = make_text(config, data_dir, mesh)
+  data_iter = iter(make_data(config, spec, data_dir, tokenizer, embedder))
+
+  # ---- model, optimizer, state
+  model = unet_lib.VideoUNet(model_cfg)
+  tx, schedule = state_lib.make_optimizer(config.optim)
+  text_len = int(config.text.max_length)
+  boxed_init = lambda k: model.init(k, *unet_lib.dummy_inputs(
+      model_cfg, frames=spec.frames, height=spec.height, width=spec.width,
+      text_len=text_len))['params']
+  init_key, train_key = jax.random.split(jax.random.key(int(config.seed)))
+  abstract, shardings = state_lib.state_shardings(boxed_init, tx, mesh, rules)
+  if latest is not None:
+    state = ckpt.restore(latest, abstract, data_iter)
+    if is_main:
+      print(f'Resumed from {ckpt.directory} at step {latest}.', flush=True)
+  else:
+    state = state_lib.init_state(boxed_init, tx, init_key, shardings)
+
+  # Rules but no global mesh while tracing: under `jax.set_mesh` Flax's DenseGeneral
+  # (attention q/k/v) re-applies a 3-axis constraint to its flattened 2-D kernel in its
+  # init-shape check and fails. Without it the activation constraints are no-ops and
+  # XLA propagates the shardings of the state and the batch (see the report/issue).
+  with nn.logical_axis_rules(rules):
+    ck = _key('step', config, mesh)
+    if ck not in _CACHE:
+      fn = step_lib.make_train_step(config, model, t5_model, tx, schedule, train_key)
+      _CACHE[ck] = jax.jit(fn, out_shardings=(shardings, replicated), donate_argnums=0)
+    train_step = _CACHE[ck]
+    sample_fn = None
+    if int(config.sample_every) > 0:
+      n = min(int(config.sample.num), int(config.data.batch_size))
+      sk = _key('sample', config, mesh)
+      if sk not in _CACHE:
+        fn = step_lib.make_sample_fn(config, model, t5_model,
+                                     (n, spec.frames, spec.height, spec.width, 3))
+        rows = lambda b: jax.tree.map(lambda x: x[:n], b)
+        _CACHE[sk] = jax.jit(lambda p, b, t, k: fn(p, rows(b), t, k), out_shardings=replicated)
+      sample_fn = _CACHE[sk]
+
+    return _loop(config, workdir, state, data_iter, train_step, sample_fn, ckpt, t5_params,
+                 batch_sharding, spec, is_main)
+
+
+def _loop(config, workdir, state, data_iter, train_step, sample_fn, ckpt, t5_params,
+          batch_sharding, spec, is_main) -> TrainResult:
+  num_steps = int(config.num_steps)
+  step = int(state.step)
+  nan_steps = {int(s) for s in (config.debug_nan_steps or ())}
+  writer = metrics_lib.MetricWriter(workdir, enabled=is_main)
+  progress = metrics_lib.Progress(step, num_steps, int(config.data.batch_size))
+  history, preempted, last_save = [], False, time.monotonic()
+  last_saved_step = ckpt.latest_step()
+  sigterm = {'got': False}
+
+  def on_sigterm(signum, frame):
+    sigterm['got'] = True
+
+  multi = jax.process_count() > 1
+  old_handler = None
+  try:  # Only the main thread may install handlers; multi-host: JAX's preemption service.
+    if not multi:
+      old_handler = signal.signal(signal.SIGTERM, on_sigterm)
+  except ValueError:
+    pass
+
+  def agree(flag: bool) -> bool:
+    if not multi:
+      return flag
+    from jax.experimental import multihost_utils
+    return bool(multihost_utils.broadcast_one_to_all(np.int32(flag)))
+
+  def save(s, force=False):
+    nonlocal last_save, last_saved_step
+    if last_saved_step == s:
+      return
+    ckpt.save(s, state, data_iter, config, force=force)
+    last_save, last_saved_step = time.monotonic(), s
+
+  if is_main:
+    print(f'Training {config.get("name", config.stage)} in {workdir}: step {step} -> '
+          f'{num_steps}.', flush=True)
+  try:
+    while step < num_steps:
+      batch = next(data_iter)
+      if step + 1 in nan_steps:  # test hook: poison this step's batch
+        batch = dict(batch, video=np.full_like(batch['video'], np.nan))
+      state, m = train_step(state, _place(batch, batch_sharding), t5_params)
+      step += 1
+      if config.debug_sleep_secs:
+        time.sleep(float(config.debug_sleep_secs))
+      in_a_row = int(m['nonfinite_in_a_row'])
+      if in_a_row >= int(config.max_nonfinite_in_a_row):
+        raise NonFiniteError(
+            f'stopping at step {step}: {in_a_row} steps in a row (steps '
+            f'{step - in_a_row + 1}-{step}) had a non-finite loss or gradients; their updates '
+            f'were skipped. The last checkpoint (step {last_saved_step}) is finite. Check the '
+            'data, lower optim.lr or raise max_nonfinite_in_a_row.')
+      if step % int(config.log_every) == 0 or step == num_steps:
+        values = {k: float(v) for k, v in jax.device_get(m).items()}
+        values.update(progress.rates(step))
+        history.append({'step': step, **values})
+        writer.scalars(step, values)
+        if is_main:
+          print(progress.line(step, values), flush=True)
+      if sample_fn is not None and step % int(config.sample_every) == 0:
+        key = jax.random.fold_in(jax.random.key(int(config.seed) + 1), step)
+        videos = np.asarray(jax.device_get(sample_fn(
+            state.ema_params, _place(batch, batch_sharding), t5_params, key)))
+        path = writer.video(step, 'samples/ema_ddim', videos, fps=8.0 / spec.frame_stride)
+        if is_main and path:
+          print(f'Samples at step {step}: {path}', flush=True)
+      preempted = agree(sigterm['got']) or ckpt.manager.reached_preemption(step)
+      secs = float(config.checkpoint_every_secs)
+      timed = agree(secs > 0 and time.monotonic() - last_save >= secs)
+      if preempted or timed or step % int(config.checkpoint_every_steps) == 0 or (
+          step == num_steps):
+        save(step, force=True)
+      if preempted:
+        if is_main:
+          print(f'Preempted: saved step {step}; run the same command to resume.', flush=True)
+        break
+  finally:
+    ckpt.wait()
+    ckpt.close()
+    writer.close()
+    if old_handler is not None:
+      signal.signal(signal.SIGTERM, old_handler)
+  if is_main and not preempted:
+    print(f'Done: step {step}, checkpoints in {ckpt.directory}.', flush=True)
+  return TrainResult(state=state, step=step, history=history, preempted=preempted,
+                     data_state=data_iter.get_state())

@@ -1,0 +1,151 @@
+"""The jitted training step and the EMA sampler used for sample videos.
+
+One step: text (T5 on the batch's tokens, or cached `text_emb`) -> classifier-free
+guidance dropout -> SR noise-conditioning augmentation -> diffusion loss and grads ->
+a non-finite guard -> AdamW -> EMA. Its key is `fold_in(train_key, state.step)`, so a
+resumed run draws exactly what an uninterrupted one would.
+
+Joint image-video batches: a row's `frame_ids` say which frames form one clip. Caption
+dropout and the diffusion time are drawn per clip (a video row: one draw for the row;
+a row packed with T images: one per image), so each packed image gets its own noise
+level (`per_frame_time`) while a video shares one.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from imagen_video_jax.diffusion import objectives, samplers
+from imagen_video_jax.diffusion.schedules import CosineSchedule
+from imagen_video_jax.models import t5 as t5_lib
+from imagen_video_jax.models import unet as unet_lib
+from imagen_video_jax.training.state import TrainState, ema_update
+
+
+def diffusion_config(d) -> objectives.DiffusionConfig:
+  return objectives.DiffusionConfig(
+      prediction=d.prediction, weighting=d.weighting, min_snr_gamma=float(d.min_snr_gamma),
+      schedule=CosineSchedule(float(d.logsnr_min), float(d.logsnr_max), float(d.shift)),
+      p_uncond=float(d.p_uncond))
+
+
+def per_clip(u_BT: jax.Array, frame_ids: jax.Array) -> jax.Array:
+  """Gives every frame the draw of its clip: frame ids index the row's draws."""
+  idx = jnp.clip(frame_ids, 0, u_BT.shape[1] - 1)
+  return jnp.take_along_axis(u_BT, idx, axis=1)
+
+
+def encode_text(batch: dict, t5_model, t5_params) -> tuple[jax.Array, jax.Array]:
+  """Per-frame text [B, T, L, D] and mask [B, T, L] from tokens (frozen T5) or cache."""
+  mask = batch['text_mask'].astype(bool)
+  if 'text_emb' in batch:
+    emb = batch['text_emb'].astype(jnp.float32)
+  else:
+    b, t, l = batch['tokens'].shape
+    emb = t5_model.apply({'params': t5_params}, batch['tokens'].reshape(b * t, l),
+                         mask.reshape(b * t, l))
+    emb = jax.lax.stop_gradient(emb.astype(jnp.float32)).reshape(b, t, l, -1)
+  # where, not multiply: an all-masked caption's T5 output is garbage, maybe non-finite.
+  return jnp.where(mask[..., None], emb, 0.0), mask
+
+
+def make_train_step(config, model: unet_lib.VideoUNet, t5_model: t5_lib.T5Encoder | None,
+                    tx: optax.GradientTransformation, schedule: optax.Schedule,
+                    train_key: jax.Array):
+  """step(state, batch, t5_params) -> (state, metrics); jit it (see loop.py)."""
+  dcfg = diffusion_config(config.diffusion)
+  d = config.diffusion
+  is_sr = bool(config.model.cond_channels)
+  per_frame_time = bool(d.per_frame_time)
+  ema_decay = float(config.optim.ema_decay)
+
+  def step(state: TrainState, batch: dict, t5_params: Any):
+    key = jax.random.fold_in(train_key, state.step)
+    k_drop, k_t, k_loss, k_aug_t, k_aug, k_dropout = jax.random.split(key, 6)
+    x, fids = batch['video'], batch['frame_ids']
+    b, t = x.shape[:2]
+
+    text_emb = text_mask = None
+    if config.model.text_dim is not None:
+      text_emb, text_mask = encode_text(batch, t5_model, t5_params)
+      keep = per_clip(jax.random.uniform(k_drop, (b, t)), fids) >= dcfg.p_uncond
+      text_mask = text_mask & keep[..., None]
+      text_emb = jnp.where(text_mask[..., None], text_emb, 0.0)
+
+    if per_frame_time:
+      t_draw = per_clip(jax.random.uniform(k_t, (b, t)), fids)
+    else:
+      t_draw = jax.random.uniform(k_t, (b,))
+
+    cond = cond_logsnr = None
+    if is_sr:
+      cond_logsnr = objectives.sample_augment_logsnr(k_aug_t, b, dcfg.schedule,
+                                                     float(d.cond_augment_max_t))
+      cond = objectives.noise_augment(k_aug, batch['cond'], cond_logsnr)
+
+    def loss_fn(params):
+      def apply(z, logsnr):
+        return model.apply({'params': params}, z, logsnr, text_emb, text_mask, fids, cond,
+                           cond_logsnr, train=True, rngs={'dropout': k_dropout})
+      return objectives.diffusion_loss(apply, x, k_loss, config=dcfg, frame_ids=fids,
+                                       t=t_draw, per_frame_time=per_frame_time)
+
+    (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    grad_norm = optax.global_norm(grads)
+    ok = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+    applied = state.step - state.nonfinite_total  # updates applied so far
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    ema = ema_update(state.ema_params, params, ema_decay, applied)
+    keep_new = lambda new, old: jax.tree.map(lambda n, o: jnp.where(ok, n, o), new, old)
+    bad = jnp.logical_not(ok).astype(jnp.int32)
+    new_state = TrainState(
+        step=state.step + 1,
+        params=keep_new(params, state.params),
+        ema_params=keep_new(ema, state.ema_params),
+        opt_state=keep_new(opt_state, state.opt_state),
+        nonfinite_in_a_row=jnp.where(ok, 0, state.nonfinite_in_a_row + 1),
+        nonfinite_total=state.nonfinite_total + bad)
+    metrics = {'loss': loss, 'grad_norm': grad_norm, 'lr': schedule(applied),
+               'logsnr_mean': aux['logsnr_mean'], 'nonfinite': bad,
+               'nonfinite_in_a_row': new_state.nonfinite_in_a_row,
+               'nonfinite_total': new_state.nonfinite_total}
+    return new_state, metrics
+
+  return step
+
+
+def make_sample_fn(config, model: unet_lib.VideoUNet, t5_model, shape: tuple[int, ...]):
+  """sample(ema_params, batch, t5_params, key) -> videos [N, T, H, W, C] in [-1, 1].
+
+  A few DDIM steps with classifier-free guidance, on the text (and for SR stages the
+  low-resolution conditioning, noise-augmented at the fixed `sample_cond_t`) of the
+  first N rows of a training batch.
+  """
+  dcfg = diffusion_config(config.diffusion)
+  scfg = samplers.SamplerConfig(sampler='ddim', steps=int(config.sample.steps),
+                                guidance=float(config.sample.guidance),
+                                clip=config.sample.clip)
+  is_sr = bool(config.model.cond_channels)
+
+  def sample(params, batch, t5_params, key):
+    fids = batch['frame_ids']
+    text_emb, text_mask = encode_text(batch, t5_model, t5_params)
+    cond = cond_logsnr = None
+    n = fids.shape[0]
+    if is_sr:
+      cond_logsnr = jnp.full((n,), dcfg.schedule.logsnr(float(config.diffusion.sample_cond_t)))
+      cond = objectives.noise_augment(jax.random.fold_in(key, 1), batch['cond'], cond_logsnr)
+      cond, cond_logsnr = jnp.concatenate([cond, cond]), jnp.concatenate([cond_logsnr] * 2)
+    fids2 = jnp.concatenate([fids, fids])
+
+    def apply(z, logsnr, emb, mask):
+      return model.apply({'params': params}, z, logsnr, emb, mask, fids2, cond, cond_logsnr)
+    denoise = samplers.guided_denoiser(apply, text_emb, text_mask)
+    return samplers.sample(denoise, shape, key, config=scfg, schedule=dcfg.schedule,
+                           prediction=dcfg.prediction)
+
+  return sample
