@@ -184,3 +184,16 @@ def test_count_params_matches_initialised_params():
   cfg = _config('conv')
   params = _init(cfg)
   assert unet_lib.count_params(cfg) == sum(p.size for p in jax.tree.leaves(params))
+
+
+def test_bfloat16_compute_tracks_float32():
+  import dataclasses
+  cfg = _config('attention')
+  params = _randomised_params(cfg, 12)
+  x, logsnr, text, mask = _inputs(jax.random.key(13))
+  f32 = jax.jit(VideoUNet(cfg).apply)({'params': params}, x, logsnr, text, mask)
+  bf16_model = VideoUNet(dataclasses.replace(cfg, dtype='bfloat16'))
+  bf16 = jax.jit(bf16_model.apply)({'params': params}, x, logsnr, text, mask)
+  assert bf16.dtype == jnp.float32  # outputs stay float32 whatever the compute dtype
+  rel = float(jnp.linalg.norm(bf16 - f32) / jnp.linalg.norm(f32))
+  assert rel < 0.05, rel
