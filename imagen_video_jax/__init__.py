@@ -57,6 +57,24 @@ _EXPORTS = {
     'PipelineConfig': 'imagen_video_jax.data.pipeline',
     'DIGITS_STAGES': 'imagen_video_jax.data.pipeline',
     'make_pipeline': 'imagen_video_jax.data.pipeline',
+    # scale-out
+    'make_mesh': 'imagen_video_jax.parallel',
+    'make_hybrid_mesh': 'imagen_video_jax.parallel',
+    'mesh_from_config': 'imagen_video_jax.parallel',
+    'abstract_mesh': 'imagen_video_jax.parallel',
+    'DEFAULT_RULES': 'imagen_video_jax.parallel',
+    'logical_shardings': 'imagen_video_jax.parallel',
+    'sharded_init': 'imagen_video_jax.parallel',
+    'batch_sharding': 'imagen_video_jax.parallel',
+    'replicated': 'imagen_video_jax.parallel',
+    'mesh_context': 'imagen_video_jax.parallel',
+    'initialize_distributed': 'imagen_video_jax.parallel',
+    'param_bytes_per_device': 'imagen_video_jax.parallel',
+    # cascade
+    'CascadePipeline': 'imagen_video_jax.cascade',
+    'Stage': 'imagen_video_jax.cascade',
+    'load_cascade': 'imagen_video_jax.export',
+    'save_cascade': 'imagen_video_jax.export',
 }
 
 __all__ = sorted(_EXPORTS)
@@ -76,6 +94,12 @@ def __dir__():
 
 
 if TYPE_CHECKING:  # static analysers and IDEs see the real names
+  from imagen_video_jax.cascade import CascadePipeline, Stage
+  from imagen_video_jax.export import load_cascade, save_cascade
+  from imagen_video_jax.parallel import (DEFAULT_RULES, abstract_mesh, batch_sharding,
+                                         initialize_distributed, logical_shardings, make_hybrid_mesh,
+                                         make_mesh, mesh_context, mesh_from_config,
+                                         param_bytes_per_device, replicated, sharded_init)
   from imagen_video_jax.data.digits import DigitsConfig, caption_for, parse_caption
   from imagen_video_jax.data.importer import ImportConfig, import_videos
   from imagen_video_jax.data.pipeline import DIGITS_STAGES, PipelineConfig, StageSpec, make_pipeline

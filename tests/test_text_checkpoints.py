@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
 
+from imagen_video_jax import parallel
 from imagen_video_jax.models.t5 import T5Config, init_params
 from imagen_video_jax.text import checkpoints
 
@@ -26,10 +27,10 @@ class FakeMesh:
 
 def test_fit_drops_missing_and_non_dividing_axes():
   mesh = FakeMesh({'data': 2, 'fsdp': 4, 'tensor': 4})
-  assert checkpoints._fit(P('fsdp', 'tensor', None), (64, 6, 16), mesh) == P('fsdp', None, None)
-  assert checkpoints._fit(P(('data', 'fsdp'),), (8,), mesh) == P(('data', 'fsdp'))
-  assert checkpoints._fit(P(('data', 'fsdp'),), (6,), mesh) == P('data')
-  assert checkpoints._fit(P('tensor', 'fsdp'), (32, 64), FakeMesh({'data': 8})) == P(None, None)
+  assert parallel._fit(P('fsdp', 'tensor', None), (64, 6, 16), mesh) == P('fsdp', None, None)
+  assert parallel._fit(P(('data', 'fsdp'),), (8,), mesh) == P(('data', 'fsdp'))
+  assert parallel._fit(P(('data', 'fsdp'),), (6,), mesh) == P('data')
+  assert parallel._fit(P('tensor', 'fsdp'), (32, 64), FakeMesh({'data': 8})) == P(None, None)
 
 
 @pytest.mark.parametrize('transpose', [False, True])

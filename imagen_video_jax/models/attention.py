@@ -33,6 +33,41 @@ def attend(q: jax.Array, k: jax.Array, v: jax.Array, *, bias: jax.Array | None =
   return jnp.einsum('...nqs,...snk->...qnk', probs, v)
 
 
+# Explicit kernels rather than nn.DenseGeneral: under a global mesh (jax.set_mesh) Flax
+# 0.12's DenseGeneral re-applies the kernel's 3-axis logical names to its flattened 2-D
+# init in apply's shape check and fails. Same parameter tree, shapes and init values.
+class HeadsProjection(nn.Module):
+  """x [..., D] -> [..., heads, kv]; kernel [D, heads, kv] named ('embed', 'heads', 'kv')."""
+  num_heads: int
+  head_dim: int
+  dtype: layers.Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    kernel = self.param('kernel', nn.with_logical_partitioning(
+        nn.initializers.lecun_normal(in_axis=0, out_axis=(1, 2)), ('embed', 'heads', 'kv')),
+        (x.shape[-1], self.num_heads, self.head_dim), jnp.float32)
+    return jnp.einsum('...d,dnk->...nk', x.astype(self.dtype), kernel.astype(self.dtype))
+
+
+class OutProjection(nn.Module):
+  """[..., heads, kv] -> [..., D]; kernel [heads, kv, D] ('heads', 'kv', 'embed'), bias [D]."""
+  features: int
+  zero: bool = False
+  dtype: layers.Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    init = (nn.initializers.zeros if self.zero
+            else nn.initializers.lecun_normal(in_axis=(0, 1), out_axis=2))
+    kernel = self.param('kernel', nn.with_logical_partitioning(init, ('heads', 'kv', 'embed')),
+                        x.shape[-2:] + (self.features,), jnp.float32)
+    bias = self.param('bias', nn.with_logical_partitioning(nn.initializers.zeros, ('embed',)),
+                      (self.features,), jnp.float32)
+    y = jnp.einsum('...nk,nkd->...d', x.astype(self.dtype), kernel.astype(self.dtype))
+    return y + bias.astype(self.dtype)
+
+
 class MultiHeadAttention(nn.Module):
   """Projections around `attend`; q/k/v kernels named ('embed', 'heads', 'kv')."""
   num_heads: int
@@ -41,11 +76,8 @@ class MultiHeadAttention(nn.Module):
   zero_out: bool = False
   dtype: layers.Dtype = jnp.float32
 
-  def _proj(self, name: str) -> nn.DenseGeneral:
-    return nn.DenseGeneral(
-        (self.num_heads, self.head_dim), dtype=self.dtype, use_bias=False, name=name,
-        kernel_init=nn.with_logical_partitioning(nn.initializers.lecun_normal(),
-                                                 ('embed', 'heads', 'kv')))
+  def _proj(self, name: str) -> 'HeadsProjection':
+    return HeadsProjection(self.num_heads, self.head_dim, dtype=self.dtype, name=name)
 
   @nn.compact
   def __call__(self, x_q: jax.Array, x_kv: jax.Array, *, bias=None, mask=None,
@@ -62,11 +94,7 @@ class MultiHeadAttention(nn.Module):
         mask = jnp.concatenate(
             [jnp.ones(mask.shape[:-1] + (ek.shape[0],), bool), mask], axis=-1)
     out = attend(q, k, v, bias=bias, mask=mask)
-    kinit = nn.initializers.zeros if self.zero_out else nn.initializers.lecun_normal()
-    return nn.DenseGeneral(
-        self.out_features, axis=(-2, -1), dtype=self.dtype, name='out',
-        kernel_init=nn.with_logical_partitioning(kinit, ('heads', 'kv', 'embed')),
-        bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ('embed',)))(out)
+    return OutProjection(self.out_features, self.zero_out, dtype=self.dtype, name='out')(out)
 
 
 def _heads(channels: int, head_dim: int) -> int:

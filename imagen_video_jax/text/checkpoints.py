@@ -35,19 +35,13 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from imagen_video_jax.models.t5 import T5Config, abstract_params
+from imagen_video_jax.parallel import DEFAULT_RULES, logical_sharding  # noqa: F401 (re-exported)
 
 log = logging.getLogger(__name__)
 
-# Logical axis -> mesh axis. Mesh axes the mesh lacks are dropped, and a dimension a
-# mesh axis does not divide stays replicated, so one rule set serves every mesh.
-DEFAULT_RULES: tuple[tuple[str, Any], ...] = (
-    ('batch', ('data', 'fsdp')),
-    ('vocab', 'tensor'),
-    ('embed', 'fsdp'),
-    ('mlp', 'tensor'),
-    ('heads', 'tensor'),
-    ('kv', None),
-)
+# Shardings come from the project's one logical-rules table (DEFAULT_RULES, re-exported
+# here): mesh axes a mesh lacks are dropped, and a dimension a mesh axis does not
+# divide stays replicated, so one rule set serves every mesh.
 CONFIG_FILE = 't5_config.json'
 PARAMS_DIR = 'params'
 VOCAB_FILE = 'spiece.model'
@@ -75,24 +69,6 @@ def pickle_refusal(paths: Sequence[str]) -> str:
 # ---------------------------------------------------------------------------------
 # Shardings.
 # ---------------------------------------------------------------------------------
-def _fit(spec: PartitionSpec, shape: Sequence[int], mesh: Mesh) -> PartitionSpec:
-  out = []
-  for dim, entry in zip(shape, tuple(spec) + (None,) * (len(shape) - len(spec))):
-    axes = [a for a in ((entry,) if isinstance(entry, str) else (entry or ()))
-            if a in mesh.shape]
-    while axes and dim % int(np.prod([mesh.shape[a] for a in axes])):
-      axes.pop()
-    out.append(None if not axes else axes[0] if len(axes) == 1 else tuple(axes))
-  return PartitionSpec(*out)
-
-
-def logical_sharding(names: Sequence[Any], shape: Sequence[int], mesh: Mesh,
-                     rules=None) -> NamedSharding:
-  """NamedSharding of one array from its logical axis names (see DEFAULT_RULES)."""
-  spec = nn.logical_to_mesh_axes(tuple(names), DEFAULT_RULES if rules is None else rules)
-  return NamedSharding(mesh, _fit(spec, shape, mesh))
-
-
 def param_shardings(config: T5Config, mesh: Mesh | None = None, rules=None):
   """A tree of NamedShardings for the encoder's parameters (one device if no mesh)."""
   if mesh is None:
