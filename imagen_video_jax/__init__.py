@@ -75,6 +75,12 @@ _EXPORTS = {
     'Stage': 'imagen_video_jax.cascade',
     'load_cascade': 'imagen_video_jax.export',
     'save_cascade': 'imagen_video_jax.export',
+    # training
+    'train_and_evaluate': 'imagen_video_jax.training.loop',
+    'TrainResult': 'imagen_video_jax.training.loop',
+    'TrainState': 'imagen_video_jax.training.state',
+    'Checkpointer': 'imagen_video_jax.training.checkpointing',
+    'ConfigMismatchError': 'imagen_video_jax.training.checkpointing',
 }
 
 __all__ = sorted(_EXPORTS)
@@ -115,3 +121,6 @@ if TYPE_CHECKING:  # static analysers and IDEs see the real names
   from imagen_video_jax.text.checkpoints import CheckpointError, load_source, load_t5, save_t5
   from imagen_video_jax.text.encoder import TextEncoder
   from imagen_video_jax.text.tokenizer import Tokenizer, train_sentencepiece
+  from imagen_video_jax.training.checkpointing import Checkpointer, ConfigMismatchError
+  from imagen_video_jax.training.loop import TrainResult, train_and_evaluate
+  from imagen_video_jax.training.state import TrainState

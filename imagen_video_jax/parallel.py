@@ -14,7 +14,8 @@ Models name their parameter and activation axes logically (``nn.with_logical_par
     mesh = parallel.make_mesh(data=-1, fsdp=4)
     params, shardings = parallel.sharded_init(
         lambda k: unet.init_params(cfg, k, frames=16, height=24, width=40), key, mesh)
-    with parallel.mesh_context(mesh):   # activation constraints resolve under the mesh
+    x = jax.device_put(x, parallel.batch_sharding(mesh))
+    with parallel.mesh_context(mesh):   # the rules (and optionally the mesh) while tracing
       out = jax.jit(model.apply)({'params': params}, x, ...)
 
 Rules are a plain tuple of ``(logical_name, mesh_axes)`` pairs in order of priority (Flax
@@ -155,6 +156,18 @@ def mesh_from_config(cfg: Mapping[str, Any] | None, devices: Sequence[Any] | Non
   return make_mesh(**ici, devices=devices)
 
 
+def abstract_mesh(num_devices: int, data: int = -1, fsdp: int = 1,
+                  tensor: int = 1) -> jax.sharding.AbstractMesh:
+  """A mesh of `num_devices` that need not exist: for planning (shardings, bytes per device).
+
+  ``param_bytes_per_device(abstract, logical_shardings(abstract, abstract_mesh(256, fsdp=-1)))``
+  sizes a 256-chip job on a laptop.
+  """
+  shape = _resolve_sizes(dict(data=data, fsdp=fsdp, tensor=tensor), num_devices,
+                         'abstract_mesh')
+  return jax.sharding.AbstractMesh(shape, AXES, axis_types=(AxisType.Auto,) * len(AXES))
+
+
 def batch_sharding(mesh: Mesh) -> NamedSharding:
   """For arrays whose leading axis is the batch: split over ('data', 'fsdp')."""
   return NamedSharding(mesh, P(BATCH_AXES))
@@ -181,7 +194,7 @@ def mesh_context(mesh: Mesh, rules: LogicalRules = DEFAULT_RULES, *,
   with contextlib.ExitStack() as stack:
     if constrain_activations:
       stack.enter_context(jax.set_mesh(mesh))
-    stack.enter_context(nn.logical_axis_rules(rules))
+    stack.enter_context(nn.logical_axis_rules(DEFAULT_RULES if rules is None else rules))
     yield
 
 
@@ -204,21 +217,29 @@ def _is_boxed(x) -> bool:
   return isinstance(x, nn.LogicallyPartitioned)
 
 
+def _values(tree: Any) -> Any:
+  """Unboxes without applying sharding constraints (nn.unbox does, under a global mesh)."""
+  return jax.tree.map(lambda x: x.value if _is_boxed(x) else x, tree, is_leaf=_is_boxed)
+
+
 def logical_sharding(names: Sequence[str | None], shape: Sequence[int], mesh: Mesh,
                      rules: LogicalRules = DEFAULT_RULES) -> NamedSharding:
-  """The NamedSharding of one array from its logical axis names."""
+  """The NamedSharding of one array from its logical axis names (rules None: the defaults)."""
+  rules = DEFAULT_RULES if rules is None else rules
   return NamedSharding(mesh, _fit(nn.logical_to_mesh_axes(tuple(names), rules), shape, mesh))
 
 
-def logical_shardings(boxed_tree: Any, mesh: Mesh, rules: LogicalRules = DEFAULT_RULES) -> Any:
+def logical_shardings(boxed_tree: Any, mesh: Mesh | jax.sharding.AbstractMesh,
+                      rules: LogicalRules = DEFAULT_RULES) -> Any:
   """A tree (unboxed structure) of NamedShardings for a tree of `nn.LogicallyPartitioned`.
 
-  Works on real or abstract (`jax.eval_shape`) trees. Leaves without logical names are
-  replicated.
+  Works on real or abstract (`jax.eval_shape`) trees, and on an `abstract_mesh` for
+  planning. Leaves without logical names are replicated. `rules` None: DEFAULT_RULES.
   """
+  rules = DEFAULT_RULES if rules is None else rules
   specs = nn.get_partition_spec(boxed_tree)  # LogicallyPartitioned -> P(logical names)
   mesh_specs = nn.logical_to_mesh(specs, rules)
-  values = nn.unbox(boxed_tree)
+  values = _values(boxed_tree)
   return jax.tree.map(
       lambda spec, v: NamedSharding(mesh, _fit(spec, np.shape(v), mesh)),
       mesh_specs, values, is_leaf=lambda x: isinstance(x, P))
@@ -235,9 +256,10 @@ def sharded_init(init_fn: Callable[[jax.Array], Any], key: jax.Array, mesh: Mesh
   partitionable threefry (jax's default; keep `jax_threefry_partitionable` on) the
   values equal an unsharded init with the same key.
   """
+  rules = DEFAULT_RULES if rules is None else rules
   abstract = jax.eval_shape(init_fn, key)
   shardings = logical_shardings(abstract, mesh, rules)
-  init = jax.jit(lambda k: nn.unbox(init_fn(k)), out_shardings=shardings)
+  init = jax.jit(lambda k: _values(init_fn(k)), out_shardings=shardings)
   return init(key), shardings
 
 
@@ -247,8 +269,7 @@ def param_bytes_per_device(abstract_params: Any, shardings: Any) -> int:
   `abstract_params` may be boxed or not, real or `jax.ShapeDtypeStruct`s. For optimizer
   state multiply accordingly (Adam: x3 in float32).
   """
-  values = nn.unbox(abstract_params)
-  leaves = jax.tree.leaves(values)
+  leaves = jax.tree.leaves(_values(abstract_params))
   shards = jax.tree.leaves(shardings, is_leaf=lambda x: isinstance(x, jax.sharding.Sharding))
   if len(leaves) != len(shards):
     raise ValueError(f'params have {len(leaves)} leaves but shardings {len(shards)}')

@@ -26,8 +26,7 @@ P = jax.sharding.PartitionSpec
 
 def _cfg():
   return UNetConfig(
-      levels=(LevelConfig(32, 1, spatial_attention=True, temporal='attention', cross_attention=True),
-              LevelConfig(64, 1, temporal='conv')),
+      levels=(LevelConfig(64, 1, spatial_attention=True, temporal='attention', cross_attention=True),),
       text_dim=16, emb_dim=32, head_dim=16, cond_channels=3, cond_augment=True)
 
 
@@ -178,6 +177,52 @@ def test_initialize_distributed_single_process_is_a_noop():
   assert plan.mode == 'single' or jax.process_count() > 1
 
 
+def test_param_bytes_per_device_on_an_abstract_pod():
+  boxed = jax.eval_shape(_init_fn(_cfg()), jax.random.key(0))
+  total = sum(x.size * 4 for x in jax.tree.leaves(nn.unbox(boxed)))
+  mesh = parallel.abstract_mesh(64, data=8, fsdp=-1, tensor=2)
+  assert dict(mesh.shape) == {'data': 8, 'fsdp': 4, 'tensor': 2}
+  per_device = parallel.param_bytes_per_device(boxed, parallel.logical_shardings(boxed, mesh))
+  assert total / 8.5 < per_device < total / 4
+
+
+_DIST_SCRIPT = """
+from imagen_video_jax import parallel
+plan = parallel.initialize_distributed()
+import jax
+mesh = parallel.make_mesh(data=-1, fsdp=2)
+print('RESULT', plan.mode, jax.process_index(), jax.process_count(), jax.local_device_count(),
+      jax.device_count(), mesh.devices.shape, flush=True)
+"""
+
+
+def test_two_processes_on_localhost_form_one_job(tmp_path):
+  import socket
+  with socket.socket() as s:
+    s.bind(('localhost', 0))
+    port = s.getsockname()[1]
+  script = tmp_path / 'dist.py'
+  script.write_text(_DIST_SCRIPT)
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  procs = []
+  for i in range(2):
+    env = dict(os.environ, IVJ_COORDINATOR=f'localhost:{port}', IVJ_NUM_PROCESSES='2',
+               IVJ_PROCESS_ID=str(i), JAX_PLATFORMS='cpu',
+               XLA_FLAGS='--xla_force_host_platform_device_count=2',
+               PYTHONPATH=root + os.pathsep + os.environ.get('PYTHONPATH', ''))
+    procs.append(subprocess.Popen([sys.executable, str(script)], env=env, cwd=root, text=True,
+                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT))
+  outs = []
+  for p in procs:
+    try:
+      outs.append(p.communicate(timeout=120)[0])
+    finally:
+      if p.poll() is None:
+        p.kill()
+  for i, out in enumerate(outs):
+    assert f'RESULT explicit {i} 2 2 4 (2, 2, 1)' in out, out[-3000:]
+
+
 # ---------------------------------------------------------------------------------
 # Eight fake devices (run in a subprocess by test_on_eight_fake_devices).
 # ---------------------------------------------------------------------------------
@@ -202,12 +247,12 @@ def test_sharded_init_and_forward_match_single_device():
   params, shardings = parallel.sharded_init(init_fn, key, mesh)
 
   # Really sharded: each device holds a quarter of a conv kernel and of a q kernel.
-  conv = params['down1_block0']['res']['conv1']['kernel']               # [1,3,3,64,64]
+  conv = params['down0_block0']['res']['conv2']['kernel']               # [1,3,3,64,64]
   assert conv.sharding.spec == P(None, None, None, 'fsdp', 'tensor')
   assert {s.data.shape for s in conv.addressable_shards} == {(1, 3, 3, 32, 32)}
-  q = params['down0_block0']['spatial_attn']['attn']['query']['kernel']  # [32, 2, 16]
+  q = params['down0_block0']['spatial_attn']['attn']['query']['kernel']  # [64, 4, 16]
   assert q.sharding.spec == P('fsdp', 'tensor', None)
-  assert {s.data.shape for s in q.addressable_shards} == {(16, 1, 16)}
+  assert {s.data.shape for s in q.addressable_shards} == {(32, 2, 16)}
   conv_in = params['conv_in']['kernel']  # 6 input channels: fsdp (2) divides, tensor (2) too
   assert conv_in.sharding.spec == P(None, None, None, 'fsdp', 'tensor')
 

@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 
 import jax
@@ -22,6 +23,12 @@ sys.path.insert(0, ROOT)
 from configs import digits as digits_config  # noqa: E402
 
 STEPS = 20
+# One persistent XLA cache for this module's runs and its subprocesses: a subprocess
+# then loads the executables the in-process runs compiled (identical programs).
+XLA_CACHE = tempfile.mkdtemp(prefix='ivj_train_xla_')
+jax.config.update('jax_compilation_cache_dir', XLA_CACHE)
+jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.0)
+jax.config.update('jax_persistent_cache_min_entry_size_bytes', 0)
 
 
 def tiny_config(data_dir, **overrides):
@@ -91,8 +98,11 @@ def test_config_mismatch_is_refused_naming_fields(straight, data_dir):
 
 def test_nonfinite_steps_are_skipped_counted_and_stop_the_job(data_dir, tmp_path):
   workdir = str(tmp_path)
+  # (also: time-based checkpoints, here every step, and keep_checkpoints)
   run = training.train_and_evaluate(
-      tiny_config(data_dir, num_steps=5, debug_nan_steps=(3,)), workdir)
+      tiny_config(data_dir, num_steps=5, debug_nan_steps=(3,), checkpoint_every_secs=1e-6,
+                  keep_checkpoints=4), workdir)
+  assert checkpointing.Checkpointer(workdir).all_steps() == [2, 3, 4, 5]
   by_step = {h['step']: h for h in run.history}
   assert np.isnan(by_step[3]['loss']) and by_step[3]['nonfinite'] == 1
   assert by_step[5]['nonfinite_total'] == 1 and by_step[5]['nonfinite_in_a_row'] == 0
@@ -133,7 +143,7 @@ def _env(cache_dir):
 
 def test_sigterm_saves_exits_zero_and_resumes_exactly(straight, data_dir, tmp_path):
   _, ref = straight
-  workdir, env = str(tmp_path / 'run'), _env(str(tmp_path / 'xla_cache'))
+  workdir, env = str(tmp_path / 'run'), _env(XLA_CACHE)
   proc = subprocess.Popen(_cmd(workdir, data_dir, '--config.debug_sleep_secs=0.3'), cwd=ROOT,
                           env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
   lines, deadline = [], time.time() + 300

@@ -28,6 +28,7 @@ RESUMABLE_FIELDS = (
     'keep_checkpoints', 'sample_every', 'max_nonfinite_in_a_row', 'debug_nan_steps',
     'debug_sleep_secs', 'data.dir', 'data.num_threads', 'data.prefetch_rows',
     'data.worker_count', 'sample.*', 'text.tokenizer', 'name',
+    'mesh.*',  # orbax restores into the new run's shardings: resume on another mesh
 )
 
 

@@ -41,6 +41,8 @@ class NonFiniteError(RuntimeError):
 
 @dataclasses.dataclass
 class TrainResult:
+  """What `train_and_evaluate` returns: the final state, its step, the logged metrics,
+  whether it stopped for a preemption (after saving), and the data iterator's position."""
   state: state_lib.TrainState
   step: int
   history: list  # one dict of metrics per logged step
@@ -88,7 +90,8 @@ def make_mesh(mesh_cfg):
   """(mesh, logical rules, batch sharding) from the config's `mesh` section."""
   from imagen_video_jax import parallel
   try:
-    mesh = parallel.mesh_from_config(dict(mesh_cfg))
+    mesh = parallel.mesh_from_config(
+        {k: v for k, v in dict(mesh_cfg).items() if k != 'constrain_activations'})
   except ValueError as e:
     raise ConfigError(str(e)) from None
   return mesh, parallel.DEFAULT_RULES, parallel.batch_sharding(mesh)
@@ -212,9 +215,17 @@ def train_and_evaluate(config, workdir: str) -> TrainResult:
   os.makedirs(workdir, exist_ok=True)
   is_main = jax.process_index() == 0
   mesh, rules, batch_sharding = make_mesh(config.mesh)
-  replicated = NamedSharding(mesh, PartitionSpec())
 
   ckpt = checkpointing.Checkpointer(workdir, keep=int(config.keep_checkpoints))
+  try:
+    return _run(config, workdir, model_cfg, spec, mesh, rules, batch_sharding, ckpt, is_main)
+  finally:
+    ckpt.close()  # after any pending async save has finished
+
+
+def _run(config, workdir, model_cfg, spec, mesh, rules, batch_sharding, ckpt,
+         is_main) -> TrainResult:
+  replicated = NamedSharding(mesh, PartitionSpec())
   latest = ckpt.latest_step()
   if latest is not None:  # refuse a different run before doing any work
     ckpt.check_config(latest, config)
@@ -241,13 +252,17 @@ def train_and_evaluate(config, workdir: str) -> TrainResult:
     if is_main:
       print(f'Resumed from {ckpt.directory} at step {latest}.', flush=True)
   else:
-    state = state_lib.init_state(boxed_init, tx, init_key, shardings)
+    ik = _key('init', config, mesh)
+    if ik not in _CACHE:
+      _CACHE[ik] = state_lib.make_init_fn(boxed_init, tx, shardings)
+    state = _CACHE[ik](init_key)
 
-  # Rules but no global mesh while tracing: under `jax.set_mesh` Flax's DenseGeneral
-  # (attention q/k/v) re-applies a 3-axis constraint to its flattened 2-D kernel in its
-  # init-shape check and fails. Without it the activation constraints are no-ops and
-  # XLA propagates the shardings of the state and the batch (see the report/issue).
-  with nn.logical_axis_rules(rules):
+  # Trace under the logical rules; with mesh.constrain_activations also under the mesh,
+  # so the models' activation constraints apply (else XLA propagates the shardings of
+  # the state and the batch-sharded inputs).
+  from imagen_video_jax import parallel
+  with parallel.mesh_context(mesh, rules, constrain_activations=bool(
+      config.mesh.get('constrain_activations', False))):
     ck = _key('step', config, mesh)
     if ck not in _CACHE:
       fn = step_lib.make_train_step(config, model, t5_model, tx, schedule, train_key)
@@ -333,7 +348,12 @@ def _loop(config, workdir, state, data_iter, train_step, sample_fn, ckpt, t5_par
         key = jax.random.fold_in(jax.random.key(int(config.seed) + 1), step)
         videos = np.asarray(jax.device_get(sample_fn(
             state.ema_params, _place(batch, batch_sharding), t5_params, key)))
-        path = writer.video(step, 'samples/ema_ddim', videos, fps=8.0 / spec.frame_stride)
+        # SR stages: the low-resolution conditioning under the samples.
+        below = np.asarray(batch['cond'][:len(videos)]) if 'cond' in batch else None
+        if below is not None and below.shape != videos.shape:
+          below = None  # multi-host: this process's rows are not the sampled ones
+        path = writer.video(step, 'samples/ema_ddim', videos, fps=8.0 / spec.frame_stride,
+                            below=below)
         if is_main and path:
           print(f'Samples at step {step}: {path}', flush=True)
       preempted = agree(sigterm['got']) or ckpt.manager.reached_preemption(step)
@@ -348,7 +368,6 @@ def _loop(config, workdir, state, data_iter, train_step, sample_fn, ckpt, t5_par
         break
   finally:
     ckpt.wait()
-    ckpt.close()
     writer.close()
     if old_handler is not None:
       signal.signal(signal.SIGTERM, old_handler)

@@ -19,12 +19,16 @@ def to_uint8(video: np.ndarray) -> np.ndarray:
   return np.clip(np.round((np.asarray(video, np.float32) + 1.0) * 127.5), 0, 255).astype(np.uint8)
 
 
-def grid(videos: np.ndarray) -> np.ndarray:
-  """[N, T, H, W, C] -> [T, H, N*(W+1)-1, C]: videos side by side, 1-pixel gaps."""
+def grid(videos: np.ndarray, below: np.ndarray | None = None) -> np.ndarray:
+  """[N, T, H, W, C] -> [T, H, N*(W+1)-1, C]: videos side by side, 1-pixel gaps;
+  `below` (same shape, e.g. an SR stage's conditioning) as a second row."""
   n, t, h, w, c = videos.shape
   out = np.zeros((t, h, n * (w + 1) - 1, c), videos.dtype)
   for i in range(n):
     out[:, :, i * (w + 1):i * (w + 1) + w] = videos[i]
+  if below is not None:
+    gap = np.zeros((t, 1) + out.shape[2:], out.dtype)
+    out = np.concatenate([out, gap, grid(below)], axis=1)
   return out
 
 
@@ -71,13 +75,15 @@ class MetricWriter:
                       + '\n')
     self._jsonl.flush()
 
-  def video(self, step: int, tag: str, videos: np.ndarray, fps: float = 8.0) -> str | None:
-    """Writes [N, T, H, W, C] videos in [-1, 1] as one animated GIF; returns its path."""
+  def video(self, step: int, tag: str, videos: np.ndarray, fps: float = 8.0,
+            below: np.ndarray | None = None) -> str | None:
+    """Writes [N, T, H, W, C] videos in [-1, 1] as one animated GIF (with `below` as a
+    second row); returns its path."""
     if not self.enabled:
       return None
     from tensorboardX.proto.summary_pb2 import Summary
 
-    frames = grid(to_uint8(videos))
+    frames = grid(to_uint8(videos), None if below is None else to_uint8(below))
     data = gif_bytes(frames, fps)
     t, h, w, c = frames.shape
     image = Summary.Image(height=h * 4, width=w * 4, colorspace=c, encoded_image_string=data)

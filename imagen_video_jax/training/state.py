@@ -98,12 +98,12 @@ def state_shardings(boxed_init: Callable[[jax.Array], Any], tx: optax.GradientTr
   return abstract, shardings
 
 
-def init_state(boxed_init: Callable[[jax.Array], Any], tx: optax.GradientTransformation,
-               key: jax.Array, shardings: TrainState) -> TrainState:
+def make_init_fn(boxed_init: Callable[[jax.Array], Any], tx: optax.GradientTransformation,
+                 shardings: TrainState) -> Callable[[jax.Array], TrainState]:
   """Initialises the state directly into its shardings (never whole on one device).
 
   Call it outside the mesh context: Flax re-applies logical constraints while it
   reshapes boxed DenseGeneral kernels at init, which fails under a mesh.
   """
   return jax.jit(lambda k: TrainState.create(nn.unbox(boxed_init(k)), tx),
-                 out_shardings=shardings)(key)
+                 out_shardings=shardings)

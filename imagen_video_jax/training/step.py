@@ -94,7 +94,7 @@ def make_train_step(config, model: unet_lib.VideoUNet, t5_model: t5_lib.T5Encode
                                        t=t_draw, per_frame_time=per_frame_time)
 
     (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-    grad_norm = optax.global_norm(grads)
+    grad_norm = optax.tree.norm(grads)
     ok = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
     applied = state.step - state.nonfinite_total  # updates applied so far
     updates, opt_state = tx.update(grads, state.opt_state, state.params)

@@ -1,0 +1,71 @@
+"""configs/digits.py and the training job's config checks (no training here)."""
+import os
+import subprocess
+import sys
+
+import pytest
+
+from imagen_video_jax.models import unet
+from imagen_video_jax.training import checkpointing, loop
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+from configs import digits as digits_config  # noqa: E402
+
+
+@pytest.mark.parametrize('stage', digits_config.STAGES)
+def test_every_digits_stage_is_valid_and_small(stage):
+  full = digits_config.get_config(f'stage={stage}')
+  tiny = digits_config.get_config(f'stage={stage},tiny=True')
+  for c in (full, tiny):
+    model, spec = loop.validate(c)
+    assert spec.kind == stage and model.text_dim == c.text.d_model
+    assert bool(model.cond_channels) == (stage != 'base')
+  count = lambda c: unet.count_params(unet.UNetConfig.from_dict(c.model.to_dict()),
+                                      frames=c.spec.frames, height=c.spec.height,
+                                      width=c.spec.width)
+  assert 1_000_000 < count(full) < 3_300_000  # all three ship in < 40 MB (float32)
+  assert count(tiny) < 200_000
+
+
+def test_bad_stage_argument_is_named():
+  with pytest.raises(ValueError, match='stage=.*sr3.*base'):
+    digits_config.get_config('stage=sr3')
+  with pytest.raises(ValueError, match="unknown argument 'size'"):
+    digits_config.get_config('stage=base,size=3')
+
+
+def test_bad_values_give_config_errors():
+  c = digits_config.get_config('stage=tsr,tiny=True')
+  c.model.cond_channels = 0
+  with pytest.raises(loop.ConfigError, match='cond_channels=3'):
+    loop.validate(c)
+  c = digits_config.get_config('stage=base,tiny=True')
+  c.model.levels = ({'channels': 16, 'temporal': 'lstm'},)
+  with pytest.raises(loop.ConfigError, match="temporal is 'lstm'"):
+    loop.validate(c)
+
+
+def test_config_differences_allow_resumable_fields():
+  a = digits_config.get_config('stage=base,tiny=True')
+  b = digits_config.get_config('stage=base,tiny=True')
+  b.num_steps, b.log_every, b.sample.steps, b.data.dir = 7, 3, 2, '/elsewhere'
+  assert checkpointing.config_differences(a, b) == []
+  b.optim.warmup_steps = 99
+  b.model.levels = b.model.levels[:1]
+  diffs = checkpointing.config_differences(a, b)
+  assert [d.split(':')[0] for d in diffs] == ['model.levels', 'optim.warmup_steps']
+  assert 'optim.warmup_steps: checkpoint 10, now 99' in diffs
+
+
+def test_cli_user_error_is_one_line_without_traceback(tmp_path):
+  out = subprocess.run(
+      [sys.executable, '-m', 'imagen_video_jax.train',
+       '--config=configs/digits.py:stage=base,tiny=True', f'--workdir={tmp_path}',
+       '--config.num_steps=0'],
+      cwd=ROOT, capture_output=True, text=True, timeout=120,
+      env=dict(os.environ, JAX_PLATFORMS='cpu'))
+  assert out.returncode == 1
+  assert 'Traceback' not in out.stderr
+  assert out.stderr.strip().splitlines()[-1] == (
+      'train: invalid config: num_steps must be >= 1, got 0')
