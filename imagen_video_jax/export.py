@@ -19,6 +19,7 @@ import json
 import os
 from typing import Any, Mapping
 
+import jax
 import numpy as np
 
 from imagen_video_jax.cascade import CascadePipeline, Stage
@@ -141,3 +142,95 @@ def load_cascade(directory: str, *, text_encoder=None) -> CascadePipeline:
                                     max_length=meta['text']['max_length'],
                                     out_dtype=jnp.float32)
   return CascadePipeline(stages, text_encoder)
+
+
+# ---------------------------------------------------------------------------------
+# From a training run (orbax checkpoints of `python -m imagen_video_jax.train`).
+# ---------------------------------------------------------------------------------
+def read_training_run(workdir: str, step: int | None = None) -> tuple[dict, Any, int]:
+  """(saved config dict, EMA params, step) of a training run's latest (or given) checkpoint."""
+  import orbax.checkpoint as ocp
+  directory = os.path.join(os.path.abspath(workdir), 'checkpoints')
+  if not os.path.isdir(directory):
+    raise ExportError(f'{workdir} holds no checkpoints/: not a training workdir')
+  with ocp.CheckpointManager(directory, item_handlers={
+      'state': ocp.StandardCheckpointHandler(), 'config': ocp.JsonCheckpointHandler()}) as mgr:
+    step = mgr.latest_step() if step is None else step
+    if step is None:
+      raise ExportError(f'{directory} has no finished checkpoint yet')
+    out = mgr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(),
+                                                    config=ocp.args.JsonRestore()))
+  ema = jax.tree.map(np.asarray, out['state']['ema_params'])
+  return out['config'], ema, int(step)
+
+
+def stage_from_training(config: Mapping[str, Any], ema_params: Any) -> Stage:
+  """The sampling Stage of a trained stage, from its saved config and EMA params."""
+  d = config['diffusion']
+  diffusion = DiffusionConfig(
+      prediction=d['prediction'], weighting=d['weighting'], min_snr_gamma=d['min_snr_gamma'],
+      p_uncond=d['p_uncond'],
+      schedule=CosineSchedule(d['logsnr_min'], d['logsnr_max'], d['shift']))
+  spec = StageSpec(**config['spec'])
+  s = config.get('sample', {})
+  guidance = float(s.get('guidance', 1.0))
+  sampler = SamplerConfig(sampler='ddim', steps=int(s.get('steps', 64)), guidance=guidance,
+                          clip=s.get('clip', 'static'))
+  fps = config.get('fps') or config['data']['fps'] / spec.frame_stride
+  return Stage(name=config['stage'], spec=spec, unet=UNetConfig.from_dict(config['model']),
+               params=ema_params, fps=float(fps), diffusion=diffusion, sampler=sampler,
+               cond_aug_t=float(d.get('sample_cond_t', 0.1)))
+
+
+def _export_text(config: Mapping[str, Any], workdir: str, output: str) -> None:
+  """Writes the run's text encoder (T5 + spiece.model) to output/ as `save_t5` does."""
+  import shutil
+  from imagen_video_jax.models import t5 as t5_lib
+  from imagen_video_jax.text import checkpoints as t5_checkpoints
+  t = config['text']
+  if t['source'] == 't5':
+    shutil.copytree(t['t5_dir'], output, dirs_exist_ok=True)
+    if t.get('tokenizer'):
+      shutil.copyfile(t['tokenizer'], os.path.join(output, t5_checkpoints.VOCAB_FILE))
+    return
+  if t['source'] != 't5_random':
+    raise ExportError(f"text.source={t['source']!r}: sampling needs the T5 that made the "
+                      "cached embeddings; export with a config whose text.source is 't5'")
+  from imagen_video_jax.training.loop import digits_data_dir  # the run's spiece.model
+  vocab = t.get('tokenizer') or os.path.join(digits_data_dir(_Cfg(config), workdir),
+                                             t5_checkpoints.VOCAB_FILE)
+  if not os.path.isfile(vocab):
+    raise ExportError(f'the run\'s tokenizer {vocab} is missing')
+  cfg = t5_lib.T5Config(vocab_size=t['vocab_size'], d_model=t['d_model'],
+                        num_layers=t['num_layers'], num_heads=t['num_heads'], d_kv=t['d_kv'],
+                        d_ff=t['d_ff'])
+  from flax import linen as nn
+  params = nn.unbox(t5_lib.init_params(cfg, int(t['init_seed'])))
+  t5_checkpoints.save_t5(output, cfg, params, vocab=vocab, source='t5_random')
+
+
+class _Cfg(dict):
+  """Attribute access over the saved config dict (what the training helpers read)."""
+  def __getattr__(self, name):
+    v = self[name]
+    return _Cfg(v) if isinstance(v, dict) else v
+
+
+def export_training_runs(workdirs: list[str], output: str) -> str:
+  """Exports trained stages (base first, then SR stages) as one sampling cascade."""
+  if os.path.exists(os.path.join(output, CASCADE_FILE)):
+    raise ExportError(f'{output} already holds a cascade; choose an empty directory')
+  runs = [read_training_run(w) for w in workdirs]
+  texts = {json.dumps(c['text'], sort_keys=True) for c, _, _ in runs}
+  if len(texts) > 1:
+    raise ExportError('the runs were trained with different text encoders (config.text); '
+                      'a cascade shares one')
+  stages = [stage_from_training(c, ema) for c, ema, _ in runs]
+  config0 = runs[0][0]
+  text_dir = None
+  if any(s.unet.text_dim is not None for s in stages):
+    text_dir = 'text'
+    _export_text(config0, workdirs[0], os.path.join(output, text_dir))
+  save_cascade(output, stages, text_dir=text_dir,
+               max_length=int(config0['text'].get('max_length', 32)))
+  return output

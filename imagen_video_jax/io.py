@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 
 import numpy as np
 
@@ -44,21 +45,29 @@ def _parent(path: str) -> None:
 
 def write_mp4(path: str, video: np.ndarray, fps: float, *, scale: int = 1, crf: int = 12) -> str:
   """Writes an H.264 MP4. yuv420p needs even sizes: odd ones are padded by one pixel."""
-  import imageio_ffmpeg  # ships its own ffmpeg binary
   video = upscale(_check(video), scale)
-  t, h, w, _ = video.shape
+  _, h, w, _ = video.shape
   pad_h, pad_w = h % 2, w % 2
   if pad_h or pad_w:
     video = np.pad(video, ((0, 0), (0, pad_h), (0, pad_w), (0, 0)), mode='edge')
   _parent(path)
+  with warnings.catch_warnings():
+    # fork + exec of the ffmpeg binary is safe under JAX's threads; silence its warning.
+    warnings.filterwarnings('ignore', message=r'os\.fork\(\) was called')
+    _send_frames(path, video, fps, crf)
+  return path
+
+
+def _send_frames(path: str, video: np.ndarray, fps: float, crf: int) -> None:
+  import imageio_ffmpeg  # ships its own ffmpeg binary
+  _, h, w, _ = video.shape
   writer = imageio_ffmpeg.write_frames(
-      path, (w + pad_w, h + pad_h), fps=fps, codec='libx264', pix_fmt_out='yuv420p',
+      path, (w, h), fps=fps, codec='libx264', pix_fmt_out='yuv420p',
       macro_block_size=1, output_params=['-crf', str(crf)], ffmpeg_log_level='error')
   writer.send(None)  # start the generator
   for frame in video:
     writer.send(np.ascontiguousarray(frame))
   writer.close()
-  return path
 
 
 def read_mp4(path: str) -> tuple[np.ndarray, float]:

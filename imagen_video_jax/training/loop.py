@@ -113,14 +113,20 @@ def digits_captions(config) -> list[str]:
   return out
 
 
+def digits_data_dir(config, workdir: str) -> str:
+  """Where a digits run's shards and spiece.model live (shared by a cascade's stages)."""
+  d = config.data
+  return d.dir or os.path.join(
+      os.path.dirname(os.path.abspath(workdir)), 'data',
+      f'digits-{d.num_videos}v-{d.num_images}i-{d.clip_frames}x{d.clip_size}-seed{d.seed}')
+
+
 def prepare_digits(config, workdir: str) -> str:
   """The Moving Digits shards + SentencePiece model, made on first use; returns the dir."""
   from imagen_video_jax.data import digits
   from imagen_video_jax.text.tokenizer import train_sentencepiece
   d = config.data
-  data_dir = d.dir or os.path.join(
-      os.path.dirname(os.path.abspath(workdir)), 'data',
-      f'digits-{d.num_videos}v-{d.num_images}i-{d.clip_frames}x{d.clip_size}-seed{d.seed}')
+  data_dir = digits_data_dir(config, workdir)
   if not _has_shards(data_dir):
     if os.path.isdir(data_dir) and os.listdir(data_dir):
       raise ConfigError(f'data.dir {data_dir} is not empty but holds no Moving Digits '
