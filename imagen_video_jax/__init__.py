@@ -81,6 +81,13 @@ _EXPORTS = {
     'TrainState': 'imagen_video_jax.training.state',
     'Checkpointer': 'imagen_video_jax.training.checkpointing',
     'ConfigMismatchError': 'imagen_video_jax.training.checkpointing',
+    # evaluation
+    'Judge': 'imagen_video_jax.evaluation.judge',
+    'JudgeConfig': 'imagen_video_jax.evaluation.judge',
+    'load_judge': 'imagen_video_jax.evaluation.judge',
+    'train_judge': 'imagen_video_jax.evaluation.judge',
+    'frechet_distance': 'imagen_video_jax.evaluation.metrics',
+    'frechet_video_distance': 'imagen_video_jax.evaluation.fvd',
 }
 
 __all__ = sorted(_EXPORTS)
@@ -101,6 +108,9 @@ def __dir__():
 
 if TYPE_CHECKING:  # static analysers and IDEs see the real names
   from imagen_video_jax.cascade import CascadePipeline, Stage
+  from imagen_video_jax.evaluation.fvd import frechet_video_distance
+  from imagen_video_jax.evaluation.judge import Judge, JudgeConfig, load_judge, train_judge
+  from imagen_video_jax.evaluation.metrics import frechet_distance
   from imagen_video_jax.export import load_cascade, save_cascade
   from imagen_video_jax.parallel import (DEFAULT_RULES, abstract_mesh, batch_sharding,
                                          initialize_distributed, logical_shardings, make_hybrid_mesh,

@@ -22,6 +22,7 @@ from typing import Any, Mapping
 import jax
 import numpy as np
 
+from imagen_video_jax import params_io
 from imagen_video_jax.cascade import CascadePipeline, Stage
 from imagen_video_jax.data.pipeline import StageSpec
 from imagen_video_jax.diffusion.objectives import DiffusionConfig
@@ -37,30 +38,6 @@ PARAMS_FILE = 'params.safetensors'
 
 class ExportError(ValueError):
   """A cascade directory that is missing, incomplete or of another format."""
-
-
-def flatten_params(params: Mapping[str, Any], prefix: str = '') -> dict[str, np.ndarray]:
-  """{'a': {'b': x}} -> {'a/b': x} (numpy, float32 kept as is)."""
-  flat = {}
-  for k, v in params.items():
-    name = f'{prefix}/{k}' if prefix else str(k)
-    if isinstance(v, Mapping):
-      flat.update(flatten_params(v, name))
-    else:
-      flat[name] = np.asarray(v)
-  return flat
-
-
-def unflatten_params(flat: Mapping[str, np.ndarray]) -> dict[str, Any]:
-  """The inverse of `flatten_params`."""
-  tree: dict[str, Any] = {}
-  for name, v in flat.items():
-    node = tree
-    *parents, leaf = name.split('/')
-    for p in parents:
-      node = node.setdefault(p, {})
-    node[leaf] = v
-  return tree
 
 
 def stage_to_json(stage: Stage) -> dict[str, Any]:
@@ -86,10 +63,8 @@ def stage_from_json(meta: Mapping[str, Any], params: Any) -> Stage:
 
 def save_stage(directory: str, stage: Stage) -> str:
   """Writes stage.json and params.safetensors (float32) under `directory`."""
-  from safetensors.numpy import save_file
   os.makedirs(directory, exist_ok=True)
-  flat = {k: np.ascontiguousarray(v, np.float32) for k, v in flatten_params(stage.params).items()}
-  save_file(flat, os.path.join(directory, PARAMS_FILE))
+  params_io.save_params(os.path.join(directory, PARAMS_FILE), stage.params)
   with open(os.path.join(directory, STAGE_FILE), 'w') as f:
     json.dump(stage_to_json(stage), f, indent=2)
   return directory
@@ -97,14 +72,13 @@ def save_stage(directory: str, stage: Stage) -> str:
 
 def load_stage(directory: str) -> Stage:
   """Reads a stage written by `save_stage` (params as numpy arrays)."""
-  from safetensors.numpy import load_file
   meta_path, params_path = (os.path.join(directory, f) for f in (STAGE_FILE, PARAMS_FILE))
   for p in (meta_path, params_path):
     if not os.path.isfile(p):
       raise ExportError(f'{directory} is not an exported stage: {os.path.basename(p)} is missing')
   with open(meta_path) as f:
     meta = json.load(f)
-  return stage_from_json(meta, unflatten_params(load_file(params_path)))
+  return stage_from_json(meta, params_io.load_params(params_path))
 
 
 def save_cascade(directory: str, stages: list[Stage], *, text_dir: str | None = 'text',

@@ -1,0 +1,79 @@
+r"""Evaluate videos: prompt adherence (the digits judge), FVD and the judge's FD.
+
+    python -m imagen_video_jax.evaluate --mode=adherence --checkpoints=checkpoints/digits \
+        --num_samples=100 [--output=outputs/adherence.json]
+    python -m imagen_video_jax.evaluate --mode=fvd --real=data/digits --generated=outputs/gen
+    python -m imagen_video_jax.evaluate --mode=judge_accuracy     # the shipped judge, fresh clips
+    python -m imagen_video_jax.evaluate --mode=train_judge --judge=checkpoints/judge
+
+--real/--generated: a folder of .mp4/.gif files or of ArrayRecord shards, a glob or a file.
+"""
+from absl import app, flags
+
+flags.DEFINE_enum('mode', 'adherence', ['adherence', 'fvd', 'judge_accuracy', 'train_judge'],
+                  'What to evaluate.')
+flags.DEFINE_string('checkpoints', None,
+                    'Exported cascade (adherence); default checkpoints/digits.')
+flags.DEFINE_integer('num_samples', 100, 'adherence: samples per group (training, held-out).')
+flags.DEFINE_string('held_out', None, 'Held-out combinations, e.g. 0:red:left,3:green:up '
+                    '(default: the world\'s default list).')
+flags.DEFINE_string('real', None, 'fvd: the reference set.')
+flags.DEFINE_string('generated', None, 'fvd: the set to score.')
+flags.DEFINE_integer('max_videos', None, 'fvd: use at most this many clips of each set.')
+flags.DEFINE_integer('frames', 16, 'fvd: clips are cut to their first N frames (>= 9).')
+flags.DEFINE_integer('batch_size', 8, 'Clips (fvd) or prompts (adherence) per batch.')
+flags.DEFINE_string('judge', None, 'Judge directory; default the shipped checkpoints/judge.')
+flags.DEFINE_integer('seed', 0, 'Seed of prompts and samples (judge_accuracy: of the clips).')
+flags.DEFINE_string('output', None, 'Also write the report here as JSON.')
+flags.DEFINE_bool('progress', True, 'Progress bars.')
+FLAGS = flags.FLAGS
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  from imagen_video_jax.data import digits
+  from imagen_video_jax.evaluation import fvd, judge as J, metrics
+  try:
+    held = digits.parse_held_out(FLAGS.held_out) if FLAGS.held_out is not None else None
+    world = digits.DigitsConfig(**({} if held is None else {'held_out': held}))
+    if FLAGS.mode == 'train_judge':
+      jd = J.train_judge(progress=FLAGS.progress)
+      jd.report = {'clean': J.accuracy(jd, 500, 12_345), 'clips_per_group': 500,
+                   'degraded': J.accuracy(jd, 500, 12_345, True), 'clip_seed': 12_345}
+      report = jd.report
+      jd.save(FLAGS.judge or J.DEFAULT_DIR)
+    elif FLAGS.mode == 'judge_accuracy':
+      jd = J.load_judge(FLAGS.judge)
+      report = {k: J.accuracy(jd, 500, 54_321 + FLAGS.seed, degrade=k == 'degraded')
+                for k in ('clean', 'degraded')}
+    elif FLAGS.mode == 'fvd':
+      if not FLAGS.real or not FLAGS.generated:
+        raise app.UsageError('--mode=fvd needs --real and --generated')
+      sets = [fvd.load_videos(s, FLAGS.max_videos) for s in (FLAGS.real, FLAGS.generated)]
+      cfg = fvd.FVDConfig(frames=FLAGS.frames, batch_size=FLAGS.batch_size, progress=FLAGS.progress)
+      jd = J.load_judge(FLAGS.judge)
+      report = {'fvd': metrics.frechet_distance(*(fvd.i3d_features(s, cfg) for s in sets)),
+                'fd_judge': metrics.frechet_distance(*(jd.features([v[:FLAGS.frames] for v in s])
+                                                       for s in sets)),
+                'num_real': len(sets[0]), 'num_generated': len(sets[1])}
+    else:
+      import os
+      from imagen_video_jax import export  # default: checkpoints/digits, beside the judge
+      pipe = export.load_cascade(FLAGS.checkpoints or os.path.join(J.DEFAULT_DIR, '..', 'digits'))
+      report = metrics.evaluate_cascade(
+          pipe, J.load_judge(FLAGS.judge), num_samples=FLAGS.num_samples, seed=FLAGS.seed,
+          world=world, batch_size=FLAGS.batch_size, progress=FLAGS.progress, real_fd_clips=200)
+  except (ValueError, FileNotFoundError, ImportError) as e:  # ExportError is a ValueError
+    raise app.UsageError(str(e)) from None
+  for name, value in report.items():
+    if name in ('clean', 'degraded'):
+      print(f'{name} clips:\n{metrics.format_table(value)}')
+  if FLAGS.mode in ('adherence', 'fvd'):
+    print(metrics.format_table(report))
+  if FLAGS.output:
+    print(f'report: {metrics.write_report(FLAGS.output, report)}')
+
+
+if __name__ == '__main__':
+  app.run(main)

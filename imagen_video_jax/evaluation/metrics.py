@@ -1,0 +1,170 @@
+"""Fréchet distance (shared by FVD and the judge's FD) and prompt-adherence reports.
+
+``frechet_distance`` is the standard formula of FID/FVD (Heusel et al. 2017):
+
+    ||mu1 - mu2||^2 + Tr(S1 + S2 - 2 sqrtm(S1 S2))
+
+with ``scipy.linalg.sqrtm``; when the product is near-singular (few samples, many
+features) a small multiple of the identity is added, as the reference implementation
+does, and the tiny imaginary part rounding leaves is dropped.
+
+Prompt adherence: each sample's prompt is parsed (``digits.parse_caption``) and compared
+with what the judge read, per attribute and all three together, separately for the
+training combinations and the held-out ones (seen only as images in training).
+"""
+from __future__ import annotations
+
+import json
+import warnings
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from imagen_video_jax.data import digits
+
+ATTRIBUTES = ('digit', 'colour', 'direction')
+
+
+def gaussian_stats(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+  """(mean [D], covariance [D, D]) of features ``[N, D]`` (N >= 2), in float64."""
+  f = np.asarray(features, np.float64)
+  if f.ndim != 2 or len(f) < 2:
+    raise ValueError(f'need features [N >= 2, D]; got shape {f.shape}')
+  return f.mean(0), np.cov(f, rowvar=False)
+
+
+def frechet_distance(a: np.ndarray | tuple, b: np.ndarray | tuple, eps: float = 1e-6) -> float:
+  """Fréchet distance between Gaussians fitted to two feature sets.
+
+  ``a`` and ``b`` are features ``[N, D]`` or ``(mean, cov)`` pairs from
+  :func:`gaussian_stats`.
+  """
+  from scipy import linalg
+
+  mu1, s1 = a if isinstance(a, tuple) else gaussian_stats(a)
+  mu2, s2 = b if isinstance(b, tuple) else gaussian_stats(b)
+  if mu1.shape != mu2.shape:
+    raise ValueError(f'feature sizes differ: {mu1.shape} vs {mu2.shape}')
+  diff = mu1 - mu2
+  with warnings.catch_warnings():  # singular products are expected (N < D): handled below
+    warnings.simplefilter('ignore', linalg.LinAlgWarning)
+    covmean = linalg.sqrtm(s1 @ s2)
+    if not np.isfinite(covmean).all():
+      offset = np.eye(len(s1)) * eps
+      covmean = linalg.sqrtm((s1 + offset) @ (s2 + offset))
+  covmean = np.real(covmean)
+  return float(max(diff @ diff + np.trace(s1) + np.trace(s2) - 2.0 * np.trace(covmean), 0.0))
+
+
+def adherence_report(prompts: Sequence[str], predicted: Sequence[tuple[int, str, str]],
+                     held_out: Sequence[tuple[int, str, str]] = digits.DEFAULT_HELD_OUT
+                     ) -> dict[str, Any]:
+  """Per-attribute and all-three accuracy of ``predicted`` against ``prompts``.
+
+  Returns ``{"train_combinations": {...}, "held_out_combinations": {...}}``, each with
+  ``num``, ``digit``, ``colour``, ``direction`` and ``all`` (fractions), plus
+  ``per_combination`` counts so a failing combination can be found.
+  """
+  if len(prompts) != len(predicted):
+    raise ValueError(f'{len(prompts)} prompts but {len(predicted)} predictions')
+  held = {tuple(c) for c in held_out}
+  groups: dict[str, list] = {'train_combinations': [], 'held_out_combinations': []}
+  for prompt, pred in zip(prompts, predicted):
+    truth = digits.parse_caption(prompt)
+    if truth[2] is None:
+      raise ValueError(f'{prompt!r} names no direction: adherence needs video prompts')
+    name = 'held_out_combinations' if truth in held else 'train_combinations'
+    groups[name].append((truth, tuple(pred)))
+  report: dict[str, Any] = {}
+  for name, pairs in groups.items():
+    entry: dict[str, Any] = {'num': len(pairs)}
+    for k, attr in enumerate(ATTRIBUTES):
+      entry[attr] = float(np.mean([p[k] == t[k] for t, p in pairs])) if pairs else None
+    entry['all'] = float(np.mean([p == t for t, p in pairs])) if pairs else None
+    per: dict[str, list[int]] = {}
+    for t, p in pairs:
+      c = per.setdefault(digits.caption_for(*t), [0, 0])
+      c[0] += p == t
+      c[1] += 1
+    entry['per_combination'] = {k: {'right': r, 'num': n} for k, (r, n) in sorted(per.items())}
+    report[name] = entry
+  return report
+
+
+def format_table(report: Mapping[str, Any]) -> str:
+  """A plain-text table of an adherence report (and any scalar metrics in it)."""
+  lines = [f'{"combinations":<24}{"n":>6}' + ''.join(f'{a:>11}' for a in (*ATTRIBUTES, 'all'))]
+  for name in ('train_combinations', 'held_out_combinations'):
+    entry = report.get(name)
+    if not entry:
+      continue
+    cells = ''.join(f'{"-":>11}' if entry[a] is None else f'{100 * entry[a]:>10.1f}%'
+                    for a in (*ATTRIBUTES, 'all'))
+    lines.append(f'{name.replace("_combinations", ""):<24}{entry["num"]:>6}' + cells)
+  for key, value in report.items():
+    if isinstance(value, (int, float)):
+      lines.append(f'{key}: {value:.4g}')
+  return '\n'.join(lines)
+
+
+def sample_prompts(num: int, seed: int, held_out: bool,
+                   world: digits.DigitsConfig = digits.DigitsConfig()) -> list[str]:
+  """``num`` video prompts drawn uniformly from the training or held-out combinations."""
+  combos = list(world.held_out if held_out else world.train_combinations)
+  if not combos:
+    raise ValueError('no held-out combinations to sample' if held_out
+                     else 'no training combinations to sample')
+  rng = np.random.default_rng([seed, int(held_out)])
+  return [digits.caption_for(*combos[i]) for i in rng.integers(len(combos), size=num)]
+
+
+def evaluate_cascade(pipe, judge, *, num_samples: int = 100, seed: int = 0,
+                     world: digits.DigitsConfig = digits.DigitsConfig(), batch_size: int = 16,
+                     samplers_by_stage=None, progress: bool = True,
+                     real_fd_clips: int = 0) -> dict[str, Any]:
+  """Samples a cascade on training and held-out prompts and judges the videos.
+
+  Args:
+    pipe: a ``CascadePipeline`` (``export.load_cascade(dir)``).
+    judge: a :class:`~imagen_video_jax.evaluation.judge.Judge`.
+    num_samples: samples per group (training combinations, held-out combinations).
+    seed: prompt and sampling seed.
+    world: the Moving Digits world the cascade was trained on (its held-out list).
+    batch_size: prompts per cascade call (bounds memory).
+    real_fd_clips: if > 0, also the judge's Fréchet distance between the samples of
+      training combinations and this many fresh real clips (``fd_judge``).
+  Returns:
+    :func:`adherence_report` plus ``fps`` and, optionally, ``fd_judge``.
+  """
+  from tqdm.auto import tqdm
+
+  prompts = (sample_prompts(num_samples, seed, False, world)
+             + sample_prompts(num_samples, seed, True, world))
+  videos, fps = [], None
+  for i in tqdm(range(0, len(prompts), batch_size), desc='cascade', unit='batch',
+                disable=not progress):
+    out = pipe(prompts[i:i + batch_size], num_samples=1, seed=seed + i,
+               samplers_by_stage=samplers_by_stage, progress=False)
+    videos.append(out.videos)
+    fps = out.fps
+  videos = np.concatenate(videos)
+  pred = judge.predict(videos, fps=fps)
+  report = adherence_report(prompts, pred.as_tuples(), world.held_out)
+  report['fps'] = float(fps)
+  if real_fd_clips > 0:
+    from imagen_video_jax.evaluation.judge import real_clips
+    real, _ = real_clips(judge.config, real_fd_clips, seed + 1, held_out=False)
+    report['fd_judge'] = frechet_distance(judge.features(real),
+                                          judge.features(videos[:num_samples], fps=fps))
+  return report
+
+
+def write_report(path: str, report: Mapping[str, Any]) -> str:
+  """Writes the report as indented JSON."""
+  import os
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  with open(path, 'w') as f:
+    json.dump(report, f, indent=2, sort_keys=True)
+    f.write('\n')
+  return path
