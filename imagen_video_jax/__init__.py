@@ -88,6 +88,10 @@ _EXPORTS = {
     'train_judge': 'imagen_video_jax.evaluation.judge',
     'frechet_distance': 'imagen_video_jax.evaluation.metrics',
     'frechet_video_distance': 'imagen_video_jax.evaluation.fvd',
+    # planning
+    'MemoryPlan': 'imagen_video_jax.planning',
+    'plan_memory': 'imagen_video_jax.planning',
+    'smallest_fitting': 'imagen_video_jax.planning',
 }
 
 __all__ = sorted(_EXPORTS)
@@ -112,6 +116,7 @@ if TYPE_CHECKING:  # static analysers and IDEs see the real names
   from imagen_video_jax.evaluation.judge import Judge, JudgeConfig, load_judge, train_judge
   from imagen_video_jax.evaluation.metrics import frechet_distance
   from imagen_video_jax.export import load_cascade, save_cascade
+  from imagen_video_jax.planning import MemoryPlan, plan_memory, smallest_fitting
   from imagen_video_jax.parallel import (DEFAULT_RULES, abstract_mesh, batch_sharding,
                                          initialize_distributed, logical_shardings, make_hybrid_mesh,
                                          make_mesh, mesh_context, mesh_from_config,

@@ -18,8 +18,8 @@ FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file('config', None, 'A config file, e.g. '
                                  'configs/digits.py:stage=base.', lock_config=True)
 flags.DEFINE_string('workdir', None, 'Checkpoints, TensorBoard logs and samples go here.')
-flags.DEFINE_bool('distributed', False, 'Call jax.distributed.initialize() first '
-                  '(multi-host TPU pods / GPU clusters).')
+flags.DEFINE_bool('distributed', False, 'Join a multi-host job first (TPU pods, SLURM, or '
+                  'IVJ_COORDINATOR/IVJ_NUM_PROCESSES/IVJ_PROCESS_ID; see parallel.py).')
 
 
 def main(argv):
@@ -29,9 +29,9 @@ def main(argv):
     raise app.UsageError('--config and --workdir are required.')
   if not FLAGS['verbosity'].present:
     logging.set_verbosity(logging.WARNING)  # keep orbax/grain INFO chatter out
-  import jax
   if FLAGS.distributed:
-    jax.distributed.initialize()
+    from imagen_video_jax import parallel
+    parallel.initialize_distributed()
   from imagen_video_jax import training
   try:
     training.train_and_evaluate(FLAGS.config, FLAGS.workdir)

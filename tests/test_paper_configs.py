@@ -47,7 +47,7 @@ def test_stage_config_is_valid(stage):
     assert not any(l.spatial_attention for l in levels)
   if stage == 'ssr3':
     assert not any(l.cross_attention for l in levels)  # fully convolutional
-  assert c.mesh.to_dict() == {'data': 1, 'fsdp': -1, 'tensor': 1}
+  assert c.mesh.to_dict() == {'data': 1, 'fsdp': -1, 'tensor': 1, 'constrain_activations': True}
 
 
 def test_stages_chain_into_one_cascade():

@@ -1,0 +1,99 @@
+"""imagen_video_jax.plan: memory plans from abstract arrays on fake CPU devices."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from imagen_video_jax import planning
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# Runs the plan CLI as __main__ and reports the process's peak RSS (kB) on exit.
+_RUN = ('import atexit, resource, runpy, sys; '
+        'atexit.register(lambda: print("MAXRSS_KB", '
+        'resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, flush=True)); '
+        'sys.argv = ["plan"] + sys.argv[1:]; '
+        'runpy.run_module("imagen_video_jax.plan", run_name="__main__")')
+
+
+def run_plan(*args, timeout=600):
+  env = {k: v for k, v in os.environ.items() if k not in ('XLA_FLAGS', 'JAX_PLATFORMS')}
+  out = subprocess.run([sys.executable, '-c', _RUN, *args, '--json'], cwd=ROOT, env=env,
+                       capture_output=True, text=True, timeout=timeout)
+  assert out.returncode == 0, out.stdout + out.stderr
+  plans = [json.loads(line[5:]) for line in out.stdout.splitlines() if line.startswith('JSON ')]
+  rss = [int(line.split()[1]) for line in out.stdout.splitlines() if line.startswith('MAXRSS_KB')]
+  return out.stdout, plans, rss[0] * 1024
+
+
+def test_parse_mesh_and_device_flags():
+  assert planning.parse_mesh('data:16,fsdp:16') == {'data': 16, 'fsdp': 16, 'tensor': 1}
+  assert planning.num_devices(planning.parse_mesh('data:2,fsdp:4,tensor:2')) == 16
+  for bad in ('batch:4', 'fsdp:0', 'fsdp'):
+    with pytest.raises(ValueError):
+      planning.parse_mesh(bad)
+  assert planning.devices_from_argv(['--mesh=data:16,fsdp:16']) == 256
+  assert planning.devices_from_argv(['--mesh', 'fsdp:4']) == 8  # at least the default's 8
+  assert planning.devices_from_argv(['--search=8,16,64']) == 64
+  env = planning.ensure_fake_devices(
+      32, {'XLA_FLAGS': '--xla_force_host_platform_device_count=2 --xla_foo=1'})
+  assert env['XLA_FLAGS'].count('device_count') == 1
+  assert '--xla_force_host_platform_device_count=32' in env['XLA_FLAGS']
+  assert '--xla_foo=1' in env['XLA_FLAGS'] and env['JAX_PLATFORMS'] == 'cpu'
+
+
+def test_peak_arithmetic():
+  p = planning.MemoryPlan(stage='x', mesh={'data': 1, 'fsdp': 4, 'tensor': 1}, devices=4,
+                          batch_size=8, param_count=10, param_bytes=40, params_per_device=10,
+                          opt_state_per_device=20, ema_per_device=10, batch_per_device=5)
+  assert p.state_per_device == 40 and p.peak_bytes == 45  # not compiled: state + batch
+  p.compiled = True
+  p.argument_bytes, p.output_bytes, p.alias_bytes, p.temp_bytes, p.code_bytes = 50, 45, 40, 7, 1
+  assert p.peak_bytes == 50 + 45 - 40 + 7 + 1
+  assert p.fits(63) and not p.fits(62)
+  assert 'DOES NOT FIT in 6e-08 GB' in planning.report(p, 60)
+
+
+def test_base_stage_without_allocating_it():
+  """The 5.8B base stage on 64 fake devices (pure FSDP): shapes only, RSS far below it."""
+  stdout, (p,), rss = run_plan('--config=configs/imagen_video.py:stage=base',
+                               '--mesh=fsdp:64', '--nocompile', '--device_memory_gb=95')
+  assert p['param_count'] > 5.5e9 and p['param_bytes'] == 4 * p['param_count']
+  state_bytes = 4 * p['param_bytes']  # params + EMA + Adam mu, nu: ~92 GB
+  assert rss < 2e9 and rss < state_bytes / 40, rss
+  # pure FSDP: every device holds ~1/64 of everything (small leaves stay replicated)
+  per = p['params_per_device']
+  assert p['param_bytes'] / 64 <= per < 1.05 * p['param_bytes'] / 64
+  assert p['ema_per_device'] == per
+  assert 2 * per <= p['opt_state_per_device'] < 2 * per + 1024  # Adam mu, nu (+ counts)
+  assert 'parameters            5,' in stdout and 'FITS in 95 GB' in stdout
+
+
+def test_compiled_memory_analysis_tiny_stage():
+  """The compiled path end to end on the tiny Moving Digits stage (frozen T5 in the step)."""
+  stdout, (p,), _ = run_plan('--config=configs/digits.py:stage=tsr,tiny=True',
+                             '--mesh=data:2,fsdp:2', '--config.data.batch_size=4')
+  assert p['compiled'] and p['devices'] == 4 and p['fits']
+  assert p['temp_bytes'] > 0 and p['t5_per_device'] > 0
+  # the donated state aliases its outputs; arguments hold at least the state and batch
+  assert p['alias_bytes'] >= p['state_per_device'] * 0.99
+  assert p['argument_bytes'] >= p['state_per_device'] + p['batch_per_device']
+  assert 'XLA compiled memory analysis' in stdout and 'CPU backend' in stdout
+
+
+def test_search_stops_at_first_fit():
+  stdout, plans, _ = run_plan('--config=configs/digits.py:stage=base,tiny=True',
+                              '--search=2,4', '--config.data.batch_size=4', '--nocompile')
+  assert len(plans) == 1 and plans[0]['devices'] == 2
+  assert "smallest mesh that fits: {'fsdp': 2}" in stdout
+
+
+def test_bad_mesh_is_one_line():
+  env = {k: v for k, v in os.environ.items() if k not in ('XLA_FLAGS', 'JAX_PLATFORMS')}
+  out = subprocess.run([sys.executable, '-m', 'imagen_video_jax.plan',
+                        '--config=configs/digits.py:stage=base,tiny=True', '--mesh=fsdp:3',
+                        '--nocompile'], cwd=ROOT, env=env, capture_output=True, text=True,
+                       timeout=300)
+  assert out.returncode != 0 and 'plan: data.batch_size' in out.stderr, out.stderr
