@@ -229,9 +229,8 @@ def plan_memory(config, mesh_sizes: Mapping[str, int], *, compile: bool = True,
   model = unet_lib.VideoUNet(model_cfg)
   tx, schedule = state_lib.make_optimizer(config.optim)
   text_len = int(config.text.max_length)
-  boxed_init = lambda k: model.init(k, *unet_lib.dummy_inputs(
-      model_cfg, frames=spec.frames, height=spec.height, width=spec.width,
-      text_len=text_len))['params']
+  boxed_init = unet_lib.init_fn(model_cfg, frames=spec.frames, height=spec.height,
+                                width=spec.width, text_len=text_len)
   abstract, shardings = state_lib.state_shardings(boxed_init, tx, mesh, rules)
 
   param_leaves = jax.tree.leaves(abstract.params)

@@ -304,10 +304,17 @@ def init_params(config: UNetConfig, key: jax.Array, *, frames: int, height: int,
   Jitted: eager (op-by-op) initialisation of a U-Net compiles hundreds of tiny
   programs and is ~10x slower on CPU. For sharded initialisation see `parallel`.
   """
+  return jax.jit(init_fn(config, frames=frames, height=height, width=width, text_len=text_len,
+                         batch=batch))(key)
+
+
+def init_fn(config: UNetConfig, *, frames: int, height: int, width: int, text_len: int = 8,
+            batch: int = 1):
+  """key -> boxed params, un-jitted: for jax.eval_shape and jit(out_shardings=...)."""
   model = VideoUNet(config)
   inputs = dummy_inputs(config, frames=frames, height=height, width=width, text_len=text_len,
                         batch=batch)
-  return jax.jit(lambda k: model.init(k, *inputs)['params'])(key)
+  return lambda key: model.init(key, *inputs)['params']
 
 
 def dummy_inputs(config: UNetConfig, *, frames: int, height: int, width: int, text_len: int = 8,

@@ -248,9 +248,8 @@ def _run(config, workdir, model_cfg, spec, mesh, rules, batch_sharding, ckpt,
   model = unet_lib.VideoUNet(model_cfg)
   tx, schedule = state_lib.make_optimizer(config.optim)
   text_len = int(config.text.max_length)
-  boxed_init = lambda k: model.init(k, *unet_lib.dummy_inputs(
-      model_cfg, frames=spec.frames, height=spec.height, width=spec.width,
-      text_len=text_len))['params']
+  boxed_init = unet_lib.init_fn(model_cfg, frames=spec.frames, height=spec.height,
+                                width=spec.width, text_len=text_len)
   init_key, train_key = jax.random.split(jax.random.key(int(config.seed)))
   abstract, shardings = state_lib.state_shardings(boxed_init, tx, mesh, rules)
   if latest is not None:
