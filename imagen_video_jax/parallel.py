@@ -63,6 +63,7 @@ DEFAULT_RULES: tuple[tuple[str, Any], ...] = (
     ('conv_out', 'tensor'),
     ('vocab', 'tensor'),
     ('kv', None),
+    ('layers', None),  # the stacked blocks of UNetConfig.scan_blocks
 )
 
 LogicalRules = Sequence[tuple[str, Any]]

@@ -121,7 +121,8 @@ class PipelineConfig:
   """How batches are drawn (the stage decides what an example is).
 
   Attributes:
-    batch_size: global batch size; each JAX process gets ``batch_size / process_count``.
+    batch_size: global batch size; each JAX process gets ``batch_size / process_count``
+      rows: its slice of the same global batch, whatever the number of processes.
     image_fraction: fraction of rows that are packed still images (0 = videos only).
     seed: shuffling and random-crop seed.
     num_epochs: passes over the videos (None = forever).
@@ -365,6 +366,41 @@ def _source(spec: Any, prefix: str) -> Any:
   return grain.sources.ArrayRecordDataSource(records.shard_paths(spec, prefix))
 
 
+class _ProcessRows(grain.MapDataset):
+  """This process's rows of every global batch of a global row stream.
+
+  Global batch ``b`` is rows ``[b*B, (b+1)*B)`` of the one stream every process
+  defines identically (same sources, shuffle, mix and per-index randomness); process
+  ``p`` of ``P`` reads rows ``b*B + p*B/P ...`` of it, and only those. So the global
+  batch, and with it the training run, is the same on any number of processes, and
+  ``jax.make_array_from_process_local_data`` (which stacks the processes' rows in
+  process order) rebuilds it exactly.
+  """
+
+  _MUTATES_ELEMENT_SPEC = False
+
+  def __init__(self, parent: grain.MapDataset, index: int, count: int, batch_size: int):
+    super().__init__(parent)
+    self._index, self._count, self._global = index, count, batch_size
+    self._local = batch_size // count
+    self._length = (len(parent) // batch_size) * self._local  # whole global batches only
+
+  def __len__(self) -> int:
+    return self._length
+
+  def _parent_index(self, i: int) -> int:
+    b, j = divmod(i, self._local)
+    return b * self._global + self._index * self._local + j
+
+  def __getitem__(self, i):
+    if isinstance(i, slice):
+      return self.slice(i)
+    return self._parent[self._parent_index(i)]
+
+  def __str__(self) -> str:
+    return f"ProcessRows[{self._index}/{self._count} of global batch {self._global}]"
+
+
 def _process_shard(config: PipelineConfig) -> tuple[int, int]:
   if config.shard_index is not None:
     return config.shard_index, config.shard_count or 1
@@ -419,15 +455,8 @@ def make_pipeline(stage: StageSpec, config: PipelineConfig, videos: Source | Non
   parts, weights = [], []
 
   def read(spec, prefix, salt):
-    # Each process owns a fixed, disjoint slice of the records (as grain's
-    # ShardByJaxProcess does), shuffled anew every epoch. Sources are sharded, not the
-    # mix, whose fixed interleaving could give one process all the videos.
-    source = _source(spec, prefix)
-    if len(source) < count:
-      raise ValueError(f"{len(source)} {prefix} records cannot feed {count} data "
-                       "processes; every process needs at least one")
-    ds = grain.MapDataset.source(source)[index::count]
-    if config.shuffle:
+    ds = grain.MapDataset.source(_source(spec, prefix))
+    if config.shuffle:  # anew every epoch
       ds = ds.shuffle(seed=seed + salt)
     return ds.repeat(config.num_epochs)
 
@@ -443,6 +472,8 @@ def make_pipeline(stage: StageSpec, config: PipelineConfig, videos: Source | Non
     weights.append(f)
   rows = parts[0] if len(parts) == 1 else grain.MapDataset.mix(parts, weights)
   rows = rows.map(_AttachText(tokenizer, embedder, config.keep_captions))
+  if count > 1:
+    rows = _ProcessRows(rows, index, count, config.batch_size)
   ds = rows.to_iter_dataset(grain.ReadOptions(
       num_threads=config.num_threads, prefetch_buffer_size=config.prefetch_rows))
   ds = ds.batch(config.batch_size // count, drop_remainder=True)

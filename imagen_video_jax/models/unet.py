@@ -22,6 +22,16 @@ from flax import linen as nn
 from imagen_video_jax.models import attention, layers
 
 TemporalMixing = Literal['attention', 'conv', 'none']
+RematPolicy = Literal['none', 'full', 'dots', 'dots_no_batch']
+# What the backward pass keeps of a block's forward (the rest is recomputed):
+# 'full' keeps only the block's inputs; 'dots' also keeps matmul outputs (attention
+# and dense projections; convolutions are recomputed); 'dots_no_batch' keeps the
+# matmuls without batch dimensions (the weight projections, not attention scores).
+_REMAT_POLICIES = {
+    'full': None,
+    'dots': jax.checkpoint_policies.checkpoint_dots,
+    'dots_no_batch': jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
 _ACT_AXES = ('batch', 'frames', 'height', 'width', 'embed')
 _DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16, 'float16': jnp.float16}
 
@@ -55,6 +65,13 @@ class UNetConfig:
     temporal_buckets / temporal_max_distance: relative position bias of temporal attention.
     dropout: dropout rate inside ResBlocks (training only).
     dtype: compute dtype ('float32' | 'bfloat16' | 'float16'); params stay float32.
+    remat: rematerialisation of each block ('none' | 'full' | 'dots' | 'dots_no_batch',
+      see _REMAT_POLICIES): trades recompute in the backward pass for activation memory.
+      Results are the same.
+    scan_blocks: run each level's run of identical blocks as one `nn.scan` (params get a
+      leading 'layers' axis): one compiled block per level instead of one per block, so
+      big models compile much faster. `scan_params`/`unscan_params` convert params
+      between the two layouts; results are the same.
   """
   levels: tuple[LevelConfig, ...]
   in_channels: int = 3
@@ -68,6 +85,8 @@ class UNetConfig:
   temporal_max_distance: int = 64
   dropout: float = 0.0
   dtype: str = 'float32'
+  remat: str = 'none'
+  scan_blocks: bool = False
 
   def __post_init__(self):
     levels = tuple(l if isinstance(l, LevelConfig) else LevelConfig(**l) for l in self.levels)
@@ -83,6 +102,8 @@ class UNetConfig:
         problems.append(f"levels[{i}].temporal is {l.temporal!r}; use 'attention', 'conv' or 'none'")
       if l.cross_attention and self.text_dim is None:
         problems.append(f'levels[{i}] has cross_attention but text_dim is None')
+    if self.remat != 'none' and self.remat not in _REMAT_POLICIES:
+      problems.append(f"remat {self.remat!r} is not one of {['none', *_REMAT_POLICIES]}")
     if self.dtype not in _DTYPES:
       problems.append(f'dtype {self.dtype!r} is not one of {sorted(_DTYPES)}')
     if self.head_dim <= 0 or self.emb_dim <= 0 or self.in_channels <= 0:
@@ -174,11 +195,12 @@ class Block(nn.Module):
   """ResBlock + the level's attention and temporal layers."""
   cfg: UNetConfig
   level: LevelConfig
+  train: bool = False
 
   @nn.compact
-  def __call__(self, x, emb, text, text_mask, frame_ids, *, train: bool):
+  def __call__(self, x, emb, text, text_mask, frame_ids):
     cfg, lv, dt = self.cfg, self.level, self.cfg.compute_dtype
-    x = ResBlock(lv.channels, cfg.dropout, dtype=dt, name='res')(x, emb, train=train)
+    x = ResBlock(lv.channels, cfg.dropout, dtype=dt, name='res')(x, emb, train=self.train)
     if lv.spatial_attention:
       x = attention.SpatialSelfAttention(cfg.head_dim, dtype=dt, name='spatial_attn')(x)
     if lv.cross_attention:
@@ -191,6 +213,47 @@ class Block(nn.Module):
     elif lv.temporal == 'conv':
       x = TemporalConvBlock(dtype=dt, name='temporal_conv')(x, frame_ids)
     return nn.with_logical_constraint(x, _ACT_AXES)
+
+
+class _ScanBlock(Block):
+  """A Block as an `nn.scan` body: (carry, broadcast inputs) -> (carry, None)."""
+
+  def __call__(self, x, emb, text, text_mask, frame_ids):
+    return super().__call__(x, emb, text, text_mask, frame_ids), None
+
+
+def _block_stacks(cfg: UNetConfig) -> list[tuple[str, list[str]]]:
+  """Which blocks `scan_blocks` runs as one scan: (scanned name, the unscanned names).
+
+  A level's encoder blocks all map its width to itself; in the decoder the first
+  block reads the skip concatenation (twice as wide), so only the blocks after it scan.
+  """
+  out = []
+  for i, lv in enumerate(cfg.levels):
+    for side, first in (('down', 0), ('up', 1)):
+      names = [f'{side}{i}_block{j}' for j in range(first, lv.num_res_blocks)]
+      if len(names) >= 2:
+        out.append((f'{side}{i}_blocks', names))
+  return out
+
+
+def scan_params(params: Mapping[str, Any], cfg: UNetConfig) -> dict[str, Any]:
+  """Unscanned params -> the `scan_blocks=True` layout (blocks stacked on axis 0)."""
+  out = dict(params)
+  for scanned, names in _block_stacks(cfg):
+    blocks = [out.pop(n) for n in names]
+    out[scanned] = jax.tree.map(lambda *xs: jnp.stack(xs), *blocks)
+  return out
+
+
+def unscan_params(params: Mapping[str, Any], cfg: UNetConfig) -> dict[str, Any]:
+  """`scan_blocks=True` params -> one entry per block (the inverse of `scan_params`)."""
+  out = dict(params)
+  for scanned, names in _block_stacks(cfg):
+    stacked = out.pop(scanned)
+    for j, n in enumerate(names):
+      out[n] = jax.tree.map(lambda x, j=j: x[j], stacked)
+  return out
 
 
 class TextPool(nn.Module):
@@ -269,6 +332,28 @@ class VideoUNet(nn.Module):
     h = layers.conv(cfg.levels[0].channels, (1, 3, 3), dtype=dt, name='conv_in')(h)
     h = nn.with_logical_constraint(h, _ACT_AXES)
 
+    def remat(cls):
+      if cfg.remat == 'none':
+        return cls
+      # Inside a scan, CSE across iterations cannot undo the remat: skip its barrier.
+      return nn.remat(cls, policy=_REMAT_POLICIES[cfg.remat], prevent_cse=cls is not _ScanBlock)
+
+    def blocks(h, lv, side, i, first):
+      """Blocks `first`.. of one side of level i: one scan, or one module each."""
+      n = lv.num_res_blocks - first
+      args = (emb, text, mask, frame_ids)
+      if cfg.scan_blocks and n >= 2:
+        stack = nn.scan(remat(_ScanBlock), variable_axes={'params': 0},
+                        split_rngs={'params': True, 'dropout': True},
+                        in_axes=(nn.broadcast,) * len(args), length=n,
+                        metadata_params={nn.PARTITION_NAME: 'layers'})
+        h, _ = stack(cfg, lv, train=train, name=f'{side}{i}_blocks')(h, *args)
+        return h
+      block = remat(Block)
+      for j in range(first, lv.num_res_blocks):
+        h = block(cfg, lv, train=train, name=f'{side}{i}_block{j}')(h, *args)
+      return h
+
     skips = []
     for i, lv in enumerate(cfg.levels):
       if i > 0:  # Efficient U-Net: downsample before the level's blocks
@@ -277,16 +362,16 @@ class VideoUNet(nn.Module):
                     kernel_init=nn.with_logical_partitioning(
                         nn.initializers.lecun_normal(), (None, None, None, 'conv_in', 'conv_out')),
                     bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ('conv_out',)))(h)
-      for j in range(lv.num_res_blocks):
-        h = Block(cfg, lv, name=f'down{i}_block{j}')(h, emb, text, mask, frame_ids, train=train)
+      h = blocks(h, lv, 'down', i, 0)
       skips.append(h)
 
     skip_scale = 1.0 / math.sqrt(2.0)
     for i in reversed(range(len(cfg.levels))):
       lv = cfg.levels[i]
       h = jnp.concatenate([h, skips.pop() * skip_scale], axis=-1)
-      for j in range(lv.num_res_blocks):
-        h = Block(cfg, lv, name=f'up{i}_block{j}')(h, emb, text, mask, frame_ids, train=train)
+      # The first block reads the (wider) skip concatenation: never part of a scan.
+      h = remat(Block)(cfg, lv, train=train, name=f'up{i}_block0')(h, emb, text, mask, frame_ids)
+      h = blocks(h, lv, 'up', i, 1)
       if i > 0:  # ... and upsample after them
         bt, tt, hh, ww, cc = h.shape
         h = jax.image.resize(h, (bt, tt, hh * 2, ww * 2, cc), 'nearest')
