@@ -93,7 +93,7 @@ def get_config(arg: str = 'stage=base') -> ml_collections.ConfigDict:
       in_channels=3, cond_channels=3 if is_sr else 0, cond_augment=is_sr,
       text_dim=c.text.d_model, text_pool=True, emb_dim=32 if tiny else 128,
       head_dim=16 if tiny else 32, temporal_buckets=16, temporal_max_distance=32,
-      dropout=0.0, dtype='float32'))
+      dropout=0.0, dtype='float32', remat='none', scan_blocks=False))  # small: neither pays
 
   c.diffusion = ml_collections.ConfigDict(dict(
       prediction='v', weighting='uniform', min_snr_gamma=5.0, logsnr_min=-20.0,

@@ -133,7 +133,10 @@ def get_config(arg: str = 'stage=base') -> ml_collections.ConfigDict:
   c.model = ml_collections.ConfigDict(dict(
       levels=levels, in_channels=3, cond_channels=3 if is_sr else 0, cond_augment=is_sr,
       text_dim=T5_XXL['d_model'], text_pool=True, emb_dim=1024, head_dim=64,
-      temporal_buckets=32, temporal_max_distance=64, dropout=0.0, dtype='bfloat16'))
+      temporal_buckets=32, temporal_max_distance=64, dropout=0.0, dtype='bfloat16',
+      # Activations, not weights, decide the mesh at this size (benchmarks/BENCHMARKS.md):
+      # recompute each block in the backward pass; scanned blocks also compile faster.
+      remat='full', scan_blocks=True))
 
   c.diffusion = ml_collections.ConfigDict(dict(
       prediction='v', weighting='uniform', min_snr_gamma=5.0, logsnr_min=-20.0,

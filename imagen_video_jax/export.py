@@ -122,20 +122,22 @@ def load_cascade(directory: str, *, text_encoder=None) -> CascadePipeline:
 # From a training run (orbax checkpoints of `python -m imagen_video_jax.train`).
 # ---------------------------------------------------------------------------------
 def read_training_run(workdir: str, step: int | None = None) -> tuple[dict, Any, int]:
-  """(saved config dict, EMA params, step) of a training run's latest (or given) checkpoint."""
-  import orbax.checkpoint as ocp
-  directory = os.path.join(os.path.abspath(workdir), 'checkpoints')
-  if not os.path.isdir(directory):
+  """(saved config dict, EMA params, step) of a training run's latest (or given) checkpoint.
+
+  Works on any machine: a run saved from a device mesh or by several processes is
+  read whole onto this host (`Checkpointer.restore_to_host`).
+  """
+  from imagen_video_jax.training import checkpointing
+  if not os.path.isdir(os.path.join(os.path.abspath(workdir), 'checkpoints')):
     raise ExportError(f'{workdir} holds no checkpoints/: not a training workdir')
-  with ocp.CheckpointManager(directory, item_handlers={
-      'state': ocp.StandardCheckpointHandler(), 'config': ocp.JsonCheckpointHandler()}) as mgr:
-    step = mgr.latest_step() if step is None else step
+  ckpt = checkpointing.Checkpointer(workdir, async_save=False)
+  try:
+    step = ckpt.latest_step() if step is None else step
     if step is None:
-      raise ExportError(f'{directory} has no finished checkpoint yet')
-    out = mgr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(),
-                                                    config=ocp.args.JsonRestore()))
-  ema = jax.tree.map(np.asarray, out['state']['ema_params'])
-  return out['config'], ema, int(step)
+      raise ExportError(f'{ckpt.directory} has no finished checkpoint yet')
+    return ckpt.saved_config(step), ckpt.restore_to_host(step)['ema_params'], int(step)
+  finally:
+    ckpt.close()
 
 
 def stage_from_training(config: Mapping[str, Any], ema_params: Any) -> Stage:

@@ -355,10 +355,17 @@ def initialize_distributed(coordinator_address: str | None = None,
       arguments or IVJ_COORDINATOR=host:port, IVJ_NUM_PROCESSES, IVJ_PROCESS_ID.
   IVJ_DISTRIBUTED=0 turns all of this off. Extra kwargs go to jax.distributed.initialize
   (e.g. local_device_ids). Returns the plan that was carried out.
+
+  A process that dies (a lost host, an OOM kill) makes the others exit with an error
+  once the coordination service misses its heartbeats: after jax's 100 s by default,
+  or IVJ_HEARTBEAT_TIMEOUT seconds. Nothing hangs on a dead peer.
   """
   plan = plan_distributed(coordinator_address, num_processes, process_id)
   if plan.mode == 'single':
     return plan
+  heartbeat = _int_env(os.environ, 'IVJ_HEARTBEAT_TIMEOUT')
+  if heartbeat is not None:
+    kwargs.setdefault('heartbeat_timeout_seconds', heartbeat)
   if jax.distributed.is_initialized():
     log.info('jax.distributed is already initialised; leaving it as it is')
     return plan

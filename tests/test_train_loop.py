@@ -179,3 +179,15 @@ def test_sigterm_saves_exits_zero_and_resumes_exactly(straight, data_dir, tmp_pa
                        capture_output=True, text=True, timeout=300)
   assert bad.returncode == 1
   assert 'Traceback' not in bad.stderr and 'optim.lr: checkpoint 0.001, now 0.5' in bad.stderr
+
+
+def test_fields_added_since_a_run_was_saved_resume_at_their_defaults():
+  from imagen_video_jax.training.checkpointing import config_differences
+  saved = {'model': {'emb_dim': 32}, 'optim': {'lr': 1e-3}}  # a run from before remat existed
+  now = {'model': {'emb_dim': 32, 'remat': 'none', 'scan_blocks': False}, 'optim': {'lr': 1e-3}}
+  assert config_differences(saved, now) == []
+  now['model']['scan_blocks'] = True  # not what the old run had: its params' layout differs
+  assert config_differences(saved, now) == [
+      'model.scan_blocks: checkpoint "<absent>", now true']
+  now['model'].update(scan_blocks=False, remat='full')  # remat may change on resume
+  assert config_differences(saved, now) == []

@@ -20,6 +20,7 @@ from typing import Any, Iterable
 import grain
 import jax
 import jax.numpy as jnp
+import numpy as np
 import orbax.checkpoint as ocp
 
 # Fields a resumed run may change: how long it runs and how it reports, not what it learns.
@@ -29,6 +30,7 @@ RESUMABLE_FIELDS = (
     'debug_sleep_secs', 'data.dir', 'data.num_threads', 'data.prefetch_rows',
     'data.worker_count', 'sample.*', 'text.tokenizer', 'name',
     'mesh.*',  # orbax restores into the new run's shardings: resume on another mesh
+    'model.remat',  # recomputation only; model.scan_blocks changes the params' layout
 )
 
 
@@ -65,6 +67,17 @@ def _allowed(name: str, allowed: Iterable[str]) -> bool:
   return False
 
 
+def _added_field_defaults() -> dict[str, Any]:
+  """model.* fields added since runs were first saved, with the value older runs had.
+
+  A checkpoint without such a field resumes under a config that holds its default.
+  """
+  import dataclasses
+  from imagen_video_jax.models.unet import UNetConfig
+  return {f'model.{f.name}': f.default for f in dataclasses.fields(UNetConfig)
+          if f.default is not dataclasses.MISSING}
+
+
 def config_differences(saved: dict, current: dict,
                        allowed: Iterable[str] = RESUMABLE_FIELDS) -> list[str]:
   """'field: checkpoint X, now Y' for every field that differs and may not change."""
@@ -74,7 +87,9 @@ def config_differences(saved: dict, current: dict,
     if _allowed(name, allowed):
       continue
     va, vb = a.get(name, '<absent>'), b.get(name, '<absent>')
-    if va != vb:
+    default = _added_field_defaults().get(name, '<absent>')
+    if va != vb and not (va == '<absent>' and vb == default) and not (
+        vb == '<absent>' and va == default):
       diffs.append(f'{name}: checkpoint {json.dumps(va)}, now {json.dumps(vb)}')
   return diffs
 
@@ -135,6 +150,20 @@ class Checkpointer:
     if data_iter is not None:
       args['data'] = grain.checkpoint.CheckpointRestore(data_iter)
     return self.manager.restore(step, args=ocp.args.Composite(**args))['state']
+
+  def restore_to_host(self, step: int) -> dict:
+    """The state at `step` as numpy arrays, whatever mesh or process count saved it.
+
+    For export and inspection on one machine: each array is restored whole onto this
+    process's first CPU device (a checkpoint's saved shardings name devices that
+    need not exist here), then copied to numpy.
+    """
+    meta = self.manager.item_metadata(step)['state']
+    cpu = jax.sharding.SingleDeviceSharding(jax.local_devices(backend='cpu')[0])
+    target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=cpu), meta)
+    out = self.manager.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(target)))['state']
+    return jax.tree.map(np.asarray, out)
 
   def wait(self) -> None:
     self.manager.wait_until_finished()

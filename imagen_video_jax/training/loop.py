@@ -15,6 +15,7 @@ import json
 import os
 import shutil
 import signal
+import sys
 import time
 from typing import Any
 
@@ -304,17 +305,18 @@ def _loop(config, workdir, state, data_iter, train_step, sample_fn, ckpt, t5_par
 
   multi = jax.process_count() > 1
   old_handler = None
-  try:  # Only the main thread may install handlers; multi-host: JAX's preemption service.
-    if not multi:
-      old_handler = signal.signal(signal.SIGTERM, on_sigterm)
+  try:  # Only the main thread may install handlers. Multi-host: a SIGTERM to any
+    # process, or the preemption service's notice, stops every process at one step.
+    old_handler = signal.signal(signal.SIGTERM, on_sigterm)
   except ValueError:
     pass
 
   def agree(flag: bool) -> bool:
+    """True on every process if it is True on any (a SIGTERM may reach one host only)."""
     if not multi:
       return flag
     from jax.experimental import multihost_utils
-    return bool(multihost_utils.broadcast_one_to_all(np.int32(flag)))
+    return bool(np.max(multihost_utils.process_allgather(np.int32(flag))))
 
   def save(s, force=False):
     nonlocal last_save, last_saved_step
@@ -371,6 +373,13 @@ def _loop(config, workdir, state, data_iter, train_step, sample_fn, ckpt, t5_par
         if is_main:
           print(f'Preempted: saved step {step}; run the same command to resume.', flush=True)
         break
+  except jax.errors.JaxRuntimeError as e:
+    if multi:  # say what it means before jax.distributed aborts this process
+      print(f'train: process {jax.process_index()} of {jax.process_count()}: a collective '
+            f'failed after step {step} ({str(e).splitlines()[0][:200]}). Another process '
+            f'probably died. The last checkpoint is step {last_saved_step}: start every '
+            'process again with the same command to resume.', file=sys.stderr, flush=True)
+    raise
   finally:
     ckpt.wait()
     writer.close()
