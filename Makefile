@@ -10,7 +10,9 @@ PIP := $(PY) -m pip install -q --disable-pip-version-check $(FIND_LINKS)
 # in 7.4 min (measured; the suite is 13 min of CPU time). PYTEST_FLAGS="-n 0" runs serially.
 PYTEST_FLAGS ?= -n 2
 
-.PHONY: install test test-all clean
+PROMPT ?= a red 3 moving left
+
+.PHONY: install test test-all demo clean
 
 $(VENV)/.installed: requirements/requirements.txt requirements/reference.txt setup.cfg pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -18,7 +20,18 @@ $(VENV)/.installed: requirements/requirements.txt requirements/reference.txt set
 	$(PIP) --no-deps --no-build-isolation -e .
 	touch $@
 
+# What sampling needs (no torch/transformers reference set): the demo's quicker set-up.
+$(VENV)/.installed-run: requirements/requirements.txt setup.cfg pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) -r requirements/requirements.txt
+	$(PIP) --no-deps --no-build-isolation -e .
+	touch $@
+
 install: $(VENV)/.installed
+
+demo: $(VENV)/.installed-run
+	$(PY) -m imagen_video_jax.sample --config=configs/digits.py --prompt="$(PROMPT)" \
+	    --output=outputs/demo.mp4
 
 test: $(VENV)/.installed
 	$(PY) -m pytest -q -m "not slow" $(PYTEST_FLAGS)

@@ -15,11 +15,16 @@ Text goes through a tiny T5 v1.1 encoder with random frozen weights (numpy-seede
 identical everywhere); the U-Nets learn to read it through cross-attention.
 Re-running the same command resumes from the last checkpoint in --workdir.
 """
+import os
+
 import ml_collections
 
 from imagen_video_jax.data.pipeline import DIGITS_STAGES
 
 STAGES = ('base', 'tsr', 'ssr')
+# Where the trained cascade ships (`python -m imagen_video_jax.sample --config=<this file>`).
+CASCADE_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                           'checkpoints', 'digits')
 
 
 def _level(channels, blocks=1, spatial=False, temporal='conv', cross=False):

@@ -15,6 +15,8 @@ from imagen_video_jax.text import checkpoints as t5_checkpoints
 from imagen_video_jax.text.tokenizer import train_sentencepiece
 from test_cascade import _pipeline
 
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
 CAPTIONS = [f'a {c} {d} moving {m}' for c in ('red', 'blue', 'green') for d in range(10)
             for m in ('left', 'right', 'up', 'down')]
 
@@ -55,7 +57,9 @@ def test_missing_or_foreign_directories_are_refused(tmp_path):
 def test_sample_cli_writes_mp4_gif_png(exported, tmp_path):
   path, stages = exported
   out = tmp_path / 'out' / 'demo.mp4'
-  cmd = [sys.executable, '-m', 'imagen_video_jax.sample', f'--checkpoints={path}',
+  config = tmp_path / 'my_cascade.py'  # --config: a config file that ships a cascade
+  config.write_text(f'CASCADE_DIR = {str(path)!r}\n')
+  cmd = [sys.executable, '-m', 'imagen_video_jax.sample', f'--config={config}',
          '--prompt=a red 3 moving left', f'--output={out}', '--steps=2', '--guidance=2',
          '--scale=2', '--noprogress']
   res = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
@@ -78,3 +82,15 @@ def test_sample_cli_errors_are_one_line(tmp_path):
   res = subprocess.run([sys.executable, '-m', 'imagen_video_jax.sample', '--prompt=x',
                         '--output=a.gif'], capture_output=True, text=True, timeout=300)
   assert res.returncode != 0 and 'must end in .mp4' in res.stderr
+  res = subprocess.run([sys.executable, '-m', 'imagen_video_jax.sample', '--prompt=x',
+                        '--config=configs/imagen_video.py', f'--output={tmp_path}/a.mp4'],
+                       capture_output=True, text=True, timeout=300, cwd=ROOT)
+  assert res.returncode != 0 and 'ships no trained cascade' in res.stderr, res.stderr[-2000:]
+  assert 'Traceback' not in res.stderr
+
+
+def test_the_digits_config_names_the_shipped_cascade():
+  from imagen_video_jax.sample import cascade_dir_from_config
+  want = os.path.join(ROOT, 'checkpoints', 'digits')
+  assert cascade_dir_from_config(os.path.join(ROOT, 'configs', 'digits.py')) == want
+  assert cascade_dir_from_config(os.path.join(ROOT, 'configs', 'digits.py:stage=ssr')) == want
