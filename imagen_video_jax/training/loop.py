@@ -272,7 +272,12 @@ def _run(config, workdir, model_cfg, spec, mesh, rules, batch_sharding, ckpt,
     ck = _key('step', config, mesh)
     if ck not in _CACHE:
       fn = step_lib.make_train_step(config, model, t5_model, tx, schedule, train_key)
-      _CACHE[ck] = jax.jit(fn, out_shardings=(shardings, replicated), donate_argnums=0)
+      # State in its own shardings (donated: updated in place), the batch split over
+      # data x fsdp, the frozen T5 where it was loaded (never gathered per step).
+      t5_shardings = replicated if t5_params is None else jax.tree.map(
+          lambda x: x.sharding, t5_params)
+      _CACHE[ck] = jax.jit(fn, in_shardings=(shardings, batch_sharding, t5_shardings),
+                           out_shardings=(shardings, replicated), donate_argnums=0)
     train_step = _CACHE[ck]
     sample_fn = None
     if int(config.sample_every) > 0:
