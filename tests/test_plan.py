@@ -10,10 +10,12 @@ from imagen_video_jax import planning
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-# Runs the plan CLI as __main__ and reports the process's peak RSS (kB) on exit.
-_RUN = ('import atexit, resource, runpy, sys; '
-        'atexit.register(lambda: print("MAXRSS_KB", '
-        'resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, flush=True)); '
+# Runs the plan CLI as __main__ and reports the process's peak RSS (kB) on exit: VmHWM,
+# the peak of this program's own memory map. Not getrusage's ru_maxrss: Linux carries
+# that over from the forking parent (a pytest worker already holding GBs).
+_RUN = ('import atexit, runpy, sys; '
+        'atexit.register(lambda: print("MAXRSS_KB", [l.split()[1] for l in '
+        'open("/proc/self/status") if l.startswith("VmHWM")][0], flush=True)); '
         'sys.argv = ["plan"] + sys.argv[1:]; '
         'runpy.run_module("imagen_video_jax.plan", run_name="__main__")')
 

@@ -77,7 +77,8 @@ def _reference():
   return params, _loss_and_grads(BASE, params)
 
 
-@pytest.mark.parametrize('remat,scan', [('full', False), ('dots', True), ('none', True)])
+@pytest.mark.parametrize('remat,scan', [('full', False), ('dots', True),
+                                        pytest.param('none', True, marks=pytest.mark.slow)])
 def test_remat_and_scan_give_the_same_loss_and_gradients(remat, scan):
   params, (ref_loss, ref_grads) = _reference()
   cfg = dataclasses.replace(BASE, remat=remat, scan_blocks=scan)
