@@ -8,6 +8,7 @@ runs three ways and must end in the same state:
     each, a 2x2 mesh, each process reading only its half of every global batch.
 And when one process of a job dies, the other exits with an error within seconds.
 """
+import contextlib
 import json
 import os
 import signal
@@ -115,21 +116,29 @@ def test_a_2x2x2_mesh_trains_exactly_like_one_device(runs, tmp_path):
   _assert_same_run(runs / 'mesh', runs / 'one')
 
 
-def _start_two(workdir, extra_args=(), heartbeat=None):
+@contextlib.contextmanager
+def _two_processes(workdir, extra_args=(), heartbeat=None):
+  """Starts the train job as process 0 and 1 of one jax.distributed job; kills leftovers."""
   port = _free_port()
   procs, logs = [], []
-  for i in range(2):
-    env = _env(devices=2, IVJ_COORDINATOR=f'localhost:{port}', IVJ_NUM_PROCESSES='2',
-               IVJ_PROCESS_ID=str(i))
-    if heartbeat:
-      env['IVJ_HEARTBEAT_TIMEOUT'] = str(heartbeat)
-    log = open(workdir.parent / f'{workdir.name}.{i}.log', 'w+')
-    procs.append(subprocess.Popen(
-        [sys.executable, '-m', 'imagen_video_jax.train', '--distributed', *ARGS,
-         '--config.mesh.data=2', '--config.mesh.fsdp=2', *extra_args, f'--workdir={workdir}'],
-        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, text=True))
-    logs.append(log)
-  return procs, logs
+  try:
+    for i in range(2):
+      env = _env(devices=2, IVJ_COORDINATOR=f'localhost:{port}', IVJ_NUM_PROCESSES='2',
+                 IVJ_PROCESS_ID=str(i))
+      if heartbeat:
+        env['IVJ_HEARTBEAT_TIMEOUT'] = str(heartbeat)
+      log = open(workdir.parent / f'{workdir.name}.{i}.log', 'w+')
+      logs.append(log)
+      procs.append(subprocess.Popen(
+          [sys.executable, '-m', 'imagen_video_jax.train', '--distributed', *ARGS,
+           '--config.mesh.data=2', '--config.mesh.fsdp=2', *extra_args,
+           f'--workdir={workdir}'],
+          cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, text=True))
+    yield procs, logs
+  finally:
+    for p in procs:
+      if p.poll() is None:
+        p.kill()
 
 
 def _read(log):
@@ -138,18 +147,28 @@ def _read(log):
   return log.read()
 
 
-def test_two_processes_train_exactly_like_one(runs):
-  procs, logs = _start_two(runs / 'two')
-  try:
-    for p in procs:
-      p.wait(timeout=600)
-  finally:
-    for p in procs:
-      if p.poll() is None:
-        p.kill()
+def _wait_until_training(procs, logs, step=3):
+  """Until process 0 has logged `step` (so both are inside the training loop)."""
+  deadline = time.monotonic() + 300
+  while f'step {step}/' not in _read(logs[0]):
+    assert time.monotonic() < deadline and all(p.poll() is None for p in procs), (
+        _read(logs[0])[-3000:] + _read(logs[1])[-3000:])
+    time.sleep(0.5)
+
+
+def _finish(procs, logs, timeout=600) -> str:
+  """Waits for both; asserts both exited 0; returns process 0's output."""
+  for p in procs:
+    p.wait(timeout=timeout)
   for i, (p, log) in enumerate(zip(procs, logs)):
     assert p.returncode == 0, f'process {i}:\n' + _read(log)[-4000:]
-  assert f'step {STEPS}/{STEPS}' in _read(logs[0])
+  return _read(logs[0])
+
+
+def test_two_processes_train_exactly_like_one(runs):
+  with _two_processes(runs / 'two') as (procs, logs):
+    out = _finish(procs, logs)
+  assert f'step {STEPS}/{STEPS}' in out
   _assert_same_run(runs / 'two', runs / 'one')
 
 
@@ -157,22 +176,13 @@ def test_two_processes_train_exactly_like_one(runs):
 @pytest.mark.parametrize('victim', [1, 0])  # a worker; the coordinator itself
 def test_a_dead_process_stops_the_job_within_seconds(runs, victim):
   workdir = runs / f'kill{victim}'
-  procs, logs = _start_two(workdir, ['--config.num_steps=100000'], heartbeat=10)
-  try:
-    deadline = time.monotonic() + 300
-    while 'step 3/' not in _read(logs[0]):  # both processes are in the training loop
-      assert time.monotonic() < deadline and all(p.poll() is None for p in procs), (
-          _read(logs[0])[-3000:] + _read(logs[1])[-3000:])
-      time.sleep(0.5)
+  with _two_processes(workdir, ['--config.num_steps=100000'], heartbeat=10) as (procs, logs):
+    _wait_until_training(procs, logs)
     procs[victim].send_signal(signal.SIGKILL)
     killed_at = time.monotonic()
     survivor = procs[1 - victim]
     survivor.wait(timeout=120)  # bounded: gloo sees the reset, the heartbeat (10 s) times out
     took = time.monotonic() - killed_at
-  finally:
-    for p in procs:
-      if p.poll() is None:
-        p.kill()
   out = _read(logs[1 - victim])
   assert survivor.returncode != 0, out[-3000:]
   assert took < 60, took
@@ -183,32 +193,13 @@ def test_a_dead_process_stops_the_job_within_seconds(runs, victim):
 def test_sigterm_to_one_process_stops_both_at_one_step_and_both_resume(runs):
   """Preemption is agreed: a SIGTERM that reaches one host saves one checkpoint for all."""
   workdir = runs / 'preempt'
-  procs, logs = _start_two(workdir, ['--config.num_steps=100000'])
-  try:
-    deadline = time.monotonic() + 300
-    while 'step 3/' not in _read(logs[0]):
-      assert time.monotonic() < deadline and all(p.poll() is None for p in procs)
-      time.sleep(0.5)
+  with _two_processes(workdir, ['--config.num_steps=100000']) as (procs, logs):
+    _wait_until_training(procs, logs)
     procs[1].send_signal(signal.SIGTERM)  # the worker only, not the coordinator
-    for p in procs:
-      p.wait(timeout=120)
-  finally:
-    for p in procs:
-      if p.poll() is None:
-        p.kill()
-  outs = [_read(log) for log in logs]
-  assert [p.returncode for p in procs] == [0, 0], outs[0][-3000:] + outs[1][-3000:]
-  saved = int(outs[0].split('Preempted: saved step ', 1)[1].split(';')[0])
+    out = _finish(procs, logs, timeout=120)
+  saved = int(out.split('Preempted: saved step ', 1)[1].split(';')[0])
   assert (workdir / 'checkpoints' / str(saved)).is_dir()
 
-  procs, logs = _start_two(workdir, [f'--config.num_steps={saved + 2}'])  # every process reads it
-  try:
-    for p in procs:
-      p.wait(timeout=600)
-  finally:
-    for p in procs:
-      if p.poll() is None:
-        p.kill()
-  out = _read(logs[0])
-  assert [p.returncode for p in procs] == [0, 0], out[-3000:] + _read(logs[1])[-3000:]
+  with _two_processes(workdir, [f'--config.num_steps={saved + 2}']) as (procs, logs):
+    out = _finish(procs, logs)  # every process restores the checkpoint
   assert f'at step {saved}.' in out and f'step {saved + 2}/{saved + 2}' in out
