@@ -72,6 +72,7 @@ def get_config(arg: str = 'stage=base') -> ml_collections.ConfigDict:
   c.name = f'digits_{stage}' + ('_tiny' if tiny else '')
   c.stage = stage
   c.seed = 0
+  c.init_from = ''  # a trained stage to start from (training/warm_start.py); '': random
   c.num_steps = 200 if tiny else 100_000
   c.log_every = 10 if tiny else 100
   c.checkpoint_every_steps = 100 if tiny else 2000
@@ -108,7 +109,8 @@ def get_config(arg: str = 'stage=base') -> ml_collections.ConfigDict:
       sample_cond_t=0.1))           # SR: fixed aug level when sampling
 
   c.optim = ml_collections.ConfigDict(dict(
-      lr=1e-3 if tiny else 3e-4, warmup_steps=10 if tiny else 1000, decay_steps=0,
+      # Small models take a high rate and a short warm-up: CPU runs are a few 1000 steps.
+      lr=1e-3 if tiny else 5e-4, warmup_steps=10 if tiny else 200, decay_steps=0,
       end_lr_fraction=0.1, b1=0.9, b2=0.99, eps=1e-8, weight_decay=0.0, grad_clip=1.0,
       ema_decay=0.999))
 

@@ -110,6 +110,7 @@ def get_config(arg: str = 'stage=base') -> ml_collections.ConfigDict:
   c.frames, c.height, c.width, c.fps = frames, height, width, fps
   c.paper_params = PAPER_PARAMS[stage]
   c.seed = 0
+  c.init_from = ''  # a trained stage to start from (training/warm_start.py); '': random
   c.num_steps = 1_000_000
   c.log_every = 100
   c.checkpoint_every_steps = 5000

@@ -1,9 +1,11 @@
-"""Training jobs: exact resume, preemption by SIGTERM, non-finite steps, config checks.
+"""Training jobs: exact resume, preemption by SIGTERM, non-finite steps, config checks,
+warm start from trained weights (`config.init_from`).
 
 All runs use the tiny base stage of configs/digits.py and one shared Moving Digits
 data directory; compiled steps are shared by the in-process runs (training.loop caches
 them), and the subprocesses share a persistent compilation cache.
 """
+import dataclasses
 import os
 import signal
 import subprocess
@@ -15,8 +17,12 @@ import jax
 import numpy as np
 import pytest
 
-from imagen_video_jax import training
-from imagen_video_jax.training import checkpointing
+from flax import linen as nn
+
+from imagen_video_jax import export, params_io, training
+from imagen_video_jax.models import unet as unet_lib
+from imagen_video_jax.models.unet import LevelConfig, UNetConfig
+from imagen_video_jax.training import checkpointing, warm_start
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
@@ -191,3 +197,84 @@ def test_fields_added_since_a_run_was_saved_resume_at_their_defaults():
       'model.scan_blocks: checkpoint "<absent>", now true']
   now['model'].update(scan_blocks=False, remat='full')  # remat may change on resume
   assert config_differences(saved, now) == []
+
+
+# ------------------------------------------------------------------------ warm start
+# The warm-started runs take one step, whose learning rate is 0 (linear warm-up from 0),
+# so their params equal the source's EMA exactly if and only if the weights were loaded.
+
+
+def _flat(tree):
+  return params_io.flatten_params(jax.device_get(tree))
+
+
+def _assert_trees_equal(a, b):
+  fa, fb = _flat(a), _flat(b)
+  assert sorted(fa) == sorted(fb)
+  for k in fa:
+    np.testing.assert_array_equal(fa[k], fb[k], err_msg=k)
+
+
+@pytest.mark.parametrize('source', ['workdir', 'cascade'])
+def test_a_new_run_starts_from_the_trained_ema(straight, data_dir, tmp_path, source):
+  src_dir, ref = straight
+  if source == 'cascade':  # what a user fine-tunes from: an exported cascade directory
+    src_dir = export.export_training_runs([src_dir], str(tmp_path / 'cascade'))
+  run = training.train_and_evaluate(tiny_config(data_dir, num_steps=1, init_from=src_dir),
+                                    str(tmp_path / 'run'))
+  assert run.step == 1
+  _assert_trees_equal(run.state.params, ref.state.ema_params)
+  for a, b in zip(jax.tree.leaves(run.state.ema_params), jax.tree.leaves(ref.state.ema_params)):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6)
+  # The optimizer is new: Adam's step count restarted (one update, not 21).
+  counts = [int(x) for x in jax.tree.leaves(run.state.opt_state) if np.ndim(x) == 0]
+  assert counts and max(counts) == 1
+
+
+def test_without_init_from_the_weights_are_random(straight, data_dir, tmp_path):
+  _, ref = straight
+  run = training.train_and_evaluate(tiny_config(data_dir, num_steps=1), str(tmp_path))
+  a, b = _flat(run.state.params), _flat(ref.state.ema_params)
+  assert any(not np.array_equal(a[k], b[k]) for k in a)
+
+
+def test_a_run_that_has_begun_resumes_from_its_own_checkpoint(straight, data_dir, tmp_path):
+  """init_from is read at step 0 only; afterwards it may change without a mismatch."""
+  src_dir, ref = straight
+  first = training.train_and_evaluate(tiny_config(data_dir, num_steps=2), str(tmp_path))
+  again = training.train_and_evaluate(
+      tiny_config(data_dir, num_steps=3, init_from=src_dir), str(tmp_path))
+  assert again.step == 3
+  a, b = _flat(again.state.params), _flat(ref.state.ema_params)
+  assert any(not np.array_equal(a[k], b[k]) for k in a)  # not overwritten by the source
+  del first
+
+
+def test_weights_of_another_model_are_refused_naming_the_misfit(straight, data_dir, tmp_path):
+  src_dir, _ = straight
+  with pytest.raises(training.ConfigError) as e:
+    training.train_and_evaluate(
+        tiny_config(data_dir, num_steps=1, init_from=src_dir, **{'model.emb_dim': 48}),
+        str(tmp_path / 'run'))
+  msg = str(e.value)
+  assert 'does not fit' in msg and 'has shape' in msg and 'emb' in msg
+  assert not os.path.isdir(tmp_path / 'run' / 'checkpoints' / '1')  # nothing was trained
+  with pytest.raises(training.ConfigError, match='neither an exported cascade'):
+    training.train_and_evaluate(tiny_config(data_dir, num_steps=1, init_from=str(tmp_path)),
+                                str(tmp_path / 'run2'))
+
+
+def test_a_scanned_run_starts_from_unscanned_weights():
+  cfg = UNetConfig(levels=(LevelConfig(8, 3, temporal='conv'),
+                           LevelConfig(16, 2, temporal='attention')), emb_dim=16, head_dim=8)
+  params = jax.device_get(nn.unbox(unet_lib.init_params(
+      cfg, jax.random.key(0), frames=2, height=8, width=8)))
+  scanned_cfg = dataclasses.replace(cfg, scan_blocks=True)
+  abstract = nn.unbox(jax.eval_shape(lambda k: unet_lib.init_params(
+      scanned_cfg, k, frames=2, height=8, width=8), jax.random.key(0)))
+  fitted = warm_start.fit_params(params, False, abstract, scanned_cfg, 'test')
+  _assert_trees_equal(fitted, unet_lib.scan_params(params, scanned_cfg))
+  assert 'down0_blocks' in fitted and 'down0_block0' not in fitted
+  # ... and back: an unscanned run from scanned weights.
+  back = warm_start.fit_params(fitted, True, jax.eval_shape(lambda: params), cfg, 'test')
+  _assert_trees_equal(back, params)

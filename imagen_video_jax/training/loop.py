@@ -262,6 +262,12 @@ def _run(config, workdir, model_cfg, spec, mesh, rules, batch_sharding, ckpt,
     if ik not in _CACHE:
       _CACHE[ik] = state_lib.make_init_fn(boxed_init, tx, shardings)
     state = _CACHE[ik](init_key)
+    if config.get('init_from'):  # a new run from trained weights (fresh optimizer)
+      from imagen_video_jax.training import warm_start
+      try:
+        state = warm_start.warm_start(state, abstract, config, model_cfg)
+      except warm_start.WarmStartError as e:
+        raise ConfigError(str(e)) from None
 
   # Trace under the logical rules; with mesh.constrain_activations also under the mesh,
   # so the models' activation constraints apply (else XLA propagates the shardings of
