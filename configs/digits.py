@@ -80,6 +80,7 @@ def get_config(arg: str = 'stage=base') -> ml_collections.ConfigDict:
   c.keep_checkpoints = 3
   c.sample_every = 0 if tiny else 5000        # 0: no sample videos
   c.max_nonfinite_in_a_row = 5
+  c.stop_after_secs = 0.0  # >0: save and stop after this many seconds (resume: rerun)
   c.debug_nan_steps = ()                      # tests: poison these steps' batches
   c.debug_sleep_secs = 0.0                    # tests: slow each step down
 

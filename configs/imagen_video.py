@@ -118,6 +118,7 @@ def get_config(arg: str = 'stage=base') -> ml_collections.ConfigDict:
   c.keep_checkpoints = 3
   c.sample_every = 20_000
   c.max_nonfinite_in_a_row = 20
+  c.stop_after_secs = 0.0  # >0: save and stop after this many seconds (resume: rerun)
   c.debug_nan_steps = ()
   c.debug_sleep_secs = 0.0
 

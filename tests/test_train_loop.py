@@ -187,6 +187,17 @@ def test_sigterm_saves_exits_zero_and_resumes_exactly(straight, data_dir, tmp_pa
   assert 'Traceback' not in bad.stderr and 'optim.lr: checkpoint 0.001, now 0.5' in bad.stderr
 
 
+def test_time_budget_saves_stops_and_resumes_exactly(straight, data_dir, tmp_path):
+  _, ref = straight
+  cut = training.train_and_evaluate(
+      tiny_config(data_dir, stop_after_secs=1.0, debug_sleep_secs=0.25), str(tmp_path))
+  assert cut.preempted and 1 <= cut.step < STEPS  # 0.25 s a step: about 4 steps fit
+  assert checkpointing.Checkpointer(str(tmp_path)).latest_step() == cut.step
+  rest = training.train_and_evaluate(tiny_config(data_dir), str(tmp_path))
+  assert not rest.preempted
+  assert_states_equal(rest.state, ref.state)
+
+
 def test_fields_added_since_a_run_was_saved_resume_at_their_defaults():
   from imagen_video_jax.training.checkpointing import config_differences
   saved = {'model': {'emb_dim': 32}, 'optim': {'lr': 1e-3}}  # a run from before remat existed

@@ -31,6 +31,7 @@ RESUMABLE_FIELDS = (
     'data.worker_count', 'sample.*', 'text.tokenizer', 'name',
     'mesh.*',  # orbax restores into the new run's shardings: resume on another mesh
     'model.remat',  # recomputation only; model.scan_blocks changes the params' layout
+    'stop_after_secs',
     'init_from',  # read at step 0 only: a run that has begun resumes from its checkpoints
 )
 

@@ -43,7 +43,8 @@ class NonFiniteError(RuntimeError):
 @dataclasses.dataclass
 class TrainResult:
   """What `train_and_evaluate` returns: the final state, its step, the logged metrics,
-  whether it stopped for a preemption (after saving), and the data iterator's position."""
+  whether it stopped early (a preemption or `stop_after_secs`; it saved first), and the
+  data iterator's position."""
   state: state_lib.TrainState
   step: int
   history: list  # one dict of metrics per logged step
@@ -308,6 +309,9 @@ def _loop(config, workdir, state, data_iter, train_step, sample_fn, ckpt, t5_par
   writer = metrics_lib.MetricWriter(workdir, enabled=is_main)
   progress = metrics_lib.Progress(step, num_steps, int(config.data.batch_size))
   history, preempted, last_save = [], False, time.monotonic()
+  # stop_after_secs: this invocation's wall-clock budget (a lease, a Colab session);
+  # like a preemption it saves and returns, and the same command resumes.
+  started, budget = time.monotonic(), float(config.get('stop_after_secs', 0.0) or 0.0)
   last_saved_step = ckpt.latest_step()
   sigterm = {'got': False}
 
@@ -375,14 +379,17 @@ def _loop(config, workdir, state, data_iter, train_step, sample_fn, ckpt, t5_par
         if is_main and path:
           print(f'Samples at step {step}: {path}', flush=True)
       preempted = agree(sigterm['got']) or ckpt.manager.reached_preemption(step)
+      out_of_time = budget > 0 and agree(time.monotonic() - started >= budget)
       secs = float(config.checkpoint_every_secs)
       timed = agree(secs > 0 and time.monotonic() - last_save >= secs)
-      if preempted or timed or step % int(config.checkpoint_every_steps) == 0 or (
-          step == num_steps):
+      if preempted or out_of_time or timed or (
+          step % int(config.checkpoint_every_steps) == 0) or step == num_steps:
         save(step, force=True)
-      if preempted:
+      if preempted or out_of_time:
         if is_main:
-          print(f'Preempted: saved step {step}; run the same command to resume.', flush=True)
+          why = 'Preempted' if preempted else f'Time budget ({budget:g} s) used'
+          print(f'{why}: saved step {step}; run the same command to resume.', flush=True)
+        preempted = True
         break
   except jax.errors.JaxRuntimeError as e:
     if multi:  # say what it means before jax.distributed aborts this process
