@@ -9,6 +9,7 @@ TFDS dataset instead; read it with
 ``tfds.data_source("moving_digits/NAME", data_dir=OUTPUT)``.
 """
 
+import os
 import sys
 
 from absl import app, flags
@@ -28,6 +29,8 @@ _HELD_OUT = flags.DEFINE_string(
     "held_out", None, "DIGIT:COLOUR:DIRECTION,... never shown as training videos "
     "('none' for no hold-out; default: digits.DEFAULT_HELD_OUT).")
 _PER_SHARD = flags.DEFINE_integer("per_shard", 1000, "Examples per ArrayRecord shard.")
+_WORKERS = flags.DEFINE_integer("workers", min(8, os.cpu_count() or 1),
+                                "Processes rendering shards (the bytes do not depend on it).")
 _FORMAT = flags.DEFINE_enum("format", "array_record", ["array_record", "tfds"],
                             "array_record shards or a TFDS dataset.")
 _TFDS_CONFIG = flags.DEFINE_string("tfds_config", "custom", "TFDS config name.")
@@ -57,7 +60,8 @@ def main(argv):
       return 0
     info = digits.write_shards(config, _SEED.value, _OUTPUT.value, _NUM_VIDEOS.value,
                                _NUM_IMAGES.value, _NUM_EVAL.value,
-                               per_shard=_PER_SHARD.value, progress=True)
+                               per_shard=_PER_SHARD.value, progress=True,
+                               workers=_WORKERS.value)
   except (ValueError, OSError) as e:
     sys.exit(f"make_dataset: {e}")
   n = sum(len(v) for v in info["shards"].values())

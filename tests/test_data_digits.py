@@ -1,5 +1,7 @@
 """Moving Digits world and the record format."""
 
+import os
+
 import numpy as np
 import pytest
 
@@ -105,3 +107,17 @@ def test_record_round_trip_and_sharded_writer(tmp_path):
       "videos-00000.array_record", "videos-00001.array_record", "videos-00002.array_record"]
   with pytest.raises(FileExistsError):
     records.ShardedWriter(tmp_path, "videos")
+
+
+def test_shards_written_in_parallel_are_byte_identical(tmp_path):
+  serial, parallel = tmp_path / "serial", tmp_path / "parallel"
+  a = digits.write_shards(CONFIG, 3, str(serial), 7, 5, 2, per_shard=3)
+  b = digits.write_shards(CONFIG, 3, str(parallel), 7, 5, 2, per_shard=3, workers=2)
+  assert a == b and a["shards"]["videos"] == [
+      "videos-00000.array_record", "videos-00001.array_record", "videos-00002.array_record"]
+  names = sorted(os.listdir(serial))
+  assert names == sorted(os.listdir(parallel)) and len(names) == 3 + 2 + 1 + 1
+  for name in names:
+    assert (serial / name).read_bytes() == (parallel / name).read_bytes(), name
+  with pytest.raises(FileExistsError):  # an existing world is never overwritten
+    digits.write_shards(CONFIG, 3, str(parallel), 7, 5, workers=2)

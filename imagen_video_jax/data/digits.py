@@ -273,12 +273,27 @@ def generate(config: DigitsConfig, seed: int, kind: str, num: int,
     yield make(config, seed, i)
 
 
+def _write_shard(config: DigitsConfig, seed: int, kind: str, path: str, start: int,
+                 num: int) -> str:
+  """One shard file: examples ``start .. start + num - 1`` (a worker's unit of work)."""
+  from array_record.python import array_record_module
+  writer = array_record_module.ArrayRecordWriter(path, "group_size:1")  # as ShardedWriter
+  try:
+    for ex in generate(config, seed, kind, num, start):
+      writer.write(records.encode(ex))
+  finally:
+    writer.close()
+  return path
+
+
 def write_shards(config: DigitsConfig, seed: int, output: str, num_videos: int,
                  num_images: int, num_eval_videos: int = 0, per_shard: int = 1000,
-                 progress: bool = False) -> dict:
+                 progress: bool = False, workers: int = 1) -> dict:
   """Writes the world as ``videos-*``, ``images-*`` (and ``eval_videos-*``) shards.
 
-  Returns the summary also written to ``{output}/dataset_info.json``.
+  workers > 1 renders shards in that many processes; the bytes are the same (every
+  example is a function of its index). Returns the summary also written to
+  ``{output}/dataset_info.json``.
   """
   from tqdm import tqdm
 
@@ -286,14 +301,40 @@ def write_shards(config: DigitsConfig, seed: int, output: str, num_videos: int,
           ("image", records.IMAGE_PREFIX, num_images),
           ("eval_video", records.EVAL_VIDEO_PREFIX, num_eval_videos)]
   shards: dict[str, list[str]] = {}
-  for kind, prefix, num in plan:
-    if num <= 0:
-      continue
-    with records.ShardedWriter(output, prefix, per_shard) as writer:
-      for ex in tqdm(generate(config, seed, kind, num), total=num, disable=not progress,
-                     desc=f"digits {kind}s", unit="ex"):
-        writer.write(ex)
-    shards[prefix] = [os.path.basename(p) for p in writer.paths]
+  if workers <= 1:
+    for kind, prefix, num in plan:
+      if num <= 0:
+        continue
+      with records.ShardedWriter(output, prefix, per_shard) as writer:
+        for ex in tqdm(generate(config, seed, kind, num), total=num, disable=not progress,
+                       desc=f"digits {kind}s", unit="ex"):
+          writer.write(ex)
+      shards[prefix] = [os.path.basename(p) for p in writer.paths]
+  else:
+    import concurrent.futures
+    import multiprocessing
+    os.makedirs(output, exist_ok=True)
+    jobs = []  # (kind, prefix, path, start, num), shard by shard as ShardedWriter names them
+    for kind, prefix, num in plan:
+      if num <= 0:
+        continue
+      if records.shard_paths(output, prefix, missing_ok=True):
+        raise FileExistsError(f"{output} already holds {prefix} shards; choose an empty "
+                              "--output folder")
+      names = []
+      for i, start in enumerate(range(0, num, per_shard)):
+        names.append(f"{prefix}-{i:05d}.array_record")
+        jobs.append((kind, os.path.join(output, names[-1]), start,
+                     min(per_shard, num - start)))
+      shards[prefix] = names
+    # spawn, not fork: the parent may hold JAX's threads.
+    ctx = multiprocessing.get_context("spawn")
+    with concurrent.futures.ProcessPoolExecutor(workers, mp_context=ctx) as pool:
+      futures = [pool.submit(_write_shard, config, seed, kind, path, start, n)
+                 for kind, path, start, n in jobs]
+      for f in tqdm(concurrent.futures.as_completed(futures), total=len(futures),
+                    disable=not progress, desc="digits shards", unit="shard"):
+        f.result()
   info = {"world": "digits", "seed": seed, "frames": config.frames, "size": config.size,
           "fps": config.fps, "num_videos": num_videos, "num_images": num_images,
           "num_eval_videos": num_eval_videos,

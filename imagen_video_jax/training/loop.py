@@ -138,7 +138,8 @@ def prepare_digits(config, workdir: str) -> str:
       print(f'Making the Moving Digits world in {data_dir} ...', flush=True)
       world = digits.DigitsConfig(frames=int(d.clip_frames), size=int(d.clip_size),
                                   fps=int(d.fps))
-      digits.write_shards(world, int(d.seed), tmp, int(d.num_videos), int(d.num_images))
+      digits.write_shards(world, int(d.seed), tmp, int(d.num_videos), int(d.num_images),
+                          workers=min(8, os.cpu_count() or 1))  # same bytes, any count
       train_sentencepiece(digits_captions(config), os.path.join(tmp, 'spiece.model'),
                           vocab_size=int(config.text.vocab_size))
       if os.path.isdir(data_dir):
