@@ -18,6 +18,8 @@ FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file('config', None, 'A config file, e.g. '
                                  'configs/digits.py:stage=base.', lock_config=True)
 flags.DEFINE_string('workdir', None, 'Checkpoints, TensorBoard logs and samples go here.')
+flags.DEFINE_bool('data_only', False, 'Only make the Moving Digits world and its vocabulary '
+                  '(what the stages of one cascade share), then exit.')
 flags.DEFINE_bool('distributed', False, 'Join a multi-host job first (TPU pods, SLURM, or '
                   'IVJ_COORDINATOR/IVJ_NUM_PROCESSES/IVJ_PROCESS_ID; see parallel.py).')
 
@@ -34,6 +36,13 @@ def main(argv):
     parallel.initialize_distributed()
   from imagen_video_jax import training
   try:
+    if FLAGS.data_only:
+      from imagen_video_jax.training import loop
+      if FLAGS.config.data.world != 'digits':
+        raise training.ConfigError('--data_only makes the Moving Digits world; this config '
+                                   f'reads data.dir={FLAGS.config.data.dir!r}')
+      print(f'Moving Digits world: {loop.prepare_digits(FLAGS.config, FLAGS.workdir)}')
+      return
     training.train_and_evaluate(FLAGS.config, FLAGS.workdir)
   except (training.ConfigError, training.ConfigMismatchError, training.NonFiniteError,
           training.NonFiniteCheckpointError, FileNotFoundError) as e:

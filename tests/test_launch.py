@@ -1,8 +1,12 @@
-"""launch/: the TPU pod launcher's and the SLURM script's --dry-run commands."""
+"""launch/: the TPU pod launcher's and the SLURM script's --dry-run commands, and the
+digits cascade script (its dry run, and the real chain on the tiny configs: slow)."""
+import json
 import os
 import shlex
 import subprocess
 import sys
+
+import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TRAIN = ['--config=configs/imagen_video.py:stage=base', '--workdir=gs://bucket/base']
@@ -79,3 +83,66 @@ def test_slurm_task_env_is_what_initialize_distributed_reads():
                                      'SLURM_JOB_ID': '42', 'SLURM_NTASKS': '3'})
   assert p.mode == 'explicit' and p.kwargs == dict(
       coordinator_address='gpu-a:23456', num_processes=3, process_id=1)
+
+
+# ------------------------------------------------------------- launch/digits_cascade.sh
+def test_digits_cascade_dry_run():
+  lines = run(['bash', 'launch/digits_cascade.sh', '--dry-run', '--budget_secs=300',
+               '--runs=/r', '--output=/o', '--eval_samples=50', '--',
+               '--config.data.batch_size=128'])
+  data, base, tsr, ssr, wait, export, evaluate = lines
+  assert shlex.split(data)[1:] == ['-m', 'imagen_video_jax.train',
+                                   '--config=configs/digits.py:stage=base',
+                                   '--workdir=/r/base', '--data_only',
+                                   '--config.data.batch_size=128']
+  for line, stage in ((base, 'base'), (tsr, 'tsr'), (ssr, 'ssr')):
+    assert line.endswith(' &')  # the three stages train at once
+    assert shlex.split(line[:-2])[1:] == [
+        '-m', 'imagen_video_jax.train', f'--config=configs/digits.py:stage={stage}',
+        f'--workdir=/r/{stage}', '--config.stop_after_secs=300',
+        '--config.data.batch_size=128']
+  assert wait == 'wait'
+  assert shlex.split(export)[1:] == ['-m', 'imagen_video_jax.export_cascade', '--output=/o',
+                                     '--run=/r/base', '--run=/r/tsr', '--run=/r/ssr']
+  assert shlex.split(evaluate)[1:] == [
+      '-m', 'imagen_video_jax.evaluate', '--mode=adherence', '--checkpoints=/o',
+      '--num_samples=50', '--output=/o/adherence.json', '--noprogress']
+  seq = run(['bash', 'launch/digits_cascade.sh', '--dry-run', '--sequential', '--tiny',
+             '--eval_samples=0'])
+  assert len(seq) == 5 and not any(l.endswith('&') or l == 'wait' for l in seq)
+  assert '--config=configs/digits.py:stage=tsr,tiny=True' in shlex.split(seq[2])
+  assert 'evaluate' not in ' '.join(seq)
+
+
+def test_digits_cascade_refuses_bad_arguments_and_an_existing_cascade(tmp_path):
+  def fails(*args):
+    out = subprocess.run(['bash', 'launch/digits_cascade.sh', *args], cwd=ROOT,
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2, out.stdout + out.stderr
+    return out.stderr
+  assert 'whole numbers' in fails('--budget_secs=ten')
+  assert 'unknown argument' in fails('--nope')
+  (tmp_path / 'cascade.json').write_text('{}')
+  assert 'already holds a cascade' in fails(f'--output={tmp_path}')
+
+
+@pytest.mark.slow
+def test_digits_cascade_trains_exports_and_scores_the_tiny_cascade(tmp_path):
+  """The real chain on the tiny configs: world, three stages at once, export, judge."""
+  out = subprocess.run(
+      ['bash', 'launch/digits_cascade.sh', f'--python={sys.executable}',
+       f'--runs={tmp_path}/runs', f'--output={tmp_path}/cascade', '--tiny',
+       '--budget_secs=900', '--eval_samples=2', '--',
+       '--config.num_steps=3', '--config.data.num_videos=16', '--config.data.num_images=16'],
+      cwd=ROOT, capture_output=True, text=True, timeout=1500,
+      env=dict(os.environ, JAX_COMPILATION_CACHE_DIR=str(tmp_path / 'xla')))
+  assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+  for stage in ('base', 'tsr', 'ssr'):
+    assert f'[digits_cascade] {stage}: step 3/3' in out.stdout, out.stdout
+  report = json.loads((tmp_path / 'cascade' / 'adherence.json').read_text())
+  # The judge scored 2 samples of the exported cascade in each group.
+  for group in ('train_combinations', 'held_out_combinations'):
+    assert report[group]['num'] == 2 and 0.0 <= report[group]['all'] <= 1.0
+  from imagen_video_jax import export
+  pipe = export.load_cascade(str(tmp_path / 'cascade'))
+  assert [s.name for s in pipe.stages] == ['base', 'tsr', 'ssr']
