@@ -146,3 +146,18 @@ def test_digits_cascade_trains_exports_and_scores_the_tiny_cascade(tmp_path):
   from imagen_video_jax import export
   pipe = export.load_cascade(str(tmp_path / 'cascade'))
   assert [s.name for s in pipe.stages] == ['base', 'tsr', 'ssr']
+
+
+def test_offline_wheels_dry_run_fetches_the_pinned_versions():
+  (line,) = run(['bash', 'launch/offline_wheels.sh', '--dry-run', '--dest=/w'])
+  cmd = shlex.split(line)
+  assert cmd[:4] == ['python3', '-m', 'pip', 'download'] and '--no-deps' in cmd
+  assert cmd[cmd.index('--python-version') + 1] == '3.12'
+  pins = dict(l.strip().lower().split('==') for l in open(
+      os.path.join(ROOT, 'requirements', 'requirements.txt')) if '==' in l)
+  wanted = [c for c in cmd[cmd.index('/w') + 1:]]
+  assert {'flax', 'grain', 'array_record', 'ml_collections', 'orbax-checkpoint'} <= {
+      w.split('==')[0].lower() for w in wanted}
+  for w in wanted:  # exactly the versions the tests here run with
+    name, version = w.lower().split('==')
+    assert pins[name] == version, w
