@@ -7,7 +7,8 @@ PY := $(VENV)/bin/python
 FIND_LINKS := $(if $(wildcard /opt/wheels),--find-links /opt/wheels,)
 PIP := $(PY) -m pip install -q --disable-pip-version-check $(FIND_LINKS)
 # Two workers: JAX compiles are single-threaded, so the 2-core CI machine runs the suite
-# in 9.7 min (measured; about 19 min of CPU time). PYTEST_FLAGS="-n 0" runs serially.
+# in 9.7 min (measured; about 19 min of CPU time; 26.9 min on a 2.5x slower day).
+# PYTEST_FLAGS="-n 0" runs serially.
 PYTEST_FLAGS ?= -n 2
 
 PROMPT ?= a red 3 moving left

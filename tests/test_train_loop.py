@@ -278,8 +278,8 @@ def test_weights_of_another_model_are_refused_naming_the_misfit(straight, data_d
 def test_a_scanned_run_starts_from_unscanned_weights():
   cfg = UNetConfig(levels=(LevelConfig(8, 3, temporal='conv'),
                            LevelConfig(16, 2, temporal='attention')), emb_dim=16, head_dim=8)
-  params = jax.device_get(nn.unbox(unet_lib.init_params(
-      cfg, jax.random.key(0), frames=2, height=8, width=8)))
+  init = jax.jit(lambda k: nn.unbox(unet_lib.init_params(cfg, k, frames=2, height=8, width=8)))
+  params = jax.device_get(init(jax.random.key(0)))  # jitted: eager init compiles op by op
   scanned_cfg = dataclasses.replace(cfg, scan_blocks=True)
   abstract = nn.unbox(jax.eval_shape(lambda k: unet_lib.init_params(
       scanned_cfg, k, frames=2, height=8, width=8), jax.random.key(0)))
