@@ -314,7 +314,7 @@ def write_shards(config: DigitsConfig, seed: int, output: str, num_videos: int,
     import concurrent.futures
     import multiprocessing
     os.makedirs(output, exist_ok=True)
-    jobs = []  # (kind, prefix, path, start, num), shard by shard as ShardedWriter names them
+    jobs = []  # (kind, path, start, num), one per shard, named as ShardedWriter names them
     for kind, prefix, num in plan:
       if num <= 0:
         continue

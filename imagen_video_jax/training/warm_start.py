@@ -32,6 +32,11 @@ class WarmStartError(ValueError):
   """`init_from` names nothing loadable, or weights that do not fit this run's model."""
 
 
+def _name(path) -> str:
+  """A pytree key path as the '/'-joined name `params_io.flatten_params` gives it."""
+  return '/'.join(str(getattr(p, 'key', p)) for p in path)
+
+
 def read_source(path: str, stage: str) -> tuple[dict, bool, str]:
   """(EMA params as numpy, whether they are in the scanned layout, what was read)."""
   from imagen_video_jax import export
@@ -65,7 +70,7 @@ def fit_params(source: dict, source_scanned: bool, abstract_params: Any,
       raise WarmStartError(f'init_from: {origin} does not have this model\'s blocks '
                            f'({type(e).__name__}: {e})') from None
   have = params_io.flatten_params(source)
-  want = {'/'.join(str(getattr(p, 'key', p)) for p in path): leaf.shape
+  want = {_name(path): leaf.shape
           for path, leaf in jax.tree_util.tree_flatten_with_path(abstract_params)[0]}
   problems = [f'{k} missing' for k in sorted(set(want) - set(have))]
   problems += [f'{k} unexpected' for k in sorted(set(have) - set(want))]
@@ -88,7 +93,7 @@ def place(params: dict, abstract_params: Any) -> Any:
   flat = params_io.flatten_params(params)
 
   def one(path, a):
-    host = np.asarray(flat['/'.join(str(getattr(p, 'key', p)) for p in path)], a.dtype)
+    host = np.asarray(flat[_name(path)], a.dtype)
     return jax.make_array_from_callback(a.shape, a.sharding, lambda idx: host[idx])
 
   return jax.tree_util.tree_map_with_path(one, abstract_params)
