@@ -276,8 +276,7 @@ def generate(config: DigitsConfig, seed: int, kind: str, num: int,
 def _write_shard(config: DigitsConfig, seed: int, kind: str, path: str, start: int,
                  num: int) -> str:
   """One shard file: examples ``start .. start + num - 1`` (a worker's unit of work)."""
-  from array_record.python import array_record_module
-  writer = array_record_module.ArrayRecordWriter(path, "group_size:1")  # as ShardedWriter
+  writer = records.open_shard(path)
   try:
     for ex in generate(config, seed, kind, num, start):
       writer.write(records.encode(ex))
@@ -314,16 +313,14 @@ def write_shards(config: DigitsConfig, seed: int, output: str, num_videos: int,
     import concurrent.futures
     import multiprocessing
     os.makedirs(output, exist_ok=True)
-    jobs = []  # (kind, path, start, num), one per shard, named as ShardedWriter names them
+    jobs = []  # (kind, path, start, num), one per shard
     for kind, prefix, num in plan:
       if num <= 0:
         continue
-      if records.shard_paths(output, prefix, missing_ok=True):
-        raise FileExistsError(f"{output} already holds {prefix} shards; choose an empty "
-                              "--output folder")
+      records.refuse_existing(output, prefix)
       names = []
       for i, start in enumerate(range(0, num, per_shard)):
-        names.append(f"{prefix}-{i:05d}.array_record")
+        names.append(records.shard_name(prefix, i))
         jobs.append((kind, os.path.join(output, names[-1]), start,
                      min(per_shard, num - start)))
       shards[prefix] = names

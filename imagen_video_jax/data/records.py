@@ -100,6 +100,27 @@ def decode(record: bytes) -> Example:
                  meta=header["meta"], arrays=arrays)
 
 
+def shard_name(prefix: str, index: int) -> str:
+  """The file name of shard `index` of `prefix` (what :func:`shard_paths` finds)."""
+  return f"{prefix}-{index:05d}.array_record"
+
+
+def open_shard(path: str):
+  """An ArrayRecordWriter for one shard file."""
+  from array_record.python import array_record_module  # heavy import, lazily
+  # group_size:1 keeps every record independently seekable: random access is what
+  # grain's shuffling needs.
+  return array_record_module.ArrayRecordWriter(path, "group_size:1")
+
+
+def refuse_existing(folder: str, prefix: str) -> None:
+  """Raises FileExistsError if `folder` already holds `prefix` shards (never overwrite)."""
+  stale = shard_paths(folder, prefix, missing_ok=True)
+  if stale:
+    raise FileExistsError(f"{folder} already holds {prefix} shards ({stale[0]} ...); "
+                          "choose an empty --output folder")
+
+
 class ShardedWriter:
   """Writes records into ``{prefix}-00000.array_record``, ``-00001``, ... in a folder.
 
@@ -113,11 +134,7 @@ class ShardedWriter:
       raise ValueError("per_shard must be >= 1")
     self.folder, self.prefix, self.per_shard = os.fspath(folder), prefix, per_shard
     os.makedirs(self.folder, exist_ok=True)
-    stale = shard_paths(self.folder, prefix, missing_ok=True)
-    if stale:
-      raise FileExistsError(
-          f"{self.folder} already holds {prefix} shards ({stale[0]} ...); "
-          "choose an empty --output folder")
+    refuse_existing(self.folder, prefix)
     self.paths: list[str] = []
     self.count = 0
     self._writer = None
@@ -125,13 +142,9 @@ class ShardedWriter:
 
   def write(self, example: Example | bytes) -> None:
     """Appends one example (or already encoded record)."""
-    from array_record.python import array_record_module  # heavy import, lazily
-
     if self._writer is None:
-      path = os.path.join(self.folder, f"{self.prefix}-{len(self.paths):05d}.array_record")
-      # group_size:1 keeps every record independently seekable: random access is what
-      # grain's shuffling needs.
-      self._writer = array_record_module.ArrayRecordWriter(path, "group_size:1")
+      path = os.path.join(self.folder, shard_name(self.prefix, len(self.paths)))
+      self._writer = open_shard(path)
       self.paths.append(path)
     self._writer.write(example if isinstance(example, bytes) else encode(example))
     self.count += 1

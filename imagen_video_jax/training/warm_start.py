@@ -105,5 +105,6 @@ def warm_start(state, abstract_state, config, model_cfg: unet_lib.UNetConfig):
   params = fit_params(source, scanned, abstract_state.params, model_cfg, origin)
   if jax.process_index() == 0:
     print(f'Warm start: params and EMA from {origin}.', flush=True)
+  # Two placements, two buffers: params and EMA are donated to the step separately.
   return state.replace(params=place(params, abstract_state.params),
                        ema_params=place(params, abstract_state.ema_params))
