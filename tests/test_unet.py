@@ -197,3 +197,23 @@ def test_bfloat16_compute_tracks_float32():
   assert bf16.dtype == jnp.float32  # outputs stay float32 whatever the compute dtype
   rel = float(jnp.linalg.norm(bf16 - f32) / jnp.linalg.norm(f32))
   assert rel < 0.05, rel
+
+
+@pytest.mark.parametrize('kernel,strides', [((1, 3, 3), (1, 1)), ((1, 3, 3), (2, 2)),
+                                            ((1, 1, 1), (1, 1))])
+def test_frame_conv_equals_the_flax_3d_conv_it_replaces(kernel, strides):
+  # FrameConv runs as a 2-D conv over B*T frames (faster on CPU) but must hold the same
+  # parameters and compute the same function as nn.Conv(kernel) on [B, T, H, W, C]:
+  # checkpoints made before the change load and sample unchanged.
+  from imagen_video_jax.models import layers
+  x = jax.random.normal(jax.random.key(0), (2, 3, 8, 8, 5))
+  ours = layers.FrameConv(7, kernel, strides=strides)
+  ref = nn.Conv(7, kernel, strides=(1, *strides), padding='SAME')
+  p = jax.jit(ours.init)(jax.random.key(1), x)
+  p_ref = jax.jit(ref.init)(jax.random.key(1), x)
+  assert jax.tree.map(jnp.shape, nn.unbox(p)) == jax.tree.map(jnp.shape, p_ref)
+  p = jax.tree.map(lambda a: a + 0.1 * jax.random.normal(jax.random.key(2), a.shape),
+                   nn.unbox(p))  # a nonzero bias too
+  np.testing.assert_allclose(ours.apply(p, x), ref.apply(p, x), rtol=1e-5, atol=1e-5)
+  with pytest.raises(ValueError, match='temporal size of 1'):
+    layers.FrameConv(7, (3, 1, 1)).init(jax.random.key(1), x)

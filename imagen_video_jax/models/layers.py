@@ -56,18 +56,51 @@ def dense(features: int, axes: tuple[str | None, str | None], *, dtype: Dtype, z
       bias_init=nn.with_logical_partitioning(nn.initializers.zeros, axes[-1:]))
 
 
+class FrameConv(nn.Module):
+  """A per-frame [1, kh, kw] convolution over [B, T, H, W, C], 'SAME' padded.
+
+  Holds exactly the parameters `nn.Conv(features, (1, kh, kw))` holds (`kernel`
+  [1, kh, kw, C, F], `bias` [F], same initialisers and logical names), so checkpoints
+  are interchangeable, but runs as a 2-D convolution over the B*T frames: XLA's CPU
+  backend runs a 1x3x3 3-D convolution 1.2-2.3x slower than the same 2-D one
+  (benchmarks/BENCHMARKS.md), and on TPU/GPU the reshape is free.
+  """
+  features: int
+  kernel_size: tuple[int, int, int]
+  strides: tuple[int, int] = (1, 1)
+  zero: bool = False
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x_BTHWC: jax.Array) -> jax.Array:
+    kt, kh, kw = self.kernel_size
+    if kt != 1:
+      raise ValueError(f'FrameConv is per frame: kernel {self.kernel_size} must have a temporal '
+                       'size of 1 (temporal mixing is TemporalConv / temporal attention)')
+    b, t, h, w, c = x_BTHWC.shape
+    kinit = nn.initializers.zeros if self.zero else nn.initializers.lecun_normal()
+    kernel = self.param('kernel', nn.with_logical_partitioning(
+        kinit, (None, None, None, 'conv_in', 'conv_out')), (1, kh, kw, c, self.features),
+        jnp.float32)
+    bias = self.param('bias', nn.with_logical_partitioning(nn.initializers.zeros, ('conv_out',)),
+                      (self.features,), jnp.float32)
+    y = jax.lax.conv_general_dilated(
+        x_BTHWC.reshape(b * t, h, w, c).astype(self.dtype), kernel[0].astype(self.dtype),
+        window_strides=self.strides, padding='SAME',
+        dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+    y = y + bias.astype(self.dtype)
+    return y.reshape(b, t, *y.shape[1:])
+
+
 def conv(features: int, kernel: tuple[int, int, int], *, dtype: Dtype, zero: bool = False,
-         name: str | None = None) -> nn.Conv:
-  """A [T, H, W] convolution over a [B, T, H, W, C] tensor, 'SAME' padded.
+         strides: tuple[int, int] = (1, 1), name: str | None = None) -> FrameConv:
+  """A per-frame [1, kh, kw] convolution over a [B, T, H, W, C] tensor, 'SAME' padded.
 
   Used for the spatial 1x3x3 and the 1x1x1 (channel-mixing) convolutions; the
   temporal 3x1x1 convolution is `TemporalConv`, which respects clip boundaries.
   """
-  kinit = nn.initializers.zeros if zero else nn.initializers.lecun_normal()
-  return nn.Conv(
-      features, kernel, padding='SAME', dtype=dtype, name=name,
-      kernel_init=nn.with_logical_partitioning(kinit, (None, None, None, 'conv_in', 'conv_out')),
-      bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ('conv_out',)))
+  return FrameConv(features, tuple(kernel), strides=tuple(strides), zero=zero, dtype=dtype,
+                   name=name)
 
 
 def num_groups_for(channels: int, max_groups: int = 32) -> int:

@@ -357,11 +357,8 @@ class VideoUNet(nn.Module):
     skips = []
     for i, lv in enumerate(cfg.levels):
       if i > 0:  # Efficient U-Net: downsample before the level's blocks
-        h = nn.Conv(lv.channels, (1, 3, 3), strides=(1, 2, 2), padding='SAME', dtype=dt,
-                    name=f'down{i}_sample',
-                    kernel_init=nn.with_logical_partitioning(
-                        nn.initializers.lecun_normal(), (None, None, None, 'conv_in', 'conv_out')),
-                    bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ('conv_out',)))(h)
+        h = layers.conv(lv.channels, (1, 3, 3), strides=(2, 2), dtype=dt,
+                        name=f'down{i}_sample')(h)
       h = blocks(h, lv, 'down', i, 0)
       skips.append(h)
 
