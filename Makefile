@@ -12,6 +12,7 @@ PIP := $(PY) -m pip install -q --disable-pip-version-check $(FIND_LINKS)
 PYTEST_FLAGS ?= -n 2
 
 PROMPT ?= a red 3 moving left
+DEMO_OUTPUT ?= outputs/demo.mp4
 
 .PHONY: install test test-all demo clean
 
@@ -32,7 +33,7 @@ install: $(VENV)/.installed
 
 demo: $(VENV)/.installed-run
 	$(PY) -m imagen_video_jax.sample --config=configs/digits.py --prompt="$(PROMPT)" \
-	    --output=outputs/demo.mp4
+	    --output=$(DEMO_OUTPUT)
 
 test: $(VENV)/.installed
 	$(PY) -m pytest -q -m "not slow" $(PYTEST_FLAGS)

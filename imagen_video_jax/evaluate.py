@@ -15,6 +15,10 @@ flags.DEFINE_enum('mode', 'adherence', ['adherence', 'fvd', 'judge_accuracy', 't
 flags.DEFINE_string('checkpoints', None,
                     'Exported cascade (adherence); default checkpoints/digits.')
 flags.DEFINE_integer('num_samples', 100, 'adherence: samples per group (training, held-out).')
+flags.DEFINE_integer('stages', 0, 'adherence: score the first N stages only (1: the base '
+                     'alone; 0: all). Every stage run is scored either way.')
+flags.DEFINE_integer('steps', 0, 'adherence: sampling steps for every stage (0: each '
+                     "stage's own).")
 flags.DEFINE_string('held_out', None, 'Held-out combinations, e.g. 0:red:left,3:green:up '
                     '(default: the world\'s default list).')
 flags.DEFINE_string('real', None, 'fvd: the reference set.')
@@ -60,15 +64,31 @@ def main(argv):
     else:
       import os
       from imagen_video_jax import export  # default: checkpoints/digits, beside the judge
+      import dataclasses
+      from imagen_video_jax import export  # default: checkpoints/digits, beside the judge
+      from imagen_video_jax.cascade import CascadePipeline
       pipe = export.load_cascade(FLAGS.checkpoints or os.path.join(J.DEFAULT_DIR, '..', 'digits'))
+      if not 0 <= FLAGS.stages <= len(pipe.stages) or FLAGS.steps < 0:
+        raise ValueError(f'--stages={FLAGS.stages} --steps={FLAGS.steps}: the cascade has '
+                         f'{len(pipe.stages)} stages; use 1..{len(pipe.stages)} (0: all) and '
+                         'steps >= 1 (0: each stage\'s own)')
+      if FLAGS.stages:
+        pipe = CascadePipeline(pipe.stages[:FLAGS.stages], pipe.text_encoder)
+      samplers = ({s.name: dataclasses.replace(s.sampler, steps=FLAGS.steps) for s in pipe.stages}
+                  if FLAGS.steps else None)
       report = metrics.evaluate_cascade(
           pipe, J.load_judge(FLAGS.judge), num_samples=FLAGS.num_samples, seed=FLAGS.seed,
-          world=world, batch_size=FLAGS.batch_size, progress=FLAGS.progress, real_fd_clips=200)
+          world=world, batch_size=FLAGS.batch_size, progress=FLAGS.progress, real_fd_clips=200,
+          samplers_by_stage=samplers)
   except (ValueError, FileNotFoundError, ImportError) as e:  # ExportError is a ValueError
     raise app.UsageError(str(e)) from None
   for name, value in report.items():
     if name in ('clean', 'degraded'):
       print(f'{name} clips:\n{metrics.format_table(value)}')
+  if FLAGS.mode == 'adherence':
+    for name in report['stages'][:-1]:  # where along the cascade adherence is lost
+      print(f'after {name}:\n{metrics.format_table(report["by_stage"][name])}')
+    print(f'after {report["stages"][-1]} (the cascade\'s output):')
   if FLAGS.mode in ('adherence', 'fvd'):
     print(metrics.format_table(report))
   if FLAGS.output:

@@ -58,31 +58,45 @@ def test_save_load_round_trip(judge, tmp_path):
 
 
 class _OracleCascade:
-  """Stands in for a CascadePipeline: renders the world's own clip for each prompt,
-  optionally always in the wrong colour."""
+  """Stands in for a CascadePipeline of two stages: 'base' renders the world's own clip for
+  each prompt at half size and every other frame (4 fps); 'sr' the full clip at 8 fps,
+  optionally always in the wrong colour (adherence lost in the last stage)."""
 
   def __init__(self, wrong_colour=False):
+    from types import SimpleNamespace
     self.wrong_colour = wrong_colour
+    self.stages = [SimpleNamespace(name='base', fps=4.0), SimpleNamespace(name='sr', fps=8.0)]
 
-  def __call__(self, prompts, *, num_samples=1, seed=0, samplers_by_stage=None, progress=True):
+  def __call__(self, prompts, *, num_samples=1, seed=0, samplers_by_stage=None, progress=True,
+               return_intermediates=False):
     from types import SimpleNamespace
     from imagen_video_jax.data import digits
-    world, videos = digits.DigitsConfig(), []
+    world, videos, base = digits.DigitsConfig(), [], []
     for i, p in enumerate(prompts):
       d, c, m = digits.parse_caption(p)
+      right = digits._render_video(np.random.default_rng([seed, i]), world, d, c, m)[0]
+      base.append(right[::2, ::2, ::2])
       if self.wrong_colour:
         c = 'white' if c != 'white' else 'red'
       videos.append(digits._render_video(np.random.default_rng([seed, i]), world, d, c, m)[0])
-    return SimpleNamespace(videos=np.stack(videos), fps=8.0, prompts=list(prompts))
+    videos = np.stack(videos)
+    return SimpleNamespace(videos=videos, fps=8.0, prompts=list(prompts),
+                           intermediates={'base': np.stack(base), 'sr': videos}
+                           if return_intermediates else None)
 
 
-def test_evaluate_cascade_reports_adherence_per_group(judge):
+def test_evaluate_cascade_reports_adherence_per_group_and_stage(judge):
   report = metrics.evaluate_cascade(_OracleCascade(), judge, num_samples=40, seed=3,
                                     batch_size=16, progress=False, real_fd_clips=100)
+  assert report['stages'] == ['base', 'sr'] and report['fps'] == 8.0
   for group in ('train_combinations', 'held_out_combinations'):
     assert report[group]['num'] == 40 and report[group]['all'] >= 0.95, report[group]
+    assert report['by_stage']['sr'][group] == report[group]
+    # The half-size, half-rate base output is judged too (resized to the judge's size).
+    assert report['by_stage']['base'][group]['all'] >= 0.9, report['by_stage']['base'][group]
   bad = metrics.evaluate_cascade(_OracleCascade(wrong_colour=True), judge, num_samples=20,
                                  seed=3, progress=False, real_fd_clips=100)
   assert bad['train_combinations']['colour'] <= 0.05 and bad['held_out_combinations']['all'] <= 0.05
   assert bad['train_combinations']['digit'] >= 0.95
+  assert bad['by_stage']['base']['train_combinations']['colour'] >= 0.95  # lost after the base
   assert bad['fd_judge'] > report['fd_judge']

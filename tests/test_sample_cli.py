@@ -94,3 +94,22 @@ def test_the_digits_config_names_the_shipped_cascade():
   want = os.path.join(ROOT, 'checkpoints', 'digits')
   assert cascade_dir_from_config(os.path.join(ROOT, 'configs', 'digits.py')) == want
   assert cascade_dir_from_config(os.path.join(ROOT, 'configs', 'digits.py:stage=ssr')) == want
+
+
+def test_evaluate_cli_scores_a_cascade_prefix_per_stage(exported, tmp_path):
+  path, stages = exported
+  report_path = tmp_path / 'adherence.json'
+  cmd = [sys.executable, '-m', 'imagen_video_jax.evaluate', '--mode=adherence',
+         f'--checkpoints={path}', '--num_samples=3', '--batch_size=3', '--steps=2',
+         '--noprogress', f'--output={report_path}']
+  res = subprocess.run(cmd + ['--stages=1'], capture_output=True, text=True, timeout=600)
+  assert res.returncode == 0, res.stderr[-3000:]
+  report = json.load(open(report_path))
+  assert report['stages'] == [stages[0].name] and report['fps'] == stages[0].fps
+  assert report['train_combinations']['num'] == 3
+  assert report['held_out_combinations']['num'] == 3
+  assert report['by_stage'][stages[0].name]['train_combinations'] == report['train_combinations']
+  res = subprocess.run(cmd + [f'--stages={len(stages) + 1}'], capture_output=True, text=True,
+                       timeout=300)
+  assert res.returncode != 0 and f'has {len(stages)} stages' in res.stderr
+  assert 'Traceback' not in res.stderr

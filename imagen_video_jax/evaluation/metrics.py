@@ -125,8 +125,12 @@ def evaluate_cascade(pipe, judge, *, num_samples: int = 100, seed: int = 0,
                      real_fd_clips: int = 0) -> dict[str, Any]:
   """Samples a cascade on training and held-out prompts and judges the videos.
 
+  The judge reads every stage's output of the same samples (it resizes any video to its
+  own frame size), so the report also says where along the cascade adherence is lost.
+
   Args:
-    pipe: a ``CascadePipeline`` (``export.load_cascade(dir)``).
+    pipe: a ``CascadePipeline`` (``export.load_cascade(dir)``); pass
+      ``CascadePipeline(pipe.stages[:1], pipe.text_encoder)`` to score the base alone.
     judge: a :class:`~imagen_video_jax.evaluation.judge.Judge`.
     num_samples: samples per group (training combinations, held-out combinations).
     seed: prompt and sampling seed.
@@ -135,23 +139,29 @@ def evaluate_cascade(pipe, judge, *, num_samples: int = 100, seed: int = 0,
     real_fd_clips: if > 0, also the judge's Fréchet distance between the samples of
       training combinations and this many fresh real clips (``fd_judge``).
   Returns:
-    :func:`adherence_report` plus ``fps`` and, optionally, ``fd_judge``.
+    :func:`adherence_report` of the last stage's videos plus ``fps``, ``stages`` (the
+    stage names), ``by_stage`` (an adherence report of each stage's output, last
+    included) and, optionally, ``fd_judge``.
   """
   from tqdm.auto import tqdm
 
   prompts = (sample_prompts(num_samples, seed, False, world)
              + sample_prompts(num_samples, seed, True, world))
-  videos, fps = [], None
+  names = [s.name for s in pipe.stages]
+  by_stage: dict[str, list[np.ndarray]] = {n: [] for n in names}
   for i in tqdm(range(0, len(prompts), batch_size), desc='cascade', unit='batch',
                 disable=not progress):
     out = pipe(prompts[i:i + batch_size], num_samples=1, seed=seed + i,
-               samplers_by_stage=samplers_by_stage, progress=False)
-    videos.append(out.videos)
-    fps = out.fps
-  videos = np.concatenate(videos)
-  pred = judge.predict(videos, fps=fps)
-  report = adherence_report(prompts, pred.as_tuples(), world.held_out)
-  report['fps'] = float(fps)
+               samplers_by_stage=samplers_by_stage, progress=False, return_intermediates=True)
+    for n in names:
+      by_stage[n].append(out.intermediates[n])
+  report: dict[str, Any] = {}
+  for stage in pipe.stages:
+    v = np.concatenate(by_stage[stage.name])
+    report[stage.name] = adherence_report(
+        prompts, judge.predict(v, fps=stage.fps).as_tuples(), world.held_out)
+  videos, fps = np.concatenate(by_stage[names[-1]]), pipe.stages[-1].fps
+  report = {**report[names[-1]], 'by_stage': report, 'stages': names, 'fps': float(fps)}
   if real_fd_clips > 0:
     from imagen_video_jax.evaluation.judge import real_clips
     real, _ = real_clips(judge.config, real_fd_clips, seed + 1, held_out=False)

@@ -1,0 +1,68 @@
+"""The shipped Moving Digits cascade (checkpoints/digits): fits the budget, matches
+configs/digits.py, samples; `make demo` writes a video that reads back."""
+import os
+import shutil
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+from flax import linen as nn
+
+from imagen_video_jax import export, io
+from imagen_video_jax.models import unet as unet_lib
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+from configs import digits as digits_config  # noqa: E402
+
+SHIPPED = digits_config.CASCADE_DIR
+MAX_BYTES = 40 * 1024 * 1024  # issue #7: the three stages together at most 40 MB
+
+
+def _size(path):
+  return sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(path) for f in fs)
+
+
+def test_shipped_cascade_fits_the_budget_and_matches_the_config():
+  assert os.path.isfile(os.path.join(SHIPPED, 'cascade.json')), 'checkpoints/digits is missing'
+  assert _size(SHIPPED) <= MAX_BYTES, f'checkpoints/digits is {_size(SHIPPED)} bytes'
+  pipe = export.load_cascade(SHIPPED)
+  assert [s.name for s in pipe.stages] == list(digits_config.STAGES)
+  for stage in pipe.stages:
+    # The weights a user warm-starts from (`init_from=checkpoints/digits`) must fit the
+    # config they train with: same spec, same U-Net, same parameter shapes.
+    c = digits_config.get_config(f'stage={stage.name}')
+    want = export.stage_from_training(c.to_dict(), None)
+    assert stage.spec == want.spec and stage.unet == want.unet, stage.name
+    assert stage.diffusion == want.diffusion and stage.fps == want.fps, stage.name
+    boxed = jax.eval_shape(lambda: unet_lib.init_fn(
+        want.unet, frames=want.spec.frames, height=want.spec.height, width=want.spec.width,
+        text_len=int(c.text.max_length))(jax.random.key(0)))
+    shapes = jax.tree.map(lambda a: tuple(a.shape), nn.unbox(boxed))
+    assert jax.tree.map(np.shape, stage.params) == shapes, stage.name
+    assert all(np.isfinite(a).all() for a in jax.tree.leaves(stage.params)), stage.name
+
+
+@pytest.mark.slow
+def test_make_demo_writes_a_video_from_the_shipped_cascade(tmp_path):
+  make = shutil.which('make')
+  if make is None:
+    pytest.skip('make is not installed')
+  # `make demo` as a user runs it, but with this interpreter (VENV's stamp already made)
+  # and the output under tmp_path.
+  venv = tmp_path / 'venv'
+  venv.mkdir()
+  (venv / '.installed-run').touch()
+  out = tmp_path / 'demo' / 'demo.mp4'
+  res = subprocess.run([make, '-C', ROOT, 'demo', f'VENV={venv}', f'PY={sys.executable}',
+                        'PROMPT=a green 5 moving up', f'DEMO_OUTPUT={out}'],
+                       capture_output=True, text=True, timeout=1200)
+  assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-3000:]
+  frames, fps = io.read_mp4(str(out))
+  ssr = export.load_cascade(SHIPPED).stages[-1]
+  assert frames.shape[0] == ssr.spec.frames and fps == pytest.approx(ssr.fps)
+  assert frames.shape[1:3] == (4 * ssr.spec.height, 4 * ssr.spec.width)  # --scale default 4
+  assert (out.parent / 'demo.gif').is_file() and (out.parent / 'demo.png').is_file()
+  assert frames.std() > 1.0  # a picture, not a blank
