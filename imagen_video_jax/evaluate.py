@@ -1,7 +1,7 @@
 r"""Evaluate videos: prompt adherence (the digits judge), FVD and the judge's FD.
 
     python -m imagen_video_jax.evaluate --mode=adherence --checkpoints=checkpoints/digits \
-        --num_samples=100 [--output=outputs/adherence.json]
+        --num_samples=100 [--output=outputs/adherence.json] [--stages=1] [--steps=16]
     python -m imagen_video_jax.evaluate --mode=fvd --real=data/digits --generated=outputs/gen
     python -m imagen_video_jax.evaluate --mode=judge_accuracy     # the shipped judge, fresh clips
     python -m imagen_video_jax.evaluate --mode=train_judge --judge=checkpoints/judge
