@@ -62,9 +62,8 @@ def main(argv):
                                                        for s in sets)),
                 'num_real': len(sets[0]), 'num_generated': len(sets[1])}
     else:
-      import os
-      from imagen_video_jax import export  # default: checkpoints/digits, beside the judge
       import dataclasses
+      import os
       from imagen_video_jax import export  # default: checkpoints/digits, beside the judge
       from imagen_video_jax.cascade import CascadePipeline
       pipe = export.load_cascade(FLAGS.checkpoints or os.path.join(J.DEFAULT_DIR, '..', 'digits'))

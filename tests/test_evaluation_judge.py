@@ -74,11 +74,11 @@ class _OracleCascade:
     world, videos, base = digits.DigitsConfig(), [], []
     for i, p in enumerate(prompts):
       d, c, m = digits.parse_caption(p)
-      right = digits._render_video(np.random.default_rng([seed, i]), world, d, c, m)[0]
+      render = lambda colour: digits._render_video(  # noqa: E731
+          np.random.default_rng([seed, i]), world, d, colour, m)[0]
+      right = render(c)
       base.append(right[::2, ::2, ::2])
-      if self.wrong_colour:
-        c = 'white' if c != 'white' else 'red'
-      videos.append(digits._render_video(np.random.default_rng([seed, i]), world, d, c, m)[0])
+      videos.append(render('white' if c != 'white' else 'red') if self.wrong_colour else right)
     videos = np.stack(videos)
     return SimpleNamespace(videos=videos, fps=8.0, prompts=list(prompts),
                            intermediates={'base': np.stack(base), 'sr': videos}

@@ -155,13 +155,11 @@ def evaluate_cascade(pipe, judge, *, num_samples: int = 100, seed: int = 0,
                samplers_by_stage=samplers_by_stage, progress=False, return_intermediates=True)
     for n in names:
       by_stage[n].append(out.intermediates[n])
-  report: dict[str, Any] = {}
-  for stage in pipe.stages:
-    v = np.concatenate(by_stage[stage.name])
-    report[stage.name] = adherence_report(
-        prompts, judge.predict(v, fps=stage.fps).as_tuples(), world.held_out)
+  reports = {stage.name: adherence_report(
+      prompts, judge.predict(np.concatenate(by_stage[stage.name]), fps=stage.fps).as_tuples(),
+      world.held_out) for stage in pipe.stages}
   videos, fps = np.concatenate(by_stage[names[-1]]), pipe.stages[-1].fps
-  report = {**report[names[-1]], 'by_stage': report, 'stages': names, 'fps': float(fps)}
+  report = {**reports[names[-1]], 'by_stage': reports, 'stages': names, 'fps': float(fps)}
   if real_fd_clips > 0:
     from imagen_video_jax.evaluation.judge import real_clips
     real, _ = real_clips(judge.config, real_fd_clips, seed + 1, held_out=False)
