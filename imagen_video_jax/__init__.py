@@ -12,6 +12,8 @@ import the data or text stacks until they are used.
 from __future__ import annotations
 
 import importlib
+import sys
+import types
 from typing import TYPE_CHECKING
 
 __version__ = '0.1.0'
@@ -104,6 +106,24 @@ def __getattr__(name: str):
   value = getattr(importlib.import_module(module), name)
   globals()[name] = value  # cache: later lookups skip __getattr__
   return value
+
+
+class _CallableCLIModule(types.ModuleType):
+  """A CLI module named like a function this package exports (`sample`, `import_videos`).
+
+  Importing `imagen_video_jax.sample` makes Python bind the submodule to the package's
+  `sample` attribute, shadowing the sampling function; calling the module calls the
+  function, so `ivj.sample(...)` works whichever was imported first.
+  """
+
+  def __call__(self, *args, **kwargs):
+    name = self.__name__.rsplit('.', 1)[1]
+    return getattr(importlib.import_module(_EXPORTS[name]), name)(*args, **kwargs)
+
+
+def _make_callable(module_name: str) -> None:
+  """Called by the CLI modules whose names clash with an export (see _CallableCLIModule)."""
+  sys.modules[module_name].__class__ = _CallableCLIModule
 
 
 def __dir__():

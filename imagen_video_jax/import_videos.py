@@ -12,6 +12,8 @@ import sys
 
 from absl import app, flags
 
+from imagen_video_jax import _make_callable
+
 from imagen_video_jax.data import importer
 
 _MANIFEST = flags.DEFINE_string("manifest", None, "CSV with path,caption columns.")
@@ -52,6 +54,9 @@ def main(argv):
     return EXIT_NOTHING_USABLE
   return EXIT_SOME_SKIPPED if report["skipped"] else 0
 
+
+# `import imagen_video_jax.import_videos` must not break `imagen_video_jax.import_videos(...)`.
+_make_callable(__name__)
 
 if __name__ == "__main__":
   app.run(main)

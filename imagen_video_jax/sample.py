@@ -12,6 +12,8 @@ import os
 
 from absl import app, flags
 
+from imagen_video_jax import _make_callable
+
 flags.DEFINE_string('config', None, 'A cascade config file that ships weights, e.g. '
                     'configs/digits.py (the Moving Digits cascade in checkpoints/digits).')
 flags.DEFINE_string('checkpoints', None, 'An exported cascade directory (cascade.json); '
@@ -86,6 +88,9 @@ def main(argv):
   for p, prompt in zip(paths, out.prompts):
     print(f'  {p["mp4"]}  ({prompt!r}; also {p["gif"]}, {p["png"]})')
 
+
+# `import imagen_video_jax.sample` must not break `imagen_video_jax.sample(...)`.
+_make_callable(__name__)
 
 if __name__ == '__main__':
   app.run(main)
