@@ -39,6 +39,17 @@ def test_adherence_report_separates_held_out_and_counts_attributes():
   assert 'held_out' in table and '50.0%' in table
 
 
+def test_adherence_report_tells_opposite_from_perpendicular_direction_errors():
+  prompts = ['a red 3 moving left', 'a red 3 moving left', 'a blue 4 moving up',
+             'a blue 4 moving down', 'a white 1 moving right']
+  predicted = [(3, 'red', 'right'), (3, 'red', 'up'), (4, 'blue', 'down'),
+               (4, 'blue', 'down'), (1, 'white', 'left')]
+  report = metrics.adherence_report(prompts, predicted, held_out=())
+  assert report['train_combinations']['direction_errors'] == {'opposite': 3, 'perpendicular': 1}
+  assert report['held_out_combinations']['direction_errors'] == {'opposite': 0, 'perpendicular': 0}
+  assert '3 opposite, 1 perpendicular' in metrics.format_table(report)
+
+
 def test_adherence_report_rejects_image_prompts_and_length_mismatch():
   with pytest.raises(ValueError, match='names no direction'):
     metrics.adherence_report(['a red 3'], [(3, 'red', 'left')])

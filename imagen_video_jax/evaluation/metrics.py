@@ -64,7 +64,10 @@ def adherence_report(prompts: Sequence[str], predicted: Sequence[tuple[int, str,
 
   Returns ``{"train_combinations": {...}, "held_out_combinations": {...}}``, each with
   ``num``, ``digit``, ``colour``, ``direction`` and ``all`` (fractions), plus
-  ``per_combination`` counts so a failing combination can be found.
+  ``per_combination`` counts so a failing combination can be found, and
+  ``direction_errors``: how many wrong directions were the opposite of the prompt's
+  (right axis, wrong sign: "left" drawn as "right") and how many perpendicular (wrong
+  axis). The two failures have different causes: see the README's Evaluation notes.
   """
   if len(prompts) != len(predicted):
     raise ValueError(f'{len(prompts)} prompts but {len(predicted)} predictions')
@@ -88,8 +91,18 @@ def adherence_report(prompts: Sequence[str], predicted: Sequence[tuple[int, str,
       c[0] += p == t
       c[1] += 1
     entry['per_combination'] = {k: {'right': r, 'num': n} for k, (r, n) in sorted(per.items())}
+    wrong = [(t[2], p[2]) for t, p in pairs if p[2] != t[2]]
+    entry['direction_errors'] = {
+        'opposite': sum(_is_opposite(a, b) for a, b in wrong),
+        'perpendicular': sum(not _is_opposite(a, b) for a, b in wrong)}
     report[name] = entry
   return report
+
+
+def _is_opposite(a: str, b: str) -> bool:
+  """Whether two direction names point opposite ways (same axis, other sign)."""
+  (ax, ay), (bx, by) = digits.DIRECTIONS[a], digits.DIRECTIONS[b]
+  return (ax, ay) == (-bx, -by)
 
 
 def format_table(report: Mapping[str, Any]) -> str:
@@ -101,6 +114,9 @@ def format_table(report: Mapping[str, Any]) -> str:
       continue
     cells = ''.join(f'{"-":>11}' if entry[a] is None else f'{100 * entry[a]:>10.1f}%'
                     for a in (*ATTRIBUTES, 'all'))
+    errors = entry.get('direction_errors')
+    if errors and sum(errors.values()):
+      cells += f'   (wrong directions: {errors["opposite"]} opposite, {errors["perpendicular"]} perpendicular)'
     lines.append(f'{name.replace("_combinations", ""):<24}{entry["num"]:>6}' + cells)
   for key, value in report.items():
     if isinstance(value, (int, float)):
