@@ -92,9 +92,8 @@ def adherence_report(prompts: Sequence[str], predicted: Sequence[tuple[int, str,
       c[1] += 1
     entry['per_combination'] = {k: {'right': r, 'num': n} for k, (r, n) in sorted(per.items())}
     wrong = [(t[2], p[2]) for t, p in pairs if p[2] != t[2]]
-    entry['direction_errors'] = {
-        'opposite': sum(_is_opposite(a, b) for a, b in wrong),
-        'perpendicular': sum(not _is_opposite(a, b) for a, b in wrong)}
+    opposite = sum(_is_opposite(a, b) for a, b in wrong)
+    entry['direction_errors'] = {'opposite': opposite, 'perpendicular': len(wrong) - opposite}
     report[name] = entry
   return report
 
@@ -116,7 +115,8 @@ def format_table(report: Mapping[str, Any]) -> str:
                     for a in (*ATTRIBUTES, 'all'))
     errors = entry.get('direction_errors')
     if errors and sum(errors.values()):
-      cells += f'   (wrong directions: {errors["opposite"]} opposite, {errors["perpendicular"]} perpendicular)'
+      cells += (f'   (wrong directions: {errors["opposite"]} opposite, '
+                f'{errors["perpendicular"]} perpendicular)')
     lines.append(f'{name.replace("_combinations", ""):<24}{entry["num"]:>6}' + cells)
   for key, value in report.items():
     if isinstance(value, (int, float)):
