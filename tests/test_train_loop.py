@@ -14,6 +14,7 @@ import tempfile
 import time
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -22,7 +23,7 @@ from flax import linen as nn
 from imagen_video_jax import export, params_io, training
 from imagen_video_jax.models import unet as unet_lib
 from imagen_video_jax.models.unet import LevelConfig, UNetConfig
-from imagen_video_jax.training import checkpointing, warm_start
+from imagen_video_jax.training import checkpointing, state as state_lib, warm_start
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
@@ -240,6 +241,36 @@ def test_a_new_run_starts_from_the_trained_ema(straight, data_dir, tmp_path, sou
   # The optimizer is new: Adam's step count restarted (one update, not 21).
   counts = [int(x) for x in jax.tree.leaves(run.state.opt_state) if np.ndim(x) == 0]
   assert counts and max(counts) == 1
+
+
+def test_a_warm_start_keeps_its_ema_at_the_configured_decay(straight, data_dir, tmp_path):
+  """The EMA of a warm start begins as trained weights: the first update moves it by
+  (1 - ema_decay) toward the new params, not by the warm-up's 90% (which would throw the
+  shipped EMA away at step 1 and keep a window of ~n/9 steps for thousands of steps)."""
+  src_dir, ref = straight
+  run = training.train_and_evaluate(
+      tiny_config(data_dir, num_steps=1, init_from=src_dir, **{'optim.warmup_steps': 0}),
+      str(tmp_path / 'run'))
+  src, p1, ema = _flat(ref.state.ema_params), _flat(run.state.params), _flat(run.state.ema_params)
+  assert any(not np.array_equal(p1[k], src[k]) for k in p1)  # the step did move the params
+  d = float(tiny_config(data_dir).optim.ema_decay)
+  for k in ema:
+    np.testing.assert_allclose(ema[k], d * src[k] + (1 - d) * p1[k], rtol=1e-5, atol=1e-7,
+                               err_msg=k)
+
+
+def test_ema_warm_up_only_for_runs_from_random_weights():
+  ema, params = {'w': jnp.zeros(3)}, {'w': jnp.ones(3)}
+  n = jnp.asarray(0)
+  # From a random init the first update is dominated by the params: decay 1/10 at n=0 ...
+  np.testing.assert_allclose(state_lib.ema_update(ema, params, 0.999, n)['w'], 0.9)
+  np.testing.assert_allclose(
+      state_lib.ema_update(ema, params, 0.999, jnp.asarray(90))['w'], 1 - 91 / 100, rtol=1e-5)
+  # ... and the configured decay once (1 + n) / (10 + n) exceeds it, or with warmup off.
+  np.testing.assert_allclose(
+      state_lib.ema_update(ema, params, 0.5, jnp.asarray(90))['w'], 0.5)
+  np.testing.assert_allclose(
+      state_lib.ema_update(ema, params, 0.999, n, warmup=False)['w'], 1e-3, rtol=1e-4)
 
 
 def test_without_init_from_the_weights_are_random(straight, data_dir, tmp_path):

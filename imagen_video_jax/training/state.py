@@ -66,11 +66,17 @@ def make_optimizer(optim) -> tuple[optax.GradientTransformation, optax.Schedule]
   return optax.chain(*parts), schedule
 
 
-def ema_update(ema, params, decay: float, num_updates: jax.Array):
+def ema_update(ema, params, decay: float, num_updates: jax.Array, warmup: bool = True):
   """EMA with warm-up: the decay is min(decay, (1 + n) / (10 + n)) after n updates,
-  so early EMA weights are not dominated by the random init."""
-  n = num_updates.astype(jnp.float32)
-  d = jnp.minimum(jnp.float32(decay), (1.0 + n) / (10.0 + n))
+  so early EMA weights are not dominated by the random init.
+
+  `warmup=False` uses `decay` from the first update: for a warm start, whose EMA is
+  already trained weights (the warm-up would replace 90% of it at the first step and
+  keep a window of ~n/9 steps for thousands of steps)."""
+  d = jnp.float32(decay)
+  if warmup:
+    n = num_updates.astype(jnp.float32)
+    d = jnp.minimum(d, (1.0 + n) / (10.0 + n))
   return jax.tree.map(lambda e, p: (d * e + (1.0 - d) * p).astype(e.dtype), ema, params)
 
 

@@ -61,6 +61,9 @@ def make_train_step(config, model: unet_lib.VideoUNet, t5_model: t5_lib.T5Encode
   is_sr = bool(config.model.cond_channels)
   per_frame_time = bool(d.per_frame_time)
   ema_decay = float(config.optim.ema_decay)
+  # A warm start's EMA begins as trained weights, not a random init: no EMA warm-up.
+  # (From the config alone, so a resumed run decides the same way.)
+  ema_warmup = not str(config.get('init_from', '') or '')
 
   def step(state: TrainState, batch: dict, t5_params: Any):
     key = jax.random.fold_in(train_key, state.step)
@@ -99,7 +102,7 @@ def make_train_step(config, model: unet_lib.VideoUNet, t5_model: t5_lib.T5Encode
     applied = state.step - state.nonfinite_total  # updates applied so far
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    ema = ema_update(state.ema_params, params, ema_decay, applied)
+    ema = ema_update(state.ema_params, params, ema_decay, applied, warmup=ema_warmup)
     keep_new = lambda new, old: jax.tree.map(lambda n, o: jnp.where(ok, n, o), new, old)
     bad = jnp.logical_not(ok).astype(jnp.int32)
     new_state = TrainState(
