@@ -24,6 +24,7 @@ from imagen_video_jax import export, params_io, training
 from imagen_video_jax.models import unet as unet_lib
 from imagen_video_jax.models.unet import LevelConfig, UNetConfig
 from imagen_video_jax.training import checkpointing, state as state_lib, warm_start
+from imagen_video_jax.training import loop as loop_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
@@ -248,6 +249,10 @@ def test_a_warm_start_keeps_its_ema_at_the_configured_decay(straight, data_dir, 
   (1 - ema_decay) toward the new params, not by the warm-up's 90% (which would throw the
   shipped EMA away at step 1 and keep a window of ~n/9 steps for thousands of steps)."""
   src_dir, ref = straight
+  # A run from random weights with the same config first: its compiled step (EMA with
+  # warm-up) must not be reused by the warm start, whose config differs only in init_from.
+  training.train_and_evaluate(tiny_config(data_dir, num_steps=1, **{'optim.warmup_steps': 0}),
+                              str(tmp_path / 'random'))
   run = training.train_and_evaluate(
       tiny_config(data_dir, num_steps=1, init_from=src_dir, **{'optim.warmup_steps': 0}),
       str(tmp_path / 'run'))
@@ -257,6 +262,22 @@ def test_a_warm_start_keeps_its_ema_at_the_configured_decay(straight, data_dir, 
   for k in ema:
     np.testing.assert_allclose(ema[k], d * src[k] + (1 - d) * p1[k], rtol=1e-5, atol=1e-7,
                                err_msg=k)
+
+
+def test_a_warm_start_resumed_without_init_from_keeps_its_ema_decay(straight, data_dir, tmp_path,
+                                                                    monkeypatch):
+  """init_from may go once a run has begun; the run stays a warm start (no EMA warm-up)."""
+  src_dir, _ = straight
+  cfg = lambda n, **kw: tiny_config(data_dir, num_steps=n, **{'optim.warmup_steps': 0}, **kw)
+  ref = training.train_and_evaluate(cfg(2, init_from=src_dir), str(tmp_path / 'ref'))
+  training.train_and_evaluate(cfg(1, init_from=src_dir), str(tmp_path / 'run'))
+  monkeypatch.setattr(loop_lib, '_CACHE', {})  # as a new process would: compile afresh
+  resumed = training.train_and_evaluate(cfg(2), str(tmp_path / 'run'))
+  assert_states_equal(resumed.state, ref.state)
+  # ... and its checkpoints still say where it started.
+  ckpt = checkpointing.Checkpointer(str(tmp_path / 'run'))
+  assert ckpt.saved_config(2)['init_from'] == src_dir
+  ckpt.close()
 
 
 def test_ema_warm_up_only_for_runs_from_random_weights():
@@ -280,16 +301,18 @@ def test_without_init_from_the_weights_are_random(straight, data_dir, tmp_path):
   assert any(not np.array_equal(a[k], b[k]) for k in a)
 
 
-def test_a_run_that_has_begun_resumes_from_its_own_checkpoint(straight, data_dir, tmp_path):
-  """init_from is read at step 0 only; afterwards it may change without a mismatch."""
-  src_dir, ref = straight
-  first = training.train_and_evaluate(tiny_config(data_dir, num_steps=2), str(tmp_path))
+def test_a_run_that_has_begun_resumes_from_its_own_checkpoint(straight, data_dir, tmp_path,
+                                                               monkeypatch):
+  """init_from is read at step 0 only: a begun run resumes exactly as if it were absent."""
+  src_dir, _ = straight
+  ref = training.train_and_evaluate(tiny_config(data_dir, num_steps=3), str(tmp_path / 'ref'))
+  training.train_and_evaluate(tiny_config(data_dir, num_steps=2), str(tmp_path / 'run'))
+  monkeypatch.setattr(loop_lib, '_CACHE', {})  # as a new process would: compile afresh
   again = training.train_and_evaluate(
-      tiny_config(data_dir, num_steps=3, init_from=src_dir), str(tmp_path))
+      tiny_config(data_dir, num_steps=3, init_from=src_dir), str(tmp_path / 'run'))
   assert again.step == 3
-  a, b = _flat(again.state.params), _flat(ref.state.ema_params)
-  assert any(not np.array_equal(a[k], b[k]) for k in a)  # not overwritten by the source
-  del first
+  # Neither the weights (params, EMA) nor the EMA's warm-up came from init_from.
+  assert_states_equal(again.state, ref.state)
 
 
 def test_weights_of_another_model_are_refused_naming_the_misfit(straight, data_dir, tmp_path):

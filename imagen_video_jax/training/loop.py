@@ -203,7 +203,26 @@ def _key(kind: str, config, mesh) -> str:
   for name in checkpointing.RESUMABLE_FIELDS:
     if '.' not in name:
       c.pop(name, None)
+  # Which weights a run started from does not change the programs, but whether it
+  # started from trained ones does (a warm start's EMA has no warm-up: step.py).
+  c['warm_started'] = bool(config.get('init_from'))
   return json.dumps([kind, c, mesh.devices.shape, str(mesh.devices.flat[0])], sort_keys=True)
+
+
+def _started_as(config, saved: dict):
+  """The config with the `init_from` the run was started with (its checkpoints carry it).
+
+  `init_from` is read at step 0 only, so a resumed run may drop or change it; but
+  whether the run began from trained weights decides its EMA warm-up for good, so a
+  resume keeps the original value (and saves it on).
+  """
+  origin = saved.get('init_from', '') or ''
+  if (config.get('init_from', '') or '') == origin:
+    return config
+  config = config.copy_and_resolve_references()
+  with config.unlocked():
+    config.init_from = origin
+  return config
 
 
 def _place(batch: dict, sharding) -> dict:
@@ -238,6 +257,7 @@ def _run(config, workdir, model_cfg, spec, mesh, rules, batch_sharding, ckpt,
   latest = ckpt.latest_step()
   if latest is not None:  # refuse a different run before doing any work
     ckpt.check_config(latest, config)
+    config = _started_as(config, ckpt.saved_config(latest))
 
   # ---- data and text
   if config.data.world == 'digits':
