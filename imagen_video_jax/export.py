@@ -158,20 +158,37 @@ def stage_from_training(config: Mapping[str, Any], ema_params: Any) -> Stage:
                cond_aug_t=float(d.get('sample_cond_t', 0.1)))
 
 
-def _export_text(config: Mapping[str, Any], workdir: str, output: str) -> None:
-  """Writes the run's text encoder (T5 + spiece.model) to output/ as `save_t5` does."""
+def _export_text(config: Mapping[str, Any], workdir: str, output: str,
+                 t5_dir: str | None = None) -> int | None:
+  """Writes the run's text encoder (T5 + spiece.model) to output/ as `save_t5` does.
+
+  Returns the text length the stages were trained with when it is not the config's
+  (a cache's own `max_length`), else None.
+  """
   import shutil
   from imagen_video_jax.models import t5 as t5_lib
   from imagen_video_jax.text import checkpoints as t5_checkpoints
   t = config['text']
+  if t['source'] == 'cache':
+    # The stages read embeddings a T5 made offline; sampling needs that very T5.
+    t5_dir = t5_dir or t.get('t5_dir')
+    if not t5_dir:
+      raise ExportError("the run was trained on cached T5 embeddings (text.source='cache'); "
+                        'sampling needs the T5 that made them: pass --t5=DIR, the converted '
+                        'encoder that encode_text read')
+    length = check_cache_encoder(t5_dir, t.get('cache_dir'))
+    shutil.copytree(t5_dir, output, dirs_exist_ok=True)
+    return length
+  if t5_dir:
+    raise ExportError(f"--t5 is for runs trained on cached embeddings; this run's "
+                      f"text.source is {t['source']!r} and its own T5 is exported")
   if t['source'] == 't5':
     shutil.copytree(t['t5_dir'], output, dirs_exist_ok=True)
     if t.get('tokenizer'):
       shutil.copyfile(t['tokenizer'], os.path.join(output, t5_checkpoints.VOCAB_FILE))
-    return
+    return None
   if t['source'] != 't5_random':
-    raise ExportError(f"text.source={t['source']!r}: sampling needs the T5 that made the "
-                      "cached embeddings; export with a config whose text.source is 't5'")
+    raise ExportError(f"text.source={t['source']!r}: use 't5_random', 't5' or 'cache'")
   from imagen_video_jax.training.loop import digits_data_dir  # the run's spiece.model
   vocab = t.get('tokenizer') or os.path.join(digits_data_dir(_Cfg(config), workdir),
                                              t5_checkpoints.VOCAB_FILE)
@@ -183,6 +200,50 @@ def _export_text(config: Mapping[str, Any], workdir: str, output: str) -> None:
   from flax import linen as nn
   params = nn.unbox(t5_lib.init_params(cfg, int(t['init_seed'])))
   t5_checkpoints.save_t5(output, cfg, params, vocab=vocab, source='t5_random')
+  return None
+
+
+_ARCH = ('vocab_size', 'd_model', 'num_layers', 'num_heads', 'd_kv', 'd_ff')
+
+
+def check_cache_encoder(t5_dir: str, cache_dir: str | None, num: int = 8) -> int | None:
+  """Refuses a T5 that did not make the embedding cache; returns the cache's text length.
+
+  Same architecture as the cache's metadata, the same token ids for its captions, and
+  the same embeddings up to the cache's bfloat16 rounding, for its first `num` records.
+  A cache that is gone cannot be checked: the architecture of `t5_dir` is then trusted.
+  """
+  import jax.numpy as jnp
+  from imagen_video_jax.text import cache as cache_lib
+  from imagen_video_jax.text import checkpoints as t5_checkpoints
+  from imagen_video_jax.text.encoder import TextEncoder
+  try:
+    t5_cfg, _ = t5_checkpoints.read_config(t5_dir)
+  except t5_checkpoints.CheckpointError as e:
+    raise ExportError(f'--t5={t5_dir}: {e}') from None
+  if not cache_dir or not os.path.isfile(os.path.join(cache_dir, cache_lib.METADATA)):
+    return None
+  reader = cache_lib.CacheReader(cache_dir)
+  made_by = reader.metadata.get('t5', {})
+  differ = [f'{k} {made_by[k]} vs {getattr(t5_cfg, k)}' for k in _ARCH
+            if k in made_by and made_by[k] != getattr(t5_cfg, k)]
+  if differ:
+    raise ExportError(f'{t5_dir} is not the T5 that made the cache {cache_dir} (cache vs '
+                      f'--t5: {", ".join(differ)})')
+  length = int(reader.metadata['max_length'])
+  enc = TextEncoder.load(t5_dir, max_length=length, out_dtype=jnp.float32)
+  records = [reader[i] for i in range(min(num, len(reader)))]
+  tok = enc.tokenizer([r['caption'] for r in records], length)
+  if not np.array_equal(tok.ids, np.stack([r['ids'] for r in records])):
+    raise ExportError(f'the vocabulary of {t5_dir} is not the one that made the cache '
+                      f'{cache_dir}: its captions tokenize differently')
+  cached = np.stack([r['emb'] for r in records]).astype(np.float32)
+  emb = enc.encode_ids(tok.ids, tok.mask)
+  rel = float(np.linalg.norm(emb - cached) / max(np.linalg.norm(cached), 1e-12))
+  if not rel < 0.02:  # bfloat16 rounding is ~0.3%; another T5 is off by ~100%
+    raise ExportError(f'{t5_dir} is not the T5 that made the cache {cache_dir}: its '
+                      f'embeddings of the cached captions differ by {100 * rel:.0f}%')
+  return length
 
 
 class _Cfg(dict):
@@ -192,8 +253,12 @@ class _Cfg(dict):
     return _Cfg(v) if isinstance(v, dict) else v
 
 
-def export_training_runs(workdirs: list[str], output: str) -> str:
-  """Exports trained stages (base first, then SR stages) as one sampling cascade."""
+def export_training_runs(workdirs: list[str], output: str, *, t5_dir: str | None = None) -> str:
+  """Exports trained stages (base first, then SR stages) as one sampling cascade.
+
+  t5_dir: for runs trained on cached embeddings (`text.source='cache'`), the converted
+  T5 that made the cache (checked against it), shipped as the cascade's text encoder.
+  """
   if os.path.exists(os.path.join(output, CASCADE_FILE)):
     raise ExportError(f'{output} already holds a cascade; choose an empty directory')
   runs = [read_training_run(w) for w in workdirs]
@@ -203,10 +268,10 @@ def export_training_runs(workdirs: list[str], output: str) -> str:
                       'a cascade shares one')
   stages = [stage_from_training(c, ema) for c, ema, _ in runs]
   config0 = runs[0][0]
-  text_dir = None
+  text_dir, length = None, None
   if any(s.unet.text_dim is not None for s in stages):
     text_dir = 'text'
-    _export_text(config0, workdirs[0], os.path.join(output, text_dir))
+    length = _export_text(config0, workdirs[0], os.path.join(output, text_dir), t5_dir)
   save_cascade(output, stages, text_dir=text_dir,
-               max_length=int(config0['text'].get('max_length', 32)))
+               max_length=length or int(config0['text'].get('max_length', 32)))
   return output

@@ -4,12 +4,17 @@ r"""Export trained stages as one sampling cascade (EMA weights, safetensors + JS
         --run=runs/digits/base --run=runs/digits/tsr --run=runs/digits/ssr
 
 Runs are given base first, then each SR stage in sampling order; each is a training
-workdir of `python -m imagen_video_jax.train`, read at its latest checkpoint.
+workdir of `python -m imagen_video_jax.train`, read at its latest checkpoint. Runs trained
+on cached T5 embeddings (`text.source='cache'`, the paper configs' default) also need
+`--t5=DIR`: the converted T5 that `encode_text` made the cache with (it is checked
+against the cache and shipped as the cascade's text encoder).
 """
 from absl import app, flags, logging
 
 flags.DEFINE_multi_string('run', None, 'A training workdir; repeat, base first.')
 flags.DEFINE_string('output', None, 'The cascade directory to write.')
+flags.DEFINE_string('t5', None, "Runs trained on cached embeddings (text.source='cache'): "
+                    'the converted T5 that made the cache, shipped as the text encoder.')
 FLAGS = flags.FLAGS
 
 
@@ -22,7 +27,7 @@ def main(argv):
     logging.set_verbosity(logging.WARNING)  # keep orbax's INFO chatter out
   from imagen_video_jax import export
   try:
-    path = export.export_training_runs(FLAGS.run, FLAGS.output)
+    path = export.export_training_runs(FLAGS.run, FLAGS.output, t5_dir=FLAGS.t5)
     pipe = export.load_cascade(path)  # proves the export loads
   except (export.ExportError, ValueError, FileNotFoundError) as e:
     raise app.UsageError(str(e)) from None

@@ -22,11 +22,11 @@ def trained_base(tmp_path_factory):
   c.data.dir = str(root / 'data')
   workdir = str(root / 'base')
   result = training.train_and_evaluate(c, workdir)
-  return workdir, result
+  return workdir, result, c.data.dir
 
 
 def test_export_training_run_and_sample(trained_base, tmp_path):
-  workdir, result = trained_base
+  workdir, result, data_dir = trained_base
   out = tmp_path / 'cascade'
   res = subprocess.run([sys.executable, '-m', 'imagen_video_jax.export_cascade',
                         f'--run={workdir}', f'--output={out}'], capture_output=True, text=True,
@@ -41,9 +41,21 @@ def test_export_training_run_and_sample(trained_base, tmp_path):
   jax.tree.map(np.testing.assert_array_equal, stage.params, ema)
   assert not all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(ema),
                                                       jax.tree.leaves(result.state.params)))
-  # The exported text encoder is the run's frozen T5: same prompt, same embedding.
-  emb, mask = pipe.text_encoder(['a red 3 moving left'])
-  assert mask.sum() > 2 and np.isfinite(emb).all()
+  # The exported text encoder is the run's frozen T5: same prompt, same embedding. The
+  # reference is what the train step computes: the job's own tokenizer and T5 (make_text).
+  prompts = ['a red 3 moving left', 'a white 9', 'a cyan 0 moving up']
+  config = digits_config.get_config('stage=base,tiny=True')
+  config.data.dir = data_dir
+  mesh, _, _ = training.loop.make_mesh(config.mesh)
+  tokenize, _, t5_model, t5_params = training.loop.make_text(config, data_dir, mesh)
+  tok = tokenize(prompts)
+  want = t5_model.apply({'params': t5_params}, tok.ids, tok.mask)
+  want = np.where(tok.mask[..., None], np.asarray(want), 0.0)
+  emb, mask = pipe.text_encoder(prompts)
+  np.testing.assert_array_equal(mask, tok.mask)
+  assert mask.sum(1).min() >= 3  # real tokens, not a null caption
+  np.testing.assert_allclose(emb, want, rtol=1e-5, atol=1e-5)
+  assert np.abs(emb[0] - emb[1]).max() > 1e-2  # prompts are told apart
   video = pipe('a red 3 moving left', progress=False,
                samplers_by_stage={'base': stage.sampler.__class__(steps=2)}).videos
   assert video.shape == (1, 8, 16, 16, 3)
