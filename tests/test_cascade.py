@@ -1,4 +1,5 @@
 """CascadePipeline: conditioning as in training, chaining, seeds, prompts, outputs."""
+import dataclasses
 import functools
 
 import jax
@@ -47,8 +48,9 @@ def _stage(name, spec, sr, seed, fps):
       levels=(unet_lib.LevelConfig(8, 1, temporal='attention' if not sr else 'conv',
                                    cross_attention=True),),
       text_dim=D, emb_dim=16, head_dim=8, cond_channels=3 if sr else 0, cond_augment=sr)
-  params = nn.unbox(unet_lib.init_params(cfg, jax.random.key(seed), frames=spec.frames,
-                                         height=spec.height, width=spec.width))
+  params = jax.jit(lambda k: nn.unbox(unet_lib.init_params(  # jitted: eager init is slow
+      cfg, k, frames=spec.frames, height=spec.height, width=spec.width)))(jax.random.key(seed))
+  params = jax.device_get(params)
   rng = np.random.default_rng(seed)  # live weights everywhere (fresh outputs are zero)
   params = jax.tree.map(lambda p: p + 0.1 * rng.standard_normal(p.shape).astype(np.float32), params)
   return cascade.Stage(name, spec, cfg, params, fps=fps,
@@ -89,14 +91,25 @@ def test_cascade_end_to_end_shapes_seeds_prompts_and_intermediates():
 
 def test_per_stage_sampler_overrides_and_errors(tmp_path):
   pipe = _pipeline()
-  out = pipe('a green 1', seed=3, progress=False,
-             samplers_by_stage={'ssr': SamplerConfig(steps=2, guidance=1.0, clip='dynamic')})
+  override = SamplerConfig(steps=2, guidance=1.0, clip='dynamic')
+  out = pipe('a green 1', seed=3, progress=False, samplers_by_stage={'ssr': override},
+             return_intermediates=True)
   assert out.videos.shape == (1, 8, 16, 16, 3)
+  # The override is what ran: a cascade whose SSR stage has it as its own sampler makes
+  # the same video, bit for bit; the stage's own sampler makes another; the stages before
+  # it are untouched.
+  base, tsr, ssr = pipe.stages
+  same = cascade.CascadePipeline([base, tsr, dataclasses.replace(ssr, sampler=override)],
+                                 _fake_text_encoder)
+  np.testing.assert_array_equal(same('a green 1', seed=3, progress=False).videos, out.videos)
+  plain = pipe('a green 1', seed=3, progress=False, return_intermediates=True)
+  assert np.abs(plain.videos.astype(int) - out.videos).max() > 0
+  for name in ('base', 'tsr'):
+    np.testing.assert_array_equal(plain.intermediates[name], out.intermediates[name])
   paths = out.save(str(tmp_path / 'demo'))
   assert sorted(paths[0]) == ['gif', 'mp4', 'png']
   with pytest.raises(ValueError, match=r"no stage named \['nope'\]"):
     pipe('x', samplers_by_stage={'nope': SamplerConfig()})
-  base, tsr, ssr = pipe.stages
   with pytest.raises(ValueError, match='is conditioned on 8x8x8'):
     cascade.CascadePipeline([base, ssr], _fake_text_encoder)
   with pytest.raises(ValueError, match='must be a base stage'):

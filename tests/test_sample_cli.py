@@ -1,4 +1,5 @@
 """Exported cascades round-trip; the sample CLI writes videos that read back right."""
+import dataclasses
 import json
 import os
 import subprocess
@@ -7,6 +8,7 @@ import sys
 import jax
 import numpy as np
 import pytest
+from PIL import Image
 
 from imagen_video_jax import export, io
 from imagen_video_jax.models.t5 import T5Config
@@ -54,23 +56,40 @@ def test_missing_or_foreign_directories_are_refused(tmp_path):
     export.load_stage(str(tmp_path))
 
 
-def test_sample_cli_writes_mp4_gif_png(exported, tmp_path):
+def test_sample_cli_writes_what_the_library_samples(exported, tmp_path):
+  """Every sampling flag reaches the cascade: the files equal the library's videos."""
   path, stages = exported
   out = tmp_path / 'out' / 'demo.mp4'
   config = tmp_path / 'my_cascade.py'  # --config: a config file that ships a cascade
   config.write_text(f'CASCADE_DIR = {str(path)!r}\n')
+  prompts = ['a red 3 moving left', 'a blue 7']
   cmd = [sys.executable, '-m', 'imagen_video_jax.sample', f'--config={config}',
-         '--prompt=a red 3 moving left', f'--output={out}', '--steps=2', '--guidance=2',
-         '--scale=2', '--noprogress']
+         *(f'--prompt={p}' for p in prompts), '--negative_prompt=a green 1', '--seed=3',
+         '--num_samples=2', '--sampler=ancestral', '--steps=2', '--guidance=2.5',
+         f'--output={out}', '--scale=2', '--noprogress']
   res = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
   assert res.returncode == 0, res.stderr[-3000:]
-  frames, fps = io.read_mp4(str(out))
+
+  pipe = export.load_cascade(path)
+  want = pipe(prompts, negative_prompt='a green 1', num_samples=2, seed=3, progress=False,
+              samplers_by_stage={s.name: dataclasses.replace(
+                  s.sampler, sampler='ancestral', steps=2, guidance=2.5) for s in pipe.stages})
+  assert len(want.videos) == 4
   last = stages[-1].spec
-  assert frames.shape == (last.frames, 2 * last.height, 2 * last.width, 3)
-  assert fps == pytest.approx(stages[-1].fps)
-  assert io.read_gif(str(tmp_path / 'out' / 'demo.gif')).shape[0] == last.frames
-  assert (tmp_path / 'out' / 'demo.png').stat().st_size > 0
-  assert 'demo.mp4' in res.stdout
+  for i, video in enumerate(want.videos):  # prompt-major: stem_0, stem_1 are prompt 0's
+    stem = tmp_path / 'out' / f'demo_{i}'
+    assert f'demo_{i}.mp4' in res.stdout and repr(want.prompts[i]) in res.stdout
+    # The PNG contact sheet is lossless: every frame, pixel for pixel.
+    sheet = np.asarray(Image.open(f'{stem}.png').convert('RGB'))
+    np.testing.assert_array_equal(sheet, io.contact_sheet(io.upscale(video, 2)))
+    frames, fps = io.read_mp4(f'{stem}.mp4')  # H.264: close, not exact
+    assert frames.shape == (last.frames, 2 * last.height, 2 * last.width, 3)
+    # (random-weight videos are pixel noise, which yuv420p blurs: compare with another)
+    err = np.abs(frames.astype(float) - io.upscale(video, 2)).mean()
+    assert err < 0.5 * np.abs(frames.astype(float) - io.upscale(want.videos[i - 1], 2)).mean()
+    assert fps == pytest.approx(stages[-1].fps)
+    assert io.read_gif(f'{stem}.gif').shape == frames.shape
+  assert np.abs(want.videos[0].astype(int) - want.videos[1]).max() > 0  # two samples differ
 
 
 def test_sample_cli_errors_are_one_line(tmp_path):
