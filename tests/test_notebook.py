@@ -9,9 +9,8 @@ from test_sample_cli import exported  # noqa: F401  (the tiny exported cascade f
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-@pytest.mark.slow  # a kernel start and a cascade compile: make test-all
 def test_sample_notebook_runs_and_shows_videos(exported, tmp_path, monkeypatch):  # noqa: F811
-  nbformat = pytest.importorskip('nbformat')
+  import nbformat
   from nbclient import NotebookClient
 
   path, stages = exported

@@ -7,10 +7,12 @@ them), and the subprocesses share a persistent compilation cache.
 """
 import dataclasses
 import os
+import queue
 import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
 import jax
@@ -154,15 +156,27 @@ def test_sigterm_saves_exits_zero_and_resumes_exactly(straight, data_dir, tmp_pa
   workdir, env = str(tmp_path / 'run'), _env(XLA_CACHE)
   proc = subprocess.Popen(_cmd(workdir, data_dir, '--config.debug_sleep_secs=0.3'), cwd=ROOT,
                           env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-  lines, deadline = [], time.time() + 300
-  for line in proc.stdout:  # wait until it is training, then preempt it
-    lines.append(line)
-    if line.startswith('step 3/'):
-      proc.send_signal(signal.SIGTERM)
-      break
-    assert time.time() < deadline, ''.join(lines)
-  out = ''.join(lines) + proc.stdout.read()
-  assert proc.wait(timeout=120) == 0, out
+  try:
+    # Wait until it is training, then preempt it. The output is read on a thread, so the
+    # deadline holds even if the job hangs without printing.
+    lines = queue.Queue()
+    threading.Thread(target=lambda: [lines.put(l) for l in proc.stdout] + [lines.put(None)],
+                     daemon=True).start()
+    seen, deadline = [], time.monotonic() + 300
+    while not seen or seen[-1] is not None and not seen[-1].startswith('step 3/'):
+      try:
+        seen.append(lines.get(timeout=max(0.0, deadline - time.monotonic())))
+      except queue.Empty:
+        pytest.fail('no "step 3/" within 300 s:\n' + ''.join(filter(None, seen)))
+    assert seen[-1] is not None, 'the job ended before step 3:\n' + ''.join(seen[:-1])
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=120) == 0
+  finally:
+    if proc.poll() is None:
+      proc.kill()
+  while seen[-1] is not None:
+    seen.append(lines.get(timeout=60))
+  out = ''.join(seen[:-1])
   saved = [l for l in out.splitlines() if l.startswith('Preempted: saved step')]
   assert saved, out
   k = int(saved[0].split()[3].rstrip(';'))
