@@ -4,7 +4,8 @@ r"""Evaluate videos: prompt adherence (the digits judge), FVD and the judge's FD
         --num_samples=100 [--output=outputs/adherence.json] [--stages=1] [--steps=16]
     python -m imagen_video_jax.evaluate --mode=fvd --real=data/digits --generated=outputs/gen
     python -m imagen_video_jax.evaluate --mode=judge_accuracy     # the shipped judge, fresh clips
-    python -m imagen_video_jax.evaluate --mode=train_judge --judge=checkpoints/judge
+    python -m imagen_video_jax.evaluate --mode=train_judge --judge=outputs/judge
+    python -m imagen_video_jax.evaluate --mode=train_judge --overwrite  # replace checkpoints/judge
 
 --real/--generated: a folder of .mp4/.gif files or of ArrayRecord shards, a glob or a file.
 """
@@ -27,6 +28,12 @@ flags.DEFINE_integer('max_videos', None, 'fvd: use at most this many clips of ea
 flags.DEFINE_integer('frames', 16, 'fvd: clips are cut to their first N frames (>= 9).')
 flags.DEFINE_integer('batch_size', 8, 'Clips (fvd) or prompts (adherence) per batch.')
 flags.DEFINE_string('judge', None, 'Judge directory; default the shipped checkpoints/judge.')
+flags.DEFINE_bool('overwrite', False, 'train_judge: replace a judge already in --judge.')
+flags.DEFINE_integer('judge_steps', None, 'train_judge: optimiser steps (default: '
+                     'JudgeConfig().steps).')
+flags.DEFINE_integer('judge_frames', 20_000, 'train_judge: still frames to train on.')
+flags.DEFINE_integer('num_clips', 500, 'judge_accuracy, train_judge: fresh clips per group '
+                     '(training and held-out combinations) the accuracy is measured on.')
 flags.DEFINE_integer('seed', 0, 'Seed of prompts and samples (judge_accuracy: of the clips).')
 flags.DEFINE_string('output', None, 'Also write the report here as JSON.')
 flags.DEFINE_bool('progress', True, 'Progress bars.')
@@ -36,20 +43,35 @@ FLAGS = flags.FLAGS
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  import dataclasses
+  import os
   from imagen_video_jax.data import digits
   from imagen_video_jax.evaluation import fvd, judge as J, metrics
   try:
     held = digits.parse_held_out(FLAGS.held_out) if FLAGS.held_out is not None else None
     world = digits.DigitsConfig(**({} if held is None else {'held_out': held}))
+    if FLAGS.num_clips < 1:
+      raise ValueError(f'--num_clips must be >= 1; got {FLAGS.num_clips}')
     if FLAGS.mode == 'train_judge':
-      jd = J.train_judge(progress=FLAGS.progress)
-      jd.report = {'clean': J.accuracy(jd, 500, 12_345), 'clips_per_group': 500,
-                   'degraded': J.accuracy(jd, 500, 12_345, True), 'clip_seed': 12_345}
+      directory = FLAGS.judge or J.DEFAULT_DIR
+      # Refused before training: a forgotten --judge must not cost the shipped judge.
+      existing = [f for f in (J.CONFIG_FILE, J.PARAMS_FILE)
+                  if os.path.exists(os.path.join(directory, f))]
+      if existing and not FLAGS.overwrite:
+        raise ValueError(f'{directory} already holds a judge ({", ".join(existing)}); pass '
+                         '--judge=<a new directory>, or --overwrite to replace it')
+      config = J.JudgeConfig()
+      if FLAGS.judge_steps is not None:
+        config = dataclasses.replace(config, steps=FLAGS.judge_steps)
+      jd = J.train_judge(config, num_frames=FLAGS.judge_frames, progress=FLAGS.progress)
+      n, seed = FLAGS.num_clips, 12_345
+      jd.report = {'clean': J.accuracy(jd, n, seed), 'clips_per_group': n,
+                   'degraded': J.accuracy(jd, n, seed, True), 'clip_seed': seed}
       report = jd.report
-      jd.save(FLAGS.judge or J.DEFAULT_DIR)
+      jd.save(directory)
     elif FLAGS.mode == 'judge_accuracy':
       jd = J.load_judge(FLAGS.judge)
-      report = {k: J.accuracy(jd, 500, 54_321 + FLAGS.seed, degrade=k == 'degraded')
+      report = {k: J.accuracy(jd, FLAGS.num_clips, 54_321 + FLAGS.seed, degrade=k == 'degraded')
                 for k in ('clean', 'degraded')}
     elif FLAGS.mode == 'fvd':
       if not FLAGS.real or not FLAGS.generated:
@@ -62,8 +84,6 @@ def main(argv):
                                                        for s in sets)),
                 'num_real': len(sets[0]), 'num_generated': len(sets[1])}
     else:
-      import dataclasses
-      import os
       from imagen_video_jax import export  # default: checkpoints/digits, beside the judge
       from imagen_video_jax.cascade import CascadePipeline
       pipe = export.load_cascade(FLAGS.checkpoints or os.path.join(J.DEFAULT_DIR, '..', 'digits'))

@@ -72,7 +72,8 @@ class JudgeConfig:
 
   def __post_init__(self):
     object.__setattr__(self, 'widths', tuple(int(w) for w in self.widths))
-    if self.size < 8 or self.fps <= 0 or not self.widths or self.embed < 1:
+    if (self.size < 8 or self.fps <= 0 or not self.widths or self.embed < 1 or self.steps < 1
+        or self.batch_size < 1):
       raise ValueError(f'bad JudgeConfig: {self}')
 
   @property
@@ -395,11 +396,15 @@ def train_judge(config: JudgeConfig = JudgeConfig(), *, num_frames: int = 20_000
   import optax
   from tqdm.auto import tqdm
 
+  if num_frames < 1:
+    raise ValueError(f'num_frames must be >= 1; got {num_frames}')
   frames, d_lab, c_lab = _training_frames(config, num_frames)
   net = _net(config)
   shape = (1, config.crop, config.crop, 3)
   params = net.init(jax.random.key(config.seed), jnp.zeros(shape))['params']
-  schedule = optax.warmup_cosine_decay_schedule(0.0, config.learning_rate, 100, config.steps)
+  # 100 warmup steps, fewer for a short run: optax needs decay steps beyond the warmup.
+  warmup = min(100, config.steps // 2)
+  schedule = optax.warmup_cosine_decay_schedule(0.0, config.learning_rate, warmup, config.steps)
   opt = optax.adamw(schedule, weight_decay=1e-4)
   opt_state = opt.init(params)
 
