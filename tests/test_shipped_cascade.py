@@ -51,6 +51,8 @@ def test_shipped_cascade_fits_the_budget_and_matches_the_config():
 # Few steps, 16 prompts: ~30 s on two cores. The full evaluation (100 prompts per group,
 # each stage's own 32 steps; README) is `python -m imagen_video_jax.evaluate`.
 STEPS, NUM_TRAIN, NUM_HELD_OUT = 4, 12, 4
+PINNED = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'data',
+                      'shipped_cascade_samples.npz')
 
 
 def test_the_shipped_cascade_draws_the_prompted_digit_and_colour():
@@ -70,6 +72,16 @@ def test_the_shipped_cascade_draws_the_prompted_digit_and_colour():
   out = pipe(prompts, seed=0, samplers_by_stage=fewer, progress=False,
              return_intermediates=True)
   judge = judge_lib.load_judge()
+  # The first four samples of every stage as recorded (this seed and these prompts):
+  # refactoring the sampling path must keep them. Recorded with XLA's default CPU
+  # optimisation level; at level 0 they differ by at most 1 in 1 of ~16000 values.
+  # (A deliberate change of the samples: IVJ_REGENERATE=1 pytest -k prompted_digit.)
+  if os.environ.get('IVJ_REGENERATE') == '1':
+    np.savez_compressed(PINNED, **{k: v[:4] for k, v in out.intermediates.items()})
+  with np.load(PINNED) as pinned:
+    for name, want in pinned.items():
+      diff = np.abs(out.intermediates[name][:len(want)].astype(int) - want)
+      assert diff.mean() < 0.05 and (diff > 8).mean() < 1e-3, (name, diff.mean(), diff.max())
   for stage in pipe.stages:
     videos = out.intermediates[stage.name]
     assert videos.shape[1:4] == (stage.spec.frames, stage.spec.height, stage.spec.width)
