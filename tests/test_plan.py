@@ -74,14 +74,23 @@ def test_base_stage_without_allocating_it():
 
 
 def test_compiled_memory_analysis_tiny_stage():
-  """The compiled path end to end on the tiny Moving Digits stage (frozen T5 in the step)."""
+  """The compiled path end to end on the tiny Moving Digits stage (frozen T5 in the step).
+
+  Checked as relations between XLA's numbers for this one program and the plan's own
+  arithmetic, with room for a buffer XLA lays out or aliases differently from one version
+  to the next; no byte count, no fraction of the state fitted to one XLA.
+  """
   stdout, (p,), _ = run_plan('--config=configs/digits.py:stage=tsr,tiny=True',
                              '--mesh=data:2,fsdp:2', '--config.data.batch_size=4')
   assert p['compiled'] and p['devices'] == 4 and p['fits']
   assert p['temp_bytes'] > 0 and p['t5_per_device'] > 0
-  # the donated state aliases its outputs; arguments hold at least the state and batch
-  assert p['alias_bytes'] >= p['state_per_device'] * 0.99
-  assert p['argument_bytes'] >= p['state_per_device'] + p['batch_per_device']
+  # The step's arguments hold at least the state, the batch and the frozen T5.
+  state, batch, t5 = p['state_per_device'], p['batch_per_device'], p['t5_per_device']
+  assert p['argument_bytes'] >= state + batch + t5, p
+  # The donated state aliases its outputs: the outputs are the new state plus a few scalar
+  # metrics, and all but those reuse an argument's buffer (without donation nothing would).
+  assert p['alias_bytes'] <= min(p['argument_bytes'], p['output_bytes'])
+  assert p['output_bytes'] - p['alias_bytes'] < 0.05 * p['output_bytes'], p
   assert 'XLA compiled memory analysis' in stdout and 'CPU backend' in stdout
 
 

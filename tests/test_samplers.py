@@ -39,16 +39,15 @@ def test_sampler_reproduces_gaussian_data(sampler, gamma, prediction):
 def test_ddim_is_deterministic_given_the_noise_and_ancestral_is_not():
   den = gaussian_denoiser(MU, S)
   z = jax.random.normal(jax.random.key(1), (8, 2, 2, 2, 1))
-  ddim = SamplerConfig(sampler='ddim', steps=16, clip='none')
-  a = samplers.sample(den, z.shape, jax.random.key(2), config=ddim, z_init=z)
-  b = samplers.sample(den, z.shape, jax.random.key(3), config=ddim, z_init=z)
-  np.testing.assert_array_equal(a, b)
-  anc = SamplerConfig(sampler='ancestral', steps=16, clip='none')
-  c = samplers.sample(den, z.shape, jax.random.key(2), config=anc, z_init=z)
-  d = samplers.sample(den, z.shape, jax.random.key(3), config=anc, z_init=z)
+  # One compiled sampler per config (the key is an argument), not one eager loop per call.
+  run = lambda cfg: jax.jit(lambda key: samplers.sample(den, z.shape, key, config=cfg,
+                                                        z_init=z))
+  ddim = run(SamplerConfig(sampler='ddim', steps=16, clip='none'))
+  np.testing.assert_array_equal(ddim(jax.random.key(2)), ddim(jax.random.key(3)))
+  anc = run(SamplerConfig(sampler='ancestral', steps=16, clip='none'))
+  c, d = anc(jax.random.key(2)), anc(jax.random.key(3))
   assert float(jnp.max(jnp.abs(c - d))) > 1e-3
-  np.testing.assert_array_equal(
-      c, samplers.sample(den, z.shape, jax.random.key(2), config=anc, z_init=z))
+  np.testing.assert_array_equal(c, anc(jax.random.key(2)))
 
 
 def test_the_whole_loop_is_one_traced_program():
