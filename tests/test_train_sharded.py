@@ -1,5 +1,9 @@
 """A super-resolution stage on a 2x2 (data x fsdp) mesh of fake CPU devices, with samples,
-then resumed on a different mesh (orbax restores into the new shardings)."""
+then resumed on a different mesh (orbax restores into the new shardings).
+
+The fast suite checks the same, numerically and more cheaply, in
+test_distributed_training.py (a constrained mesh run with a sample; a resume on another
+mesh that ends exactly like a straight run)."""
 import json
 import os
 import subprocess
