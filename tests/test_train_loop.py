@@ -11,7 +11,6 @@ import queue
 import signal
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 
@@ -33,12 +32,9 @@ sys.path.insert(0, ROOT)
 from configs import digits as digits_config  # noqa: E402
 
 STEPS = 20
-# One persistent XLA cache for this module's runs and its subprocesses: a subprocess
-# then loads the executables the in-process runs compiled (identical programs).
-XLA_CACHE = tempfile.mkdtemp(prefix='ivj_train_xla_')
-jax.config.update('jax_compilation_cache_dir', XLA_CACHE)
-jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.0)
-jax.config.update('jax_persistent_cache_min_entry_size_bytes', 0)
+# The run's persistent XLA cache (conftest.py): a subprocess here loads the executables
+# the in-process runs compiled (identical programs).
+XLA_CACHE = os.environ['JAX_COMPILATION_CACHE_DIR']
 
 
 def tiny_config(data_dir, **overrides):
