@@ -353,3 +353,28 @@ def test_a_scanned_run_starts_from_unscanned_weights():
   # ... and back: an unscanned run from scanned weights.
   back = warm_start.fit_params(fitted, True, jax.eval_shape(lambda: params), cfg, 'test')
   _assert_trees_equal(back, params)
+
+
+_PREPARE = r'''
+import sys
+sys.path.insert(0, sys.argv[1])
+from configs import digits
+from imagen_video_jax.training import loop
+c = digits.get_config('stage=base,tiny=True')
+c.data.dir = sys.argv[2]
+print(loop.prepare_digits(c, sys.argv[3]))
+'''
+
+
+def test_stages_that_start_together_share_one_world(tmp_path):
+  """The three stages of a cascade (launch/digits_cascade.sh) may make the world at once."""
+  data = tmp_path / 'data'
+  procs = [subprocess.Popen([sys.executable, '-c', _PREPARE, ROOT, str(data), str(tmp_path / w)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+           for w in ('base', 'tsr')]
+  outs = [p.communicate(timeout=300) for p in procs]
+  for p, (out, err) in zip(procs, outs):
+    assert p.returncode == 0, err[-3000:]
+    assert out.strip().endswith(str(data))
+  assert sorted(os.listdir(tmp_path)) == ['data']  # no half-made world left behind
+  assert os.path.isfile(data / 'dataset_info.json') and os.path.isfile(data / 'spiece.model')

@@ -142,11 +142,13 @@ def prepare_digits(config, workdir: str) -> str:
                           workers=min(8, os.cpu_count() or 1))  # same bytes, any count
       train_sentencepiece(digits_captions(config), os.path.join(tmp, 'spiece.model'),
                           vocab_size=int(config.text.vocab_size))
-      if os.path.isdir(data_dir):
-        os.rmdir(data_dir)  # empty: checked above
       try:
+        if os.path.isdir(data_dir):
+          os.rmdir(data_dir)  # empty when checked above
         os.rename(tmp, data_dir)
-      except OSError:  # another job made it meanwhile
+      except OSError:  # another job (another stage of the cascade) made it meanwhile
+        if not _has_shards(data_dir):
+          raise
         shutil.rmtree(tmp, ignore_errors=True)
     if jax.process_count() > 1:
       from jax.experimental import multihost_utils
