@@ -19,6 +19,7 @@ import jax  # noqa: E402
 
 from configs import digits  # noqa: E402
 from imagen_video_jax import parallel  # noqa: E402
+from imagen_video_jax.data import prepare  # noqa: E402
 from imagen_video_jax.models import unet as unet_lib  # noqa: E402
 from imagen_video_jax.training import loop, state as state_lib, step as step_lib  # noqa: E402
 
@@ -33,8 +34,9 @@ def main():
   c.data.batch_size = args.batch
   c.data.num_videos = c.data.num_images = 256
   workdir = tempfile.mkdtemp(prefix='ivj_step_')
-  data_dir = loop.prepare_digits(c, os.path.join(workdir, 'run'))
-  model_cfg, spec = loop.validate(c)
+  data_dir = prepare.prepare_digits(c, os.path.join(workdir, 'run'))
+  stage = loop.validate(c)
+  model_cfg, spec = stage.unet, stage.spec
   mesh, rules, batch_sharding = loop.make_mesh(c.mesh)
   tok, emb, t5_model, t5_params = loop.make_text(c, data_dir, mesh)
   data = iter(loop.make_data(c, spec, data_dir, tok, emb))

@@ -55,7 +55,6 @@ _EXPORTS = {
     'Example': 'imagen_video_jax.data.records',
     'ImportConfig': 'imagen_video_jax.data.importer',
     'import_videos': 'imagen_video_jax.data.importer',
-    'StageSpec': 'imagen_video_jax.data.pipeline',
     'PipelineConfig': 'imagen_video_jax.data.pipeline',
     'DIGITS_STAGES': 'imagen_video_jax.data.pipeline',
     'make_pipeline': 'imagen_video_jax.data.pipeline',
@@ -74,7 +73,9 @@ _EXPORTS = {
     'param_bytes_per_device': 'imagen_video_jax.parallel',
     # cascade
     'CascadePipeline': 'imagen_video_jax.cascade',
-    'Stage': 'imagen_video_jax.cascade',
+    'Stage': 'imagen_video_jax.stage',
+    'StageSpec': 'imagen_video_jax.stage',
+    'sample_stage': 'imagen_video_jax.sampling',
     'load_cascade': 'imagen_video_jax.export',
     'save_cascade': 'imagen_video_jax.export',
     # training
@@ -131,19 +132,21 @@ def __dir__():
 
 
 if TYPE_CHECKING:  # static analysers and IDEs see the real names
-  from imagen_video_jax.cascade import CascadePipeline, Stage
+  from imagen_video_jax.cascade import CascadePipeline
   from imagen_video_jax.evaluation.fvd import frechet_video_distance
   from imagen_video_jax.evaluation.judge import Judge, JudgeConfig, load_judge, train_judge
   from imagen_video_jax.evaluation.metrics import frechet_distance
   from imagen_video_jax.export import load_cascade, save_cascade
   from imagen_video_jax.planning import MemoryPlan, plan_memory, smallest_fitting
+  from imagen_video_jax.sampling import sample_stage
+  from imagen_video_jax.stage import Stage, StageSpec
   from imagen_video_jax.parallel import (DEFAULT_RULES, abstract_mesh, batch_sharding,
                                          initialize_distributed, logical_shardings, make_hybrid_mesh,
                                          make_mesh, mesh_context, mesh_from_config,
                                          param_bytes_per_device, replicated, sharded_init)
   from imagen_video_jax.data.digits import DigitsConfig, caption_for, parse_caption
   from imagen_video_jax.data.importer import ImportConfig, import_videos
-  from imagen_video_jax.data.pipeline import DIGITS_STAGES, PipelineConfig, StageSpec, make_pipeline
+  from imagen_video_jax.data.pipeline import DIGITS_STAGES, PipelineConfig, make_pipeline
   from imagen_video_jax.data.records import Example
   from imagen_video_jax.diffusion.objectives import (DiffusionConfig, diffusion_loss, drop_text,
                                                      noise_augment)

@@ -1,14 +1,11 @@
 """The cascade: prompt(s) -> T5 -> base -> each TSR / SSR stage -> uint8 video.
 
-Each super-resolution stage is conditioned exactly as in training (see
-`data.pipeline.sr_condition`): a TSR stage on the previous video with every frame
-repeated `factor` times, an SSR stage on the previous video resized bilinearly to
-its output size; the conditioning is noised at a fixed augmentation level
-(`cond_aug_t`) and the stage is told that level (`cond_logsnr`).
-
-Every stage samples in one jitted loop with cond and uncond in one batched forward
-(`diffusion.samplers`); compiled samplers are cached per stage and sampler config,
-so a second prompt of the same batch size runs without recompiling.
+Each stage is sampled by `sampling.sample_stage` (the function training's sample
+videos use too): a super-resolution stage conditioned on the stage below exactly as
+in training, noised at its fixed `sample_cond_t`. Every stage samples in one jitted
+loop with cond and uncond in one batched forward; compiled samplers are cached per
+stage and sampler config, so a second prompt of the same batch size runs without
+recompiling.
 """
 from __future__ import annotations
 
@@ -20,50 +17,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from imagen_video_jax import io
-from imagen_video_jax.data.pipeline import StageSpec
-from imagen_video_jax.diffusion import objectives, samplers
-from imagen_video_jax.diffusion.objectives import DiffusionConfig
 from imagen_video_jax.diffusion.samplers import SamplerConfig
-from imagen_video_jax.models.unet import UNetConfig, VideoUNet
+from imagen_video_jax.sampling import sample_stage
+from imagen_video_jax.stage import Stage
 
 TextEncoderFn = Callable[[Sequence[str]], tuple[Any, Any]]
-
-
-def sr_conditioning(low_BTHWC: jax.Array, spec: StageSpec) -> jax.Array:
-  """The previous stage's video brought to this SR stage's output size."""
-  b, t, h, w, c = low_BTHWC.shape
-  if (t, h, w) != (spec.cond_frames, spec.cond_height, spec.cond_width):
-    raise ValueError(f'a {spec.kind} stage of output {spec.frames}x{spec.height}x{spec.width} '
-                     f'needs a {spec.cond_frames}x{spec.cond_height}x{spec.cond_width} input; '
-                     f'got {t}x{h}x{w}')
-  if spec.kind == 'tsr':
-    return jnp.repeat(low_BTHWC, spec.factor, axis=1)
-  if spec.kind == 'ssr':
-    return jax.image.resize(low_BTHWC, (b, t, spec.height, spec.width, c), 'bilinear')
-  raise ValueError(f'{spec.kind} is not a super-resolution stage')
-
-
-@dataclasses.dataclass(frozen=True)
-class Stage:
-  """One trained stage of a cascade.
-
-  Attributes:
-    name: e.g. 'base', 'tsr', 'ssr'.
-    spec: output size and, for SR stages, kind and factor.
-    unet: the network's config; params: its (EMA) parameters.
-    fps: frame rate of this stage's output.
-    diffusion: schedule and parameterisation it was trained with.
-    sampler: default sampler settings (overridable per call).
-    cond_aug_t: fixed noise-augmentation level (schedule time) of SR conditioning.
-  """
-  name: str
-  spec: StageSpec
-  unet: UNetConfig
-  params: Any
-  fps: float
-  diffusion: DiffusionConfig = DiffusionConfig()
-  sampler: SamplerConfig = SamplerConfig()
-  cond_aug_t: float = 0.1
 
 
 @dataclasses.dataclass
@@ -120,35 +78,12 @@ class CascadePipeline:
     return self._compiled[key]
 
   def _make_sampler(self, stage: Stage, cfg: SamplerConfig) -> Callable:
-    model = VideoUNet(stage.unet)
-    schedule = stage.diffusion.schedule
-    aug_logsnr = schedule.logsnr(stage.cond_aug_t)
     on_step = lambda i: self._on_step(i)  # stable identity: the jit cache is reused
 
     def run(params, emb, mask, neg_emb, neg_mask, low, key, b):
-      shape = (b, stage.spec.frames, stage.spec.height, stage.spec.width,
-               stage.unet.in_channels)
-      k_aug, k_sample = jax.random.split(key)
-      cond = cond_logsnr = None
-      if stage.spec.is_sr:
-        cond = objectives.noise_augment(k_aug, sr_conditioning(low, stage.spec),
-                                        jnp.full((b,), aug_logsnr))
-      if stage.unet.text_dim is None:
-        def denoise(z, logsnr, w):
-          del w
-          cl = jnp.full((b,), aug_logsnr) if stage.unet.cond_augment else None
-          return model.apply({'params': params}, z, logsnr, None, None, None, cond, cl)
-      else:
-        if cond is not None:
-          cond = jnp.concatenate([cond, cond])  # cond and uncond halves share it
-        if stage.unet.cond_augment:
-          cond_logsnr = jnp.full((2 * b,), aug_logsnr)
-
-        def apply(z, logsnr, e, m):
-          return model.apply({'params': params}, z, logsnr, e, m, None, cond, cond_logsnr)
-        denoise = samplers.guided_denoiser(apply, emb, mask, neg_emb, neg_mask)
-      return samplers.sample(denoise, shape, k_sample, config=cfg, schedule=schedule,
-                             prediction=stage.diffusion.prediction, on_step=on_step)
+      return sample_stage(stage, params, key, b, text_emb=emb, text_mask=mask,
+                          neg_text_emb=neg_emb, neg_text_mask=neg_mask, low=low,
+                          sampler=cfg, on_step=on_step)
     return run
 
   def __call__(self, prompts: str | Sequence[str], *, negative_prompt: str | None = None,

@@ -14,21 +14,16 @@ readable and diffable. Nothing here unpickles anything.
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 from typing import Any, Mapping
 
-import jax
 import numpy as np
 
 from imagen_video_jax import params_io
-from imagen_video_jax.cascade import CascadePipeline, Stage
-from imagen_video_jax.data.pipeline import StageSpec
-from imagen_video_jax.diffusion.objectives import DiffusionConfig
-from imagen_video_jax.diffusion.samplers import SamplerConfig
-from imagen_video_jax.diffusion.schedules import CosineSchedule
-from imagen_video_jax.models.unet import UNetConfig
+from imagen_video_jax import stage as stage_lib
+from imagen_video_jax.cascade import CascadePipeline
+from imagen_video_jax.stage import Stage
 
 FORMAT = 'imagen_video_jax.cascade/1'
 CASCADE_FILE = 'cascade.json'
@@ -40,33 +35,12 @@ class ExportError(ValueError):
   """A cascade directory that is missing, incomplete or of another format."""
 
 
-def stage_to_json(stage: Stage) -> dict[str, Any]:
-  d = stage.diffusion
-  return {
-      'name': stage.name, 'fps': stage.fps, 'cond_aug_t': stage.cond_aug_t,
-      'spec': dataclasses.asdict(stage.spec), 'unet': stage.unet.to_dict(),
-      'diffusion': {'prediction': d.prediction, 'weighting': d.weighting,
-                    'min_snr_gamma': d.min_snr_gamma, 'p_uncond': d.p_uncond,
-                    'schedule': dataclasses.asdict(d.schedule)},
-      'sampler': dataclasses.asdict(stage.sampler),
-  }
-
-
-def stage_from_json(meta: Mapping[str, Any], params: Any) -> Stage:
-  d = dict(meta['diffusion'])
-  d['schedule'] = CosineSchedule(**d['schedule'])
-  return Stage(name=meta['name'], spec=StageSpec(**meta['spec']),
-               unet=UNetConfig.from_dict(meta['unet']), params=params, fps=meta['fps'],
-               diffusion=DiffusionConfig(**d), sampler=SamplerConfig(**meta['sampler']),
-               cond_aug_t=meta['cond_aug_t'])
-
-
 def save_stage(directory: str, stage: Stage) -> str:
   """Writes stage.json and params.safetensors (float32) under `directory`."""
   os.makedirs(directory, exist_ok=True)
   params_io.save_params(os.path.join(directory, PARAMS_FILE), stage.params)
   with open(os.path.join(directory, STAGE_FILE), 'w') as f:
-    json.dump(stage_to_json(stage), f, indent=2)
+    json.dump(stage.to_json(), f, indent=2)
   return directory
 
 
@@ -78,7 +52,7 @@ def load_stage(directory: str) -> Stage:
       raise ExportError(f'{directory} is not an exported stage: {os.path.basename(p)} is missing')
   with open(meta_path) as f:
     meta = json.load(f)
-  return stage_from_json(meta, params_io.load_params(params_path))
+  return Stage.from_json(meta, params_io.load_params(params_path))
 
 
 def save_cascade(directory: str, stages: list[Stage], *, text_dir: str | None = 'text',
@@ -140,24 +114,6 @@ def read_training_run(workdir: str, step: int | None = None) -> tuple[dict, Any,
     ckpt.close()
 
 
-def stage_from_training(config: Mapping[str, Any], ema_params: Any) -> Stage:
-  """The sampling Stage of a trained stage, from its saved config and EMA params."""
-  d = config['diffusion']
-  diffusion = DiffusionConfig(
-      prediction=d['prediction'], weighting=d['weighting'], min_snr_gamma=d['min_snr_gamma'],
-      p_uncond=d['p_uncond'],
-      schedule=CosineSchedule(d['logsnr_min'], d['logsnr_max'], d['shift']))
-  spec = StageSpec(**config['spec'])
-  s = config.get('sample', {})
-  guidance = float(s.get('guidance', 1.0))
-  sampler = SamplerConfig(sampler='ddim', steps=int(s.get('steps', 64)), guidance=guidance,
-                          clip=s.get('clip', 'static'))
-  fps = config.get('fps') or config['data']['fps'] / spec.frame_stride
-  return Stage(name=config['stage'], spec=spec, unet=UNetConfig.from_dict(config['model']),
-               params=ema_params, fps=float(fps), diffusion=diffusion, sampler=sampler,
-               cond_aug_t=float(d.get('sample_cond_t', 0.1)))
-
-
 def _export_text(config: Mapping[str, Any], workdir: str, output: str,
                  t5_dir: str | None = None) -> int | None:
   """Writes the run's text encoder (T5 + spiece.model) to output/ as `save_t5` does.
@@ -166,6 +122,8 @@ def _export_text(config: Mapping[str, Any], workdir: str, output: str,
   (a cache's own `max_length`), else None.
   """
   import shutil
+
+  from imagen_video_jax.data import prepare
   from imagen_video_jax.models import t5 as t5_lib
   from imagen_video_jax.text import checkpoints as t5_checkpoints
   t = config['text']
@@ -189,14 +147,11 @@ def _export_text(config: Mapping[str, Any], workdir: str, output: str,
     return None
   if t['source'] != 't5_random':
     raise ExportError(f"text.source={t['source']!r}: use 't5_random', 't5' or 'cache'")
-  from imagen_video_jax.training.loop import digits_data_dir  # the run's spiece.model
-  vocab = t.get('tokenizer') or os.path.join(digits_data_dir(_Cfg(config), workdir),
-                                             t5_checkpoints.VOCAB_FILE)
+  vocab = t.get('tokenizer') or os.path.join(  # the run's spiece.model
+      prepare.digits_data_dir(config['data'], workdir), t5_checkpoints.VOCAB_FILE)
   if not os.path.isfile(vocab):
     raise ExportError(f'the run\'s tokenizer {vocab} is missing')
-  cfg = t5_lib.T5Config(vocab_size=t['vocab_size'], d_model=t['d_model'],
-                        num_layers=t['num_layers'], num_heads=t['num_heads'], d_kv=t['d_kv'],
-                        d_ff=t['d_ff'])
+  cfg = stage_lib.text_from_config(t)
   from flax import linen as nn
   params = nn.unbox(t5_lib.init_params(cfg, int(t['init_seed'])))
   t5_checkpoints.save_t5(output, cfg, params, vocab=vocab, source='t5_random')
@@ -246,13 +201,6 @@ def check_cache_encoder(t5_dir: str, cache_dir: str | None, num: int = 8) -> int
   return length
 
 
-class _Cfg(dict):
-  """Attribute access over the saved config dict (what the training helpers read)."""
-  def __getattr__(self, name):
-    v = self[name]
-    return _Cfg(v) if isinstance(v, dict) else v
-
-
 def export_training_runs(workdirs: list[str], output: str, *, t5_dir: str | None = None) -> str:
   """Exports trained stages (base first, then SR stages) as one sampling cascade.
 
@@ -266,7 +214,7 @@ def export_training_runs(workdirs: list[str], output: str, *, t5_dir: str | None
   if len(texts) > 1:
     raise ExportError('the runs were trained with different text encoders (config.text); '
                       'a cascade shares one')
-  stages = [stage_from_training(c, ema) for c, ema, _ in runs]
+  stages = [stage_lib.from_config(c, ema) for c, ema, _ in runs]
   config0 = runs[0][0]
   text_dir, length = None, None
   if any(s.unet.text_dim is not None for s in stages):

@@ -211,7 +211,8 @@ def plan_memory(config, mesh_sizes: Mapping[str, int], *, compile: bool = True,
   from imagen_video_jax.training import step as step_lib
 
   jax.config.update('jax_threefry_partitionable', True)
-  model_cfg, spec = loop_lib.validate(config)
+  stage = loop_lib.validate(config)
+  model_cfg, spec = stage.unet, stage.spec
   sizes = {a: int(mesh_sizes.get(a, 1)) for a in _AXES}
   n = num_devices(sizes)
   devices = list(jax.devices() if devices is None else devices)
@@ -249,10 +250,7 @@ def plan_memory(config, mesh_sizes: Mapping[str, int], *, compile: bool = True,
   t5_model = t5_params = None
   if model_cfg.text_dim is not None and config.text.source != 'cache':
     from imagen_video_jax.models import t5 as t5_lib
-    t = config.text
-    t5_cfg = t5_lib.T5Config(vocab_size=int(t.vocab_size), d_model=int(t.d_model),
-                             num_layers=int(t.num_layers), num_heads=int(t.num_heads),
-                             d_kv=int(t.d_kv), d_ff=int(t.d_ff))
+    t5_cfg = stage.text
     t5_model = t5_lib.T5Encoder(t5_cfg)
     t5_params = jax.tree.map(
         lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated),

@@ -8,10 +8,11 @@ import numpy as np
 import pytest
 from flax import linen as nn
 
-from imagen_video_jax import cascade
+from imagen_video_jax import cascade, sampling
 from imagen_video_jax.data import pipeline
 from imagen_video_jax.data.pipeline import StageSpec
 from imagen_video_jax.diffusion.samplers import SamplerConfig
+from imagen_video_jax.stage import Stage
 from imagen_video_jax.models import unet as unet_lib
 
 D = 8
@@ -23,13 +24,13 @@ def test_sr_conditioning_matches_the_training_pipeline():
   ids = np.zeros(16, np.int32)
   ssr = StageSpec(frames=16, height=32, width=32, kind='ssr', factor=2)
   low = pipeline.resize_frames(video, 16, 16, antialias=True)  # what the previous stage makes
-  np.testing.assert_allclose(cascade.sr_conditioning(jnp.asarray(low)[None], ssr)[0],
+  np.testing.assert_allclose(sampling.sr_conditioning(jnp.asarray(low)[None], ssr)[0],
                              pipeline.sr_condition(video, ids, ssr), atol=1e-5)
   tsr = StageSpec(frames=16, height=32, width=32, kind='tsr', factor=2)
-  np.testing.assert_allclose(cascade.sr_conditioning(jnp.asarray(video[::2])[None], tsr)[0],
+  np.testing.assert_allclose(sampling.sr_conditioning(jnp.asarray(video[::2])[None], tsr)[0],
                              pipeline.sr_condition(video, ids, tsr), atol=0)
   with pytest.raises(ValueError, match='needs a 8x32x32 input'):
-    cascade.sr_conditioning(jnp.zeros((1, 16, 32, 32, 3)), tsr)
+    sampling.sr_conditioning(jnp.zeros((1, 16, 32, 32, 3)), tsr)
 
 
 def _fake_text_encoder(prompts):
@@ -53,8 +54,8 @@ def _stage(name, spec, sr, seed, fps):
   params = jax.device_get(params)
   rng = np.random.default_rng(seed)  # live weights everywhere (fresh outputs are zero)
   params = jax.tree.map(lambda p: p + 0.1 * rng.standard_normal(p.shape).astype(np.float32), params)
-  return cascade.Stage(name, spec, cfg, params, fps=fps,
-                       sampler=SamplerConfig(steps=3, guidance=3.0))
+  return Stage(name, spec, cfg, params, fps=fps,
+               sampler=SamplerConfig(steps=3, guidance=3.0))
 
 
 @functools.lru_cache(maxsize=1)

@@ -40,7 +40,7 @@ def test_export_round_trips_params_and_configs(exported):
   pipe = export.load_cascade(path)
   for a, b in zip(stages, pipe.stages):
     assert a.spec == b.spec and a.unet == b.unet and a.diffusion == b.diffusion
-    assert a.sampler == b.sampler and a.fps == b.fps and a.cond_aug_t == b.cond_aug_t
+    assert a.sampler == b.sampler and a.fps == b.fps and a.sample_cond_t == b.sample_cond_t
     jax.tree.map(np.testing.assert_array_equal, a.params, b.params)
   assert json.load(open(os.path.join(path, 'cascade.json')))['stages'] == ['base', 'tsr', 'ssr']
 

@@ -13,6 +13,7 @@ import pytest
 from flax import linen as nn
 
 from imagen_video_jax import export, io
+from imagen_video_jax import stage as stage_lib
 from imagen_video_jax.data import digits
 from imagen_video_jax.models import unet as unet_lib
 
@@ -37,7 +38,7 @@ def test_shipped_cascade_fits_the_budget_and_matches_the_config():
     # The weights a user warm-starts from (`init_from=checkpoints/digits`) must fit the
     # config they train with: same spec, same U-Net, same parameter shapes.
     c = digits_config.get_config(f'stage={stage.name}')
-    want = export.stage_from_training(c.to_dict(), None)
+    want = stage_lib.from_config(c)
     assert stage.spec == want.spec and stage.unet == want.unet, stage.name
     assert stage.diffusion == want.diffusion and stage.fps == want.fps, stage.name
     boxed = jax.eval_shape(lambda: unet_lib.init_fn(

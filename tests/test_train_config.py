@@ -18,7 +18,9 @@ def test_every_digits_stage_is_valid_and_small(stage):
   full = digits_config.get_config(f'stage={stage}')
   tiny = digits_config.get_config(f'stage={stage},tiny=True')
   for c in (full, tiny):
-    model, spec = loop.validate(c)
+    described = loop.validate(c)
+    model, spec = described.unet, described.spec
+    assert described.name == stage
     assert spec.kind == stage and model.text_dim == c.text.d_model
     assert bool(model.cond_channels) == (stage != 'base')
   count = lambda c: unet.count_params(unet.UNetConfig.from_dict(c.model.to_dict()),

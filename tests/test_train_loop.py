@@ -359,10 +359,10 @@ _PREPARE = r'''
 import sys
 sys.path.insert(0, sys.argv[1])
 from configs import digits
-from imagen_video_jax.training import loop
+from imagen_video_jax.data import prepare
 c = digits.get_config('stage=base,tiny=True')
 c.data.dir = sys.argv[2]
-print(loop.prepare_digits(c, sys.argv[3]))
+print(prepare.prepare_digits(c, sys.argv[3]))
 '''
 
 

@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from imagen_video_jax import stage as stage_lib
 from imagen_video_jax.training import state as state_lib
 from imagen_video_jax.training import step as step_lib
 
@@ -96,7 +97,7 @@ def test_guidance_dropout_is_drawn_once_per_clip(base_calls):
 
 def test_noise_levels_are_per_clip_and_uniform_in_time(base_calls):
   config, _, calls = base_calls
-  schedule = step_lib.diffusion_config(config.diffusion).schedule
+  schedule = stage_lib.diffusion_from_config(config.diffusion).schedule
   firsts = []
   for call in calls:
     logsnr = call['logsnr']
@@ -123,7 +124,7 @@ def test_without_per_frame_time_a_row_shares_one_level():
 
 def test_sr_conditioning_is_noised_at_a_per_row_level():
   config, batch, calls = _run('tsr', 40)
-  schedule = step_lib.diffusion_config(config.diffusion).schedule
+  schedule = stage_lib.diffusion_from_config(config.diffusion).schedule
   max_t = float(config.diffusion.cond_augment_max_t)
   lo, hi = float(schedule.logsnr(max_t)), float(schedule.logsnr(0.0))
   residuals = []

@@ -16,6 +16,7 @@ import pytest
 from flax import linen as nn
 
 from imagen_video_jax import export, training
+from imagen_video_jax.data import prepare
 from imagen_video_jax.models import t5 as t5_lib
 from imagen_video_jax.text import checkpoints as t5_checkpoints
 from imagen_video_jax.text.encoder import TextEncoder
@@ -50,12 +51,12 @@ def _config(root, source, **text):
 def sources(tmp_path_factory):
   """The world's data, a converted T5 (seed 5) and a cache of every caption it encoded."""
   root = tmp_path_factory.mktemp('text_sources')
-  data_dir = training.loop.prepare_digits(_config(root, 't5_random'), str(root / 'unused'))
+  data_dir = prepare.prepare_digits(_config(root, 't5_random'), str(root / 'unused'))
   vocab = os.path.join(data_dir, t5_checkpoints.VOCAB_FILE)
   for name, seed in (('t5', 5), ('other_t5', 6)):  # what `convert_t5` writes
     t5_checkpoints.save_t5(str(root / name), *_t5(seed), vocab=vocab)
   captions = root / 'captions.txt'
-  captions.write_text('\n'.join(training.loop.digits_captions(None)) + '\n')
+  captions.write_text('\n'.join(prepare.digits_captions()) + '\n')
   res = subprocess.run([sys.executable, '-m', 'imagen_video_jax.encode_text',
                         f'--t5={root / "t5"}', f'--captions={captions}',
                         f'--output={root / "cache"}', f'--max_length={LENGTH}', '--noprogress'],
@@ -78,7 +79,7 @@ def _first_batch_text(config, root):
   mesh, _, _ = training.loop.make_mesh(config.mesh)
   data_dir = str(root / 'data')
   tokenizer, embedder, model, params = training.loop.make_text(config, data_dir, mesh)
-  spec = training.loop.validate(config)[1]
+  spec = training.loop.validate(config).spec
   batch = next(iter(training.loop.make_data(config, spec, data_dir, tokenizer, embedder)))
   batch = {k: jnp.asarray(v) for k, v in batch.items() if k != 'captions'}
   return step_lib.encode_text(batch, model, params)

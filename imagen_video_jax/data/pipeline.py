@@ -35,6 +35,7 @@ import grain
 import numpy as np
 
 from imagen_video_jax.data import records
+from imagen_video_jax.stage import StageSpec
 
 Tokenizer = Callable[[Sequence[str]], Any]
 """captions -> ids [N, L] int32 and mask [N, L] bool, as a tuple, a mapping or an object
@@ -44,68 +45,6 @@ Embedder = Callable[[str], Any]
 """caption -> emb [L, D] and mask [L] bool, as a tuple, a mapping or an object with
 ``.emb``/``.mask`` (``text.cache.CacheReader(dir).lookup`` fits)."""
 PAD_ID = -1
-_KINDS = ("base", "tsr", "ssr")
-
-
-@dataclasses.dataclass(frozen=True)
-class StageSpec:
-  """What one cascade stage trains on.
-
-  Attributes:
-    frames, height, width: the stage's output clip.
-    frame_stride: take every ``frame_stride``-th source frame (source fps / stage fps).
-    kind: ``"base"``, ``"tsr"`` (temporal super-resolution) or ``"ssr"`` (spatial).
-    factor: the SR factor: a TSR stage is conditioned on every ``factor``-th of its
-      frames, an SSR stage on its frames at ``1 / factor`` of the size.
-  """
-
-  frames: int
-  height: int
-  width: int
-  frame_stride: int = 1
-  kind: str = "base"
-  factor: int = 1
-
-  def __post_init__(self):
-    if self.kind not in _KINDS:
-      raise ValueError(f"StageSpec.kind must be one of {_KINDS}, got {self.kind!r}")
-    if min(self.frames, self.height, self.width, self.frame_stride, self.factor) < 1:
-      raise ValueError(f"StageSpec sizes must be positive: {self}")
-    if self.kind != "base" and self.factor < 2:
-      raise ValueError(f"a {self.kind} stage needs factor >= 2: {self}")
-    t, h, w = self.cond_frames, self.cond_height, self.cond_width
-    if (t * self.temporal_factor, h * self.spatial_factor, w * self.spatial_factor) != (
-        self.frames, self.height, self.width):
-      raise ValueError(f"factor {self.factor} must divide the {self.kind} output: {self}")
-
-  @property
-  def is_sr(self) -> bool:
-    return self.kind != "base"
-
-  @property
-  def temporal_factor(self) -> int:
-    return self.factor if self.kind == "tsr" else 1
-
-  @property
-  def spatial_factor(self) -> int:
-    return self.factor if self.kind == "ssr" else 1
-
-  @property
-  def cond_frames(self) -> int:
-    return self.frames // self.temporal_factor
-
-  @property
-  def cond_height(self) -> int:
-    return self.height // self.spatial_factor
-
-  @property
-  def cond_width(self) -> int:
-    return self.width // self.spatial_factor
-
-  @property
-  def source_span(self) -> int:
-    """Source frames one example covers."""
-    return (self.frames - 1) * self.frame_stride + 1
 
 
 # DESIGN §5: the embedded cascade on 16-frame 32x32 8 fps Moving Digits clips.

@@ -13,7 +13,6 @@ import dataclasses
 import functools
 import json
 import os
-import shutil
 import signal
 import sys
 import time
@@ -25,7 +24,9 @@ import numpy as np
 from flax import linen as nn
 from jax.sharding import NamedSharding, PartitionSpec
 
+from imagen_video_jax import stage as stage_lib
 from imagen_video_jax.data import pipeline as pipeline_lib
+from imagen_video_jax.data import prepare
 from imagen_video_jax.models import t5 as t5_lib
 from imagen_video_jax.models import unet as unet_lib
 from imagen_video_jax.training import checkpointing, metrics as metrics_lib, state as state_lib
@@ -53,20 +54,15 @@ class TrainResult:
 
 
 # ----------------------------------------------------------------------------- config
-def _stage_spec(config) -> pipeline_lib.StageSpec:
-  return pipeline_lib.StageSpec(**dict(config.spec))
-
-
-def validate(config) -> tuple[unet_lib.UNetConfig, pipeline_lib.StageSpec]:
-  """Builds the typed configs; any problem becomes one ConfigError."""
+def validate(config) -> stage_lib.Stage:
+  """The stage the config describes (`stage.from_config`); any problem is one ConfigError."""
   try:
-    model = unet_lib.UNetConfig.from_dict(config.model.to_dict())
-    spec = _stage_spec(config)
-    step_lib.diffusion_config(config.diffusion)
+    stage = stage_lib.from_config(config)
     pipeline_lib.PipelineConfig(batch_size=int(config.data.batch_size),
                                 image_fraction=float(config.data.image_fraction))
   except (TypeError, ValueError, KeyError, AttributeError) as e:
     raise ConfigError(f'invalid config: {e}') from None
+  model, spec = stage.unet, stage.spec
   problems = []
   if config.num_steps < 1:
     problems.append(f'num_steps must be >= 1, got {config.num_steps}')
@@ -84,7 +80,7 @@ def validate(config) -> tuple[unet_lib.UNetConfig, pipeline_lib.StageSpec]:
     problems.append(f"text.source {config.text.source!r}: use 't5_random', 't5' or 'cache'")
   if problems:
     raise ConfigError('invalid config: ' + '; '.join(problems))
-  return model, spec
+  return stage
 
 
 # ------------------------------------------------------------------------------- mesh
@@ -100,60 +96,14 @@ def make_mesh(mesh_cfg):
 
 
 # ----------------------------------------------------------------------- data, text
-def _has_shards(d: str) -> bool:
-  return os.path.isfile(os.path.join(d, 'dataset_info.json')) and os.path.isfile(
-      os.path.join(d, 'spiece.model'))
-
-
-def digits_captions(config) -> list[str]:
-  from imagen_video_jax.data import digits
-  out = []
-  for digit in range(10):
-    for colour in digits.COLOURS:
-      out.append(digits.caption_for(digit, colour))
-      out += [digits.caption_for(digit, colour, m) for m in digits.DIRECTIONS]
-  return out
-
-
-def digits_data_dir(config, workdir: str) -> str:
-  """Where a digits run's shards and spiece.model live (shared by a cascade's stages)."""
-  d = config.data
-  return d.dir or os.path.join(
-      os.path.dirname(os.path.abspath(workdir)), 'data',
-      f'digits-{d.num_videos}v-{d.num_images}i-{d.clip_frames}x{d.clip_size}-seed{d.seed}')
-
-
-def prepare_digits(config, workdir: str) -> str:
-  """The Moving Digits shards + SentencePiece model, made on first use; returns the dir."""
-  from imagen_video_jax.data import digits
-  from imagen_video_jax.text.tokenizer import train_sentencepiece
-  d = config.data
-  data_dir = digits_data_dir(config, workdir)
-  if not _has_shards(data_dir):
-    if os.path.isdir(data_dir) and os.listdir(data_dir):
-      raise ConfigError(f'data.dir {data_dir} is not empty but holds no Moving Digits '
-                        'shards (dataset_info.json, spiece.model); point data.dir elsewhere')
-    if jax.process_index() == 0:
-      tmp = f'{data_dir}.tmp{os.getpid()}'
-      print(f'Making the Moving Digits world in {data_dir} ...', flush=True)
-      world = digits.DigitsConfig(frames=int(d.clip_frames), size=int(d.clip_size),
-                                  fps=int(d.fps))
-      digits.write_shards(world, int(d.seed), tmp, int(d.num_videos), int(d.num_images),
-                          workers=min(8, os.cpu_count() or 1))  # same bytes, any count
-      train_sentencepiece(digits_captions(config), os.path.join(tmp, 'spiece.model'),
-                          vocab_size=int(config.text.vocab_size))
-      try:
-        if os.path.isdir(data_dir):
-          os.rmdir(data_dir)  # empty when checked above
-        os.rename(tmp, data_dir)
-      except OSError:  # another job (another stage of the cascade) made it meanwhile
-        if not _has_shards(data_dir):
-          raise
-        shutil.rmtree(tmp, ignore_errors=True)
-    if jax.process_count() > 1:
-      from jax.experimental import multihost_utils
-      multihost_utils.sync_global_devices('digits data')
-  return data_dir
+def prepare_data(config, workdir: str) -> str:
+  """The data directory: the Moving Digits world made on first use, or `data.dir`."""
+  if config.data.world != 'digits':
+    return config.data.dir
+  try:
+    return prepare.prepare_digits(config, workdir)
+  except prepare.DataDirError as e:
+    raise ConfigError(str(e)) from None
 
 
 def make_text(config, data_dir: str, mesh):
@@ -170,12 +120,10 @@ def make_text(config, data_dir: str, mesh):
     t5_cfg, params = checkpoints.load_t5(t.t5_dir, mesh=mesh)
     path = t.tokenizer or os.path.join(t.t5_dir, 'spiece.model')
   else:  # t5_random: the tiny frozen random T5 of the Moving Digits world
-    t5_cfg = t5_lib.T5Config(vocab_size=int(t.vocab_size), d_model=int(t.d_model),
-                             num_layers=int(t.num_layers), num_heads=int(t.num_heads),
-                             d_kv=int(t.d_kv), d_ff=int(t.d_ff))
+    t5_cfg = stage_lib.text_from_config(t)
     params = nn.unbox(t5_lib.init_params(t5_cfg, int(t.init_seed)))
     params = jax.device_put(params, NamedSharding(mesh, PartitionSpec()))
-    path = t.tokenizer or os.path.join(data_dir, 'spiece.model')
+    path = t.tokenizer or os.path.join(data_dir, prepare.VOCAB_FILE)
   tok = Tokenizer(path)
   if tok.vocab_size > t5_cfg.vocab_size:
     raise ConfigError(f'tokenizer {path} has {tok.vocab_size} pieces > T5 vocab_size '
@@ -240,7 +188,7 @@ def _place(batch: dict, sharding) -> dict:
 def train_and_evaluate(config, workdir: str) -> TrainResult:
   """Trains one stage as configured, resuming from `workdir` if it holds checkpoints."""
   jax.config.update('jax_threefry_partitionable', True)
-  model_cfg, spec = validate(config)
+  stage = validate(config)
   workdir = os.path.abspath(workdir)
   os.makedirs(workdir, exist_ok=True)
   is_main = jax.process_index() == 0
@@ -248,13 +196,12 @@ def train_and_evaluate(config, workdir: str) -> TrainResult:
 
   ckpt = checkpointing.Checkpointer(workdir, keep=int(config.keep_checkpoints))
   try:
-    return _run(config, workdir, model_cfg, spec, mesh, rules, batch_sharding, ckpt, is_main)
+    return _run(config, workdir, stage, mesh, rules, batch_sharding, ckpt, is_main)
   finally:
     ckpt.close()  # after any pending async save has finished
 
 
-def _run(config, workdir, model_cfg, spec, mesh, rules, batch_sharding, ckpt,
-         is_main) -> TrainResult:
+def _run(config, workdir, stage, mesh, rules, batch_sharding, ckpt, is_main) -> TrainResult:
   replicated = NamedSharding(mesh, PartitionSpec())
   latest = ckpt.latest_step()
   if latest is not None:  # refuse a different run before doing any work
@@ -262,10 +209,8 @@ def _run(config, workdir, model_cfg, spec, mesh, rules, batch_sharding, ckpt,
     config = _started_as(config, ckpt.saved_config(latest))
 
   # ---- data and text
-  if config.data.world == 'digits':
-    data_dir = prepare_digits(config, workdir)
-  else:
-    data_dir = config.data.dir
+  model_cfg, spec = stage.unet, stage.spec
+  data_dir = prepare_data(config, workdir)
   tokenizer, embedder, t5_model, t5_params = make_text(config, data_dir, mesh)
   data_iter = iter(make_data(config, spec, data_dir, tokenizer, embedder))
 
@@ -314,18 +259,16 @@ def _run(config, workdir, model_cfg, spec, mesh, rules, batch_sharding, ckpt,
       n = min(int(config.sample.num), int(config.data.batch_size))
       sk = _key('sample', config, mesh)
       if sk not in _CACHE:
-        fn = step_lib.make_sample_fn(config, model, t5_model,
-                                     (n, spec.frames, spec.height, spec.width, 3))
-        rows = lambda b: jax.tree.map(lambda x: x[:n], b)
-        _CACHE[sk] = jax.jit(lambda p, b, t, k: fn(p, rows(b), t, k), out_shardings=replicated)
+        _CACHE[sk] = jax.jit(step_lib.make_sample_fn(stage, t5_model, n),
+                             out_shardings=replicated)
       sample_fn = _CACHE[sk]
 
     return _loop(config, workdir, state, data_iter, train_step, sample_fn, ckpt, t5_params,
-                 batch_sharding, spec, is_main)
+                 batch_sharding, stage, is_main)
 
 
 def _loop(config, workdir, state, data_iter, train_step, sample_fn, ckpt, t5_params,
-          batch_sharding, spec, is_main) -> TrainResult:
+          batch_sharding, stage, is_main) -> TrainResult:
   num_steps = int(config.num_steps)
   step = int(state.step)
   nan_steps = {int(s) for s in (config.debug_nan_steps or ())}
@@ -397,7 +340,7 @@ def _loop(config, workdir, state, data_iter, train_step, sample_fn, ckpt, t5_par
         below = np.asarray(batch['cond'][:len(videos)]) if 'cond' in batch else None
         if below is not None and below.shape != videos.shape:
           below = None  # multi-host: this process's rows are not the sampled ones
-        path = writer.video(step, 'samples/ema_ddim', videos, fps=8.0 / spec.frame_stride,
+        path = writer.video(step, 'samples/ema_ddim', videos, fps=stage.fps,
                             below=below)
         if is_main and path:
           print(f'Samples at step {step}: {path}', flush=True)

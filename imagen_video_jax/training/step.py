@@ -1,4 +1,4 @@
-"""The jitted training step and the EMA sampler used for sample videos.
+"""The jitted training step, and the sampler of the sample videos training writes.
 
 One step: text (T5 on the batch's tokens, or cached `text_emb`) -> classifier-free
 guidance dropout -> SR noise-conditioning augmentation -> diffusion loss and grads ->
@@ -18,18 +18,13 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from imagen_video_jax.diffusion import objectives, samplers
-from imagen_video_jax.diffusion.schedules import CosineSchedule
+from imagen_video_jax import sampling
+from imagen_video_jax import stage as stage_lib
+from imagen_video_jax.diffusion import objectives
 from imagen_video_jax.models import t5 as t5_lib
 from imagen_video_jax.models import unet as unet_lib
+from imagen_video_jax.stage import Stage
 from imagen_video_jax.training.state import TrainState, ema_update
-
-
-def diffusion_config(d) -> objectives.DiffusionConfig:
-  return objectives.DiffusionConfig(
-      prediction=d.prediction, weighting=d.weighting, min_snr_gamma=float(d.min_snr_gamma),
-      schedule=CosineSchedule(float(d.logsnr_min), float(d.logsnr_max), float(d.shift)),
-      p_uncond=float(d.p_uncond))
 
 
 def per_clip(u_BT: jax.Array, frame_ids: jax.Array) -> jax.Array:
@@ -56,7 +51,7 @@ def make_train_step(config, model: unet_lib.VideoUNet, t5_model: t5_lib.T5Encode
                     tx: optax.GradientTransformation, schedule: optax.Schedule,
                     train_key: jax.Array):
   """step(state, batch, t5_params) -> (state, metrics); jit it (see loop.py)."""
-  dcfg = diffusion_config(config.diffusion)
+  dcfg = stage_lib.diffusion_from_config(config.diffusion)
   d = config.diffusion
   is_sr = bool(config.model.cond_channels)
   per_frame_time = bool(d.per_frame_time)
@@ -121,34 +116,20 @@ def make_train_step(config, model: unet_lib.VideoUNet, t5_model: t5_lib.T5Encode
   return step
 
 
-def make_sample_fn(config, model: unet_lib.VideoUNet, t5_model, shape: tuple[int, ...]):
-  """sample(ema_params, batch, t5_params, key) -> videos [N, T, H, W, C] in [-1, 1].
+def make_sample_fn(stage: Stage, t5_model, n: int):
+  """sample(ema_params, batch, t5_params, key) -> videos [n, T, H, W, C] in [-1, 1].
 
-  A few DDIM steps with classifier-free guidance, on the text (and for SR stages the
-  low-resolution conditioning, noise-augmented at the fixed `sample_cond_t`) of the
-  first N rows of a training batch.
+  `sampling.sample_stage` (what the cascade runs) with the stage's default sampler
+  (`config.sample`), on the text, frame ids and (SR stages) low-resolution
+  conditioning of the first n rows of a training batch.
   """
-  dcfg = diffusion_config(config.diffusion)
-  scfg = samplers.SamplerConfig(sampler='ddim', steps=int(config.sample.steps),
-                                guidance=float(config.sample.guidance),
-                                clip=config.sample.clip)
-  is_sr = bool(config.model.cond_channels)
-
   def sample(params, batch, t5_params, key):
-    fids = batch['frame_ids']
-    text_emb, text_mask = encode_text(batch, t5_model, t5_params)
-    cond = cond_logsnr = None
-    n = fids.shape[0]
-    if is_sr:
-      cond_logsnr = jnp.full((n,), dcfg.schedule.logsnr(float(config.diffusion.sample_cond_t)))
-      cond = objectives.noise_augment(jax.random.fold_in(key, 1), batch['cond'], cond_logsnr)
-      cond, cond_logsnr = jnp.concatenate([cond, cond]), jnp.concatenate([cond_logsnr] * 2)
-    fids2 = jnp.concatenate([fids, fids])
-
-    def apply(z, logsnr, emb, mask):
-      return model.apply({'params': params}, z, logsnr, emb, mask, fids2, cond, cond_logsnr)
-    denoise = samplers.guided_denoiser(apply, text_emb, text_mask)
-    return samplers.sample(denoise, shape, key, config=scfg, schedule=dcfg.schedule,
-                           prediction=dcfg.prediction)
+    rows = jax.tree.map(lambda x: x[:n], batch)
+    text_emb = text_mask = None
+    if stage.unet.text_dim is not None:
+      text_emb, text_mask = encode_text(rows, t5_model, t5_params)
+    return sampling.sample_stage(stage, params, key, n, text_emb=text_emb,
+                                 text_mask=text_mask, cond=rows.get('cond'),
+                                 frame_ids=rows['frame_ids'])
 
   return sample

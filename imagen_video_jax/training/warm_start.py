@@ -24,7 +24,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from imagen_video_jax import params_io
+from imagen_video_jax import export, params_io
 from imagen_video_jax.models import unet as unet_lib
 
 
@@ -39,7 +39,6 @@ def _name(path) -> str:
 
 def read_source(path: str, stage: str) -> tuple[dict, bool, str]:
   """(EMA params as numpy, whether they are in the scanned layout, what was read)."""
-  from imagen_video_jax import export
   path = os.path.abspath(os.path.expanduser(path))
   if os.path.isfile(os.path.join(path, export.CASCADE_FILE)):
     with open(os.path.join(path, export.CASCADE_FILE)) as f:

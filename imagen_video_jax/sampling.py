@@ -1,0 +1,88 @@
+"""Sampling one stage: the function behind `CascadePipeline` and training's sample videos.
+
+A super-resolution stage is conditioned exactly as in training (see
+`data.pipeline.sr_condition`): a TSR stage on the video below with every frame
+repeated `factor` times, an SSR stage on the video below resized bilinearly to its
+output size; the conditioning is noised at the stage's fixed `sample_cond_t` and the
+network is told that level (`cond_logsnr`). With text, the conditional and
+unconditional (null text or negative prompt) halves run in one batched forward
+(`diffusion.samplers.guided_denoiser`).
+"""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+
+from imagen_video_jax.diffusion import objectives, samplers
+from imagen_video_jax.diffusion.samplers import SamplerConfig
+from imagen_video_jax.models.unet import VideoUNet
+from imagen_video_jax.stage import Stage, StageSpec
+
+
+def sr_conditioning(low_BTHWC: jax.Array, spec: StageSpec) -> jax.Array:
+  """The previous stage's video brought to this SR stage's output size."""
+  b, t, h, w, c = low_BTHWC.shape
+  if (t, h, w) != (spec.cond_frames, spec.cond_height, spec.cond_width):
+    raise ValueError(f'a {spec.kind} stage of output {spec.frames}x{spec.height}x{spec.width} '
+                     f'needs a {spec.cond_frames}x{spec.cond_height}x{spec.cond_width} input; '
+                     f'got {t}x{h}x{w}')
+  if spec.kind == 'tsr':
+    return jnp.repeat(low_BTHWC, spec.factor, axis=1)
+  if spec.kind == 'ssr':
+    return jax.image.resize(low_BTHWC, (b, t, spec.height, spec.width, c), 'bilinear')
+  raise ValueError(f'{spec.kind} is not a super-resolution stage')
+
+
+def sample_stage(stage: Stage, params: Any, key: jax.Array, batch_size: int, *,
+                 text_emb: jax.Array | None = None, text_mask: jax.Array | None = None,
+                 neg_text_emb: jax.Array | None = None, neg_text_mask: jax.Array | None = None,
+                 low: jax.Array | None = None, cond: jax.Array | None = None,
+                 frame_ids: jax.Array | None = None, sampler: SamplerConfig | None = None,
+                 on_step: Callable[[Any], None] | None = None) -> jax.Array:
+  """Samples `batch_size` clips of `stage` in [-1, 1], float32 [B, T, H, W, C]. Jit it.
+
+  Args:
+    params: the stage's weights (passed apart from `stage` so that they are traced).
+    key: split into the conditioning's augmentation noise and the sampler's noise.
+    text_emb, text_mask: [B, L, D] / [B, L] (or per frame, [B, T, L, D] / [B, T, L]);
+      required when the stage reads text.
+    neg_text_emb, neg_text_mask: the unconditional half's text (default: null text).
+    low: SR stages: the video below, [B, T', H', W', C] at the previous stage's size;
+      or `cond`: the conditioning already at this stage's size (training batches).
+    frame_ids: [B, T] clip ids of packed image rows (None: every row one video).
+    sampler: default `stage.sampler`.
+  """
+  spec, unet = stage.spec, stage.unet
+  cfg = stage.sampler if sampler is None else sampler
+  model = VideoUNet(unet)
+  shape = (batch_size, spec.frames, spec.height, spec.width, unet.in_channels)
+  k_aug, k_sample = jax.random.split(key)
+  aug_logsnr = stage.diffusion.schedule.logsnr(stage.sample_cond_t)
+  cond_logsnr = None
+  if spec.is_sr:
+    if cond is None:
+      if low is None:
+        raise ValueError(f'stage {stage.name} is a {spec.kind} stage: pass the video below')
+      cond = sr_conditioning(low, spec)
+    cond = objectives.noise_augment(k_aug, cond, jnp.full((batch_size,), aug_logsnr))
+    if unet.cond_augment:
+      cond_logsnr = jnp.full((batch_size,), aug_logsnr)
+
+  if unet.text_dim is None:
+    def denoise(z, logsnr, w):
+      del w
+      return model.apply({'params': params}, z, logsnr, None, None, frame_ids, cond,
+                         cond_logsnr)
+  else:
+    if text_emb is None:
+      raise ValueError(f'stage {stage.name} reads text: pass text_emb and text_mask')
+    double = lambda a: None if a is None else jnp.concatenate([a, a])  # cond + uncond halves
+    cond2, cond_logsnr2, frame_ids2 = double(cond), double(cond_logsnr), double(frame_ids)
+
+    def apply(z, logsnr, e, m):
+      return model.apply({'params': params}, z, logsnr, e, m, frame_ids2, cond2, cond_logsnr2)
+    denoise = samplers.guided_denoiser(apply, text_emb, text_mask, neg_text_emb, neg_text_mask)
+  return samplers.sample(denoise, shape, k_sample, config=cfg, schedule=stage.diffusion.schedule,
+                         prediction=stage.diffusion.prediction, on_step=on_step)
