@@ -1,4 +1,4 @@
-"""Continuous-time noise schedules expressed as log-SNR (DESIGN §4).
+"""Continuous-time noise schedules expressed as log-SNR (docs/design.md, 'Diffusion').
 
 z_t = alpha_t x + sigma_t eps with alpha^2 = sigmoid(logsnr), sigma^2 = sigmoid(-logsnr)
 (variance preserving). t = 0 is clean data, t = 1 is noise.
