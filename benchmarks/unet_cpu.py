@@ -1,11 +1,11 @@
-r"""Times our VideoUNet on the CPU, side by side with the peer harness in ../shared/bench.
+r"""Times our VideoUNet on the CPU, side by side with an imagen-pytorch Unet3D harness.
 
     .venv/bin/python benchmarks/unet_cpu.py --config=digits-base --iters=5 --warmup=2
 
 Prints ONE JSON line: params, compile seconds, train step (forward + backward + AdamW,
 the project's diffusion_loss) and a classifier-free-guided denoiser call (cond + uncond
 as ONE forward at batch 2B, as our sampler does); median / min over --iters runs.
-The configs mirror the peer's reference runs (shared/bench/README.md) in size; the
+The configs mirror the peer's reference runs (benchmarks/BENCHMARKS.md) in size; the
 architectures differ (see `CONFIGS`), so compare per-parameter and per-FLOP as well.
 """
 import argparse

@@ -1,4 +1,4 @@
-r"""The seven stages of the paper's Imagen Video cascade (Ho et al. 2022, DESIGN §5).
+r"""The seven stages of the paper's Imagen Video cascade (Ho et al. 2022, docs/design.md, 'The cascades').
 
   # import your videos (ArrayRecord), cache their T5-XXL embeddings, then train a stage
   python -m imagen_video_jax.import_videos --input=videos/ --output=data/videos

@@ -1,7 +1,7 @@
 """Scale-out: the device mesh, logical-axis rules, sharded init, multi-host start-up.
 
 One mesh with axes ``('data', 'fsdp', 'tensor')`` serves every job, from one CPU to a
-TPU pod (DESIGN §7):
+TPU pod (docs/design.md, 'Scale-out'):
 
 * ``data``   pure data parallelism: params replicated, the batch split;
 * ``fsdp``   the batch is split here too, and params are split over their ``embed`` /

@@ -6,7 +6,7 @@ import pytest
 
 from imagen_video_jax.diffusion import objectives
 from imagen_video_jax.diffusion.objectives import DiffusionConfig
-from imagen_video_jax.diffusion.schedules import CosineSchedule, alpha_sigma, resolution_shift
+from imagen_video_jax.diffusion.schedules import CosineSchedule, alpha_sigma
 
 
 def test_cosine_schedule_endpoints_monotone_and_inverse():
@@ -21,7 +21,7 @@ def test_cosine_schedule_endpoints_monotone_and_inverse():
   np.testing.assert_allclose(a ** 2, jnp.cos(jnp.pi * jnp.array([0.25, 0.5, 0.75]) / 2) ** 2,
                              atol=1e-4)
   np.testing.assert_allclose(a ** 2 + sig ** 2, 1.0, atol=1e-6)
-  shifted = CosineSchedule(shift=resolution_shift(64, 32))
+  shifted = CosineSchedule(shift=2 * np.log(32 / 64))
   np.testing.assert_allclose(shifted.logsnr(0.5), s.logsnr(0.5) + 2 * np.log(0.5), atol=1e-5)
   with pytest.raises(ValueError, match='logsnr_min'):
     CosineSchedule(logsnr_min=5.0, logsnr_max=-5.0)

@@ -47,7 +47,7 @@ Embedder = Callable[[str], Any]
 PAD_ID = -1
 
 
-# DESIGN §5: the embedded cascade on 16-frame 32x32 8 fps Moving Digits clips.
+# docs/design.md, 'The cascades': the embedded cascade on 16-frame 32x32 8 fps Moving Digits clips.
 DIGITS_STAGES: Mapping[str, StageSpec] = {
     "base": StageSpec(frames=8, height=16, width=16, frame_stride=2),
     "tsr": StageSpec(frames=16, height=16, width=16, kind="tsr", factor=2),

@@ -195,12 +195,3 @@ def write_info(folder: str | os.PathLike, info: Mapping[str, Any]) -> str:
     json.dump(dict(info), f, indent=2, sort_keys=True)
     f.write("\n")
   return path
-
-
-def read_info(folder: str | os.PathLike) -> dict[str, Any]:
-  """Reads ``dataset_info.json`` written by :func:`write_info` ({} when absent)."""
-  path = os.path.join(os.fspath(folder), INFO_FILE)
-  if not os.path.exists(path):
-    return {}
-  with open(path) as f:
-    return json.load(f)

@@ -1,4 +1,4 @@
-"""Samplers: ancestral and DDIM, each one jitted `lax.fori_loop` (DESIGN §4).
+"""Samplers: ancestral and DDIM, each one jitted `lax.fori_loop` (docs/design.md, 'Diffusion').
 
 A sampler needs a *denoiser* `fn(z, logsnr [B], w) -> model output` where `w` is
 the guidance weight of the current step. `guided_denoiser` builds one that runs

@@ -1,4 +1,4 @@
-"""Continuous-time noise schedules expressed as log-SNR (DESIGN §4).
+"""Continuous-time noise schedules expressed as log-SNR (docs/design.md, 'Diffusion').
 
 z_t = alpha_t x + sigma_t eps with alpha^2 = sigmoid(logsnr), sigma^2 = sigmoid(-logsnr)
 (variance preserving). t = 0 is clean data, t = 1 is noise.
@@ -56,8 +56,3 @@ def alpha_sigma(logsnr: jax.Array) -> tuple[jax.Array, jax.Array]:
   """(alpha, sigma) of a variance-preserving process at this log-SNR."""
   logsnr = jnp.asarray(logsnr, jnp.float32)
   return jnp.sqrt(jax.nn.sigmoid(logsnr)), jnp.sqrt(jax.nn.sigmoid(-logsnr))
-
-
-def resolution_shift(resolution: int, base_resolution: int) -> float:
-  """log-SNR shift that matches a `resolution` stage's noise to a `base_resolution` one."""
-  return 2.0 * math.log(base_resolution / resolution)

@@ -1,4 +1,4 @@
-"""VideoUNet: the one U-Net behind every stage of the cascade (DESIGN §3).
+"""VideoUNet: the one U-Net behind every stage of the cascade (docs/design.md, 'The U-Net').
 
 Efficient U-Net layout (Imagen): each level after the first downsamples (strided
 1x3x3 conv) *before* its blocks and upsamples *after* its blocks on the way up;

@@ -5,8 +5,8 @@ one jitted function sharded over a 1-D ('data',) mesh of the local devices: the 
 is split over devices, and with `shard_params=True` (default) so is every parameter's
 'embed' axis (FSDP-style), so T5-XXL fits devices smaller than its 9 GB of bfloat16.
 
-Outputs follow DESIGN §2: `text_emb [B, L, D]` (bfloat16 by default, zeros at padded
-positions) and `text_mask [B, L]` bool.
+Outputs follow docs/design.md, 'Tensor conventions': `text_emb [B, L, D]` (bfloat16 by
+default, zeros at padded positions) and `text_mask [B, L]` bool.
 """
 from __future__ import annotations
 

@@ -13,10 +13,7 @@ import time
 
 import numpy as np
 
-
-def to_uint8(video: np.ndarray) -> np.ndarray:
-  """[-1, 1] float -> uint8."""
-  return np.clip(np.round((np.asarray(video, np.float32) + 1.0) * 127.5), 0, 255).astype(np.uint8)
+from imagen_video_jax.io import to_uint8
 
 
 def grid(videos: np.ndarray, below: np.ndarray | None = None) -> np.ndarray:
