@@ -354,7 +354,7 @@ def test_command_line_modules_in_either_layout(tmp_path):
 # ----------------------------------------------------------------------- design notes
 # Spelled in pieces so that this file does not match its own checks.
 _FORBIDDEN = ('DESIGN' + ' \u00a7', '..' + '/shared', 'DESIGN' + '.md')
-# docs/design.md, 'Section' or docs/design.md#anchor
+# the doc's path then ", 'Section'" or "#anchor"
 _REFERENCE = re.compile(r"docs/design\.md(?:#([A-Za-z0-9_-]+)|,\s*'([^'\n]+)')")
 
 
