@@ -378,3 +378,33 @@ def test_stages_that_start_together_share_one_world(tmp_path):
     assert out.strip().endswith(str(data))
   assert sorted(os.listdir(tmp_path)) == ['data']  # no half-made world left behind
   assert os.path.isfile(data / 'dataset_info.json') and os.path.isfile(data / 'spiece.model')
+
+
+def test_sample_videos_come_from_the_cascade_sampler_at_the_stage_fps(data_dir, tmp_path,
+                                                                      monkeypatch):
+  """Training's sample videos are `sampling.sample_stage` (what CascadePipeline runs) on
+  the EMA weights, written at the stage's frame rate: `config.fps` when the config sets
+  one (the paper configs), not the digits world's 8 fps / frame_stride."""
+  from imagen_video_jax import sampling
+  from imagen_video_jax.training import metrics as metrics_lib
+  sampled, written = [], {}
+  real_sample, real_video = sampling.sample_stage, metrics_lib.MetricWriter.video
+
+  def spy_sample(stage, *args, **kwargs):
+    sampled.append(stage)
+    return real_sample(stage, *args, **kwargs)
+
+  def spy_video(self, step, tag, videos, fps=8.0, below=None):
+    written[step] = (np.asarray(videos), fps)
+    return real_video(self, step, tag, videos, fps=fps, below=below)
+
+  monkeypatch.setattr(sampling, 'sample_stage', spy_sample)
+  monkeypatch.setattr(metrics_lib.MetricWriter, 'video', spy_video)
+  c = tiny_config(data_dir, num_steps=2, sample_every=2, **{'sample.num': 1,
+                                                            'sample.steps': 2})
+  c.fps = 6.0
+  training.train_and_evaluate(c, str(tmp_path))
+  assert [s.name for s in sampled] == ['base'] and sampled[0].fps == 6.0
+  videos, fps = written[2]
+  assert fps == 6.0 and videos.shape == (1, 8, 16, 16, 3)
+  assert np.isfinite(videos).all() and np.abs(videos).max() <= 1.0 and videos.std() > 0
