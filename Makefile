@@ -1,5 +1,6 @@
 # `make test`: create .venv if missing, install the pinned set, run the fast suite.
 # `make test-all`: the same plus the slow tests.   `make demo`: sample a video.
+# `make lint`: ruff's checks and format check (`make format` applies them).
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -13,7 +14,7 @@ PYTEST_FLAGS ?= -n 2
 PROMPT ?= a red 3 moving left
 DEMO_OUTPUT ?= outputs/demo.mp4
 
-.PHONY: install test test-all demo clean
+.PHONY: install test test-all lint format demo clean
 
 $(VENV)/.installed: requirements/requirements.txt requirements/reference.txt setup.cfg pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -39,6 +40,15 @@ test: $(VENV)/.installed
 
 test-all: $(VENV)/.installed
 	$(PY) -m pytest -q $(PYTEST_FLAGS)
+
+# Lint and format check (settings in pyproject.toml); `make format` rewrites in place.
+lint: $(VENV)/.installed
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+
+format: $(VENV)/.installed
+	$(PY) -m ruff check --fix .
+	$(PY) -m ruff format .
 
 clean:
 	rm -rf $(VENV) build *.egg-info
