@@ -11,23 +11,22 @@ against the cache and shipped as the cascade's text encoder).
 """
 from absl import app, flags, logging
 
-flags.DEFINE_multi_string('run', None, 'A training workdir; repeat, base first.')
-flags.DEFINE_string('output', None, 'The cascade directory to write.')
-flags.DEFINE_string('t5', None, "Runs trained on cached embeddings (text.source='cache'): "
-                    'the converted T5 that made the cache, shipped as the text encoder.')
-FLAGS = flags.FLAGS
+_RUN = flags.DEFINE_multi_string('run', None, 'A training workdir; repeat, base first.')
+_OUTPUT = flags.DEFINE_string('output', None, 'The cascade directory to write.')
+_T5 = flags.DEFINE_string('t5', None, "Runs trained on cached embeddings (text.source='cache'): "
+                          'the converted T5 that made the cache, shipped as the text encoder.')
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
-  if not FLAGS.run or not FLAGS.output:
+  if not _RUN.value or not _OUTPUT.value:
     raise app.UsageError('give --output and at least one --run (base first)')
-  if not FLAGS['verbosity'].present:
+  if not flags.FLAGS['verbosity'].present:
     logging.set_verbosity(logging.WARNING)  # keep orbax's INFO chatter out
   from imagen_video_jax import export
   try:
-    path = export.export_training_runs(FLAGS.run, FLAGS.output, t5_dir=FLAGS.t5)
+    path = export.export_training_runs(_RUN.value, _OUTPUT.value, t5_dir=_T5.value)
     pipe = export.load_cascade(path)  # proves the export loads
   except (export.ExportError, ValueError, FileNotFoundError) as e:
     raise app.UsageError(str(e)) from None

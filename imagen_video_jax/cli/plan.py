@@ -25,42 +25,42 @@ if __name__ == '__main__':  # before jax is imported anywhere
 from absl import app, flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file('config', None, 'A stage config, e.g. '
-                                'configs/imagen_video.py:stage=base.', lock_config=True)
-flags.DEFINE_string('mesh', 'fsdp:8', 'Mesh sizes, e.g. data:16,fsdp:16 (missing axes: 1).')
-flags.DEFINE_string('search', '', 'Instead of --mesh: pure-FSDP device counts to try in '
-                    'order, e.g. 8,16,32,64,128,256; prints the smallest that fits.')
-flags.DEFINE_float('device_memory_gb', 95.0, 'Memory per device in GB (1e9 bytes): '
-                   'TPU v5p 95, H100 80.')
-flags.DEFINE_bool('compile', True, 'Compile the step for its memory analysis; '
-                  '--nocompile: only the shardings\' arithmetic (seconds).')
-flags.DEFINE_bool('json', False, 'Also print each plan as one line: JSON {...}.')
+_CONFIG = config_flags.DEFINE_config_file('config', None, 'A stage config, e.g. '
+                                          'configs/imagen_video.py:stage=base.', lock_config=True)
+_MESH = flags.DEFINE_string('mesh', 'fsdp:8', 'Mesh sizes, e.g. data:16,fsdp:16 (missing axes: 1).')
+_SEARCH = flags.DEFINE_string('search', '', 'Instead of --mesh: pure-FSDP device counts to try in '
+                              'order, e.g. 8,16,32,64,128,256; prints the smallest that fits.')
+_DEVICE_MEMORY_GB = flags.DEFINE_float(
+    'device_memory_gb', 95.0, 'Memory per device in GB (1e9 bytes): '
+    'TPU v5p 95, H100 80.')
+_COMPILE = flags.DEFINE_bool('compile', True, 'Compile the step for its memory analysis; '
+                             '--nocompile: only the shardings\' arithmetic (seconds).')
+_JSON = flags.DEFINE_bool('json', False, 'Also print each plan as one line: JSON {...}.')
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  if FLAGS.config is None:
+  if _CONFIG.value is None:
     raise app.UsageError('--config is required.')
-  device_bytes = FLAGS.device_memory_gb * 1e9
+  device_bytes = _DEVICE_MEMORY_GB.value * 1e9
   try:
-    if FLAGS.search:
-      candidates = [{'fsdp': int(n)} for n in FLAGS.search.split(',') if n.strip()]
-      best, tried = planning.smallest_fitting(FLAGS.config, candidates, device_bytes,
-                                              compile=FLAGS.compile)
+    if _SEARCH.value:
+      candidates = [{'fsdp': int(n)} for n in _SEARCH.value.split(',') if n.strip()]
+      best, tried = planning.smallest_fitting(_CONFIG.value, candidates, device_bytes,
+                                              compile=_COMPILE.value)
       for p in tried:
         print(planning.report(p, device_bytes), end='\n\n', flush=True)
-        if FLAGS.json:
+        if _JSON.value:
           print('JSON', planning.to_json(p, device_bytes))
       print(f'smallest mesh that fits: {best}' if best else 'no candidate mesh fits')
       return
-    plan = planning.plan_memory(FLAGS.config, planning.parse_mesh(FLAGS.mesh),
-                                compile=FLAGS.compile)
+    plan = planning.plan_memory(_CONFIG.value, planning.parse_mesh(_MESH.value),
+                                compile=_COMPILE.value)
   except ValueError as e:
     raise SystemExit(f'plan: {e}') from None
   print(planning.report(plan, device_bytes), flush=True)
-  if FLAGS.json:
+  if _JSON.value:
     print('JSON', planning.to_json(plan, device_bytes))
 
 

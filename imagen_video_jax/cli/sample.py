@@ -12,21 +12,22 @@ import os
 
 from absl import app, flags
 
-flags.DEFINE_string('config', None, 'A cascade config file that ships weights, e.g. '
-                    'configs/digits.py (the Moving Digits cascade in checkpoints/digits).')
-flags.DEFINE_string('checkpoints', None, 'An exported cascade directory (cascade.json); '
-                    'default: the shipped Moving Digits cascade, checkpoints/digits.')
-flags.DEFINE_multi_string('prompt', None, 'Prompt(s); repeat the flag for several.')
-flags.DEFINE_string('negative_prompt', None, 'Guide away from this text.')
-flags.DEFINE_string('output', 'outputs/sample.mp4', 'Output .mp4 path (also .gif, .png).')
-flags.DEFINE_integer('seed', 0, 'Random seed.')
-flags.DEFINE_integer('num_samples', 1, 'Videos per prompt.')
-flags.DEFINE_integer('steps', None, 'Sampling steps for every stage (default: per stage).')
-flags.DEFINE_float('guidance', None, 'Guidance weight for every stage (1 = none).')
-flags.DEFINE_enum('sampler', None, ['ddim', 'ancestral'], 'Sampler for every stage.')
-flags.DEFINE_integer('scale', 4, 'Enlarge the written files by this integer factor.')
-flags.DEFINE_bool('progress', True, 'Progress bars.')
-FLAGS = flags.FLAGS
+_CONFIG = flags.DEFINE_string(
+    'config', None, 'A cascade config file that ships weights, e.g. '
+    'configs/digits.py (the Moving Digits cascade in checkpoints/digits).')
+_CHECKPOINTS = flags.DEFINE_string(
+    'checkpoints', None, 'An exported cascade directory (cascade.json); '
+    'default: the shipped Moving Digits cascade, checkpoints/digits.')
+_PROMPT = flags.DEFINE_multi_string('prompt', None, 'Prompt(s); repeat the flag for several.')
+_NEGATIVE_PROMPT = flags.DEFINE_string('negative_prompt', None, 'Guide away from this text.')
+_OUTPUT = flags.DEFINE_string('output', 'outputs/sample.mp4', 'Output .mp4 path (also .gif, .png).')
+_SEED = flags.DEFINE_integer('seed', 0, 'Random seed.')
+_NUM_SAMPLES = flags.DEFINE_integer('num_samples', 1, 'Videos per prompt.')
+_STEPS = flags.DEFINE_integer('steps', None, 'Sampling steps for every stage (default: per stage).')
+_GUIDANCE = flags.DEFINE_float('guidance', None, 'Guidance weight for every stage (1 = none).')
+_SAMPLER = flags.DEFINE_enum('sampler', None, ['ddim', 'ancestral'], 'Sampler for every stage.')
+_SCALE = flags.DEFINE_integer('scale', 4, 'Enlarge the written files by this integer factor.')
+_PROGRESS = flags.DEFINE_bool('progress', True, 'Progress bars.')
 
 DEFAULT_CHECKPOINTS = os.path.join(
     os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
@@ -53,18 +54,18 @@ def cascade_dir_from_config(path: str) -> str:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
-  if not FLAGS.prompt:
+  if not _PROMPT.value:
     raise app.UsageError('give a --prompt, e.g. --prompt="a red 3 moving left"')
-  if not FLAGS.output.endswith('.mp4'):
-    raise app.UsageError(f'--output must end in .mp4; got {FLAGS.output}')
+  if not _OUTPUT.value.endswith('.mp4'):
+    raise app.UsageError(f'--output must end in .mp4; got {_OUTPUT.value}')
   import dataclasses
   import time
   from imagen_video_jax import export
-  if FLAGS.config and FLAGS.checkpoints:
+  if _CONFIG.value and _CHECKPOINTS.value:
     raise app.UsageError('give --config (a shipped cascade) or --checkpoints, not both')
   try:
-    path = (cascade_dir_from_config(FLAGS.config) if FLAGS.config
-            else FLAGS.checkpoints or DEFAULT_CHECKPOINTS)
+    path = (cascade_dir_from_config(_CONFIG.value) if _CONFIG.value
+            else _CHECKPOINTS.value or DEFAULT_CHECKPOINTS)
     if not os.path.exists(path):
       shipped = os.path.abspath(path) == DEFAULT_CHECKPOINTS
       raise ValueError(f'{path} does not exist' + (
@@ -73,14 +74,14 @@ def main(argv):
     pipe = export.load_cascade(path)
   except (export.ExportError, FileNotFoundError, ValueError) as e:
     raise app.UsageError(str(e)) from None
-  overrides = {k: v for k, v in (('steps', FLAGS.steps), ('guidance', FLAGS.guidance),
-                                 ('sampler', FLAGS.sampler)) if v is not None}
+  overrides = {k: v for k, v in (('steps', _STEPS.value), ('guidance', _GUIDANCE.value),
+                                 ('sampler', _SAMPLER.value)) if v is not None}
   per_stage = {s.name: dataclasses.replace(s.sampler, **overrides) for s in pipe.stages}
   start = time.time()
-  out = pipe(FLAGS.prompt, negative_prompt=FLAGS.negative_prompt,
-             num_samples=FLAGS.num_samples, seed=FLAGS.seed, samplers_by_stage=per_stage,
-             progress=FLAGS.progress)
-  paths = out.save(FLAGS.output[:-len('.mp4')], scale=FLAGS.scale)
+  out = pipe(_PROMPT.value, negative_prompt=_NEGATIVE_PROMPT.value,
+             num_samples=_NUM_SAMPLES.value, seed=_SEED.value, samplers_by_stage=per_stage,
+             progress=_PROGRESS.value)
+  paths = out.save(_OUTPUT.value[:-len('.mp4')], scale=_SCALE.value)
   t, h, w, _ = out.videos.shape[1:]
   print(f'{len(paths)} video(s) of {t} frames, {w}x{h} at {out.fps:g} fps '
         f'in {time.time() - start:.1f}s:')

@@ -14,36 +14,38 @@ import os
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file('config', None, 'A config file, e.g. '
-                                 'configs/digits.py:stage=base.', lock_config=True)
-flags.DEFINE_string('workdir', None, 'Checkpoints, TensorBoard logs and samples go here.')
-flags.DEFINE_bool('data_only', False, 'Only make the Moving Digits world and its vocabulary '
-                  '(what the stages of one cascade share), then exit.')
-flags.DEFINE_bool('distributed', False, 'Join a multi-host job first (TPU pods, SLURM, or '
-                  'IVJ_COORDINATOR/IVJ_NUM_PROCESSES/IVJ_PROCESS_ID; see parallel.py).')
+_CONFIG = config_flags.DEFINE_config_file('config', None, 'A config file, e.g. '
+                                          'configs/digits.py:stage=base.', lock_config=True)
+_WORKDIR = flags.DEFINE_string(
+    'workdir', None, 'Checkpoints, TensorBoard logs and samples go here.')
+_DATA_ONLY = flags.DEFINE_bool(
+    'data_only', False, 'Only make the Moving Digits world and its vocabulary '
+    '(what the stages of one cascade share), then exit.')
+_DISTRIBUTED = flags.DEFINE_bool(
+    'distributed', False, 'Join a multi-host job first (TPU pods, SLURM, or '
+    'IVJ_COORDINATOR/IVJ_NUM_PROCESSES/IVJ_PROCESS_ID; see parallel.py).')
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  if FLAGS.config is None or not FLAGS.workdir:
+  if _CONFIG.value is None or not _WORKDIR.value:
     raise app.UsageError('--config and --workdir are required.')
-  if not FLAGS['verbosity'].present:
+  if not flags.FLAGS['verbosity'].present:
     logging.set_verbosity(logging.WARNING)  # keep orbax/grain INFO chatter out
-  if FLAGS.distributed:
+  if _DISTRIBUTED.value:
     from imagen_video_jax import parallel
     parallel.initialize_distributed()
   from imagen_video_jax import training
   try:
-    if FLAGS.data_only:
+    if _DATA_ONLY.value:
       from imagen_video_jax.training import loop
-      if FLAGS.config.data.world != 'digits':
+      if _CONFIG.value.data.world != 'digits':
         raise training.ConfigError('--data_only makes the Moving Digits world; this config '
-                                   f'reads data.dir={FLAGS.config.data.dir!r}')
-      print(f'Moving Digits world: {loop.prepare_digits(FLAGS.config, FLAGS.workdir)}')
+                                   f'reads data.dir={_CONFIG.value.data.dir!r}')
+      print(f'Moving Digits world: {loop.prepare_digits(_CONFIG.value, _WORKDIR.value)}')
       return
-    training.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+    training.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
   except (training.ConfigError, training.ConfigMismatchError, training.NonFiniteError,
           training.NonFiniteCheckpointError, FileNotFoundError) as e:
     raise SystemExit(f'train: {e}') from None
