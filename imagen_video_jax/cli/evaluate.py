@@ -42,8 +42,20 @@ _JUDGE_FRAMES = flags.DEFINE_integer(
 _NUM_CLIPS = flags.DEFINE_integer(
     'num_clips', 500, 'judge_accuracy, train_judge: fresh clips per group '
     '(training and held-out combinations) the accuracy is measured on.')
+# Default seeds of the fresh clips a judge's accuracy is measured on: train_judge's are those
+# of the report the shipped judge carries; judge_accuracy's are other clips (and --seed moves).
+TRAIN_JUDGE_CLIP_SEED = 12_345
+JUDGE_ACCURACY_CLIP_SEED = 54_321
 _SEED = flags.DEFINE_integer(
-    'seed', 0, 'Seed of prompts and samples (judge_accuracy: of the clips).')
+    'seed', 0, 'Seed of prompts and samples (judge_accuracy: of the clips, '
+    f'{JUDGE_ACCURACY_CLIP_SEED} + seed, unless --clip_seed).')
+_CLIP_SEED = flags.DEFINE_integer(
+    'clip_seed', None, 'judge_accuracy, train_judge: seed of the fresh clips the accuracy '
+    f'is measured on (default: {TRAIN_JUDGE_CLIP_SEED} in train_judge, '
+    f'{JUDGE_ACCURACY_CLIP_SEED} + --seed in judge_accuracy).')
+_JUDGE_SEED = flags.DEFINE_integer(
+    'judge_seed', None, "train_judge: seed of the judge's initialisation and of its own "
+    'training frames (default: JudgeConfig().seed).')
 _OUTPUT = flags.DEFINE_string('output', None, 'Also write the report here as JSON.')
 _PROGRESS = flags.DEFINE_bool('progress', True, 'Progress bars.')
 
@@ -71,15 +83,20 @@ def main(argv):
       config = J.JudgeConfig()
       if _JUDGE_STEPS.value is not None:
         config = dataclasses.replace(config, steps=_JUDGE_STEPS.value)
+      if _JUDGE_SEED.value is not None:
+        config = dataclasses.replace(config, seed=_JUDGE_SEED.value)
       jd = J.train_judge(config, num_frames=_JUDGE_FRAMES.value, progress=_PROGRESS.value)
-      n, seed = _NUM_CLIPS.value, 12_345
+      n = _NUM_CLIPS.value
+      seed = TRAIN_JUDGE_CLIP_SEED if _CLIP_SEED.value is None else _CLIP_SEED.value
       jd.report = {'clean': J.accuracy(jd, n, seed), 'clips_per_group': n,
                    'degraded': J.accuracy(jd, n, seed, True), 'clip_seed': seed}
       report = jd.report
       jd.save(directory)
     elif _MODE.value == 'judge_accuracy':
       jd = J.load_judge(_JUDGE.value)
-      report = {k: J.accuracy(jd, _NUM_CLIPS.value, 54_321 + _SEED.value, degrade=k == 'degraded')
+      seed = (JUDGE_ACCURACY_CLIP_SEED + _SEED.value if _CLIP_SEED.value is None
+              else _CLIP_SEED.value)
+      report = {k: J.accuracy(jd, _NUM_CLIPS.value, seed, degrade=k == 'degraded')
                 for k in ('clean', 'degraded')}
     elif _MODE.value == 'fvd':
       if not _REAL.value or not _GENERATED.value:
