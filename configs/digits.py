@@ -15,11 +15,18 @@ Text goes through a tiny T5 v1.1 encoder with random frozen weights (numpy-seede
 identical everywhere); the U-Nets learn to read it through cross-attention.
 Re-running the same command resumes from the last checkpoint in --workdir.
 """
+import importlib.util
 import os
 
 import ml_collections
 
 from imagen_video_jax.data.pipeline import DIGITS_STAGES
+
+# Loaded by path, like this file (configs/ is no package): the shared argument parser.
+_spec = importlib.util.spec_from_file_location(
+    '_ivj_configs_common', os.path.join(os.path.dirname(os.path.abspath(__file__)), 'common.py'))
+_common = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(_common)
 
 STAGES = ('base', 'tsr', 'ssr')
 # Where the trained cascade ships (`python -m imagen_video_jax.sample --config=<this file>`).
@@ -47,23 +54,8 @@ _TINY_MODELS = {
 }
 
 
-def _parse(arg: str) -> dict:
-  out = {'stage': 'base', 'tiny': False}
-  for part in filter(None, (arg or '').split(',')):
-    key, _, value = part.partition('=')
-    key = key.strip()
-    if key not in out:
-      raise ValueError(f'configs/digits.py: unknown argument {key!r}; use stage=base|tsr|ssr '
-                       'and tiny=True|False')
-    out[key] = value.strip()
-  if out['stage'] not in STAGES:
-    raise ValueError(f"configs/digits.py: stage={out['stage']!r}; use one of {STAGES}")
-  out['tiny'] = str(out['tiny']).lower() in ('1', 'true', 'yes')
-  return out
-
-
 def get_config(arg: str = 'stage=base') -> ml_collections.ConfigDict:
-  a = _parse(arg)
+  a = _common.parse_arg(arg, 'configs/digits.py', stage=STAGES, tiny=False)
   stage, tiny = a['stage'], a['tiny']
   spec = DIGITS_STAGES[stage]
   is_sr = stage != 'base'

@@ -1,7 +1,7 @@
 r"""The seven stages of the paper's Imagen Video cascade (Ho et al. 2022, docs/design.md, 'The cascades').
 
   # import your videos (ArrayRecord), cache their T5-XXL embeddings, then train a stage
-  python -m imagen_video_jax.import_videos --input=videos/ --output=data/videos
+  python -m imagen_video_jax.import_videos --manifest=videos.csv --output=data/videos
   python -m imagen_video_jax.encode_text --t5=checkpoints/t5_xxl \
       --captions=data/videos/captions.txt --output=data/text_cache
   python -m imagen_video_jax.train --config=configs/imagen_video.py:stage=base \
@@ -31,9 +31,18 @@ attention only where the sequence is short. Every stage reads T5-XXL embeddings
 (4096-d) through attention pooling into the conditioning vector, and through
 cross-attention where listed. Source clips are taken as 24 fps (frame_stride = 24/fps).
 """
+import importlib.util
+import os
+
 import ml_collections
 
 from imagen_video_jax.data.pipeline import StageSpec
+
+# Loaded by path, like this file (configs/ is no package): the shared argument parser.
+_spec = importlib.util.spec_from_file_location(
+    '_ivj_configs_common', os.path.join(os.path.dirname(os.path.abspath(__file__)), 'common.py'))
+_common = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(_common)
 
 STAGES = ('base', 'tsr1', 'ssr1', 'ssr2', 'tsr2', 'tsr3', 'ssr3')
 
@@ -82,23 +91,8 @@ _STAGES = {
 }
 
 
-def _parse(arg: str) -> dict:
-  out = {'stage': 'base'}
-  for part in filter(None, (arg or '').split(',')):
-    key, _, value = part.partition('=')
-    key = key.strip()
-    if key not in out:
-      raise ValueError(f'configs/imagen_video.py: unknown argument {key!r}; use stage=NAME '
-                       f'with NAME one of {", ".join(STAGES)}')
-    out[key] = value.strip()
-  if out['stage'] not in STAGES:
-    raise ValueError(f"configs/imagen_video.py: stage={out['stage']!r}; use one of "
-                     f'{", ".join(STAGES)}')
-  return out
-
-
 def get_config(arg: str = 'stage=base') -> ml_collections.ConfigDict:
-  stage = _parse(arg)['stage']
+  stage = _common.parse_arg(arg, 'configs/imagen_video.py', stage=STAGES)['stage']
   frames, height, width, fps, kind, factor, levels = _STAGES[stage]
   spec = StageSpec(frames=frames, height=height, width=width,
                    frame_stride=SOURCE_FPS // fps, kind=kind, factor=factor)  # validates

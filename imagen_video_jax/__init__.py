@@ -9,12 +9,8 @@ The public API lives here; nothing else is needed from private paths:
 Names are resolved lazily, so `import imagen_video_jax` stays cheap and does not
 import the data or text stacks until they are used.
 """
-from __future__ import annotations
-
-import importlib
-import sys
-import types
-from typing import TYPE_CHECKING
+import importlib as _importlib
+import typing as _typing
 
 __version__ = '0.1.0'
 
@@ -104,34 +100,18 @@ def __getattr__(name: str):
   module = _EXPORTS.get(name)
   if module is None:
     raise AttributeError(f'module {__name__!r} has no attribute {name!r}')
-  value = getattr(importlib.import_module(module), name)
+  value = getattr(_importlib.import_module(module), name)
   globals()[name] = value  # cache: later lookups skip __getattr__
   return value
 
 
-class _CallableCLIModule(types.ModuleType):
-  """A CLI module named like a function this package exports (`sample`, `import_videos`).
-
-  Importing `imagen_video_jax.sample` makes Python bind the submodule to the package's
-  `sample` attribute, shadowing the sampling function; calling the module calls the
-  function, so `ivj.sample(...)` works whichever was imported first.
-  """
-
-  def __call__(self, *args, **kwargs):
-    name = self.__name__.rsplit('.', 1)[1]
-    return getattr(importlib.import_module(_EXPORTS[name]), name)(*args, **kwargs)
-
-
-def _make_callable(module_name: str) -> None:
-  """Called by the CLI modules whose names clash with an export (see _CallableCLIModule)."""
-  sys.modules[module_name].__class__ = _CallableCLIModule
-
-
 def __dir__():
-  return sorted(set(globals()) | set(_EXPORTS))
+  # The public API, the dunders and any subpackage imported so far; no private helpers.
+  return sorted({n for n in globals() if not n.startswith('_') or n.startswith('__')}
+                | set(_EXPORTS))
 
 
-if TYPE_CHECKING:  # static analysers and IDEs see the real names
+if _typing.TYPE_CHECKING:  # static analysers and IDEs see the real names
   from imagen_video_jax.cascade import CascadePipeline
   from imagen_video_jax.evaluation.fvd import frechet_video_distance
   from imagen_video_jax.evaluation.judge import Judge, JudgeConfig, load_judge, train_judge

@@ -1,40 +1,4 @@
-r"""Export trained stages as one sampling cascade (EMA weights, safetensors + JSON).
-
-    python -m imagen_video_jax.export_cascade --output=checkpoints/digits \
-        --run=runs/digits/base --run=runs/digits/tsr --run=runs/digits/ssr
-
-Runs are given base first, then each SR stage in sampling order; each is a training
-workdir of `python -m imagen_video_jax.train`, read at its latest checkpoint. Runs trained
-on cached T5 embeddings (`text.source='cache'`, the paper configs' default) also need
-`--t5=DIR`: the converted T5 that `encode_text` made the cache with (it is checked
-against the cache and shipped as the cascade's text encoder).
-"""
-from absl import app, flags, logging
-
-flags.DEFINE_multi_string('run', None, 'A training workdir; repeat, base first.')
-flags.DEFINE_string('output', None, 'The cascade directory to write.')
-flags.DEFINE_string('t5', None, "Runs trained on cached embeddings (text.source='cache'): "
-                    'the converted T5 that made the cache, shipped as the text encoder.')
-FLAGS = flags.FLAGS
-
-
-def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
-  if not FLAGS.run or not FLAGS.output:
-    raise app.UsageError('give --output and at least one --run (base first)')
-  if not FLAGS['verbosity'].present:
-    logging.set_verbosity(logging.WARNING)  # keep orbax's INFO chatter out
-  from imagen_video_jax import export
-  try:
-    path = export.export_training_runs(FLAGS.run, FLAGS.output, t5_dir=FLAGS.t5)
-    pipe = export.load_cascade(path)  # proves the export loads
-  except (export.ExportError, ValueError, FileNotFoundError) as e:
-    raise app.UsageError(str(e)) from None
-  stages = ', '.join(f'{s.name} {s.spec.frames}x{s.spec.height}x{s.spec.width}@{s.fps:g}fps'
-                     for s in pipe.stages)
-  print(f'Exported {stages} to {path}')
-
-
+"""`python -m imagen_video_jax.export_cascade`: the command in `imagen_video_jax.cli.export_cascade`."""
 if __name__ == '__main__':
-  app.run(main)
+  import runpy
+  runpy.run_module('imagen_video_jax.cli.export_cascade', run_name='__main__', alter_sys=True)

@@ -171,3 +171,13 @@ def test_judge_accuracy_cli_reports_the_library_accuracy(which, judge, tiny_judg
   if which == 'shipped':
     for group in ('train_combinations', 'held_out_combinations'):
       assert min(report['clean'][group]['digit'], report['clean'][group]['colour']) >= 0.95
+
+
+def test_clip_seed_flag_chooses_the_clips_judge_accuracy_reads(tiny_judge, tmp_path):
+  out = tmp_path / 'accuracy.json'
+  r = _cli('--mode=judge_accuracy', '--num_clips=16', '--clip_seed=99', f'--judge={tiny_judge}',
+           f'--output={out}')
+  assert r.returncode == 0, r.stderr[-3000:]
+  jd = J.load_judge(tiny_judge)
+  assert json.loads(out.read_text()) == {k: J.accuracy(jd, 16, 99, degrade=k == 'degraded')
+                                         for k in ('clean', 'degraded')}

@@ -109,7 +109,7 @@ def test_sample_cli_errors_are_one_line(tmp_path):
 
 
 def test_the_digits_config_names_the_shipped_cascade():
-  from imagen_video_jax.sample import cascade_dir_from_config
+  from imagen_video_jax.cli.sample import cascade_dir_from_config
   want = os.path.join(ROOT, 'checkpoints', 'digits')
   assert cascade_dir_from_config(os.path.join(ROOT, 'configs', 'digits.py')) == want
   assert cascade_dir_from_config(os.path.join(ROOT, 'configs', 'digits.py:stage=ssr')) == want

@@ -8,9 +8,7 @@
 
 Names resolve lazily: importing this package pulls in neither jax nor scipy.
 """
-from __future__ import annotations
-
-import importlib
+import importlib as _importlib
 
 _EXPORTS = {
     'Judge': 'judge', 'JudgeConfig': 'judge', 'Predictions': 'judge', 'load_judge': 'judge',
@@ -29,6 +27,12 @@ def __getattr__(name: str):
   module = _EXPORTS.get(name)
   if module is None:
     raise AttributeError(f'module {__name__!r} has no attribute {name!r}')
-  value = getattr(importlib.import_module(f'{__name__}.{module}'), name)
-  globals()[name] = value
+  value = getattr(_importlib.import_module(f'{__name__}.{module}'), name)
+  globals()[name] = value  # cache: later lookups skip __getattr__
   return value
+
+
+def __dir__():
+  # The public API, the dunders and any submodule imported so far; no private helpers.
+  return sorted({n for n in globals() if not n.startswith('_') or n.startswith('__')}
+                | set(_EXPORTS))
