@@ -1,9 +1,10 @@
-r"""The seven stages of the paper's Imagen Video cascade (Ho et al. 2022, docs/design.md, 'The cascades').
+r"""The seven stages of the paper's Imagen Video cascade (Ho et al. 2022; see
+docs/design.md, 'The cascades').
 
   # import your videos (ArrayRecord), cache their T5-XXL embeddings, then train a stage
   python -m imagen_video_jax.import_videos --manifest=videos.csv --output=data/videos
   python -m imagen_video_jax.encode_text --t5=checkpoints/t5_xxl \
-      --captions=data/videos/captions.txt --output=data/text_cache
+      --captions=captions.txt --output=data/text_cache   # the manifest's captions, one a line
   python -m imagen_video_jax.train --config=configs/imagen_video.py:stage=base \
       --workdir=gs://BUCKET/imagen_video/base --config.data.dir=data/videos \
       --config.text.cache_dir=data/text_cache

@@ -4,8 +4,8 @@
 (`training.state.state_shardings`, `training.step.make_train_step`) from
 `jax.ShapeDtypeStruct`s carrying their shardings, lowers and compiles the jitted step
 for a mesh of fake CPU devices (``XLA_FLAGS=--xla_force_host_platform_device_count=N``,
-which must be set before jax starts its CPU backend: `imagen_video_jax.plan` does it),
-and reads XLA's compiled memory analysis (per device: the program is SPMD). Nothing of
+which must be set before jax starts its CPU backend: `python -m imagen_video_jax.plan`
+does it), and reads XLA's compiled memory analysis (per device: the program is SPMD). Nothing of
 the model is allocated: parameters, optimizer state, EMA and the batch exist only as
 shapes.
 
