@@ -7,6 +7,7 @@ on its size), compiles the step as `train` does (one device), then times --steps
 on fresh batches. Prints the batch time of the pipeline, the compile time, each step's
 time and XLA's FLOP count of the step.
 """
+
 import argparse
 import os
 import sys
@@ -44,13 +45,22 @@ def main():
   batches = [next(data) for _ in range(args.steps + 1)]
   print(f'data: {(time.perf_counter() - t) / len(batches):.3f} s per batch')
   tx, schedule = state_lib.make_optimizer(c.optim)
-  boxed = unet_lib.init_fn(model_cfg, frames=spec.frames, height=spec.height,
-                           width=spec.width, text_len=int(c.text.max_length))
+  boxed = unet_lib.init_fn(
+    model_cfg,
+    frames=spec.frames,
+    height=spec.height,
+    width=spec.width,
+    text_len=int(c.text.max_length),
+  )
   _, shardings = state_lib.state_shardings(boxed, tx, mesh, rules)
   state = state_lib.make_init_fn(boxed, tx, shardings)(jax.random.key(0))
   with parallel.mesh_context(mesh, rules, constrain_activations=False):
-    fn = jax.jit(step_lib.make_train_step(c, unet_lib.VideoUNet(model_cfg), t5_model, tx,
-                                          schedule, jax.random.key(1)), donate_argnums=0)
+    fn = jax.jit(
+      step_lib.make_train_step(
+        c, unet_lib.VideoUNet(model_cfg), t5_model, tx, schedule, jax.random.key(1)
+      ),
+      donate_argnums=0,
+    )
     t = time.perf_counter()
     compiled = fn.lower(state, loop._place(batches[0], batch_sharding), t5_params).compile()
     print(f'compile: {time.perf_counter() - t:.1f} s')

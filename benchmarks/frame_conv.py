@@ -8,6 +8,7 @@ r"""Times a per-frame 1x3x3 convolution three ways on this machine (fwd+bwd, jit
 levels (16x16x32, 8x8x64, 4x4x128). Prints ms per step and GFLOP/s, then a matmul's
 GFLOP/s as this machine's ceiling.
 """
+
 import argparse
 import time
 
@@ -32,19 +33,23 @@ def main():
   b, t = a.batch, a.frames
 
   def conv3d(x, w):
-    return jax.lax.conv_general_dilated(x, w, (1, 1, 1), 'SAME',
-                                        dimension_numbers=('NDHWC', 'DHWIO', 'NDHWC'))
+    return jax.lax.conv_general_dilated(
+      x, w, (1, 1, 1), 'SAME', dimension_numbers=('NDHWC', 'DHWIO', 'NDHWC')
+    )
 
   def conv2d(x, w):
     _, _, h, wd, c = x.shape
-    y = jax.lax.conv_general_dilated(x.reshape(b * t, h, wd, c), w[0], (1, 1), 'SAME',
-                                     dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+    y = jax.lax.conv_general_dilated(
+      x.reshape(b * t, h, wd, c), w[0], (1, 1), 'SAME', dimension_numbers=('NHWC', 'HWIO', 'NHWC')
+    )
     return y.reshape(x.shape[:4] + y.shape[-1:])
 
   def im2col(x, w):
     _, _, h, wd, c = x.shape
     xp = jnp.pad(x, ((0, 0), (0, 0), (1, 1), (1, 1), (0, 0)))
-    cols = jnp.concatenate([xp[:, :, i:i + h, j:j + wd] for i in range(3) for j in range(3)], -1)
+    cols = jnp.concatenate(
+      [xp[:, :, i : i + h, j : j + wd] for i in range(3) for j in range(3)], -1
+    )
     return cols @ w.reshape(9 * c, -1)
 
   key = jax.random.key(0)
@@ -58,7 +63,7 @@ def main():
       print(f'{size}x{size}x{c} {name}: {dt * 1e3:.1f} ms, {flops / dt / 1e9:.1f} GFLOP/s')
   m = jax.random.normal(key, (2048, 2048))
   dt = _time(jax.jit(lambda m: m @ m), m, iters=a.iters)
-  print(f'matmul 2048^3: {2 * 2048 ** 3 / dt / 1e9:.1f} GFLOP/s')
+  print(f'matmul 2048^3: {2 * 2048**3 / dt / 1e9:.1f} GFLOP/s')
 
 
 if __name__ == '__main__':

@@ -8,6 +8,7 @@ as ONE forward at batch 2B, as our sampler does); median / min over --iters runs
 The configs mirror the peer's reference runs (benchmarks/BENCHMARKS.md) in size; the
 architectures differ (see `CONFIGS`), so compare per-parameter and per-FLOP as well.
 """
+
 import argparse
 import json
 import os
@@ -26,18 +27,44 @@ from imagen_video_jax.models.unet import LevelConfig as L
 # name -> (UNetConfig, frames, size, batch). Channels follow the peer's dims [D, D*m...];
 # per-frame spatial attention (the peer's joint F*H*W attention is a different operator).
 CONFIGS = {
-    'digits-base': (unet_lib.UNetConfig(
-        levels=(L(64, 2, temporal='attention', cross_attention=True),
-                L(128, 2, spatial_attention=True, cross_attention=True, temporal='attention'),
-                L(256, 2, spatial_attention=True, cross_attention=True, temporal='attention')),
-        text_dim=64, emb_dim=256), 8, 16, 8),
-    'digits-ssr': (unet_lib.UNetConfig(
-        levels=(L(32, 2, temporal='conv', cross_attention=True),
-                L(64, 2, temporal='conv', cross_attention=True),
-                L(128, 2, temporal='conv', cross_attention=True)),
-        text_dim=64, emb_dim=128, cond_channels=3, cond_augment=True), 16, 32, 4),
-    'micro': (unet_lib.UNetConfig(
-        levels=(L(64, 1, spatial_attention=True, temporal='attention'),), emb_dim=256), 8, 32, 2),
+  'digits-base': (
+    unet_lib.UNetConfig(
+      levels=(
+        L(64, 2, temporal='attention', cross_attention=True),
+        L(128, 2, spatial_attention=True, cross_attention=True, temporal='attention'),
+        L(256, 2, spatial_attention=True, cross_attention=True, temporal='attention'),
+      ),
+      text_dim=64,
+      emb_dim=256,
+    ),
+    8,
+    16,
+    8,
+  ),
+  'digits-ssr': (
+    unet_lib.UNetConfig(
+      levels=(
+        L(32, 2, temporal='conv', cross_attention=True),
+        L(64, 2, temporal='conv', cross_attention=True),
+        L(128, 2, temporal='conv', cross_attention=True),
+      ),
+      text_dim=64,
+      emb_dim=128,
+      cond_channels=3,
+      cond_augment=True,
+    ),
+    16,
+    32,
+    4,
+  ),
+  'micro': (
+    unet_lib.UNetConfig(
+      levels=(L(64, 1, spatial_attention=True, temporal='attention'),), emb_dim=256
+    ),
+    8,
+    32,
+    2,
+  ),
 }
 
 
@@ -75,7 +102,7 @@ def main():
 
   def loss_fn(p, key):
     kd, kl = jax.random.split(key)
-    e, m = (objectives.drop_text(kd, text, mask, 0.1) if text is not None else (None, None))
+    e, m = objectives.drop_text(kd, text, mask, 0.1) if text is not None else (None, None)
     apply = lambda z, l: model.apply({'params': p}, z, l, e, m, None, cond, cl)
     return objectives.diffusion_loss(apply, x, kl, config=dcfg)[0]
 
@@ -90,10 +117,12 @@ def main():
     m2 = None if mask is None else jnp.concatenate([mask, jnp.zeros_like(mask)])
     c2 = None if cond is None else jnp.concatenate([cond, cond])
     cl2 = None if cl is None else jnp.concatenate([cl, cl])
-    out = model.apply({'params': p}, jnp.concatenate([x, x]), jnp.zeros((2 * b,)), e2, m2,
-                      None, c2, cl2)
+    out = model.apply(
+      {'params': p}, jnp.concatenate([x, x]), jnp.zeros((2 * b,)), e2, m2, None, c2, cl2
+    )
     c, u = jnp.split(out, 2)
     return u + 5.0 * (c - u)
+
   cfg_jit = jax.jit(cfg_fn)
 
   t0 = time.perf_counter()
@@ -108,13 +137,22 @@ def main():
   def one_train():
     state['p'], state['s'], loss = train_c(state['p'], state['s'], k[3])
     return loss
+
   res = {
-      'harness': 'imagen_video_jax/benchmarks/unet_cpu.py', 'label': args.config,
-      'jax': jax.__version__, 'backend': jax.default_backend(), 'cpu_count': os.cpu_count(),
-      'frames': t, 'size': s, 'batch': b, 'params': int(n_params),
-      'cfg_fwd_flops_2B': flops, 'compile_train_s': compile_train, 'compile_cfg_s': compile_cfg,
-      'train_step': _time(one_train, args.warmup, args.iters),
-      'cfg_batched': _time(lambda: cfg_c(params), args.warmup, args.iters),
+    'harness': 'imagen_video_jax/benchmarks/unet_cpu.py',
+    'label': args.config,
+    'jax': jax.__version__,
+    'backend': jax.default_backend(),
+    'cpu_count': os.cpu_count(),
+    'frames': t,
+    'size': s,
+    'batch': b,
+    'params': int(n_params),
+    'cfg_fwd_flops_2B': flops,
+    'compile_train_s': compile_train,
+    'compile_cfg_s': compile_cfg,
+    'train_step': _time(one_train, args.warmup, args.iters),
+    'cfg_batched': _time(lambda: cfg_c(params), args.warmup, args.iters),
   }
   print(json.dumps(res))
 

@@ -13,8 +13,9 @@ def parse_arg(arg: str, source: str, **keys) -> dict:
     default for a flag key (tiny=False); a flag is true for 1, true or yes (any case).
   Raises ValueError naming `source` and the allowed values for an unknown key or value.
   """
-  usage = ' and '.join(f'{k}=True|False' if isinstance(v, bool) else f'{k}=' + '|'.join(v)
-                       for k, v in keys.items())
+  usage = ' and '.join(
+    f'{k}=True|False' if isinstance(v, bool) else f'{k}=' + '|'.join(v) for k, v in keys.items()
+  )
   out = {k: v if isinstance(v, bool) else v[0] for k, v in keys.items()}
   for part in filter(None, (arg or '').split(',')):
     key, _, value = part.partition('=')

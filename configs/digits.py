@@ -15,6 +15,7 @@ Text goes through a tiny T5 v1.1 encoder with random frozen weights (numpy-seede
 identical everywhere); the U-Nets learn to read it through cross-attention.
 Re-running the same command resumes from the last checkpoint in --workdir.
 """
+
 import importlib.util
 import os
 
@@ -24,33 +25,42 @@ from imagen_video_jax.data.pipeline import DIGITS_STAGES
 
 # Loaded by path, like this file (configs/ is no package): the shared argument parser.
 _spec = importlib.util.spec_from_file_location(
-    '_ivj_configs_common', os.path.join(os.path.dirname(os.path.abspath(__file__)), 'common.py'))
+  '_ivj_configs_common', os.path.join(os.path.dirname(os.path.abspath(__file__)), 'common.py')
+)
 _common = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(_common)
 
 STAGES = ('base', 'tsr', 'ssr')
 # Where the trained cascade ships (`python -m imagen_video_jax.sample --config=<this file>`).
-CASCADE_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                           'checkpoints', 'digits')
+CASCADE_DIR = os.path.join(
+  os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'checkpoints', 'digits'
+)
 
 
 def _level(channels, blocks=1, spatial=False, temporal='conv', cross=False):
-  return dict(channels=channels, num_res_blocks=blocks, spatial_attention=spatial,
-              temporal=temporal, cross_attention=cross)
+  return dict(
+    channels=channels,
+    num_res_blocks=blocks,
+    spatial_attention=spatial,
+    temporal=temporal,
+    cross_attention=cross,
+  )
 
 
 # Small and efficient: base 3.25M, TSR 2.29M, SSR 2.48M params: 32 MB in float32 (EMA).
 _MODELS = {
-    'base': (_level(32), _level(64, 2, True, 'attention', True),
-             _level(128, 2, True, 'attention', True)),
-    'tsr': (_level(32), _level(64, 2, cross=True), _level(96, 2, True, 'conv', True)),
-    'ssr': (_level(32), _level(48), _level(64, 2, cross=True),
-            _level(96, 2, True, 'conv', True)),
+  'base': (
+    _level(32),
+    _level(64, 2, True, 'attention', True),
+    _level(128, 2, True, 'attention', True),
+  ),
+  'tsr': (_level(32), _level(64, 2, cross=True), _level(96, 2, True, 'conv', True)),
+  'ssr': (_level(32), _level(48), _level(64, 2, cross=True), _level(96, 2, True, 'conv', True)),
 }
 _TINY_MODELS = {
-    'base': (_level(16), _level(32, 1, False, 'attention', True)),
-    'tsr': (_level(16), _level(32, 1, cross=True)),
-    'ssr': (_level(16), _level(32, 1, cross=True)),
+  'base': (_level(16), _level(32, 1, False, 'attention', True)),
+  'tsr': (_level(16), _level(32, 1, cross=True)),
+  'ssr': (_level(16), _level(32, 1, cross=True)),
 }
 
 
@@ -70,51 +80,109 @@ def get_config(arg: str = 'stage=base') -> ml_collections.ConfigDict:
   c.checkpoint_every_steps = 100 if tiny else 2000
   c.checkpoint_every_secs = 0.0 if tiny else 600.0  # time-based too (0: off)
   c.keep_checkpoints = 3
-  c.sample_every = 0 if tiny else 5000        # 0: no sample videos
+  c.sample_every = 0 if tiny else 5000  # 0: no sample videos
   c.max_nonfinite_in_a_row = 5
   c.stop_after_secs = 0.0  # >0: save and stop after this many seconds (resume: rerun)
-  c.debug_nan_steps = ()                      # tests: poison these steps' batches
-  c.debug_sleep_secs = 0.0                    # tests: slow each step down
+  c.debug_nan_steps = ()  # tests: poison these steps' batches
+  c.debug_sleep_secs = 0.0  # tests: slow each step down
 
   # What one example is (imagen_video_jax.data.pipeline.StageSpec).
-  c.spec = ml_collections.ConfigDict(dict(
-      frames=spec.frames, height=spec.height, width=spec.width,
-      frame_stride=spec.frame_stride, kind=spec.kind, factor=spec.factor))
+  c.spec = ml_collections.ConfigDict(
+    dict(
+      frames=spec.frames,
+      height=spec.height,
+      width=spec.width,
+      frame_stride=spec.frame_stride,
+      kind=spec.kind,
+      factor=spec.factor,
+    )
+  )
 
-  c.text = ml_collections.ConfigDict(dict(
-      source='t5_random',          # tiny T5, random frozen weights (see module doc)
-      vocab_size=128, d_model=32 if tiny else 64, num_layers=1 if tiny else 2,
-      num_heads=2 if tiny else 4, d_kv=16, d_ff=64 if tiny else 128,
-      init_seed=0, max_length=10, tokenizer=''))  # '': <data.dir>/spiece.model
+  c.text = ml_collections.ConfigDict(
+    dict(
+      source='t5_random',  # tiny T5, random frozen weights (see module doc)
+      vocab_size=128,
+      d_model=32 if tiny else 64,
+      num_layers=1 if tiny else 2,
+      num_heads=2 if tiny else 4,
+      d_kv=16,
+      d_ff=64 if tiny else 128,
+      init_seed=0,
+      max_length=10,
+      tokenizer='',
+    )
+  )  # '': <data.dir>/spiece.model
 
-  c.model = ml_collections.ConfigDict(dict(
+  c.model = ml_collections.ConfigDict(
+    dict(
       levels=(_TINY_MODELS if tiny else _MODELS)[stage],
-      in_channels=3, cond_channels=3 if is_sr else 0, cond_augment=is_sr,
-      text_dim=c.text.d_model, text_pool=True, emb_dim=32 if tiny else 128,
-      head_dim=16 if tiny else 32, temporal_buckets=16, temporal_max_distance=32,
-      dropout=0.0, dtype='float32', remat='none', scan_blocks=False))  # small: neither pays
+      in_channels=3,
+      cond_channels=3 if is_sr else 0,
+      cond_augment=is_sr,
+      text_dim=c.text.d_model,
+      text_pool=True,
+      emb_dim=32 if tiny else 128,
+      head_dim=16 if tiny else 32,
+      temporal_buckets=16,
+      temporal_max_distance=32,
+      dropout=0.0,
+      dtype='float32',
+      remat='none',
+      scan_blocks=False,
+    )
+  )  # small: neither pays
 
-  c.diffusion = ml_collections.ConfigDict(dict(
-      prediction='v', weighting='uniform', min_snr_gamma=5.0, logsnr_min=-20.0,
-      logsnr_max=20.0, shift=0.0, p_uncond=0.1,
-      per_frame_time=True,          # each packed image its own noise level
-      cond_augment_max_t=0.5,       # SR: train aug t ~ U(0, max_t)
-      sample_cond_t=0.1))           # SR: fixed aug level when sampling
+  c.diffusion = ml_collections.ConfigDict(
+    dict(
+      prediction='v',
+      weighting='uniform',
+      min_snr_gamma=5.0,
+      logsnr_min=-20.0,
+      logsnr_max=20.0,
+      shift=0.0,
+      p_uncond=0.1,
+      per_frame_time=True,  # each packed image its own noise level
+      cond_augment_max_t=0.5,  # SR: train aug t ~ U(0, max_t)
+      sample_cond_t=0.1,
+    )
+  )  # SR: fixed aug level when sampling
 
-  c.optim = ml_collections.ConfigDict(dict(
+  c.optim = ml_collections.ConfigDict(
+    dict(
       # Small models take a high rate and a short warm-up: CPU runs are a few 1000 steps.
-      lr=1e-3 if tiny else 5e-4, warmup_steps=10 if tiny else 200, decay_steps=0,
-      end_lr_fraction=0.1, b1=0.9, b2=0.99, eps=1e-8, weight_decay=0.0, grad_clip=1.0,
-      ema_decay=0.999))
+      lr=1e-3 if tiny else 5e-4,
+      warmup_steps=10 if tiny else 200,
+      decay_steps=0,
+      end_lr_fraction=0.1,
+      b1=0.9,
+      b2=0.99,
+      eps=1e-8,
+      weight_decay=0.0,
+      grad_clip=1.0,
+      ema_decay=0.999,
+    )
+  )
 
-  c.data = ml_collections.ConfigDict(dict(
-      world='digits', dir='', batch_size=2 if tiny else 32,
-      image_fraction=0.5 if tiny else 0.25, num_videos=16 if tiny else 20_000,
-      num_images=16 if tiny else 20_000, seed=0, clip_frames=16, clip_size=32, fps=8,
-      num_threads=1 if tiny else 4, prefetch_rows=8 if tiny else 64, worker_count=0))
+  c.data = ml_collections.ConfigDict(
+    dict(
+      world='digits',
+      dir='',
+      batch_size=2 if tiny else 32,
+      image_fraction=0.5 if tiny else 0.25,
+      num_videos=16 if tiny else 20_000,
+      num_images=16 if tiny else 20_000,
+      seed=0,
+      clip_frames=16,
+      clip_size=32,
+      fps=8,
+      num_threads=1 if tiny else 4,
+      prefetch_rows=8 if tiny else 64,
+      worker_count=0,
+    )
+  )
 
-  c.sample = ml_collections.ConfigDict(dict(steps=8 if tiny else 32, guidance=3.0, num=4,
-                                             clip='static'))
-  c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1,
-                                           constrain_activations=False))
+  c.sample = ml_collections.ConfigDict(
+    dict(steps=8 if tiny else 32, guidance=3.0, num=4, clip='static')
+  )
+  c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1, constrain_activations=False))
   return c

@@ -32,6 +32,7 @@ attention only where the sequence is short. Every stage reads T5-XXL embeddings
 (4096-d) through attention pooling into the conditioning vector, and through
 cross-attention where listed. Source clips are taken as 24 fps (frame_stride = 24/fps).
 """
+
 import importlib.util
 import os
 
@@ -41,62 +42,98 @@ from imagen_video_jax.data.pipeline import StageSpec
 
 # Loaded by path, like this file (configs/ is no package): the shared argument parser.
 _spec = importlib.util.spec_from_file_location(
-    '_ivj_configs_common', os.path.join(os.path.dirname(os.path.abspath(__file__)), 'common.py'))
+  '_ivj_configs_common', os.path.join(os.path.dirname(os.path.abspath(__file__)), 'common.py')
+)
 _common = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(_common)
 
 STAGES = ('base', 'tsr1', 'ssr1', 'ssr2', 'tsr2', 'tsr3', 'ssr3')
 
 # Parameter counts reported by the paper (Imagen Video, Table/§2.5): 11.6B in all.
-PAPER_PARAMS = {'base': 5.6e9, 'tsr1': 1.7e9, 'ssr1': 1.4e9, 'ssr2': 1.2e9,
-                'tsr2': 780e6, 'tsr3': 630e6, 'ssr3': 340e6}
+PAPER_PARAMS = {
+  'base': 5.6e9,
+  'tsr1': 1.7e9,
+  'ssr1': 1.4e9,
+  'ssr2': 1.2e9,
+  'tsr2': 780e6,
+  'tsr3': 630e6,
+  'ssr3': 340e6,
+}
 
 SOURCE_FPS = 24
-T5_XXL = dict(vocab_size=32128, d_model=4096, num_layers=24, num_heads=64, d_kv=64,
-              d_ff=10240)
+T5_XXL = dict(vocab_size=32128, d_model=4096, num_layers=24, num_heads=64, d_kv=64, d_ff=10240)
 
 
 def _level(channels, blocks, spatial=False, temporal='conv', cross=False):
-  return dict(channels=channels, num_res_blocks=blocks, spatial_attention=spatial,
-              temporal=temporal, cross_attention=cross)
+  return dict(
+    channels=channels,
+    num_res_blocks=blocks,
+    spatial_attention=spatial,
+    temporal=temporal,
+    cross_attention=cross,
+  )
 
 
 def _unet(base, mults, blocks, *, spatial=(), cross=(), temporal='conv'):
   """Levels of an Efficient U-Net; `spatial`/`cross` list the level indices with attention."""
-  return tuple(_level(base * m, b, i in spatial, temporal, i in cross)
-               for i, (m, b) in enumerate(zip(mults, blocks)))
+  return tuple(
+    _level(base * m, b, i in spatial, temporal, i in cross)
+    for i, (m, b) in enumerate(zip(mults, blocks))
+  )
 
 
 # stage: (frames, height, width, fps, kind, factor, levels)
 _STAGES = {
-    # 24x40 -> 12x20 -> 6x10 -> 3x5; attention (spatial, temporal, text) everywhere.
-    'base': (16, 24, 40, 3, 'base', 1,
-             _unet(768, (1, 2, 3, 4), (2, 3, 5, 5), spatial=range(4), cross=range(4),
-                   temporal='attention')),
-    # Frame interpolation at 24x40: convolutions only, text cross-attention at low res.
-    'tsr1': (32, 24, 40, 6, 'tsr', 2,
-             _unet(384, (1, 2, 4, 4), (2, 4, 5, 5), cross=(2, 3))),
-    # 48x80 -> ... -> 6x10; self- and cross-attention at 12x20 and 6x10.
-    'ssr1': (32, 48, 80, 6, 'ssr', 2,
-             _unet(256, (1, 2, 4, 6), (2, 4, 5, 5), spatial=(2, 3), cross=(2, 3))),
-    # 192x320 -> ... -> 12x20 (Imagen's 256px Efficient U-Net, with temporal conv).
-    'ssr2': (32, 192, 320, 6, 'ssr', 4,
-             _unet(128, (1, 2, 4, 8, 8), (2, 4, 7, 7, 7), spatial=(3, 4), cross=(4,))),
-    'tsr2': (64, 192, 320, 12, 'tsr', 2,
-             _unet(128, (1, 2, 4, 8, 8), (2, 4, 4, 5, 5), cross=(4,))),
-    'tsr3': (128, 192, 320, 24, 'tsr', 2,
-             _unet(128, (1, 2, 4, 6, 8), (2, 3, 4, 4, 5), cross=(4,))),
-    # 768x1280 -> ... -> 24x40, fully convolutional (runs on any size, e.g. crops).
-    'ssr3': (128, 768, 1280, 24, 'ssr', 4,
-             _unet(128, (1, 1, 2, 4, 6, 6), (1, 2, 2, 3, 3, 3))),
+  # 24x40 -> 12x20 -> 6x10 -> 3x5; attention (spatial, temporal, text) everywhere.
+  'base': (
+    16,
+    24,
+    40,
+    3,
+    'base',
+    1,
+    _unet(768, (1, 2, 3, 4), (2, 3, 5, 5), spatial=range(4), cross=range(4), temporal='attention'),
+  ),
+  # Frame interpolation at 24x40: convolutions only, text cross-attention at low res.
+  'tsr1': (32, 24, 40, 6, 'tsr', 2, _unet(384, (1, 2, 4, 4), (2, 4, 5, 5), cross=(2, 3))),
+  # 48x80 -> ... -> 6x10; self- and cross-attention at 12x20 and 6x10.
+  'ssr1': (
+    32,
+    48,
+    80,
+    6,
+    'ssr',
+    2,
+    _unet(256, (1, 2, 4, 6), (2, 4, 5, 5), spatial=(2, 3), cross=(2, 3)),
+  ),
+  # 192x320 -> ... -> 12x20 (Imagen's 256px Efficient U-Net, with temporal conv).
+  'ssr2': (
+    32,
+    192,
+    320,
+    6,
+    'ssr',
+    4,
+    _unet(128, (1, 2, 4, 8, 8), (2, 4, 7, 7, 7), spatial=(3, 4), cross=(4,)),
+  ),
+  'tsr2': (64, 192, 320, 12, 'tsr', 2, _unet(128, (1, 2, 4, 8, 8), (2, 4, 4, 5, 5), cross=(4,))),
+  'tsr3': (128, 192, 320, 24, 'tsr', 2, _unet(128, (1, 2, 4, 6, 8), (2, 3, 4, 4, 5), cross=(4,))),
+  # 768x1280 -> ... -> 24x40, fully convolutional (runs on any size, e.g. crops).
+  'ssr3': (128, 768, 1280, 24, 'ssr', 4, _unet(128, (1, 1, 2, 4, 6, 6), (1, 2, 2, 3, 3, 3))),
 }
 
 
 def get_config(arg: str = 'stage=base') -> ml_collections.ConfigDict:
   stage = _common.parse_arg(arg, 'configs/imagen_video.py', stage=STAGES)['stage']
   frames, height, width, fps, kind, factor, levels = _STAGES[stage]
-  spec = StageSpec(frames=frames, height=height, width=width,
-                   frame_stride=SOURCE_FPS // fps, kind=kind, factor=factor)  # validates
+  spec = StageSpec(
+    frames=frames,
+    height=height,
+    width=width,
+    frame_stride=SOURCE_FPS // fps,
+    kind=kind,
+    factor=factor,
+  )  # validates
   is_sr = kind != 'base'
 
   c = ml_collections.ConfigDict()
@@ -117,40 +154,100 @@ def get_config(arg: str = 'stage=base') -> ml_collections.ConfigDict:
   c.debug_nan_steps = ()
   c.debug_sleep_secs = 0.0
 
-  c.spec = ml_collections.ConfigDict(dict(
-      frames=spec.frames, height=spec.height, width=spec.width,
-      frame_stride=spec.frame_stride, kind=spec.kind, factor=spec.factor))
+  c.spec = ml_collections.ConfigDict(
+    dict(
+      frames=spec.frames,
+      height=spec.height,
+      width=spec.width,
+      frame_stride=spec.frame_stride,
+      kind=spec.kind,
+      factor=spec.factor,
+    )
+  )
 
   # Frozen T5-XXL. 'cache': embeddings precomputed by encode_text (what the paper's
   # scale calls for); 't5': run the converted encoder (text.t5_dir) in the train step.
-  c.text = ml_collections.ConfigDict(dict(
-      source='cache', size='xxl', t5_dir='', cache_dir='', tokenizer='',
-      max_length=128, init_seed=0, **T5_XXL))
+  c.text = ml_collections.ConfigDict(
+    dict(
+      source='cache',
+      size='xxl',
+      t5_dir='',
+      cache_dir='',
+      tokenizer='',
+      max_length=128,
+      init_seed=0,
+      **T5_XXL,
+    )
+  )
 
-  c.model = ml_collections.ConfigDict(dict(
-      levels=levels, in_channels=3, cond_channels=3 if is_sr else 0, cond_augment=is_sr,
-      text_dim=T5_XXL['d_model'], text_pool=True, emb_dim=1024, head_dim=64,
-      temporal_buckets=32, temporal_max_distance=64, dropout=0.0, dtype='bfloat16',
+  c.model = ml_collections.ConfigDict(
+    dict(
+      levels=levels,
+      in_channels=3,
+      cond_channels=3 if is_sr else 0,
+      cond_augment=is_sr,
+      text_dim=T5_XXL['d_model'],
+      text_pool=True,
+      emb_dim=1024,
+      head_dim=64,
+      temporal_buckets=32,
+      temporal_max_distance=64,
+      dropout=0.0,
+      dtype='bfloat16',
       # Activations, not weights, decide the mesh at this size (benchmarks/BENCHMARKS.md):
       # recompute each block in the backward pass; scanned blocks also compile faster.
-      remat='full', scan_blocks=True))
+      remat='full',
+      scan_blocks=True,
+    )
+  )
 
-  c.diffusion = ml_collections.ConfigDict(dict(
-      prediction='v', weighting='uniform', min_snr_gamma=5.0, logsnr_min=-20.0,
-      logsnr_max=20.0, shift=0.0, p_uncond=0.1, per_frame_time=True,
-      cond_augment_max_t=0.5, sample_cond_t=0.1))
+  c.diffusion = ml_collections.ConfigDict(
+    dict(
+      prediction='v',
+      weighting='uniform',
+      min_snr_gamma=5.0,
+      logsnr_min=-20.0,
+      logsnr_max=20.0,
+      shift=0.0,
+      p_uncond=0.1,
+      per_frame_time=True,
+      cond_augment_max_t=0.5,
+      sample_cond_t=0.1,
+    )
+  )
 
-  c.optim = ml_collections.ConfigDict(dict(
-      lr=1e-4, warmup_steps=10_000, decay_steps=0, end_lr_fraction=0.1, b1=0.9, b2=0.99,
-      eps=1e-8, weight_decay=0.0, grad_clip=1.0, ema_decay=0.9999))
+  c.optim = ml_collections.ConfigDict(
+    dict(
+      lr=1e-4,
+      warmup_steps=10_000,
+      decay_steps=0,
+      end_lr_fraction=0.1,
+      b1=0.9,
+      b2=0.99,
+      eps=1e-8,
+      weight_decay=0.0,
+      grad_clip=1.0,
+      ema_decay=0.9999,
+    )
+  )
 
   # Real videos (import_videos output) jointly with still images packed as frames.
-  c.data = ml_collections.ConfigDict(dict(
-      world='videos', dir='', batch_size=256, image_fraction=0.25, seed=0,
-      num_threads=16, prefetch_rows=512, worker_count=8))
+  c.data = ml_collections.ConfigDict(
+    dict(
+      world='videos',
+      dir='',
+      batch_size=256,
+      image_fraction=0.25,
+      seed=0,
+      num_threads=16,
+      prefetch_rows=512,
+      worker_count=8,
+    )
+  )
 
-  c.sample = ml_collections.ConfigDict(dict(steps=64, guidance=6.0 if stage == 'base' else 3.0,
-                                             num=4, clip='dynamic'))
+  c.sample = ml_collections.ConfigDict(
+    dict(steps=64, guidance=6.0 if stage == 'base' else 3.0, num=4, clip='dynamic')
+  )
 
   # Pure FSDP over every device by default (fits any device count); e.g.
   # --config.mesh.data=4 --config.mesh.fsdp=-1 for data parallel across 4 groups, and
@@ -162,6 +259,7 @@ def get_config(arg: str = 'stage=base') -> ml_collections.ConfigDict:
 def param_count(stage: str) -> int:
   """Parameters of a stage from abstract shapes only (jax.eval_shape: nothing allocated)."""
   from imagen_video_jax.models.unet import UNetConfig, count_params
+
   return count_params(UNetConfig.from_dict(get_config(f'stage={stage}').model.to_dict()))
 
 
@@ -171,7 +269,9 @@ def print_summary() -> None:
     c = get_config(f'stage={stage}')
     n = param_count(stage)
     total += n
-    print(f'{stage:5s} {c.frames:4d} x {c.height:4d} x {c.width:4d} @ {c.fps:2d} fps  '
-          f'{n / 1e9:6.3f}B params (paper {PAPER_PARAMS[stage] / 1e9:.2f}B, '
-          f'{100 * (n / PAPER_PARAMS[stage] - 1):+.1f}%)')
+    print(
+      f'{stage:5s} {c.frames:4d} x {c.height:4d} x {c.width:4d} @ {c.fps:2d} fps  '
+      f'{n / 1e9:6.3f}B params (paper {PAPER_PARAMS[stage] / 1e9:.2f}B, '
+      f'{100 * (n / PAPER_PARAMS[stage] - 1):+.1f}%)'
+    )
   print(f'total {total / 1e9:.2f}B (paper 11.6B) + frozen T5-XXL encoder (4.6B)')

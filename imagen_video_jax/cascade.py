@@ -7,6 +7,7 @@ loop with cond and uncond in one batched forward; compiled samplers are cached p
 stage and sampler config, so a second prompt of the same batch size runs without
 recompiling.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -27,6 +28,7 @@ TextEncoderFn = Callable[[Sequence[str]], tuple[Any, Any]]
 @dataclasses.dataclass
 class CascadeOutput:
   """videos: uint8 [N, T, H, W, 3] at `fps`; intermediates: every stage's output by name."""
+
   videos: np.ndarray
   fps: float
   prompts: list[str]
@@ -36,8 +38,10 @@ class CascadeOutput:
     """Writes stem.mp4/.gif/.png (stem_i.* for several videos); returns the paths."""
     if len(self.videos) == 1:
       return [io.write_video_files(stem, self.videos[0], self.fps, scale=scale)]
-    return [io.write_video_files(f'{stem}_{i}', v, self.fps, scale=scale)
-            for i, v in enumerate(self.videos)]
+    return [
+      io.write_video_files(f'{stem}_{i}', v, self.fps, scale=scale)
+      for i, v in enumerate(self.videos)
+    ]
 
 
 class CascadePipeline:
@@ -61,8 +65,10 @@ class CascadePipeline:
       want = (st.spec.cond_frames, st.spec.cond_height, st.spec.cond_width)
       have = (prev.spec.frames, prev.spec.height, prev.spec.width)
       if want != have:
-        raise ValueError(f'stage {st.name} is conditioned on {want[0]}x{want[1]}x{want[2]} '
-                         f'(frames x H x W) but {prev.name} makes {have[0]}x{have[1]}x{have[2]}')
+        raise ValueError(
+          f'stage {st.name} is conditioned on {want[0]}x{want[1]}x{want[2]} '
+          f'(frames x H x W) but {prev.name} makes {have[0]}x{have[1]}x{have[2]}'
+        )
     if text_encoder is None and any(s.unet.text_dim is not None for s in stages):
       raise ValueError('the stages read text: pass a text_encoder')
     self.stages = list(stages)
@@ -73,23 +79,40 @@ class CascadePipeline:
   def _sampler(self, index: int, cfg: SamplerConfig) -> Callable:
     key = (index, cfg)
     if key not in self._compiled:
-      self._compiled[key] = jax.jit(self._make_sampler(self.stages[index], cfg),
-                                    static_argnums=7)
+      self._compiled[key] = jax.jit(self._make_sampler(self.stages[index], cfg), static_argnums=7)
     return self._compiled[key]
 
   def _make_sampler(self, stage: Stage, cfg: SamplerConfig) -> Callable:
     on_step = lambda i: self._on_step(i)  # stable identity: the jit cache is reused
 
     def run(params, emb, mask, neg_emb, neg_mask, low, key, b):
-      return sample_stage(stage, params, key, b, text_emb=emb, text_mask=mask,
-                          neg_text_emb=neg_emb, neg_text_mask=neg_mask, low=low,
-                          sampler=cfg, on_step=on_step)
+      return sample_stage(
+        stage,
+        params,
+        key,
+        b,
+        text_emb=emb,
+        text_mask=mask,
+        neg_text_emb=neg_emb,
+        neg_text_mask=neg_mask,
+        low=low,
+        sampler=cfg,
+        on_step=on_step,
+      )
+
     return run
 
-  def __call__(self, prompts: str | Sequence[str], *, negative_prompt: str | None = None,
-               num_samples: int = 1, seed: int = 0,
-               samplers_by_stage: Mapping[str, SamplerConfig] | None = None,
-               return_intermediates: bool = False, progress: bool = True) -> CascadeOutput:
+  def __call__(
+    self,
+    prompts: str | Sequence[str],
+    *,
+    negative_prompt: str | None = None,
+    num_samples: int = 1,
+    seed: int = 0,
+    samplers_by_stage: Mapping[str, SamplerConfig] | None = None,
+    return_intermediates: bool = False,
+    progress: bool = True,
+  ) -> CascadeOutput:
     """Samples `num_samples` videos per prompt; returns uint8 videos of the last stage.
 
     samplers_by_stage: per-stage SamplerConfig overrides (steps, guidance,
@@ -107,8 +130,9 @@ class CascadePipeline:
     if self.text_encoder is not None:
       emb, mask = (jnp.asarray(a) for a in self.text_encoder(batch_prompts))
       if negative_prompt is not None:
-        neg_emb, neg_mask = (jnp.asarray(a) for a in
-                             self.text_encoder([negative_prompt] * len(batch_prompts)))
+        neg_emb, neg_mask = (
+          jnp.asarray(a) for a in self.text_encoder([negative_prompt] * len(batch_prompts))
+        )
     key = jax.random.key(seed)
     video = None
     intermediates = {}
@@ -117,18 +141,31 @@ class CascadePipeline:
       bar = _progress(stage.name, cfg.steps, progress)
       self._on_step = lambda _, bar=bar: bar.update(1)
       try:
-        video = self._sampler(i, cfg)(stage.params, emb, mask, neg_emb, neg_mask, video,
-                                      jax.random.fold_in(key, i), len(batch_prompts))
+        video = self._sampler(i, cfg)(
+          stage.params,
+          emb,
+          mask,
+          neg_emb,
+          neg_mask,
+          video,
+          jax.random.fold_in(key, i),
+          len(batch_prompts),
+        )
         video = jax.block_until_ready(video)
       finally:
         self._on_step = lambda i: None
         bar.close()
       if return_intermediates:
         intermediates[stage.name] = io.to_uint8(np.asarray(video))
-    return CascadeOutput(io.to_uint8(np.asarray(video)), self.stages[-1].fps, batch_prompts,
-                         intermediates if return_intermediates else None)
+    return CascadeOutput(
+      io.to_uint8(np.asarray(video)),
+      self.stages[-1].fps,
+      batch_prompts,
+      intermediates if return_intermediates else None,
+    )
 
 
 def _progress(name: str, steps: int, enabled: bool):
   from tqdm.auto import tqdm
+
   return tqdm(total=steps, desc=f'stage {name}', unit='step', disable=not enabled, leave=False)

@@ -12,6 +12,7 @@ Layout of an exported cascade directory (e.g. `checkpoints/digits/`):
 safetensors holds only arrays (no code runs on load) and is small; the JSON is
 readable and diffable. Nothing here unpickles anything.
 """
+
 from __future__ import annotations
 
 import json
@@ -55,15 +56,19 @@ def load_stage(directory: str) -> Stage:
   return Stage.from_json(meta, params_io.load_params(params_path))
 
 
-def save_cascade(directory: str, stages: list[Stage], *, text_dir: str | None = 'text',
-                 max_length: int = 32) -> str:
+def save_cascade(
+  directory: str, stages: list[Stage], *, text_dir: str | None = 'text', max_length: int = 32
+) -> str:
   """Writes every stage and cascade.json. The text encoder (if any) is expected at
   `directory/text_dir`, written by `text.checkpoints.save_t5(..., vocab=...)`."""
   os.makedirs(directory, exist_ok=True)
   for st in stages:
     save_stage(os.path.join(directory, st.name), st)
-  meta = {'format': FORMAT, 'stages': [s.name for s in stages],
-          'text': None if text_dir is None else {'dir': text_dir, 'max_length': max_length}}
+  meta = {
+    'format': FORMAT,
+    'stages': [s.name for s in stages],
+    'text': None if text_dir is None else {'dir': text_dir, 'max_length': max_length},
+  }
   with open(os.path.join(directory, CASCADE_FILE), 'w') as f:
     json.dump(meta, f, indent=2)
   return directory
@@ -76,8 +81,10 @@ def load_cascade(directory: str, *, text_encoder=None) -> CascadePipeline:
   """
   path = os.path.join(directory, CASCADE_FILE)
   if not os.path.isfile(path):
-    raise ExportError(f'{directory} holds no {CASCADE_FILE}: not an exported cascade '
-                      '(export one from training checkpoints first)')
+    raise ExportError(
+      f'{directory} holds no {CASCADE_FILE}: not an exported cascade '
+      '(export one from training checkpoints first)'
+    )
   with open(path) as f:
     meta = json.load(f)
   if meta.get('format') != FORMAT:
@@ -86,9 +93,12 @@ def load_cascade(directory: str, *, text_encoder=None) -> CascadePipeline:
   if text_encoder is None and meta.get('text'):
     from imagen_video_jax.text.encoder import TextEncoder
     import jax.numpy as jnp
-    text_encoder = TextEncoder.load(os.path.join(directory, meta['text']['dir']),
-                                    max_length=meta['text']['max_length'],
-                                    out_dtype=jnp.float32)
+
+    text_encoder = TextEncoder.load(
+      os.path.join(directory, meta['text']['dir']),
+      max_length=meta['text']['max_length'],
+      out_dtype=jnp.float32,
+    )
   return CascadePipeline(stages, text_encoder)
 
 
@@ -102,6 +112,7 @@ def read_training_run(workdir: str, step: int | None = None) -> tuple[dict, Any,
   read whole onto this host (`Checkpointer.restore_to_host`).
   """
   from imagen_video_jax.training import checkpointing
+
   if not os.path.isdir(os.path.join(os.path.abspath(workdir), 'checkpoints')):
     raise ExportError(f'{workdir} holds no checkpoints/: not a training workdir')
   ckpt = checkpointing.Checkpointer(workdir, async_save=False)
@@ -114,8 +125,9 @@ def read_training_run(workdir: str, step: int | None = None) -> tuple[dict, Any,
     ckpt.close()
 
 
-def _export_text(config: Mapping[str, Any], workdir: str, output: str,
-                 t5_dir: str | None = None) -> int | None:
+def _export_text(
+  config: Mapping[str, Any], workdir: str, output: str, t5_dir: str | None = None
+) -> int | None:
   """Writes the run's text encoder (T5 + spiece.model) to output/ as `save_t5` does.
 
   Returns the text length the stages were trained with when it is not the config's
@@ -126,20 +138,25 @@ def _export_text(config: Mapping[str, Any], workdir: str, output: str,
   from imagen_video_jax.data import prepare
   from imagen_video_jax.models import t5 as t5_lib
   from imagen_video_jax.text import checkpoints as t5_checkpoints
+
   t = config['text']
   if t['source'] == 'cache':
     # The stages read embeddings a T5 made offline; sampling needs that very T5.
     t5_dir = t5_dir or t.get('t5_dir')
     if not t5_dir:
-      raise ExportError("the run was trained on cached T5 embeddings (text.source='cache'); "
-                        'sampling needs the T5 that made them: pass --t5=DIR, the converted '
-                        'encoder that encode_text read')
+      raise ExportError(
+        "the run was trained on cached T5 embeddings (text.source='cache'); "
+        'sampling needs the T5 that made them: pass --t5=DIR, the converted '
+        'encoder that encode_text read'
+      )
     length = check_cache_encoder(t5_dir, t.get('cache_dir'))
     shutil.copytree(t5_dir, output, dirs_exist_ok=True)
     return length
   if t5_dir:
-    raise ExportError(f"--t5 is for runs trained on cached embeddings; this run's "
-                      f"text.source is {t['source']!r} and its own T5 is exported")
+    raise ExportError(
+      f"--t5 is for runs trained on cached embeddings; this run's "
+      f'text.source is {t["source"]!r} and its own T5 is exported'
+    )
   if t['source'] == 't5':
     shutil.copytree(t['t5_dir'], output, dirs_exist_ok=True)
     if t.get('tokenizer'):
@@ -148,11 +165,13 @@ def _export_text(config: Mapping[str, Any], workdir: str, output: str,
   if t['source'] != 't5_random':
     raise ExportError(f"text.source={t['source']!r}: use 't5_random', 't5' or 'cache'")
   vocab = t.get('tokenizer') or os.path.join(  # the run's spiece.model
-      prepare.digits_data_dir(config['data'], workdir), t5_checkpoints.VOCAB_FILE)
+    prepare.digits_data_dir(config['data'], workdir), t5_checkpoints.VOCAB_FILE
+  )
   if not os.path.isfile(vocab):
-    raise ExportError(f'the run\'s tokenizer {vocab} is missing')
+    raise ExportError(f"the run's tokenizer {vocab} is missing")
   cfg = stage_lib.text_from_config(t)
   from flax import linen as nn
+
   params = nn.unbox(t5_lib.init_params(cfg, int(t['init_seed'])))
   t5_checkpoints.save_t5(output, cfg, params, vocab=vocab, source='t5_random')
   return None
@@ -172,6 +191,7 @@ def check_cache_encoder(t5_dir: str, cache_dir: str | None, num: int = 8) -> int
   from imagen_video_jax.text import cache as cache_lib
   from imagen_video_jax.text import checkpoints as t5_checkpoints
   from imagen_video_jax.text.encoder import TextEncoder
+
   try:
     t5_cfg, _ = t5_checkpoints.read_config(t5_dir)
   except t5_checkpoints.CheckpointError as e:
@@ -180,24 +200,32 @@ def check_cache_encoder(t5_dir: str, cache_dir: str | None, num: int = 8) -> int
     return None
   reader = cache_lib.CacheReader(cache_dir)
   made_by = reader.metadata.get('t5', {})
-  differ = [f'{k} {made_by[k]} vs {getattr(t5_cfg, k)}' for k in _ARCH
-            if k in made_by and made_by[k] != getattr(t5_cfg, k)]
+  differ = [
+    f'{k} {made_by[k]} vs {getattr(t5_cfg, k)}'
+    for k in _ARCH
+    if k in made_by and made_by[k] != getattr(t5_cfg, k)
+  ]
   if differ:
-    raise ExportError(f'{t5_dir} is not the T5 that made the cache {cache_dir} (cache vs '
-                      f'--t5: {", ".join(differ)})')
+    raise ExportError(
+      f'{t5_dir} is not the T5 that made the cache {cache_dir} (cache vs --t5: {", ".join(differ)})'
+    )
   length = int(reader.metadata['max_length'])
   enc = TextEncoder.load(t5_dir, max_length=length, out_dtype=jnp.float32)
   records = [reader[i] for i in range(min(num, len(reader)))]
   tok = enc.tokenizer([r['caption'] for r in records], length)
   if not np.array_equal(tok.ids, np.stack([r['ids'] for r in records])):
-    raise ExportError(f'the vocabulary of {t5_dir} is not the one that made the cache '
-                      f'{cache_dir}: its captions tokenize differently')
+    raise ExportError(
+      f'the vocabulary of {t5_dir} is not the one that made the cache '
+      f'{cache_dir}: its captions tokenize differently'
+    )
   cached = np.stack([r['emb'] for r in records]).astype(np.float32)
   emb = enc.encode_ids(tok.ids, tok.mask)
   rel = float(np.linalg.norm(emb - cached) / max(np.linalg.norm(cached), 1e-12))
   if not rel < 0.02:  # bfloat16 rounding is ~0.3%; another T5 is off by ~100%
-    raise ExportError(f'{t5_dir} is not the T5 that made the cache {cache_dir}: its '
-                      f'embeddings of the cached captions differ by {100 * rel:.0f}%')
+    raise ExportError(
+      f'{t5_dir} is not the T5 that made the cache {cache_dir}: its '
+      f'embeddings of the cached captions differ by {100 * rel:.0f}%'
+    )
   return length
 
 
@@ -212,14 +240,19 @@ def export_training_runs(workdirs: list[str], output: str, *, t5_dir: str | None
   runs = [read_training_run(w) for w in workdirs]
   texts = {json.dumps(c['text'], sort_keys=True) for c, _, _ in runs}
   if len(texts) > 1:
-    raise ExportError('the runs were trained with different text encoders (config.text); '
-                      'a cascade shares one')
+    raise ExportError(
+      'the runs were trained with different text encoders (config.text); a cascade shares one'
+    )
   stages = [stage_lib.from_config(c, ema) for c, ema, _ in runs]
   config0 = runs[0][0]
   text_dir, length = None, None
   if any(s.unet.text_dim is not None for s in stages):
     text_dir = 'text'
     length = _export_text(config0, workdirs[0], os.path.join(output, text_dir), t5_dir)
-  save_cascade(output, stages, text_dir=text_dir,
-               max_length=length or int(config0['text'].get('max_length', 32)))
+  save_cascade(
+    output,
+    stages,
+    text_dir=text_dir,
+    max_length=length or int(config0['text'].get('max_length', 32)),
+  )
   return output

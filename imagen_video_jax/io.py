@@ -6,6 +6,7 @@ that imageio-ffmpeg ships, so nothing needs installing. GIFs and PNGs go through
 Pillow. Tiny videos (the 32x32 Moving Digits) can be scaled up by an integer
 factor with nearest-neighbour so they are visible in a player.
 """
+
 from __future__ import annotations
 
 import math
@@ -60,10 +61,18 @@ def write_mp4(path: str, video: np.ndarray, fps: float, *, scale: int = 1, crf: 
 
 def _send_frames(path: str, video: np.ndarray, fps: float, crf: int) -> None:
   import imageio_ffmpeg  # ships its own ffmpeg binary
+
   _, h, w, _ = video.shape
   writer = imageio_ffmpeg.write_frames(
-      path, (w, h), fps=fps, codec='libx264', pix_fmt_out='yuv420p',
-      macro_block_size=1, output_params=['-crf', str(crf)], ffmpeg_log_level='error')
+    path,
+    (w, h),
+    fps=fps,
+    codec='libx264',
+    pix_fmt_out='yuv420p',
+    macro_block_size=1,
+    output_params=['-crf', str(crf)],
+    ffmpeg_log_level='error',
+  )
   writer.send(None)  # start the generator
   for frame in video:
     writer.send(np.ascontiguousarray(frame))
@@ -73,6 +82,7 @@ def _send_frames(path: str, video: np.ndarray, fps: float, crf: int) -> None:
 def read_mp4(path: str) -> tuple[np.ndarray, float]:
   """Reads a video file back: (uint8 [T, H, W, 3], fps)."""
   import imageio_ffmpeg
+
   if not os.path.isfile(path):
     raise FileNotFoundError(f'no video file at {path}')
   reader = imageio_ffmpeg.read_frames(path, pix_fmt='rgb24')
@@ -87,17 +97,25 @@ def read_mp4(path: str) -> tuple[np.ndarray, float]:
 def write_gif(path: str, video: np.ndarray, fps: float, *, scale: int = 1) -> str:
   """Writes an animated GIF that loops forever."""
   from PIL import Image
+
   video = upscale(_check(video), scale)
   frames = [Image.fromarray(f) for f in video]
   _parent(path)
-  frames[0].save(path, save_all=True, append_images=frames[1:], loop=0,
-                 duration=max(1, round(1000.0 / fps)), optimize=False)
+  frames[0].save(
+    path,
+    save_all=True,
+    append_images=frames[1:],
+    loop=0,
+    duration=max(1, round(1000.0 / fps)),
+    optimize=False,
+  )
   return path
 
 
 def read_gif(path: str) -> np.ndarray:
   """uint8 [T, H, W, 3] frames of an animated GIF."""
   from PIL import Image, ImageSequence
+
   with Image.open(path) as im:
     return np.stack([np.asarray(f.convert('RGB')) for f in ImageSequence.Iterator(im)])
 
@@ -111,22 +129,25 @@ def contact_sheet(video: np.ndarray, *, columns: int | None = None, gap: int = 1
   sheet = np.zeros((rows * h + (rows - 1) * gap, cols * w + (cols - 1) * gap, 3), np.uint8)
   for i, frame in enumerate(video):
     r, c = divmod(i, cols)
-    sheet[r * (h + gap):r * (h + gap) + h, c * (w + gap):c * (w + gap) + w] = frame
+    sheet[r * (h + gap) : r * (h + gap) + h, c * (w + gap) : c * (w + gap) + w] = frame
   return sheet
 
 
 def write_png(path: str, image: np.ndarray) -> str:
   """Writes a uint8 [H, W, 3] image."""
   from PIL import Image
+
   _parent(path)
   Image.fromarray(np.asarray(image, np.uint8)).save(path)
   return path
 
 
-def write_video_files(stem: str, video: np.ndarray, fps: float, *, scale: int = 1) -> dict[str, str]:
+def write_video_files(
+  stem: str, video: np.ndarray, fps: float, *, scale: int = 1
+) -> dict[str, str]:
   """Writes stem.mp4, stem.gif and stem.png (contact sheet); returns their paths."""
   return {
-      'mp4': write_mp4(stem + '.mp4', video, fps, scale=scale),
-      'gif': write_gif(stem + '.gif', video, fps, scale=scale),
-      'png': write_png(stem + '.png', contact_sheet(upscale(_check(video), scale))),
+    'mp4': write_mp4(stem + '.mp4', video, fps, scale=scale),
+    'gif': write_gif(stem + '.gif', video, fps, scale=scale),
+    'png': write_png(stem + '.png', contact_sheet(upscale(_check(video), scale))),
   }

@@ -27,6 +27,7 @@ FSDP-sharded, from one rule set. A dimension that a mesh axis does not divide (a
 input conv, 5 heads on a 2-way tensor axis) is left replicated on that mesh axis instead of
 padded, so any config runs on any mesh.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -49,21 +50,21 @@ BATCH_AXES = ('data', 'fsdp')
 # Logical axis -> mesh axes, in order of priority. Covers every name the U-Net
 # (models/unet.py, layers.py, attention.py) and the T5 encoder (models/t5.py) use.
 DEFAULT_RULES: tuple[tuple[str, Any], ...] = (
-    # activations
-    ('batch', BATCH_AXES),
-    ('frames', None),
-    ('height', None),
-    ('width', None),
-    ('length', None),
-    # parameters: FSDP on the model width, tensor parallel on the "fan-out" axes
-    ('embed', 'fsdp'),
-    ('conv_in', 'fsdp'),
-    ('mlp', 'tensor'),
-    ('heads', 'tensor'),
-    ('conv_out', 'tensor'),
-    ('vocab', 'tensor'),
-    ('kv', None),
-    ('layers', None),  # the stacked blocks of UNetConfig.scan_blocks
+  # activations
+  ('batch', BATCH_AXES),
+  ('frames', None),
+  ('height', None),
+  ('width', None),
+  ('length', None),
+  # parameters: FSDP on the model width, tensor parallel on the "fan-out" axes
+  ('embed', 'fsdp'),
+  ('conv_in', 'fsdp'),
+  ('mlp', 'tensor'),
+  ('heads', 'tensor'),
+  ('conv_out', 'tensor'),
+  ('vocab', 'tensor'),
+  ('kv', None),
+  ('layers', None),  # the stacked blocks of UNetConfig.scan_blocks
 )
 
 LogicalRules = Sequence[tuple[str, Any]]
@@ -85,13 +86,15 @@ def _resolve_sizes(sizes: Mapping[str, int], total: int, what: str) -> tuple[int
   if unknown:
     if total % known:
       raise ValueError(
-          f'{what}: {total} devices cannot be split into {_fmt(shape)}: the fixed axes '
-          f'({known} devices) do not divide {total}. Choose sizes whose product divides {total}.')
+        f'{what}: {total} devices cannot be split into {_fmt(shape)}: the fixed axes '
+        f'({known} devices) do not divide {total}. Choose sizes whose product divides {total}.'
+      )
     shape[AXES.index(unknown[0])] = total // known
   elif known != total:
     raise ValueError(
-        f'{what}: mesh {_fmt(shape)} needs {known} devices but there are {total}. '
-        f'Make data*fsdp*tensor equal {total}, or set one axis to -1 to fill.')
+      f'{what}: mesh {_fmt(shape)} needs {known} devices but there are {total}. '
+      f'Make data*fsdp*tensor equal {total}, or set one axis to -1 to fill.'
+    )
   return tuple(shape)
 
 
@@ -99,8 +102,9 @@ def _fmt(shape: Sequence[int]) -> str:
   return ' x '.join(f'{a}={s}' for a, s in zip(AXES, shape))
 
 
-def make_mesh(data: int = -1, fsdp: int = 1, tensor: int = 1,
-              devices: Sequence[Any] | None = None) -> Mesh:
+def make_mesh(
+  data: int = -1, fsdp: int = 1, tensor: int = 1, devices: Sequence[Any] | None = None
+) -> Mesh:
   """A ``('data', 'fsdp', 'tensor')`` mesh over `devices` (default: all), AxisType.Auto.
 
   One size may be -1: it takes the devices the others leave. Raises ValueError when
@@ -116,8 +120,9 @@ def make_mesh(data: int = -1, fsdp: int = 1, tensor: int = 1,
     return Mesh(np.asarray(devices, dtype=object).reshape(shape), AXES, axis_types=axis_types)
 
 
-def make_hybrid_mesh(ici: Mapping[str, int], dcn: Mapping[str, int],
-                     devices: Sequence[Any] | None = None) -> Mesh:
+def make_hybrid_mesh(
+  ici: Mapping[str, int], dcn: Mapping[str, int], devices: Sequence[Any] | None = None
+) -> Mesh:
   """A multi-slice mesh: `ici` sizes within a slice (fast interconnect), `dcn` across slices.
 
   Each axis' size is ici[axis] * dcn[axis] (missing axes: 1); one -1 is allowed in each
@@ -132,14 +137,17 @@ def make_hybrid_mesh(ici: Mapping[str, int], dcn: Mapping[str, int],
   devices = list(jax.devices() if devices is None else devices)
   num_slices = len({getattr(d, 'slice_index', 0) for d in devices})
   dcn_shape = _resolve_sizes(dcn, num_slices, 'make_hybrid_mesh (dcn, across slices)')
-  ici_shape = _resolve_sizes(ici, len(devices) // num_slices,
-                             'make_hybrid_mesh (ici, devices per slice)')
+  ici_shape = _resolve_sizes(
+    ici, len(devices) // num_slices, 'make_hybrid_mesh (ici, devices per slice)'
+  )
   axis_types = (AxisType.Auto,) * len(AXES)
   if num_slices == 1:  # nothing crosses DCN: the ordinary mesh
     return make_mesh(*ici_shape, devices=devices)
   from jax.experimental import mesh_utils
-  arr = mesh_utils.create_hybrid_device_mesh(ici_shape, dcn_shape, devices,
-                                             allow_split_physical_axes=True)
+
+  arr = mesh_utils.create_hybrid_device_mesh(
+    ici_shape, dcn_shape, devices, allow_split_physical_axes=True
+  )
   return Mesh(arr, AXES, axis_types=axis_types)
 
 
@@ -157,15 +165,15 @@ def mesh_from_config(cfg: Mapping[str, Any] | None, devices: Sequence[Any] | Non
   return make_mesh(**ici, devices=devices)
 
 
-def abstract_mesh(num_devices: int, data: int = -1, fsdp: int = 1,
-                  tensor: int = 1) -> jax.sharding.AbstractMesh:
+def abstract_mesh(
+  num_devices: int, data: int = -1, fsdp: int = 1, tensor: int = 1
+) -> jax.sharding.AbstractMesh:
   """A mesh of `num_devices` that need not exist: for planning (shardings, bytes per device).
 
   ``param_bytes_per_device(abstract, logical_shardings(abstract, abstract_mesh(256, fsdp=-1)))``
   sizes a 256-chip job on a laptop.
   """
-  shape = _resolve_sizes(dict(data=data, fsdp=fsdp, tensor=tensor), num_devices,
-                         'abstract_mesh')
+  shape = _resolve_sizes(dict(data=data, fsdp=fsdp, tensor=tensor), num_devices, 'abstract_mesh')
   return jax.sharding.AbstractMesh(shape, AXES, axis_types=(AxisType.Auto,) * len(AXES))
 
 
@@ -180,8 +188,9 @@ def replicated(mesh: Mesh) -> NamedSharding:
 
 
 @contextlib.contextmanager
-def mesh_context(mesh: Mesh, rules: LogicalRules = DEFAULT_RULES, *,
-                 constrain_activations: bool = False):
+def mesh_context(
+  mesh: Mesh, rules: LogicalRules = DEFAULT_RULES, *, constrain_activations: bool = False
+):
   """The context to trace models in: the logical rules, and optionally the global mesh.
 
   Without the global mesh (the default) Flax's activation constraints are no-ops and
@@ -223,15 +232,17 @@ def _values(tree: Any) -> Any:
   return jax.tree.map(lambda x: x.value if _is_boxed(x) else x, tree, is_leaf=_is_boxed)
 
 
-def logical_sharding(names: Sequence[str | None], shape: Sequence[int], mesh: Mesh,
-                     rules: LogicalRules = DEFAULT_RULES) -> NamedSharding:
+def logical_sharding(
+  names: Sequence[str | None], shape: Sequence[int], mesh: Mesh, rules: LogicalRules = DEFAULT_RULES
+) -> NamedSharding:
   """The NamedSharding of one array from its logical axis names (rules None: the defaults)."""
   rules = DEFAULT_RULES if rules is None else rules
   return NamedSharding(mesh, _fit(nn.logical_to_mesh_axes(tuple(names), rules), shape, mesh))
 
 
-def logical_shardings(boxed_tree: Any, mesh: Mesh | jax.sharding.AbstractMesh,
-                      rules: LogicalRules = DEFAULT_RULES) -> Any:
+def logical_shardings(
+  boxed_tree: Any, mesh: Mesh | jax.sharding.AbstractMesh, rules: LogicalRules = DEFAULT_RULES
+) -> Any:
   """A tree (unboxed structure) of NamedShardings for a tree of `nn.LogicallyPartitioned`.
 
   Works on real or abstract (`jax.eval_shape`) trees, and on an `abstract_mesh` for
@@ -242,12 +253,19 @@ def logical_shardings(boxed_tree: Any, mesh: Mesh | jax.sharding.AbstractMesh,
   mesh_specs = nn.logical_to_mesh(specs, rules)
   values = _values(boxed_tree)
   return jax.tree.map(
-      lambda spec, v: NamedSharding(mesh, _fit(spec, np.shape(v), mesh)),
-      mesh_specs, values, is_leaf=lambda x: isinstance(x, P))
+    lambda spec, v: NamedSharding(mesh, _fit(spec, np.shape(v), mesh)),
+    mesh_specs,
+    values,
+    is_leaf=lambda x: isinstance(x, P),
+  )
 
 
-def sharded_init(init_fn: Callable[[jax.Array], Any], key: jax.Array, mesh: Mesh,
-                 rules: LogicalRules = DEFAULT_RULES) -> tuple[Any, Any]:
+def sharded_init(
+  init_fn: Callable[[jax.Array], Any],
+  key: jax.Array,
+  mesh: Mesh,
+  rules: LogicalRules = DEFAULT_RULES,
+) -> tuple[Any, Any]:
   """Initialises params directly into their shards: returns (unboxed params, shardings).
 
   `init_fn(key)` returns a (boxed) param tree, e.g. ``lambda k: init_params(cfg, k, ...)``.
@@ -287,6 +305,7 @@ def param_bytes_per_device(abstract_params: Any, shardings: Any) -> int:
 @dataclasses.dataclass(frozen=True)
 class DistributedPlan:
   """What `initialize_distributed` decided: `mode` and the kwargs for jax.distributed."""
+
   mode: str  # 'single' | 'explicit' | 'slurm' | 'mpi' | 'tpu'
   kwargs: dict
 
@@ -296,9 +315,13 @@ def _int_env(env, name):
   return int(v) if v not in (None, '') else None
 
 
-def plan_distributed(coordinator_address: str | None = None, num_processes: int | None = None,
-                     process_id: int | None = None, *,
-                     env: Mapping[str, str] | None = None) -> DistributedPlan:
+def plan_distributed(
+  coordinator_address: str | None = None,
+  num_processes: int | None = None,
+  process_id: int | None = None,
+  *,
+  env: Mapping[str, str] | None = None,
+) -> DistributedPlan:
   """Decides how (and whether) to call `jax.distributed.initialize`; pure, for tests.
 
   In order: explicit arguments, then IVJ_COORDINATOR / IVJ_NUM_PROCESSES / IVJ_PROCESS_ID,
@@ -318,19 +341,27 @@ def plan_distributed(coordinator_address: str | None = None, num_processes: int 
   if coordinator_address is not None:
     if num_processes is None or process_id is None:
       raise ValueError(
-          f'coordinator {coordinator_address!r} given without num_processes and process_id: '
-          'pass all three (or set IVJ_COORDINATOR, IVJ_NUM_PROCESSES, IVJ_PROCESS_ID).')
+        f'coordinator {coordinator_address!r} given without num_processes and process_id: '
+        'pass all three (or set IVJ_COORDINATOR, IVJ_NUM_PROCESSES, IVJ_PROCESS_ID).'
+      )
     if not 0 <= process_id < num_processes:
       raise ValueError(f'process_id {process_id} is not in [0, num_processes={num_processes})')
     if num_processes == 1:
       return DistributedPlan('single', {})
-    return DistributedPlan('explicit', dict(coordinator_address=coordinator_address,
-                                            num_processes=num_processes, process_id=process_id))
+    return DistributedPlan(
+      'explicit',
+      dict(
+        coordinator_address=coordinator_address, num_processes=num_processes, process_id=process_id
+      ),
+    )
   if num_processes is not None or process_id is not None:
-    raise ValueError('num_processes/process_id given without a coordinator address '
-                     '(host:port of process 0): pass coordinator_address or set IVJ_COORDINATOR.')
-  if (_int_env(env, 'SLURM_NTASKS') or _int_env(env, 'SLURM_NPROCS') or 1) > 1 \
-      and 'SLURM_JOB_ID' in env:
+    raise ValueError(
+      'num_processes/process_id given without a coordinator address '
+      '(host:port of process 0): pass coordinator_address or set IVJ_COORDINATOR.'
+    )
+  if (
+    _int_env(env, 'SLURM_NTASKS') or _int_env(env, 'SLURM_NPROCS') or 1
+  ) > 1 and 'SLURM_JOB_ID' in env:
     return DistributedPlan('slurm', {})  # jax reads SLURM_* itself
   if (_int_env(env, 'OMPI_COMM_WORLD_SIZE') or 1) > 1:
     return DistributedPlan('mpi', {})
@@ -340,9 +371,12 @@ def plan_distributed(coordinator_address: str | None = None, num_processes: int 
   return DistributedPlan('single', {})
 
 
-def initialize_distributed(coordinator_address: str | None = None,
-                           num_processes: int | None = None, process_id: int | None = None,
-                           **kwargs) -> DistributedPlan:
+def initialize_distributed(
+  coordinator_address: str | None = None,
+  num_processes: int | None = None,
+  process_id: int | None = None,
+  **kwargs,
+) -> DistributedPlan:
   """Joins this process to a multi-host job, or does nothing for a single process.
 
   Call first thing in `main`, before any other JAX call. Cases:
@@ -371,6 +405,11 @@ def initialize_distributed(coordinator_address: str | None = None,
     return plan
   log.info('jax.distributed.initialize (%s) %s', plan.mode, plan.kwargs)
   jax.distributed.initialize(**plan.kwargs, **kwargs)
-  log.info('process %d of %d; %d local / %d global devices', jax.process_index(),
-           jax.process_count(), jax.local_device_count(), jax.device_count())
+  log.info(
+    'process %d of %d; %d local / %d global devices',
+    jax.process_index(),
+    jax.process_count(),
+    jax.local_device_count(),
+    jax.device_count(),
+  )
   return plan

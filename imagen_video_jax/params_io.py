@@ -3,6 +3,7 @@
 A nested dict of arrays is stored flat, one tensor per '/'-joined path, in float32.
 Used by exported cascades and by the Moving Digits judge.
 """
+
 from __future__ import annotations
 
 from typing import Any, Mapping
@@ -37,12 +38,15 @@ def unflatten_params(flat: Mapping[str, np.ndarray]) -> dict[str, Any]:
 def save_params(path: str, params: Mapping[str, Any]) -> str:
   """Writes a parameter tree as float32 safetensors."""
   from safetensors.numpy import save_file
-  save_file({k: np.ascontiguousarray(v, np.float32) for k, v in flatten_params(params).items()},
-            path)
+
+  save_file(
+    {k: np.ascontiguousarray(v, np.float32) for k, v in flatten_params(params).items()}, path
+  )
   return path
 
 
 def load_params(path: str) -> dict[str, Any]:
   """Reads a tree written by `save_params` (numpy arrays)."""
   from safetensors.numpy import load_file
+
   return unflatten_params(load_file(path))

@@ -13,6 +13,7 @@ Caveat: the memory analysis is the CPU backend's. It stands in for a TPU or GPU,
 compilers fuse, schedule and (TPU) rematerialise differently; treat "fits" as an
 estimate with the headroom in mind, and confirm with a real step on the target.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -33,8 +34,10 @@ def parse_mesh(text: str) -> dict[str, int]:
   for part in filter(None, (p.strip() for p in (text or '').split(','))):
     m = re.fullmatch(r'(\w+)\s*[:=]\s*(\d+)', part)
     if not m or m.group(1) not in _AXES:
-      raise ValueError(f'--mesh: bad entry {part!r}; use AXIS:SIZE with AXIS one of '
-                       f'{", ".join(_AXES)}, e.g. data:16,fsdp:16')
+      raise ValueError(
+        f'--mesh: bad entry {part!r}; use AXIS:SIZE with AXIS one of '
+        f'{", ".join(_AXES)}, e.g. data:16,fsdp:16'
+      )
     if int(m.group(2)) < 1:
       raise ValueError(f'--mesh: {m.group(1)} must be >= 1, got {m.group(2)}')
     sizes[m.group(1)] = int(m.group(2))
@@ -58,8 +61,7 @@ def ensure_fake_devices(n: int, environ: dict | None = None) -> dict:
     # LLVM codegen at -O0: the plan needs buffer assignment, not fast code (several x
     # faster compiles; HLO passes and the memory analysis are unchanged).
     extra = ' --xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true'
-  env['XLA_FLAGS'] = (f'{flags.strip()} --xla_force_host_platform_device_count={n}'
-                      f'{extra}').strip()
+  env['XLA_FLAGS'] = (f'{flags.strip()} --xla_force_host_platform_device_count={n}{extra}').strip()
   env['JAX_PLATFORMS'] = 'cpu'
   return env
 
@@ -70,13 +72,20 @@ def devices_from_argv(argv) -> int:
   n = 8
   for i, a in enumerate(argv):
     for name in ('--mesh', '--search'):
-      value = a[len(name) + 1:] if a.startswith(name + '=') else (
-          argv[i + 1] if a == name and i + 1 < len(argv) else None)
+      value = (
+        a[len(name) + 1 :]
+        if a.startswith(name + '=')
+        else (argv[i + 1] if a == name and i + 1 < len(argv) else None)
+      )
       if value is None:
         continue
       try:
-        n = max(n, num_devices(parse_mesh(value)) if name == '--mesh'
-                else max(int(v) for v in value.split(',') if v.strip()))
+        n = max(
+          n,
+          num_devices(parse_mesh(value))
+          if name == '--mesh'
+          else max(int(v) for v in value.split(',') if v.strip()),
+        )
       except ValueError:
         pass  # the flag's own parser reports it
   return n
@@ -89,13 +98,13 @@ class MemoryPlan:
   devices: int
   batch_size: int
   param_count: int
-  param_bytes: int            # all params, float32 master copy
-  params_per_device: int      # bytes on the fullest device
+  param_bytes: int  # all params, float32 master copy
+  params_per_device: int  # bytes on the fullest device
   opt_state_per_device: int
   ema_per_device: int
-  batch_per_device: int       # bytes of one batch's shard
-  t5_per_device: int = 0      # frozen T5 params run in the step (text.source != 'cache')
-  argument_bytes: int = 0     # XLA compiled memory analysis of the train step (per device)
+  batch_per_device: int  # bytes of one batch's shard
+  t5_per_device: int = 0  # frozen T5 params run in the step (text.source != 'cache')
+  argument_bytes: int = 0  # XLA compiled memory analysis of the train step (per device)
   output_bytes: int = 0
   alias_bytes: int = 0
   temp_bytes: int = 0
@@ -112,8 +121,9 @@ class MemoryPlan:
     """Arguments + outputs not aliased to (donated) arguments + temporaries + code."""
     if not self.compiled:
       return self.state_per_device + self.batch_per_device + self.t5_per_device
-    return (self.argument_bytes + self.output_bytes - self.alias_bytes + self.temp_bytes
-            + self.code_bytes)
+    return (
+      self.argument_bytes + self.output_bytes - self.alias_bytes + self.temp_bytes + self.code_bytes
+    )
 
   def fits(self, device_bytes: float) -> bool:
     return self.peak_bytes <= device_bytes
@@ -126,57 +136,62 @@ def _gb(b: float) -> str:
 def report(p: MemoryPlan, device_bytes: float | None = None) -> str:
   mesh = ','.join(f'{a}:{p.mesh[a]}' for a in _AXES)
   lines = [
-      f'stage {p.stage}: mesh {mesh} ({p.devices} devices), global batch {p.batch_size} '
-      f'({p.batch_size / p.devices:g} per device)',
-      f'parameters            {p.param_count:,} ({p.param_count / 1e9:.3f}B), '
-      f'{_gb(p.param_bytes).strip()} in float32',
-      'per device (fullest device, from the shardings):',
-      f'  params              {_gb(p.params_per_device)}',
-      f'  optimizer state     {_gb(p.opt_state_per_device)}',
-      f'  EMA params          {_gb(p.ema_per_device)}',
-      f'  batch               {_gb(p.batch_per_device)}',
+    f'stage {p.stage}: mesh {mesh} ({p.devices} devices), global batch {p.batch_size} '
+    f'({p.batch_size / p.devices:g} per device)',
+    f'parameters            {p.param_count:,} ({p.param_count / 1e9:.3f}B), '
+    f'{_gb(p.param_bytes).strip()} in float32',
+    'per device (fullest device, from the shardings):',
+    f'  params              {_gb(p.params_per_device)}',
+    f'  optimizer state     {_gb(p.opt_state_per_device)}',
+    f'  EMA params          {_gb(p.ema_per_device)}',
+    f'  batch               {_gb(p.batch_per_device)}',
   ]
   if p.t5_per_device:
     lines.append(f'  frozen T5 params    {_gb(p.t5_per_device)}   (replicated)')
   if p.compiled:
     lines += [
-        'XLA compiled memory analysis of the train step, per device (CPU backend standing '
-        'in for TPU/GPU: an estimate):',
-        f'  arguments           {_gb(p.argument_bytes)}',
-        f'  outputs             {_gb(p.output_bytes)}',
-        f'  aliased (donated)   {_gb(p.alias_bytes)}',
-        f'  temporaries         {_gb(p.temp_bytes)}',
-        f'  generated code      {_gb(p.code_bytes)}',
-        f'  peak estimate       {_gb(p.peak_bytes)}   (args + outputs - aliased + temp + '
-        f'code; compiled in {p.compile_seconds:.0f} s)',
+      'XLA compiled memory analysis of the train step, per device (CPU backend standing '
+      'in for TPU/GPU: an estimate):',
+      f'  arguments           {_gb(p.argument_bytes)}',
+      f'  outputs             {_gb(p.output_bytes)}',
+      f'  aliased (donated)   {_gb(p.alias_bytes)}',
+      f'  temporaries         {_gb(p.temp_bytes)}',
+      f'  generated code      {_gb(p.code_bytes)}',
+      f'  peak estimate       {_gb(p.peak_bytes)}   (args + outputs - aliased + temp + '
+      f'code; compiled in {p.compile_seconds:.0f} s)',
     ]
   else:
     lines.append(f'  state + batch       {_gb(p.peak_bytes)}   (not compiled: no activations)')
   if device_bytes:
     verdict = 'FITS' if p.fits(device_bytes) else 'DOES NOT FIT'
-    lines.append(f'{verdict} in {device_bytes / 1e9:g} GB per device '
-                 f'({100 * p.peak_bytes / device_bytes:.0f}% used)')
+    lines.append(
+      f'{verdict} in {device_bytes / 1e9:g} GB per device '
+      f'({100 * p.peak_bytes / device_bytes:.0f}% used)'
+    )
   return '\n'.join(lines)
 
 
 def _shard_bytes(abstract: Any, shardings: Any) -> int:
   import jax
   import numpy as np
+
   leaves = jax.tree.leaves(abstract)
   shards = jax.tree.leaves(shardings, is_leaf=lambda x: isinstance(x, jax.sharding.Sharding))
   assert len(leaves) == len(shards), (len(leaves), len(shards))
-  return sum(math.prod(s.shard_shape(tuple(v.shape))) * np.dtype(v.dtype).itemsize
-             for v, s in zip(leaves, shards))
+  return sum(
+    math.prod(s.shard_shape(tuple(v.shape))) * np.dtype(v.dtype).itemsize
+    for v, s in zip(leaves, shards)
+  )
 
 
 def abstract_batch(config, model_cfg, spec, sharding) -> dict:
   """The batch `make_pipeline` yields for this config, as sharded ShapeDtypeStructs."""
   import jax
   import jax.numpy as jnp
+
   b, t, h, w = int(config.data.batch_size), spec.frames, spec.height, spec.width
   sds = lambda shape, dtype: jax.ShapeDtypeStruct(shape, dtype, sharding=sharding)
-  batch = {'video': sds((b, t, h, w, 3), jnp.float32),
-           'frame_ids': sds((b, t), jnp.int32)}
+  batch = {'video': sds((b, t, h, w, 3), jnp.float32), 'frame_ids': sds((b, t), jnp.int32)}
   if model_cfg.cond_channels:
     batch['cond'] = sds((b, t, h, w, model_cfg.cond_channels), jnp.float32)
   if model_cfg.text_dim is not None:
@@ -189,8 +204,9 @@ def abstract_batch(config, model_cfg, spec, sharding) -> dict:
   return batch
 
 
-def plan_memory(config, mesh_sizes: Mapping[str, int], *, compile: bool = True,
-                devices=None) -> MemoryPlan:
+def plan_memory(
+  config, mesh_sizes: Mapping[str, int], *, compile: bool = True, devices=None
+) -> MemoryPlan:
   """Plans one stage's training step on a mesh of (fake) devices; allocates no model.
 
   `mesh_sizes` e.g. {'data': 16, 'fsdp': 16}; the first prod(sizes) of `devices`
@@ -217,21 +233,26 @@ def plan_memory(config, mesh_sizes: Mapping[str, int], *, compile: bool = True,
   n = num_devices(sizes)
   devices = list(jax.devices() if devices is None else devices)
   if len(devices) < n:
-    raise ValueError(f'mesh {sizes} needs {n} devices; this process has {len(devices)}. '
-                     f'Set XLA_FLAGS=--xla_force_host_platform_device_count={n} before jax '
-                     'starts (python -m imagen_video_jax.plan does).')
+    raise ValueError(
+      f'mesh {sizes} needs {n} devices; this process has {len(devices)}. '
+      f'Set XLA_FLAGS=--xla_force_host_platform_device_count={n} before jax '
+      'starts (python -m imagen_video_jax.plan does).'
+    )
   mesh = parallel.make_mesh(**sizes, devices=devices[:n])
   rules = parallel.DEFAULT_RULES
   batch_size = int(config.data.batch_size)
   if batch_size % (sizes['data'] * sizes['fsdp']):
-    raise ValueError(f'data.batch_size {batch_size} is not divisible by data*fsdp = '
-                     f'{sizes["data"] * sizes["fsdp"]}')
+    raise ValueError(
+      f'data.batch_size {batch_size} is not divisible by data*fsdp = '
+      f'{sizes["data"] * sizes["fsdp"]}'
+    )
 
   model = unet_lib.VideoUNet(model_cfg)
   tx, schedule = state_lib.make_optimizer(config.optim)
   text_len = int(config.text.max_length)
-  boxed_init = unet_lib.init_fn(model_cfg, frames=spec.frames, height=spec.height,
-                                width=spec.width, text_len=text_len)
+  boxed_init = unet_lib.init_fn(
+    model_cfg, frames=spec.frames, height=spec.height, width=spec.width, text_len=text_len
+  )
   abstract, shardings = state_lib.state_shardings(boxed_init, tx, mesh, rules)
 
   param_leaves = jax.tree.leaves(abstract.params)
@@ -240,33 +261,45 @@ def plan_memory(config, mesh_sizes: Mapping[str, int], *, compile: bool = True,
   batch_sh = parallel.batch_sharding(mesh)
   batch = abstract_batch(config, model_cfg, spec, batch_sh)
   plan = MemoryPlan(
-      stage=str(config.get('stage', config.get('name', '?'))), mesh=sizes, devices=n,
-      batch_size=batch_size, param_count=param_count, param_bytes=param_bytes,
-      params_per_device=_shard_bytes(abstract.params, shardings.params),
-      opt_state_per_device=_shard_bytes(abstract.opt_state, shardings.opt_state),
-      ema_per_device=_shard_bytes(abstract.ema_params, shardings.ema_params),
-      batch_per_device=_shard_bytes(batch, jax.tree.map(lambda x: x.sharding, batch)))
+    stage=str(config.get('stage', config.get('name', '?'))),
+    mesh=sizes,
+    devices=n,
+    batch_size=batch_size,
+    param_count=param_count,
+    param_bytes=param_bytes,
+    params_per_device=_shard_bytes(abstract.params, shardings.params),
+    opt_state_per_device=_shard_bytes(abstract.opt_state, shardings.opt_state),
+    ema_per_device=_shard_bytes(abstract.ema_params, shardings.ema_params),
+    batch_per_device=_shard_bytes(batch, jax.tree.map(lambda x: x.sharding, batch)),
+  )
   replicated = NamedSharding(mesh, PartitionSpec())
   t5_model = t5_params = None
   if model_cfg.text_dim is not None and config.text.source != 'cache':
     from imagen_video_jax.models import t5 as t5_lib
+
     t5_cfg = stage.text
     t5_model = t5_lib.T5Encoder(t5_cfg)
     t5_params = jax.tree.map(
-        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated),
-        parallel._values(t5_lib.abstract_params(t5_cfg)))
-    plan.t5_per_device = sum(math.prod(x.shape) * x.dtype.itemsize
-                             for x in jax.tree.leaves(t5_params))
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated),
+      parallel._values(t5_lib.abstract_params(t5_cfg)),
+    )
+    plan.t5_per_device = sum(
+      math.prod(x.shape) * x.dtype.itemsize for x in jax.tree.leaves(t5_params)
+    )
   if not compile:
     return plan
 
   train_key = jax.random.key(int(config.seed))
   t0 = time.perf_counter()
-  with parallel.mesh_context(mesh, rules, constrain_activations=bool(
-      config.mesh.get('constrain_activations', False))):
+  with parallel.mesh_context(
+    mesh, rules, constrain_activations=bool(config.mesh.get('constrain_activations', False))
+  ):
     fn = step_lib.make_train_step(config, model, t5_model, tx, schedule, train_key)
-    compiled = jax.jit(fn, out_shardings=(shardings, replicated), donate_argnums=0).lower(
-        abstract, batch, t5_params).compile()
+    compiled = (
+      jax.jit(fn, out_shardings=(shardings, replicated), donate_argnums=0)
+      .lower(abstract, batch, t5_params)
+      .compile()
+    )
   plan.compile_seconds = time.perf_counter() - t0
   ma = compiled.memory_analysis()
   plan.argument_bytes = int(ma.argument_size_in_bytes)
@@ -280,6 +313,7 @@ def plan_memory(config, mesh_sizes: Mapping[str, int], *, compile: bool = True,
 
 def to_json(p: MemoryPlan, device_bytes: float | None = None) -> str:
   import json
+
   d = dataclasses.asdict(p)
   d.update(peak_bytes=p.peak_bytes, state_per_device=p.state_per_device)
   if device_bytes:

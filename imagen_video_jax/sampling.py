@@ -8,6 +8,7 @@ network is told that level (`cond_logsnr`). With text, the conditional and
 unconditional (null text or negative prompt) halves run in one batched forward
 (`diffusion.samplers.guided_denoiser`).
 """
+
 from __future__ import annotations
 
 from typing import Any, Callable
@@ -25,9 +26,11 @@ def sr_conditioning(low_BTHWC: jax.Array, spec: StageSpec) -> jax.Array:
   """The previous stage's video brought to this SR stage's output size."""
   b, t, h, w, c = low_BTHWC.shape
   if (t, h, w) != (spec.cond_frames, spec.cond_height, spec.cond_width):
-    raise ValueError(f'a {spec.kind} stage of output {spec.frames}x{spec.height}x{spec.width} '
-                     f'needs a {spec.cond_frames}x{spec.cond_height}x{spec.cond_width} input; '
-                     f'got {t}x{h}x{w}')
+    raise ValueError(
+      f'a {spec.kind} stage of output {spec.frames}x{spec.height}x{spec.width} '
+      f'needs a {spec.cond_frames}x{spec.cond_height}x{spec.cond_width} input; '
+      f'got {t}x{h}x{w}'
+    )
   if spec.kind == 'tsr':
     return jnp.repeat(low_BTHWC, spec.factor, axis=1)
   if spec.kind == 'ssr':
@@ -35,12 +38,22 @@ def sr_conditioning(low_BTHWC: jax.Array, spec: StageSpec) -> jax.Array:
   raise ValueError(f'{spec.kind} is not a super-resolution stage')
 
 
-def sample_stage(stage: Stage, params: Any, key: jax.Array, batch_size: int, *,
-                 text_emb: jax.Array | None = None, text_mask: jax.Array | None = None,
-                 neg_text_emb: jax.Array | None = None, neg_text_mask: jax.Array | None = None,
-                 low: jax.Array | None = None, cond: jax.Array | None = None,
-                 frame_ids: jax.Array | None = None, sampler: SamplerConfig | None = None,
-                 on_step: Callable[[Any], None] | None = None) -> jax.Array:
+def sample_stage(
+  stage: Stage,
+  params: Any,
+  key: jax.Array,
+  batch_size: int,
+  *,
+  text_emb: jax.Array | None = None,
+  text_mask: jax.Array | None = None,
+  neg_text_emb: jax.Array | None = None,
+  neg_text_mask: jax.Array | None = None,
+  low: jax.Array | None = None,
+  cond: jax.Array | None = None,
+  frame_ids: jax.Array | None = None,
+  sampler: SamplerConfig | None = None,
+  on_step: Callable[[Any], None] | None = None,
+) -> jax.Array:
   """Samples `batch_size` clips of `stage` in [-1, 1], float32 [B, T, H, W, C]. Jit it.
 
   Args:
@@ -71,10 +84,10 @@ def sample_stage(stage: Stage, params: Any, key: jax.Array, batch_size: int, *,
       cond_logsnr = jnp.full((batch_size,), aug_logsnr)
 
   if unet.text_dim is None:
+
     def denoise(z, logsnr, w):
       del w
-      return model.apply({'params': params}, z, logsnr, None, None, frame_ids, cond,
-                         cond_logsnr)
+      return model.apply({'params': params}, z, logsnr, None, None, frame_ids, cond, cond_logsnr)
   else:
     if text_emb is None:
       raise ValueError(f'stage {stage.name} reads text: pass text_emb and text_mask')
@@ -83,6 +96,14 @@ def sample_stage(stage: Stage, params: Any, key: jax.Array, batch_size: int, *,
 
     def apply(z, logsnr, e, m):
       return model.apply({'params': params}, z, logsnr, e, m, frame_ids2, cond2, cond_logsnr2)
+
     denoise = samplers.guided_denoiser(apply, text_emb, text_mask, neg_text_emb, neg_text_mask)
-  return samplers.sample(denoise, shape, k_sample, config=cfg, schedule=stage.diffusion.schedule,
-                         prediction=stage.diffusion.prediction, on_step=on_step)
+  return samplers.sample(
+    denoise,
+    shape,
+    k_sample,
+    config=cfg,
+    schedule=stage.diffusion.schedule,
+    prediction=stage.diffusion.prediction,
+    on_step=on_step,
+  )

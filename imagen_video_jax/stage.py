@@ -15,6 +15,7 @@ config (a plain dict, as checkpoints store it) converts the same way.
 This module sits low in the package: it imports only the typed configs of the model,
 diffusion and text-encoder modules, so anything above may use it.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -57,7 +58,10 @@ class StageSpec:
       raise ValueError(f'a {self.kind} stage needs factor >= 2: {self}')
     t, h, w = self.cond_frames, self.cond_height, self.cond_width
     if (t * self.temporal_factor, h * self.spatial_factor, w * self.spatial_factor) != (
-        self.frames, self.height, self.width):
+      self.frames,
+      self.height,
+      self.width,
+    ):
       raise ValueError(f'factor {self.factor} must divide the {self.kind} output: {self}')
 
   @property
@@ -107,6 +111,7 @@ class Stage:
     text: the architecture of the T5 encoder whose embeddings it reads (None: not
       recorded, or a stage without text).
   """
+
   name: str
   spec: StageSpec
   unet: UNetConfig
@@ -124,12 +129,19 @@ class Stage:
     """The stage without its weights, as stage.json holds it."""
     d = self.diffusion
     out = {
-        'name': self.name, 'fps': self.fps, 'sample_cond_t': self.sample_cond_t,
-        'spec': dataclasses.asdict(self.spec), 'unet': self.unet.to_dict(),
-        'diffusion': {'prediction': d.prediction, 'weighting': d.weighting,
-                      'min_snr_gamma': d.min_snr_gamma, 'p_uncond': d.p_uncond,
-                      'schedule': dataclasses.asdict(d.schedule)},
-        'sampler': dataclasses.asdict(self.sampler),
+      'name': self.name,
+      'fps': self.fps,
+      'sample_cond_t': self.sample_cond_t,
+      'spec': dataclasses.asdict(self.spec),
+      'unet': self.unet.to_dict(),
+      'diffusion': {
+        'prediction': d.prediction,
+        'weighting': d.weighting,
+        'min_snr_gamma': d.min_snr_gamma,
+        'p_uncond': d.p_uncond,
+        'schedule': dataclasses.asdict(d.schedule),
+      },
+      'sampler': dataclasses.asdict(self.sampler),
     }
     if self.text is not None:
       out['text'] = dataclasses.asdict(self.text)
@@ -143,10 +155,17 @@ class Stage:
     # Earlier exports called the SR conditioning level `cond_aug_t`.
     cond_t = meta['sample_cond_t'] if 'sample_cond_t' in meta else meta['cond_aug_t']
     text = meta.get('text')
-    return cls(name=meta['name'], spec=StageSpec(**meta['spec']),
-               unet=UNetConfig.from_dict(meta['unet']), params=params, fps=meta['fps'],
-               diffusion=DiffusionConfig(**d), sampler=SamplerConfig(**meta['sampler']),
-               sample_cond_t=float(cond_t), text=None if text is None else T5Config(**text))
+    return cls(
+      name=meta['name'],
+      spec=StageSpec(**meta['spec']),
+      unet=UNetConfig.from_dict(meta['unet']),
+      params=params,
+      fps=meta['fps'],
+      diffusion=DiffusionConfig(**d),
+      sampler=SamplerConfig(**meta['sampler']),
+      sample_cond_t=float(cond_t),
+      text=None if text is None else T5Config(**text),
+    )
 
 
 # ------------------------------------------------------------ from a training config
@@ -162,17 +181,23 @@ def diffusion_from_config(d: Mapping[str, Any]) -> DiffusionConfig:
   """The `diffusion` section of a training config as a DiffusionConfig."""
   d = _plain(d)
   return DiffusionConfig(
-      prediction=d['prediction'], weighting=d['weighting'],
-      min_snr_gamma=float(d['min_snr_gamma']), p_uncond=float(d['p_uncond']),
-      schedule=CosineSchedule(float(d['logsnr_min']), float(d['logsnr_max']),
-                              float(d['shift'])))
+    prediction=d['prediction'],
+    weighting=d['weighting'],
+    min_snr_gamma=float(d['min_snr_gamma']),
+    p_uncond=float(d['p_uncond']),
+    schedule=CosineSchedule(float(d['logsnr_min']), float(d['logsnr_max']), float(d['shift'])),
+  )
 
 
 def sampler_from_config(s: Mapping[str, Any] | None) -> SamplerConfig:
   """The `sample` section (sample videos during training, the exported default)."""
   s = _plain(s or {})
-  return SamplerConfig(sampler='ddim', steps=int(s.get('steps', 64)),
-                       guidance=float(s.get('guidance', 1.0)), clip=s.get('clip', 'static'))
+  return SamplerConfig(
+    sampler='ddim',
+    steps=int(s.get('steps', 64)),
+    guidance=float(s.get('guidance', 1.0)),
+    clip=s.get('clip', 'static'),
+  )
 
 
 def text_from_config(t: Mapping[str, Any]) -> T5Config | None:
@@ -203,7 +228,14 @@ def from_config(config: Any, params: Any = None) -> Stage:
   spec = StageSpec(**c['spec'])
   unet = UNetConfig.from_dict(c['model'])
   text = text_from_config(c['text']) if unet.text_dim is not None else None
-  return Stage(name=str(c['stage']), spec=spec, unet=unet, params=params,
-               fps=fps_from_config(c, spec), diffusion=diffusion_from_config(c['diffusion']),
-               sampler=sampler_from_config(c.get('sample')),
-               sample_cond_t=float(c['diffusion'].get('sample_cond_t', 0.1)), text=text)
+  return Stage(
+    name=str(c['stage']),
+    spec=spec,
+    unet=unet,
+    params=params,
+    fps=fps_from_config(c, spec),
+    diffusion=diffusion_from_config(c['diffusion']),
+    sampler=sampler_from_config(c.get('sample')),
+    sample_cond_t=float(c['diffusion'].get('sample_cond_t', 0.1)),
+    text=text,
+  )

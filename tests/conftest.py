@@ -4,6 +4,7 @@ XLA compilation cache for the whole run.
 The environment is set before jax is imported, so the pytest-xdist workers and the
 command-line programs the tests start as subprocesses inherit it.
 """
+
 import os
 import shutil
 import tempfile

@@ -11,6 +11,7 @@ reuse-port) can bind it, but the kernel gives it to no port-0 bind and no outgoi
 connection. Should the coordinator fail to bind all the same ('Failed to add port'),
 the job is started again on a new port, a bounded number of times.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -60,7 +61,8 @@ class Job:
     deadline = time.monotonic() + timeout
     while text not in self.output(i):
       assert time.monotonic() < deadline and all(p.poll() is None for p in self.procs), (
-          f'waiting for {text!r}:\n' + self.outputs_tail())
+        f'waiting for {text!r}:\n' + self.outputs_tail()
+      )
       time.sleep(0.2)
 
   def wait(self, timeout: float = 600) -> list[int | None]:
@@ -83,8 +85,9 @@ class Job:
     return [self.output(i) for i in range(len(self.procs))]
 
   def outputs_tail(self, chars: int = 3000) -> str:
-    return '\n'.join(f'--- process {i}:\n' + self.output(i)[-chars:]
-                     for i in range(len(self.procs)))
+    return '\n'.join(
+      f'--- process {i}:\n' + self.output(i)[-chars:] for i in range(len(self.procs))
+    )
 
   def kill(self) -> None:
     for p in self.procs:
@@ -94,9 +97,17 @@ class Job:
 
 
 @contextlib.contextmanager
-def local_job(command: Sequence[str], env: Callable[[int, str], dict], log_prefix: pathlib.Path,
-              *, num_processes: int = 2, cwd: str | None = None, tries: int = 3,
-              first_port: int | None = None, startup_timeout: float = 300):
+def local_job(
+  command: Sequence[str],
+  env: Callable[[int, str], dict],
+  log_prefix: pathlib.Path,
+  *,
+  num_processes: int = 2,
+  cwd: str | None = None,
+  tries: int = 3,
+  first_port: int | None = None,
+  startup_timeout: float = 300,
+):
   """Starts `command` as processes 0..n-1 of one jax.distributed job; yields a `Job`.
 
   `env(i, coordinator)` is process i's environment (`coordinator` is 'localhost:PORT').
@@ -116,9 +127,16 @@ def local_job(command: Sequence[str], env: Callable[[int, str], dict], log_prefi
         for i in range(num_processes):
           log = stack.enter_context(open(f'{log_prefix}.{attempt}.{i}.log', 'w+'))
           logs.append(log)
-          procs.append(subprocess.Popen(
-              list(command), cwd=cwd, env=env(i, f'localhost:{port}'), stdout=log,
-              stderr=subprocess.STDOUT, text=True))
+          procs.append(
+            subprocess.Popen(
+              list(command),
+              cwd=cwd,
+              env=env(i, f'localhost:{port}'),
+              stdout=log,
+              stderr=subprocess.STDOUT,
+              text=True,
+            )
+          )
         deadline = time.monotonic() + startup_timeout
         while not _listening(port) and procs[0].poll() is None:
           assert time.monotonic() < deadline, 'no coordinator:\n' + job.outputs_tail()
@@ -145,6 +163,7 @@ def once(directory: pathlib.Path, make: Callable[[pathlib.Path], None]) -> pathl
   """Runs `make(directory)` once per session, whichever xdist worker asks first; the others
   wait for it. (A failed `make` leaves no mark: the next caller tries again.)"""
   import filelock
+
   with filelock.FileLock(f'{directory}.lock'):
     done = directory / '.done'
     if not done.exists():
@@ -162,6 +181,7 @@ def once(directory: pathlib.Path, make: Callable[[pathlib.Path], None]) -> pathl
 def recording_samples():
   """While active, training's sample videos are also saved as floats, `<gif>.npy`."""
   from imagen_video_jax.training import metrics
+
   video = metrics.MetricWriter.video
 
   def recording(self, step, tag, videos, *args, **kwargs):

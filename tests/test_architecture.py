@@ -7,6 +7,7 @@
 * The design notes the code cites live in the repository, and every section they cite
   exists.
 """
+
 from __future__ import annotations
 
 import ast
@@ -28,7 +29,7 @@ DESIGN_DOC = 'docs/design.md'
 class Import:
   source: str  # the importing module
   target: str  # a module of the package
-  path: str    # the importing file, relative to the root
+  path: str  # the importing file, relative to the root
   line: int
 
 
@@ -53,8 +54,9 @@ def find_modules(root: str, package: str) -> dict[str, str]:
 
 def _is_type_checking(test: ast.expr) -> bool:
   """`if TYPE_CHECKING:` or `if typing.TYPE_CHECKING:`."""
-  return ((isinstance(test, ast.Name) and test.id == 'TYPE_CHECKING') or
-          (isinstance(test, ast.Attribute) and test.attr == 'TYPE_CHECKING'))
+  return (isinstance(test, ast.Name) and test.id == 'TYPE_CHECKING') or (
+    isinstance(test, ast.Attribute) and test.attr == 'TYPE_CHECKING'
+  )
 
 
 def _import_nodes(tree: ast.AST):
@@ -102,7 +104,7 @@ def imports_of(module: str, modules: dict[str, str], root: str) -> list[Import]:
         pkg = module.split('.') if _is_package(module, modules) else module.split('.')[:-1]
         if node.level - 1 > len(pkg):
           raise ValueError(f'{rel}:{node.lineno}: relative import beyond the top package')
-        pkg = pkg[:len(pkg) - (node.level - 1)]
+        pkg = pkg[: len(pkg) - (node.level - 1)]
         base = '.'.join(pkg + ([node.module] if node.module else []))
       else:
         base = node.module
@@ -211,11 +213,15 @@ def format_cycle(cycle: list[Import]) -> str:
 def _runs_app(tree: ast.AST) -> bool:
   """Calls `app.run(...)` (absl) anywhere."""
   for node in ast.walk(tree):
-    if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and (
-        node.func.attr == 'run'):
+    if (
+      isinstance(node, ast.Call)
+      and isinstance(node.func, ast.Attribute)
+      and (node.func.attr == 'run')
+    ):
       owner = node.func.value
       if (isinstance(owner, ast.Name) and owner.id == 'app') or (
-          isinstance(owner, ast.Attribute) and owner.attr == 'app'):
+        isinstance(owner, ast.Attribute) and owner.attr == 'app'
+      ):
         return True
   return False
 
@@ -224,15 +230,20 @@ def _is_main_guard(node: ast.stmt) -> bool:
   if not isinstance(node, ast.If) or not isinstance(node.test, ast.Compare):
     return False
   sides = [node.test.left, *node.test.comparators]
-  return (any(isinstance(s, ast.Name) and s.id == '__name__' for s in sides) and
-          any(isinstance(s, ast.Constant) and s.value == '__main__' for s in sides))
+  return any(isinstance(s, ast.Name) and s.id == '__name__' for s in sides) and any(
+    isinstance(s, ast.Constant) and s.value == '__main__' for s in sides
+  )
 
 
 def _only_main_guard(tree: ast.Module) -> bool:
   """Everything but the docstring and `from __future__` is under `if __name__ == ...`."""
   body = list(tree.body)
-  if body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant) and (
-      isinstance(body[0].value.value, str)):
+  if (
+    body
+    and isinstance(body[0], ast.Expr)
+    and isinstance(body[0].value, ast.Constant)
+    and (isinstance(body[0].value.value, str))
+  ):
     body = body[1:]
   body = [s for s in body if not (isinstance(s, ast.ImportFrom) and s.module == '__future__')]
   return bool(body) and all(_is_main_guard(s) for s in body)
@@ -258,9 +269,13 @@ def cli_modules(modules: dict[str, str], package: str = PACKAGE) -> set[str]:
 
 
 def library_imports_of_cli(graph: dict[str, list[Import]], cli: set[str]) -> list[str]:
-  return sorted(f'{i.path}:{i.line}: library module {m} imports command-line module {i.target}'
-                for m, imps in graph.items() if m not in cli
-                for i in imps if i.target in cli)
+  return sorted(
+    f'{i.path}:{i.line}: library module {m} imports command-line module {i.target}'
+    for m, imps in graph.items()
+    if m not in cli
+    for i in imps
+    if i.target in cli
+  )
 
 
 # ------------------------------------------------------------------------------ tests
@@ -268,8 +283,9 @@ def test_the_package_has_no_import_cycles():
   graph, modules = import_graph(ROOT, PACKAGE)
   assert len(modules) > 20, f'found only {sorted(modules)}: is ROOT right?'
   cycles = find_cycles(graph)
-  assert not cycles, ('import cycles (function-local imports included):\n' +
-                      '\n'.join(format_cycle(c) for c in cycles))
+  assert not cycles, 'import cycles (function-local imports included):\n' + '\n'.join(
+    format_cycle(c) for c in cycles
+  )
 
 
 def test_no_library_module_imports_a_command_line_module():
@@ -294,23 +310,30 @@ def test_the_graph_sees_every_kind_of_import_and_finds_hidden_cycles(tmp_path):
   _write(tmp_path, 'pkg/sub/__init__.py')
   _write(tmp_path, 'pkg/sub/c.py', 'X = 1\n')
   _write(tmp_path, 'pkg/a.py', 'import pkg.sub.c\n\ndef f():\n  from pkg import b\n')
-  _write(tmp_path, 'pkg/b.py', 'class B:\n  def m(self):\n    from .sub import c as _c\n'
-                               '    from .sub.c import X\n')
+  _write(
+    tmp_path,
+    'pkg/b.py',
+    'class B:\n  def m(self):\n    from .sub import c as _c\n    from .sub.c import X\n',
+  )
   _write(tmp_path, 'pkg/sub/d.py', 'from .. import a\nfrom ..sub import c\n')
-  _write(tmp_path, 'pkg/e.py', 'from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n'
-                               '  from pkg import a\nelse:\n  import pkg.sub.d\n')
+  _write(
+    tmp_path,
+    'pkg/e.py',
+    'from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n'
+    '  from pkg import a\nelse:\n  import pkg.sub.d\n',
+  )
   _write(tmp_path, 'pkg/g.py', 'from pkg.sub import *\nimport os, json\n')
   graph, modules = import_graph(str(tmp_path), 'pkg')
   edges = {m: sorted({i.target for i in imps}) for m, imps in graph.items()}
   assert edges == {
-      'pkg': [],
-      'pkg.a': ['pkg.b', 'pkg.sub.c'],        # import a.b.c; function-local from-import
-      'pkg.b': ['pkg.sub.c'],                 # relative, in a method; submodule and name
-      'pkg.sub': [],
-      'pkg.sub.c': [],
-      'pkg.sub.d': ['pkg.a', 'pkg.sub.c'],    # from .. import a (a module of the parent)
-      'pkg.e': ['pkg.sub.d'],                 # TYPE_CHECKING skipped, its else kept
-      'pkg.g': ['pkg.sub'],                   # star import: the package itself
+    'pkg': [],
+    'pkg.a': ['pkg.b', 'pkg.sub.c'],  # import a.b.c; function-local from-import
+    'pkg.b': ['pkg.sub.c'],  # relative, in a method; submodule and name
+    'pkg.sub': [],
+    'pkg.sub.c': [],
+    'pkg.sub.d': ['pkg.a', 'pkg.sub.c'],  # from .. import a (a module of the parent)
+    'pkg.e': ['pkg.sub.d'],  # TYPE_CHECKING skipped, its else kept
+    'pkg.g': ['pkg.sub'],  # star import: the package itself
   }
   assert find_cycles(graph) == []
 
@@ -327,15 +350,26 @@ def test_the_graph_sees_every_kind_of_import_and_finds_hidden_cycles(tmp_path):
 def test_command_line_modules_in_either_layout(tmp_path):
   _write(tmp_path, 'pkg/__init__.py')
   _write(tmp_path, 'pkg/lib.py', 'def f():\n  from pkg import tool\n')
-  _write(tmp_path, 'pkg/tool.py', 'from absl import app\nfrom pkg import lib\n'
-                                  'def main(argv):\n  pass\n'
-                                  "if __name__ == '__main__':\n  app.run(main)\n")
+  _write(
+    tmp_path,
+    'pkg/tool.py',
+    'from absl import app\nfrom pkg import lib\n'
+    'def main(argv):\n  pass\n'
+    "if __name__ == '__main__':\n  app.run(main)\n",
+  )
   _write(tmp_path, 'pkg/cli/__init__.py')
-  _write(tmp_path, 'pkg/cli/train.py', 'import absl.app\nfrom pkg import lib\n'
-                                       'def main(argv):\n  absl.app.run(main)\n')
-  _write(tmp_path, 'pkg/train.py', '"""Shim."""\nfrom __future__ import annotations\n'
-                                   "if __name__ == '__main__':\n"
-                                   '  from pkg.cli import train\n  train.main([])\n')
+  _write(
+    tmp_path,
+    'pkg/cli/train.py',
+    'import absl.app\nfrom pkg import lib\ndef main(argv):\n  absl.app.run(main)\n',
+  )
+  _write(
+    tmp_path,
+    'pkg/train.py',
+    '"""Shim."""\nfrom __future__ import annotations\n'
+    "if __name__ == '__main__':\n"
+    '  from pkg.cli import train\n  train.main([])\n',
+  )
   _write(tmp_path, 'pkg/guarded.py', "X = 1\nif __name__ == '__main__':\n  print(X)\n")
   _write(tmp_path, 'pkg/sub/__init__.py')
   _write(tmp_path, 'pkg/sub/runner.py', 'from absl import app\napp.run(print)\n')
@@ -344,8 +378,9 @@ def test_command_line_modules_in_either_layout(tmp_path):
   # Library: code outside a main guard, not in cli/, and only top-level modules count.
   assert cli == {'pkg.tool', 'pkg.cli', 'pkg.cli.train', 'pkg.train'}
   assert library_imports_of_cli(graph, cli) == [
-      f'{os.path.join("pkg", "lib.py")}:2: library module pkg.lib imports command-line '
-      'module pkg.tool']
+    f'{os.path.join("pkg", "lib.py")}:2: library module pkg.lib imports command-line '
+    'module pkg.tool'
+  ]
   _write(tmp_path, 'pkg/lib.py', 'X = 1\n')
   graph, modules = import_graph(str(tmp_path), 'pkg')
   assert library_imports_of_cli(graph, cli_modules(modules, 'pkg')) == []
@@ -360,8 +395,11 @@ _REFERENCE = re.compile(r"docs/design\.md(?:#([A-Za-z0-9_-]+)|,\s*'([^'\n]+)')")
 
 def _tracked_text_files() -> dict[str, str]:
   try:
-    names = subprocess.run(['git', 'ls-files', '-z'], cwd=ROOT, check=True,
-                           capture_output=True).stdout.decode().split('\0')
+    names = (
+      subprocess.run(['git', 'ls-files', '-z'], cwd=ROOT, check=True, capture_output=True)
+      .stdout.decode()
+      .split('\0')
+    )
   except (OSError, subprocess.CalledProcessError):
     pytest.skip('not a git checkout')
   out = {}
@@ -391,26 +429,38 @@ def _headings(markdown: str) -> list[str]:
 
 def test_design_notes_are_in_the_repository_and_cited_sections_exist():
   files = _tracked_text_files()
-  bad = [f'{name}:{n}: {line.strip()}' for name, text in files.items()
-         for n, line in enumerate(text.splitlines(), 1)
-         if any(s in line for s in _FORBIDDEN)]
+  bad = [
+    f'{name}:{n}: {line.strip()}'
+    for name, text in files.items()
+    for n, line in enumerate(text.splitlines(), 1)
+    if any(s in line for s in _FORBIDDEN)
+  ]
   assert not bad, 'references to design notes outside the repository:\n' + '\n'.join(bad)
 
   assert DESIGN_DOC in files, f'{DESIGN_DOC} is missing (or not tracked)'
   headings = _headings(files[DESIGN_DOC])
   slugs = {_slug(h) for h in headings}
   assert len(slugs) == len(headings), f'two headings share an anchor: {headings}'
-  refs = [(name, m.group(1), m.group(2)) for name, text in files.items()
-          for m in _REFERENCE.finditer(text)]
+  refs = [
+    (name, m.group(1), m.group(2))
+    for name, text in files.items()
+    for m in _REFERENCE.finditer(text)
+  ]
   cited_by = {name for name, _, _ in refs}
-  for name in ('imagen_video_jax/models/unet.py', 'imagen_video_jax/diffusion/samplers.py',
-               'imagen_video_jax/parallel.py'):
+  for name in (
+    'imagen_video_jax/models/unet.py',
+    'imagen_video_jax/diffusion/samplers.py',
+    'imagen_video_jax/parallel.py',
+  ):
     assert name in cited_by, f'{name} no longer cites {DESIGN_DOC}'
-  missing = [f'{name}: {anchor or title!r}' for name, anchor, title in refs
-             if (anchor is not None and anchor not in slugs) or
-             (title is not None and title not in headings)]
-  assert not missing, (f'sections cited but not in {DESIGN_DOC} (headings: {headings}):\n' +
-                       '\n'.join(missing))
+  missing = [
+    f'{name}: {anchor or title!r}'
+    for name, anchor, title in refs
+    if (anchor is not None and anchor not in slugs) or (title is not None and title not in headings)
+  ]
+  assert not missing, (
+    f'sections cited but not in {DESIGN_DOC} (headings: {headings}):\n' + '\n'.join(missing)
+  )
 
 
 def test_section_references_are_checked(tmp_path):
@@ -418,5 +468,4 @@ def test_section_references_are_checked(tmp_path):
   found = [(m.group(1), m.group(2)) for m in _REFERENCE.finditer(text)]
   assert found == [(None, 'The U-Net'), ('scale-out', None)]
   assert _slug('The U-Net') == 'the-u-net' and _slug('Scale-out') == 'scale-out'
-  assert _headings('# Title\n\ntext\n## Tensor conventions ##\n') == [
-      'Title', 'Tensor conventions']
+  assert _headings('# Title\n\ntext\n## Tensor conventions ##\n') == ['Title', 'Tensor conventions']

@@ -1,4 +1,5 @@
 """CascadePipeline: conditioning as in training, chaining, seeds, prompts, outputs."""
+
 import dataclasses
 import functools
 
@@ -24,11 +25,17 @@ def test_sr_conditioning_matches_the_training_pipeline():
   ids = np.zeros(16, np.int32)
   ssr = StageSpec(frames=16, height=32, width=32, kind='ssr', factor=2)
   low = pipeline.resize_frames(video, 16, 16, antialias=True)  # what the previous stage makes
-  np.testing.assert_allclose(sampling.sr_conditioning(jnp.asarray(low)[None], ssr)[0],
-                             pipeline.sr_condition(video, ids, ssr), atol=1e-5)
+  np.testing.assert_allclose(
+    sampling.sr_conditioning(jnp.asarray(low)[None], ssr)[0],
+    pipeline.sr_condition(video, ids, ssr),
+    atol=1e-5,
+  )
   tsr = StageSpec(frames=16, height=32, width=32, kind='tsr', factor=2)
-  np.testing.assert_allclose(sampling.sr_conditioning(jnp.asarray(video[::2])[None], tsr)[0],
-                             pipeline.sr_condition(video, ids, tsr), atol=0)
+  np.testing.assert_allclose(
+    sampling.sr_conditioning(jnp.asarray(video[::2])[None], tsr)[0],
+    pipeline.sr_condition(video, ids, tsr),
+    atol=0,
+  )
   with pytest.raises(ValueError, match='needs a 8x32x32 input'):
     sampling.sr_conditioning(jnp.zeros((1, 16, 32, 32, 3)), tsr)
 
@@ -46,32 +53,47 @@ def _fake_text_encoder(prompts):
 
 def _stage(name, spec, sr, seed, fps):
   cfg = unet_lib.UNetConfig(
-      levels=(unet_lib.LevelConfig(8, 1, temporal='attention' if not sr else 'conv',
-                                   cross_attention=True),),
-      text_dim=D, emb_dim=16, head_dim=8, cond_channels=3 if sr else 0, cond_augment=sr)
-  params = jax.jit(lambda k: nn.unbox(unet_lib.init_params(  # jitted: eager init is slow
-      cfg, k, frames=spec.frames, height=spec.height, width=spec.width)))(jax.random.key(seed))
+    levels=(
+      unet_lib.LevelConfig(8, 1, temporal='attention' if not sr else 'conv', cross_attention=True),
+    ),
+    text_dim=D,
+    emb_dim=16,
+    head_dim=8,
+    cond_channels=3 if sr else 0,
+    cond_augment=sr,
+  )
+  params = jax.jit(
+    lambda k: nn.unbox(
+      unet_lib.init_params(  # jitted: eager init is slow
+        cfg, k, frames=spec.frames, height=spec.height, width=spec.width
+      )
+    )
+  )(jax.random.key(seed))
   params = jax.device_get(params)
   rng = np.random.default_rng(seed)  # live weights everywhere (fresh outputs are zero)
   params = jax.tree.map(lambda p: p + 0.1 * rng.standard_normal(p.shape).astype(np.float32), params)
-  return Stage(name, spec, cfg, params, fps=fps,
-               sampler=SamplerConfig(steps=3, guidance=3.0))
+  return Stage(name, spec, cfg, params, fps=fps, sampler=SamplerConfig(steps=3, guidance=3.0))
 
 
 @functools.lru_cache(maxsize=1)
 def _pipeline():
   stages = [
-      _stage('base', StageSpec(frames=4, height=8, width=8), False, 0, 4),
-      _stage('tsr', StageSpec(frames=8, height=8, width=8, kind='tsr', factor=2), True, 1, 8),
-      _stage('ssr', StageSpec(frames=8, height=16, width=16, kind='ssr', factor=2), True, 2, 8),
+    _stage('base', StageSpec(frames=4, height=8, width=8), False, 0, 4),
+    _stage('tsr', StageSpec(frames=8, height=8, width=8, kind='tsr', factor=2), True, 1, 8),
+    _stage('ssr', StageSpec(frames=8, height=16, width=16, kind='ssr', factor=2), True, 2, 8),
   ]
   return cascade.CascadePipeline(stages, _fake_text_encoder)
 
 
 def test_cascade_end_to_end_shapes_seeds_prompts_and_intermediates():
   pipe = _pipeline()
-  out = pipe(['a red 3 moving left', 'a blue 7'], num_samples=2, seed=0,
-             return_intermediates=True, progress=False)
+  out = pipe(
+    ['a red 3 moving left', 'a blue 7'],
+    num_samples=2,
+    seed=0,
+    return_intermediates=True,
+    progress=False,
+  )
   assert out.videos.shape == (4, 8, 16, 16, 3) and out.videos.dtype == np.uint8
   assert out.fps == 8 and out.prompts[:2] == ['a red 3 moving left'] * 2
   assert out.intermediates['base'].shape == (4, 4, 8, 8, 3)
@@ -85,23 +107,34 @@ def test_cascade_end_to_end_shapes_seeds_prompts_and_intermediates():
   assert np.abs(other.videos.astype(int) - out.videos).max() > 0
   # Samples of one prompt differ from each other; a negative prompt changes the result.
   assert np.abs(out.videos[0].astype(int) - out.videos[1]).max() > 0
-  neg = pipe(['a red 3 moving left', 'a blue 7'], num_samples=2, seed=0, negative_prompt='zzz',
-             progress=False)
+  neg = pipe(
+    ['a red 3 moving left', 'a blue 7'],
+    num_samples=2,
+    seed=0,
+    negative_prompt='zzz',
+    progress=False,
+  )
   assert np.abs(neg.videos.astype(int) - out.videos).max() > 0
 
 
 def test_per_stage_sampler_overrides_and_errors(tmp_path):
   pipe = _pipeline()
   override = SamplerConfig(steps=2, guidance=1.0, clip='dynamic')
-  out = pipe('a green 1', seed=3, progress=False, samplers_by_stage={'ssr': override},
-             return_intermediates=True)
+  out = pipe(
+    'a green 1',
+    seed=3,
+    progress=False,
+    samplers_by_stage={'ssr': override},
+    return_intermediates=True,
+  )
   assert out.videos.shape == (1, 8, 16, 16, 3)
   # The override is what ran: a cascade whose SSR stage has it as its own sampler makes
   # the same video, bit for bit; the stage's own sampler makes another; the stages before
   # it are untouched.
   base, tsr, ssr = pipe.stages
-  same = cascade.CascadePipeline([base, tsr, dataclasses.replace(ssr, sampler=override)],
-                                 _fake_text_encoder)
+  same = cascade.CascadePipeline(
+    [base, tsr, dataclasses.replace(ssr, sampler=override)], _fake_text_encoder
+  )
   np.testing.assert_array_equal(same('a green 1', seed=3, progress=False).videos, out.videos)
   plain = pipe('a green 1', seed=3, progress=False, return_intermediates=True)
   assert np.abs(plain.videos.astype(int) - out.videos).max() > 0

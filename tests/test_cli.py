@@ -1,5 +1,6 @@
 """The command-line programs: `python -m imagen_video_jax.<tool>` for every documented tool,
 the package namespace they leave alone, and config files loaded by path from anywhere."""
+
 import concurrent.futures
 import json
 import os
@@ -16,26 +17,33 @@ DOCS = ['README.md', 'Makefile', 'launch', 'notebooks', 'benchmarks', 'configs']
 
 def _env(root=ROOT):
   """PYTHONPATH: `root` first, the checkout itself only when `root` is the checkout."""
-  path = [p for p in os.environ.get('PYTHONPATH', '').split(os.pathsep)
-          if p and (root == ROOT or pathlib.Path(p).resolve() != ROOT)]
+  path = [
+    p
+    for p in os.environ.get('PYTHONPATH', '').split(os.pathsep)
+    if p and (root == ROOT or pathlib.Path(p).resolve() != ROOT)
+  ]
   return {**os.environ, 'PYTHONPATH': os.pathsep.join([str(root), *path])}
 
 
 def _run_all(commands, cwd=ROOT, root=ROOT):
   """Runs the argument lists side by side; their CompletedProcesses in order."""
-  run = lambda args: subprocess.run([sys.executable, *args], capture_output=True, text=True,
-                                    timeout=300, cwd=cwd, env=_env(root))
+  run = lambda args: subprocess.run(
+    [sys.executable, *args], capture_output=True, text=True, timeout=300, cwd=cwd, env=_env(root)
+  )
   with concurrent.futures.ThreadPoolExecutor(4) as pool:
     return list(pool.map(run, commands))
 
 
 def _documented_tools():
-  files = [p for d in DOCS for p in ([ROOT / d] if (ROOT / d).is_file()
-                                     else (ROOT / d).rglob('*')) if p.is_file()]
+  files = [
+    p
+    for d in DOCS
+    for p in ([ROOT / d] if (ROOT / d).is_file() else (ROOT / d).rglob('*'))
+    if p.is_file()
+  ]
   found = set()
   for p in files:
-    found |= set(re.findall(r'-m[\'",\s]+imagen_video_jax\.(\w+)',
-                            p.read_text(errors='replace')))
+    found |= set(re.findall(r'-m[\'",\s]+imagen_video_jax\.(\w+)', p.read_text(errors='replace')))
   return sorted(found - {'cli'})
 
 
@@ -64,19 +72,23 @@ def test_every_documented_command_prints_its_usage_and_flags():
 def test_python_m_leaves_the_package_functions_in_place():
   # `python -m imagen_video_jax.sample` runs the shim as __main__ without importing it
   # under its name, so the package attribute stays the sampling function.
-  check = ('import runpy, sys\n'
-           'sys.argv = ["{tool}", "--help"]\n'
-           'try:\n'
-           '  runpy.run_module("imagen_video_jax.{tool}", run_name="__main__", alter_sys=True)\n'
-           'except SystemExit:\n'
-           '  pass\n'
-           'import imagen_video_jax as ivj\n'
-           'from {lib} import {tool} as f\n'
-           'assert "imagen_video_jax.{tool}" not in sys.modules\n'
-           'assert ivj.{tool} is f, ivj.{tool}\n'
-           'print("ok")\n')
-  libs = {'sample': 'imagen_video_jax.diffusion.samplers',
-          'import_videos': 'imagen_video_jax.data.importer'}
+  check = (
+    'import runpy, sys\n'
+    'sys.argv = ["{tool}", "--help"]\n'
+    'try:\n'
+    '  runpy.run_module("imagen_video_jax.{tool}", run_name="__main__", alter_sys=True)\n'
+    'except SystemExit:\n'
+    '  pass\n'
+    'import imagen_video_jax as ivj\n'
+    'from {lib} import {tool} as f\n'
+    'assert "imagen_video_jax.{tool}" not in sys.modules\n'
+    'assert ivj.{tool} is f, ivj.{tool}\n'
+    'print("ok")\n'
+  )
+  libs = {
+    'sample': 'imagen_video_jax.diffusion.samplers',
+    'import_videos': 'imagen_video_jax.data.importer',
+  }
   results = _run_all([['-c', check.format(tool=t, lib=lib)] for t, lib in libs.items()])
   for tool, res in zip(libs, results):
     assert res.returncode == 0 and res.stdout.endswith('ok\n'), (tool, res.stderr[-3000:])
@@ -84,11 +96,13 @@ def test_python_m_leaves_the_package_functions_in_place():
 
 
 def test_package_namespace_is_the_public_api():
-  code = ('import json, types, imagen_video_jax as ivj\n'
-          'print(json.dumps({"dir": dir(ivj), "all": ivj.__all__,\n'
-          '  "modules": [n for n in dir(ivj) if isinstance(vars(ivj).get(n), types.ModuleType)],\n'
-          '  "sample": ivj.sample.__module__, "import_videos": ivj.import_videos.__module__}))\n')
-  res, = _run_all([['-c', code]])
+  code = (
+    'import json, types, imagen_video_jax as ivj\n'
+    'print(json.dumps({"dir": dir(ivj), "all": ivj.__all__,\n'
+    '  "modules": [n for n in dir(ivj) if isinstance(vars(ivj).get(n), types.ModuleType)],\n'
+    '  "sample": ivj.sample.__module__, "import_videos": ivj.import_videos.__module__}))\n'
+  )
+  (res,) = _run_all([['-c', code]])
   assert res.returncode == 0, res.stderr[-3000:]
   got = json.loads(res.stdout)
   assert [n for n in got['dir'] if not n.startswith('__')] == sorted(got['all'])
@@ -105,20 +119,29 @@ def test_config_files_load_by_path_from_any_directory(tmp_path):
   (tmp_path / 'site').mkdir()
   (tmp_path / 'site' / 'imagen_video_jax').symlink_to(ROOT / 'imagen_video_jax')
   script = tmp_path / 'load.py'
-  script.write_text('from absl import app\n'
-                    'from ml_collections import config_flags\n'
-                    "_CONFIG = config_flags.DEFINE_config_file('config')\n"
-                    'app.run(lambda argv: print(_CONFIG.value.name, _CONFIG.value.stage))\n')
+  script.write_text(
+    'from absl import app\n'
+    'from ml_collections import config_flags\n'
+    "_CONFIG = config_flags.DEFINE_config_file('config')\n"
+    'app.run(lambda argv: print(_CONFIG.value.name, _CONFIG.value.stage))\n'
+  )
   configs = ROOT / 'configs'
-  args = [f'{configs}/digits.py:stage=tsr,tiny=True', f'{configs}/imagen_video.py:stage=tsr2',
-          f'{configs}/digits.py:stage=sr9', f'{configs}/imagen_video.py:stage=base,tiny=True']
-  ok_tiny, ok_paper, bad_stage, bad_key = _run_all([[str(script), f'--config={a}'] for a in args],
-                                                   cwd=tmp_path, root=tmp_path / 'site')
+  args = [
+    f'{configs}/digits.py:stage=tsr,tiny=True',
+    f'{configs}/imagen_video.py:stage=tsr2',
+    f'{configs}/digits.py:stage=sr9',
+    f'{configs}/imagen_video.py:stage=base,tiny=True',
+  ]
+  ok_tiny, ok_paper, bad_stage, bad_key = _run_all(
+    [[str(script), f'--config={a}'] for a in args], cwd=tmp_path, root=tmp_path / 'site'
+  )
   assert ok_tiny.returncode == 0 and ok_tiny.stdout.split() == ['digits_tsr_tiny', 'tsr'], (
-      ok_tiny.stderr[-3000:])
+    ok_tiny.stderr[-3000:]
+  )
   assert ok_paper.returncode == 0 and ok_paper.stdout.split()[-1] == 'tsr2', ok_paper.stderr[-3000:]
   assert bad_stage.returncode != 0
   assert "configs/digits.py: stage='sr9'; use one of base, tsr, ssr" in bad_stage.stderr
   assert bad_key.returncode != 0
-  assert ("configs/imagen_video.py: unknown argument 'tiny'; use "
-          'stage=base|tsr1|ssr1|ssr2|tsr2|tsr3|ssr3') in bad_key.stderr
+  assert (
+    "configs/imagen_video.py: unknown argument 'tiny'; use stage=base|tsr1|ssr1|ssr2|tsr2|tsr3|ssr3"
+  ) in bad_key.stderr

@@ -15,7 +15,7 @@ FPS_IN, SECONDS = 16, 2
 
 # Other test files may have imported JAX in this process; its fork warning does not apply
 # to subprocess.run, which execs at once.
-pytestmark = pytest.mark.filterwarnings("ignore:os.fork:RuntimeWarning")
+pytestmark = pytest.mark.filterwarnings('ignore:os.fork:RuntimeWarning')
 
 
 def _frames(n, w=48, h=40):
@@ -23,7 +23,7 @@ def _frames(n, w=48, h=40):
   x = np.zeros((n, h, w, 3), np.uint8)
   for t in range(n):
     x[t, :, : w // 2, 0] = 40 + 6 * t
-    x[t, :, w // 2:, 2] = 40 + 6 * t
+    x[t, :, w // 2 :, 2] = 40 + 6 * t
   return x
 
 
@@ -32,65 +32,79 @@ def _write_mp4(path, frames, fps=FPS_IN):
 
   h, w = frames.shape[1:3]
   # libx264 at crf 0 (lossless luma) keeps the pixel values checkable.
-  writer = imageio_ffmpeg.write_frames(path, (w, h), fps=fps, codec="libx264",
-                                       output_params=["-crf", "0"], macro_block_size=1)
+  writer = imageio_ffmpeg.write_frames(
+    path, (w, h), fps=fps, codec='libx264', output_params=['-crf', '0'], macro_block_size=1
+  )
   writer.send(None)
   for f in frames:
     writer.send(np.ascontiguousarray(f))
   writer.close()
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope='module')
 def library(tmp_path_factory):
-  root = tmp_path_factory.mktemp("lib")
-  (root / "clips").mkdir()
-  _write_mp4(str(root / "clips" / "good1.mp4"), _frames(FPS_IN * SECONDS))
-  _write_mp4(str(root / "clips" / "good2.mp4"), _frames(FPS_IN * SECONDS))
-  _write_mp4(str(root / "clips" / "short.mp4"), _frames(6))  # 3 frames at 8 fps
-  (root / "clips" / "corrupt.mp4").write_bytes(np.random.default_rng(0).bytes(4000))
-  (root / "clips" / "empty.mp4").write_bytes(b"")
-  outside = root.parent / "outside.mp4"
+  root = tmp_path_factory.mktemp('lib')
+  (root / 'clips').mkdir()
+  _write_mp4(str(root / 'clips' / 'good1.mp4'), _frames(FPS_IN * SECONDS))
+  _write_mp4(str(root / 'clips' / 'good2.mp4'), _frames(FPS_IN * SECONDS))
+  _write_mp4(str(root / 'clips' / 'short.mp4'), _frames(6))  # 3 frames at 8 fps
+  (root / 'clips' / 'corrupt.mp4').write_bytes(np.random.default_rng(0).bytes(4000))
+  (root / 'clips' / 'empty.mp4').write_bytes(b'')
+  outside = root.parent / 'outside.mp4'
   _write_mp4(str(outside), _frames(32))  # exists, and is still refused
-  rows = [("clips/good1.mp4", "a red and blue split"),
-          ("clips/corrupt.mp4", "broken"),
-          ("clips/empty.mp4", "nothing"),
-          ("clips/short.mp4", "too short"),
-          ("../outside.mp4", "escape attempt"),
-          ("clips/missing.mp4", "gone"),
-          ("clips/good2.mp4", "second, with a comma")]
-  with open(root / "manifest.csv", "w") as f:
-    f.write("path,caption\n")
+  rows = [
+    ('clips/good1.mp4', 'a red and blue split'),
+    ('clips/corrupt.mp4', 'broken'),
+    ('clips/empty.mp4', 'nothing'),
+    ('clips/short.mp4', 'too short'),
+    ('../outside.mp4', 'escape attempt'),
+    ('clips/missing.mp4', 'gone'),
+    ('clips/good2.mp4', 'second, with a comma'),
+  ]
+  with open(root / 'manifest.csv', 'w') as f:
+    f.write('path,caption\n')
     for p, c in rows:
       f.write(f'{p},"{c}"\n')
   return root
 
 
 def _run(*args):
-  return subprocess.run([sys.executable, "-m", "imagen_video_jax.import_videos", *args],
-                        capture_output=True, text=True, timeout=120)
+  return subprocess.run(
+    [sys.executable, '-m', 'imagen_video_jax.import_videos', *args],
+    capture_output=True,
+    text=True,
+    timeout=120,
+  )
 
 
 def test_import_keeps_good_clips_and_reports_bad_ones(library, tmp_path):
-  out = tmp_path / "out"
-  proc = _run(f"--manifest={library / 'manifest.csv'}", f"--output={out}",
-              "--frames=8", "--size=16", "--fps=8")
+  out = tmp_path / 'out'
+  proc = _run(
+    f'--manifest={library / "manifest.csv"}',
+    f'--output={out}',
+    '--frames=8',
+    '--size=16',
+    '--fps=8',
+  )
   assert proc.returncode == 3, proc.stderr  # some rows were skipped
   report = json.loads((out / importer.REPORT_FILE).read_text())
-  assert report["rows"] == 7 and report["videos_ok"] == 2 and report["clips"] == 4
-  by_path = {r["path"]: r["reason"] for r in report["skipped_rows"]}
-  assert by_path == {"clips/corrupt.mp4": "unreadable", "clips/empty.mp4": "empty",
-                     "clips/short.mp4": "too_short",
-                     "../outside.mp4": "escapes_manifest_folder",
-                     "clips/missing.mp4": "missing"}
-  assert "skipped 5" in proc.stderr
+  assert report['rows'] == 7 and report['videos_ok'] == 2 and report['clips'] == 4
+  by_path = {r['path']: r['reason'] for r in report['skipped_rows']}
+  assert by_path == {
+    'clips/corrupt.mp4': 'unreadable',
+    'clips/empty.mp4': 'empty',
+    'clips/short.mp4': 'too_short',
+    '../outside.mp4': 'escapes_manifest_folder',
+    'clips/missing.mp4': 'missing',
+  }
+  assert 'skipped 5' in proc.stderr
 
-  source = grain.sources.ArrayRecordDataSource(records.shard_paths(str(out), "videos"))
+  source = grain.sources.ArrayRecordDataSource(records.shard_paths(str(out), 'videos'))
   clips = [records.decode(source[i]) for i in range(len(source))]
-  assert [c.caption for c in clips] == ["a red and blue split"] * 2 + [
-      "second, with a comma"] * 2
+  assert [c.caption for c in clips] == ['a red and blue split'] * 2 + ['second, with a comma'] * 2
   for k, clip in enumerate(clips):
     assert clip.video.shape == (8, 16, 16, 3) and clip.fps == 8
-    assert clip.meta["clip"] == k % 2 and clip.meta["start_s"] == (k % 2) * 1.0
+    assert clip.meta['clip'] == k % 2 and clip.meta['start_s'] == (k % 2) * 1.0
     # 16 -> 8 fps keeps every other source frame; the centre crop keeps red left,
     # blue right. Colours survive yuv420 within a few levels away from the seam.
     for i in range(8):
@@ -101,51 +115,57 @@ def test_import_keeps_good_clips_and_reports_bad_ones(library, tmp_path):
 
 
 def test_exit_codes_and_bad_input(library, tmp_path):
-  good = (library / "clips" / "good1.mp4").read_bytes()
-  (library / "clips" / "truncated.mp4").write_bytes(good[: len(good) // 2])
-  bad = library / "bad.csv"
-  bad.write_text("path,caption\nclips/empty.mp4,x\nclips/corrupt.mp4,y\n"
-                 "clips/truncated.mp4,z\nclips/good1.mp4,\n")
-  proc = _run(f"--manifest={bad}", f"--output={tmp_path / 'o1'}", "--frames=8")
-  assert proc.returncode == 2 and "no usable clips" in proc.stderr
-  report = json.loads((tmp_path / "o1" / importer.REPORT_FILE).read_text())
-  assert report["reasons"] == {"empty": 1, "empty_caption": 1, "unreadable": 2}
+  good = (library / 'clips' / 'good1.mp4').read_bytes()
+  (library / 'clips' / 'truncated.mp4').write_bytes(good[: len(good) // 2])
+  bad = library / 'bad.csv'
+  bad.write_text(
+    'path,caption\nclips/empty.mp4,x\nclips/corrupt.mp4,y\n'
+    'clips/truncated.mp4,z\nclips/good1.mp4,\n'
+  )
+  proc = _run(f'--manifest={bad}', f'--output={tmp_path / "o1"}', '--frames=8')
+  assert proc.returncode == 2 and 'no usable clips' in proc.stderr
+  report = json.loads((tmp_path / 'o1' / importer.REPORT_FILE).read_text())
+  assert report['reasons'] == {'empty': 1, 'empty_caption': 1, 'unreadable': 2}
 
-  ok = library / "ok.csv"
-  ok.write_text("path,caption\nclips/good1.mp4,fine\n")
-  proc = _run(f"--manifest={ok}", f"--output={tmp_path / 'o0'}", "--frames=8", "--size=8x4",
-              "--max_clips_per_video=1")
+  ok = library / 'ok.csv'
+  ok.write_text('path,caption\nclips/good1.mp4,fine\n')
+  proc = _run(
+    f'--manifest={ok}',
+    f'--output={tmp_path / "o0"}',
+    '--frames=8',
+    '--size=8x4',
+    '--max_clips_per_video=1',
+  )
   assert proc.returncode == 0, proc.stderr
-  assert json.loads((tmp_path / "o0" / importer.REPORT_FILE).read_text())["clips"] == 1
+  assert json.loads((tmp_path / 'o0' / importer.REPORT_FILE).read_text())['clips'] == 1
 
-  noheader = tmp_path / "noheader.csv"
-  noheader.write_text("clips/good1.mp4,a caption\n")
-  proc = _run(f"--manifest={noheader}", f"--output={tmp_path / 'o2'}")
-  assert proc.returncode == 1 and "header" in proc.stderr
-  assert "Traceback" not in proc.stderr
+  noheader = tmp_path / 'noheader.csv'
+  noheader.write_text('clips/good1.mp4,a caption\n')
+  proc = _run(f'--manifest={noheader}', f'--output={tmp_path / "o2"}')
+  assert proc.returncode == 1 and 'header' in proc.stderr
+  assert 'Traceback' not in proc.stderr
 
-  proc = _run(f"--manifest={library / 'manifest.csv'}", f"--output={tmp_path / 'o3'}",
-              "--size=big")
-  assert proc.returncode == 1 and "--size" in proc.stderr and "Traceback" not in proc.stderr
+  proc = _run(f'--manifest={library / "manifest.csv"}', f'--output={tmp_path / "o3"}', '--size=big')
+  assert proc.returncode == 1 and '--size' in proc.stderr and 'Traceback' not in proc.stderr
 
 
 def test_resolve_refuses_escapes(tmp_path):
-  (tmp_path / "in").mkdir()
-  (tmp_path / "secret.mp4").write_bytes(b"x")
-  os.symlink(tmp_path / "secret.mp4", tmp_path / "in" / "link.mp4")
-  for rel in ["../secret.mp4", str(tmp_path / "secret.mp4"), "link.mp4", "a/../../secret.mp4"]:
+  (tmp_path / 'in').mkdir()
+  (tmp_path / 'secret.mp4').write_bytes(b'x')
+  os.symlink(tmp_path / 'secret.mp4', tmp_path / 'in' / 'link.mp4')
+  for rel in ['../secret.mp4', str(tmp_path / 'secret.mp4'), 'link.mp4', 'a/../../secret.mp4']:
     with pytest.raises(importer.SkipError) as e:
-      importer.resolve(str(tmp_path / "in"), rel)
-    assert e.value.reason == "escapes_manifest_folder", rel
-  with pytest.raises(importer.SkipError, match="url"):
-    importer.resolve(str(tmp_path / "in"), "https://example.com/v.mp4")
+      importer.resolve(str(tmp_path / 'in'), rel)
+    assert e.value.reason == 'escapes_manifest_folder', rel
+  with pytest.raises(importer.SkipError, match='url'):
+    importer.resolve(str(tmp_path / 'in'), 'https://example.com/v.mp4')
 
 
 def test_parse_size_and_clip_cutting():
-  assert importer.parse_size("64") == (64, 64)
-  assert importer.parse_size("80x48") == (80, 48)
+  assert importer.parse_size('64') == (64, 64)
+  assert importer.parse_size('80x48') == (80, 48)
   with pytest.raises(importer.ImportSetupError):
-    importer.parse_size("64x")
+    importer.parse_size('64x')
   cfg = importer.ImportConfig(frames=4, max_clips_per_video=2)
   clips = importer.cut_clips(np.zeros((11, 2, 2, 3), np.uint8), cfg)
   assert len(clips) == 2 and all(len(c) == 4 for c in clips)

@@ -17,7 +17,7 @@ def tokenize(captions):
   mask = np.zeros((len(captions), L), bool)
   for i, c in enumerate(captions):
     words = [1 + sum(map(ord, w)) % 97 for w in c.split()][:L]
-    ids[i, :len(words)], mask[i, :len(words)] = words, True
+    ids[i, : len(words)], mask[i, : len(words)] = words, True
   return ids, mask
 
 
@@ -27,22 +27,21 @@ def embed(caption):
 
   ids, mask = tokenize([caption])
   emb = np.repeat(ids[0, :, None], 3, axis=1).astype(ml_dtypes.bfloat16)
-  return {"caption": caption, "ids": ids[0], "emb": emb, "mask": mask[0]}
+  return {'caption': caption, 'ids': ids[0], 'emb': emb, 'mask': mask[0]}
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope='module')
 def shards(tmp_path_factory):
-  out = tmp_path_factory.mktemp("digits")
-  digits.write_shards(digits.DigitsConfig(), 0, str(out), num_videos=24, num_images=40,
-                      per_shard=10)
+  out = tmp_path_factory.mktemp('digits')
+  digits.write_shards(
+    digits.DigitsConfig(), 0, str(out), num_videos=24, num_images=40, per_shard=10
+  )
   return str(out)
 
 
-def _pipe(shards, stage="base", **kw):
-  kw = {"batch_size": 4, "image_fraction": 0.5, "shard_index": 0, "shard_count": 1,
-        **kw}
-  return P.make_pipeline(STAGES[stage], P.PipelineConfig(**kw), shards, shards,
-                         tokenizer=tokenize)
+def _pipe(shards, stage='base', **kw):
+  kw = {'batch_size': 4, 'image_fraction': 0.5, 'shard_index': 0, 'shard_count': 1, **kw}
+  return P.make_pipeline(STAGES[stage], P.PipelineConfig(**kw), shards, shards, tokenizer=tokenize)
 
 
 def _take(it, n):
@@ -51,74 +50,75 @@ def _take(it, n):
 
 def _same(a, b):
   return len(a) == len(b) and all(
-      x.keys() == y.keys() and all(np.array_equal(x[k], y[k]) for k in x)
-      for x, y in zip(a, b))
+    x.keys() == y.keys() and all(np.array_equal(x[k], y[k]) for k in x) for x, y in zip(a, b)
+  )
 
 
 def test_batch_layout_and_frame_ids(shards):
-  batch = next(iter(_pipe(shards, "base", keep_captions=True)))
-  assert batch["video"].shape == (4, 8, 16, 16, 3) and batch["video"].dtype == np.float32
-  assert -1.0 <= batch["video"].min() and batch["video"].max() <= 1.0
-  assert batch["frame_ids"].shape == (4, 8) and batch["frame_ids"].dtype == np.int32
-  assert batch["tokens"].shape == (4, 8, L) and batch["text_mask"].dtype == bool
-  assert "cond" not in batch
+  batch = next(iter(_pipe(shards, 'base', keep_captions=True)))
+  assert batch['video'].shape == (4, 8, 16, 16, 3) and batch['video'].dtype == np.float32
+  assert -1.0 <= batch['video'].min() and batch['video'].max() <= 1.0
+  assert batch['frame_ids'].shape == (4, 8) and batch['frame_ids'].dtype == np.int32
+  assert batch['tokens'].shape == (4, 8, L) and batch['text_mask'].dtype == bool
+  assert 'cond' not in batch
   kinds = []
-  for ids, caps in zip(batch["frame_ids"], batch["captions"]):
+  for ids, caps in zip(batch['frame_ids'], batch['captions']):
     if len(set(ids)) == 1:  # a video row: one id, one caption on every frame
-      kinds.append("video")
-      assert ids[0] == 0 and len(set(caps)) == 1 and "moving" in caps[0]
+      kinds.append('video')
+      assert ids[0] == 0 and len(set(caps)) == 1 and 'moving' in caps[0]
     else:  # a packed image row: distinct ids, one caption per frame
-      kinds.append("image")
-      assert len(set(ids.tolist())) == len(ids) and all("moving" not in c for c in caps)
-  assert sorted(kinds) == ["image", "image", "video", "video"]
+      kinds.append('image')
+      assert len(set(ids.tolist())) == len(ids) and all('moving' not in c for c in caps)
+  assert sorted(kinds) == ['image', 'image', 'video', 'video']
   # Per-frame text follows the captions.
-  ids, mask = tokenize([str(c) for c in batch["captions"].reshape(-1)])
-  assert np.array_equal(batch["tokens"].reshape(-1, L), ids)
-  assert np.array_equal(batch["text_mask"].reshape(-1, L), mask)
+  ids, mask = tokenize([str(c) for c in batch['captions'].reshape(-1)])
+  assert np.array_equal(batch['tokens'].reshape(-1, L), ids)
+  assert np.array_equal(batch['text_mask'].reshape(-1, L), mask)
 
 
 def test_video_row_is_strided_resized_source(shards):
   import jax
 
   src = records.decode(_first_record(shards))
-  row = P.stage_example(records.encode(src), STAGES["base"])
-  want = jax.image.resize(src.video[::2].astype(np.float32) / 127.5 - 1, (8, 16, 16, 3),
-                          "bilinear", antialias=True)
-  np.testing.assert_allclose(row["video"], want, atol=1e-5)
-  assert row["captions"] == [src.caption] * 8
+  row = P.stage_example(records.encode(src), STAGES['base'])
+  want = jax.image.resize(
+    src.video[::2].astype(np.float32) / 127.5 - 1, (8, 16, 16, 3), 'bilinear', antialias=True
+  )
+  np.testing.assert_allclose(row['video'], want, atol=1e-5)
+  assert row['captions'] == [src.caption] * 8
 
 
 def _first_record(shards):
   import grain
 
-  return grain.sources.ArrayRecordDataSource(records.shard_paths(shards, "videos"))[0]
+  return grain.sources.ArrayRecordDataSource(records.shard_paths(shards, 'videos'))[0]
 
 
 def test_sr_conditioning_is_the_downsampled_target(shards):
   import jax
 
-  ssr = next(iter(_pipe(shards, "ssr", batch_size=2)))
-  target = ssr["video"]
-  low = jax.image.resize(target, (2, 16, 16, 16, 3), "bilinear", antialias=True)
-  want = jax.image.resize(low, (2, 16, 32, 32, 3), "bilinear")
-  np.testing.assert_allclose(ssr["cond"], want, atol=1e-5)
+  ssr = next(iter(_pipe(shards, 'ssr', batch_size=2)))
+  target = ssr['video']
+  low = jax.image.resize(target, (2, 16, 16, 16, 3), 'bilinear', antialias=True)
+  want = jax.image.resize(low, (2, 16, 32, 32, 3), 'bilinear')
+  np.testing.assert_allclose(ssr['cond'], want, atol=1e-5)
 
-  tsr = next(iter(_pipe(shards, "tsr", batch_size=4)))
-  for video, cond, ids in zip(tsr["video"], tsr["cond"], tsr["frame_ids"]):
+  tsr = next(iter(_pipe(shards, 'tsr', batch_size=4)))
+  for video, cond, ids in zip(tsr['video'], tsr['cond'], tsr['frame_ids']):
     if len(set(ids)) == 1:  # video: each even frame repeated twice
       np.testing.assert_array_equal(cond, np.repeat(video[::2], 2, axis=0))
     else:  # independent images: each its own 1-frame clip
       np.testing.assert_array_equal(cond, video)
   # The base stage's frames are the TSR conditioning's frames (same source clip).
-  assert tsr["cond"].shape == (4, 16, 16, 16, 3)
+  assert tsr['cond'].shape == (4, 16, 16, 16, 3)
 
 
 def test_resume_from_saved_state_gives_identical_batches(shards):
-  it = iter(_pipe(shards, "tsr", batch_size=3, seed=5))
+  it = iter(_pipe(shards, 'tsr', batch_size=3, seed=5))
   _take(it, 4)  # mid-epoch: 24 videos, 4 x 3 rows half of them videos
   state = json.loads(json.dumps(it.get_state()))  # states survive a JSON round trip
   expected = _take(it, 5)
-  resumed = iter(_pipe(shards, "tsr", batch_size=3, seed=5))
+  resumed = iter(_pipe(shards, 'tsr', batch_size=3, seed=5))
   resumed.set_state(state)
   assert _same(_take(resumed, 5), expected)
 
@@ -127,14 +127,15 @@ def test_orbax_checkpoint_of_the_iterator(shards, tmp_path):
   import grain
   import orbax.checkpoint as ocp
 
-  it = iter(_pipe(shards, "base", batch_size=2, seed=9))
+  it = iter(_pipe(shards, 'base', batch_size=2, seed=9))
   _take(it, 3)
   manager = ocp.CheckpointManager(
-      tmp_path, item_handlers={"data": grain.checkpoint.CheckpointHandler()})
+    tmp_path, item_handlers={'data': grain.checkpoint.CheckpointHandler()}
+  )
   manager.save(3, args=ocp.args.Composite(data=grain.checkpoint.CheckpointSave(it)))
   manager.wait_until_finished()
   expected = _take(it, 3)
-  resumed = iter(_pipe(shards, "base", batch_size=2, seed=9))
+  resumed = iter(_pipe(shards, 'base', batch_size=2, seed=9))
   manager.restore(3, args=ocp.args.Composite(data=grain.checkpoint.CheckpointRestore(resumed)))
   assert _same(_take(resumed, 3), expected)
 
@@ -149,9 +150,18 @@ def test_deterministic_given_seed(shards):
 
 def test_processes_read_their_slices_of_the_same_global_batches(shards):
   """P processes together read exactly the one-process batches, each row once."""
+
   def batches(index, count, n=None):
-    it = iter(_pipe(shards, batch_size=4, shard_index=index, shard_count=count,
-                    image_fraction=0.5, num_epochs=1 if n is None else None))
+    it = iter(
+      _pipe(
+        shards,
+        batch_size=4,
+        shard_index=index,
+        shard_count=count,
+        image_fraction=0.5,
+        num_epochs=1 if n is None else None,
+      )
+    )
     return list(it) if n is None else _take(it, n)
 
   whole = batches(0, 1, 6)
@@ -160,80 +170,94 @@ def test_processes_read_their_slices_of_the_same_global_batches(shards):
     for b, expected in enumerate(whole):
       for key in expected:
         got = np.concatenate([p[b][key] for p in parts])  # process order, as jax stacks them
-        np.testing.assert_array_equal(got, expected[key], err_msg=f"{count} processes, {key}")
+        np.testing.assert_array_equal(got, expected[key], err_msg=f'{count} processes, {key}')
   # One finite epoch: whole global batches only, the processes' rows disjoint.
   epoch = batches(0, 1)
   p0, p1 = batches(0, 2), batches(1, 2)
   assert len(p0) == len(p1) == len(epoch) > 0
-  rows = lambda bs: [v.tobytes() for b in bs for v in b["video"]]
+  rows = lambda bs: [v.tobytes() for b in bs for v in b['video']]
   assert not set(rows(p0)) & set(rows(p1))
   assert sorted(rows(p0) + rows(p1)) == sorted(rows(epoch))
-  with pytest.raises(ValueError, match="divisible"):
+  with pytest.raises(ValueError, match='divisible'):
     _pipe(shards, batch_size=3, shard_index=0, shard_count=2)
 
 
 def test_cached_embeddings_and_padding(shards):
-  config = P.PipelineConfig(batch_size=2, image_fraction=1.0, num_epochs=1,
-                            shuffle=False, shard_index=0, shard_count=1)
-  batches = list(P.make_pipeline(STAGES["base"], config, None, shards, embedder=embed))
+  config = P.PipelineConfig(
+    batch_size=2, image_fraction=1.0, num_epochs=1, shuffle=False, shard_index=0, shard_count=1
+  )
+  batches = list(P.make_pipeline(STAGES['base'], config, None, shards, embedder=embed))
   # 40 images, 8 per row -> 5 rows -> 2 full batches (the remainder is dropped).
   assert len(batches) == 2
   b = batches[0]
-  assert b["text_emb"].shape == (2, 8, L, 3) and b["text_mask"].shape == (2, 8, L)
-  assert b["text_emb"].dtype.name == "bfloat16"  # the cache's dtype is kept
-  assert "tokens" not in b
+  assert b['text_emb'].shape == (2, 8, L, 3) and b['text_mask'].shape == (2, 8, L)
+  assert b['text_emb'].dtype.name == 'bfloat16'  # the cache's dtype is kept
+  assert 'tokens' not in b
   # A short last pack is padded with id -1 frames that carry no text.
-  row = P.pack_images([_first_image(shards)] * 3, STAGES["ssr"])
-  assert row["frame_ids"].tolist() == [0, 1, 2] + [-1] * 13
-  assert np.all(row["video"][3:] == 0) and np.all(row["cond"][3:] == 0)
+  row = P.pack_images([_first_image(shards)] * 3, STAGES['ssr'])
+  assert row['frame_ids'].tolist() == [0, 1, 2] + [-1] * 13
+  assert np.all(row['video'][3:] == 0) and np.all(row['cond'][3:] == 0)
   attached = P._AttachText(tokenize, None, False).map(row)
-  assert not attached["text_mask"][3:].any() and attached["text_mask"][:3].any()
+  assert not attached['text_mask'][3:].any() and attached['text_mask'][:3].any()
 
 
 def _first_image(shards):
   import grain
 
-  return grain.sources.ArrayRecordDataSource(records.shard_paths(shards, "images"))[0]
+  return grain.sources.ArrayRecordDataSource(records.shard_paths(shards, 'images'))[0]
 
 
 def test_with_the_project_sentencepiece_tokenizer(shards, tmp_path):
   import functools
 
   from imagen_video_jax.text import tokenizer
+
   config = digits.DigitsConfig()
-  captions = [e.caption for e in digits.generate(config, 0, "video", 200)]
-  captions += [e.caption for e in digits.generate(config, 0, "image", 50)]
-  model = tokenizer.train_sentencepiece(captions, str(tmp_path / "sp.model"), vocab_size=64)
+  captions = [e.caption for e in digits.generate(config, 0, 'video', 200)]
+  captions += [e.caption for e in digits.generate(config, 0, 'image', 50)]
+  model = tokenizer.train_sentencepiece(captions, str(tmp_path / 'sp.model'), vocab_size=64)
   tok = functools.partial(tokenizer.Tokenizer(model), max_length=12, warn=False)
-  batch = next(iter(P.make_pipeline(
-      STAGES["base"], P.PipelineConfig(batch_size=2, image_fraction=0.5, shard_index=0,
-                                       shard_count=1, keep_captions=True),
-      shards, shards, tokenizer=tok)))
-  assert batch["tokens"].shape == (2, 8, 12)
-  want = tok([str(c) for c in batch["captions"].reshape(-1)])
-  assert np.array_equal(batch["tokens"].reshape(-1, 12), want.ids)
-  assert np.array_equal(batch["text_mask"].reshape(-1, 12), want.mask)
+  batch = next(
+    iter(
+      P.make_pipeline(
+        STAGES['base'],
+        P.PipelineConfig(
+          batch_size=2, image_fraction=0.5, shard_index=0, shard_count=1, keep_captions=True
+        ),
+        shards,
+        shards,
+        tokenizer=tok,
+      )
+    )
+  )
+  assert batch['tokens'].shape == (2, 8, 12)
+  want = tok([str(c) for c in batch['captions'].reshape(-1)])
+  assert np.array_equal(batch['tokens'].reshape(-1, 12), want.ids)
+  assert np.array_equal(batch['text_mask'].reshape(-1, 12), want.mask)
 
 
 def test_short_clip_is_padded_not_dropped():
-  ex = records.Example(video=np.full((5, 32, 32, 3), 255, np.uint8), caption="x", fps=8)
-  row = P.stage_example(records.encode(ex), STAGES["base"])  # needs 15 source frames
-  assert row["frame_ids"].tolist() == [0, 0, 0, -1, -1, -1, -1, -1]
-  np.testing.assert_allclose(row["video"][:3], 1.0, atol=1e-6)
+  ex = records.Example(video=np.full((5, 32, 32, 3), 255, np.uint8), caption='x', fps=8)
+  row = P.stage_example(records.encode(ex), STAGES['base'])  # needs 15 source frames
+  assert row['frame_ids'].tolist() == [0, 0, 0, -1, -1, -1, -1, -1]
+  np.testing.assert_allclose(row['video'][:3], 1.0, atol=1e-6)
 
 
 def test_stage_spec_and_config_validation():
-  assert STAGES["tsr"].cond_frames == 8 and STAGES["ssr"].cond_height == 16
-  assert STAGES["base"].source_span == 15
-  with pytest.raises(ValueError, match="kind"):
-    P.StageSpec(8, 16, 16, kind="xsr")
-  with pytest.raises(ValueError, match="divide"):
-    P.StageSpec(9, 16, 16, kind="tsr", factor=2)
-  with pytest.raises(ValueError, match="image_fraction"):
+  assert STAGES['tsr'].cond_frames == 8 and STAGES['ssr'].cond_height == 16
+  assert STAGES['base'].source_span == 15
+  with pytest.raises(ValueError, match='kind'):
+    P.StageSpec(8, 16, 16, kind='xsr')
+  with pytest.raises(ValueError, match='divide'):
+    P.StageSpec(9, 16, 16, kind='tsr', factor=2)
+  with pytest.raises(ValueError, match='image_fraction'):
     P.PipelineConfig(batch_size=2, image_fraction=1.5)
-  with pytest.raises(ValueError, match="image shards"):
-    P.make_pipeline(STAGES["base"], P.PipelineConfig(batch_size=2, image_fraction=0.5,
-                                                     shard_index=0, shard_count=1), "x")
+  with pytest.raises(ValueError, match='image shards'):
+    P.make_pipeline(
+      STAGES['base'],
+      P.PipelineConfig(batch_size=2, image_fraction=0.5, shard_index=0, shard_count=1),
+      'x',
+    )
 
 
 def test_centre_crop_keeps_the_middle():
@@ -244,12 +268,12 @@ def test_centre_crop_keeps_the_middle():
 
 
 def test_resume_with_worker_processes(shards):
-  it = iter(_pipe(shards, "base", worker_count=1, seed=3))
+  it = iter(_pipe(shards, 'base', worker_count=1, seed=3))
   _take(it, 2)
   state = it.get_state()
   expected = _take(it, 3)
-  resumed = iter(_pipe(shards, "base", worker_count=1, seed=3))
+  resumed = iter(_pipe(shards, 'base', worker_count=1, seed=3))
   resumed.set_state(state)
   assert _same(_take(resumed, 3), expected)
   # ... and a worker process makes the batches the main process makes.
-  assert _same(_take(iter(_pipe(shards, "base", worker_count=0, seed=3)), 5)[2:], expected)
+  assert _same(_take(iter(_pipe(shards, 'base', worker_count=0, seed=3)), 5)[2:], expected)

@@ -1,4 +1,5 @@
 """Diffusion core: schedule, parameterisations, loss masking, guidance dropout, noise aug."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -18,9 +19,10 @@ def test_cosine_schedule_endpoints_monotone_and_inverse():
   np.testing.assert_allclose(s.t_of_logsnr(l), t, atol=1e-5)
   # The unclipped cosine schedule: alpha^2 = cos^2(pi t / 2) away from the clip ends.
   a, sig = alpha_sigma(s.logsnr(jnp.array([0.25, 0.5, 0.75])))
-  np.testing.assert_allclose(a ** 2, jnp.cos(jnp.pi * jnp.array([0.25, 0.5, 0.75]) / 2) ** 2,
-                             atol=1e-4)
-  np.testing.assert_allclose(a ** 2 + sig ** 2, 1.0, atol=1e-6)
+  np.testing.assert_allclose(
+    a**2, jnp.cos(jnp.pi * jnp.array([0.25, 0.5, 0.75]) / 2) ** 2, atol=1e-4
+  )
+  np.testing.assert_allclose(a**2 + sig**2, 1.0, atol=1e-6)
   shifted = CosineSchedule(shift=2 * np.log(32 / 64))
   np.testing.assert_allclose(shifted.logsnr(0.5), s.logsnr(0.5) + 2 * np.log(0.5), atol=1e-5)
   with pytest.raises(ValueError, match='logsnr_min'):
@@ -50,7 +52,7 @@ def test_v_is_the_rotation_of_x_and_eps():
   x, eps = jnp.array([0.3]), jnp.array([-1.2])
   l = jnp.array([0.7])
   z, v = objectives.noisy(x, eps, l), objectives.target(x, eps, l, 'v')
-  np.testing.assert_allclose(z ** 2 + v ** 2, x ** 2 + eps ** 2, rtol=1e-6)
+  np.testing.assert_allclose(z**2 + v**2, x**2 + eps**2, rtol=1e-6)
 
 
 def test_loss_ignores_padding_frames_and_weights_by_frame():
@@ -64,16 +66,21 @@ def test_loss_ignores_padding_frames_and_weights_by_frame():
     # Perfect on real frames; `garbage` on the padding frame (row 0, frame 3).
     def fn(z, logsnr):
       return eps.at[0, 3].set(garbage)
+
     return fn
-  loss_clean, _ = objectives.diffusion_loss(model(0.0), x, jax.random.key(3), config=cfg,
-                                            frame_ids=ids, t=t, eps=eps)
-  loss_bad, _ = objectives.diffusion_loss(model(1e3), x, jax.random.key(3), config=cfg,
-                                          frame_ids=ids, t=t, eps=eps)
+
+  loss_clean, _ = objectives.diffusion_loss(
+    model(0.0), x, jax.random.key(3), config=cfg, frame_ids=ids, t=t, eps=eps
+  )
+  loss_bad, _ = objectives.diffusion_loss(
+    model(1e3), x, jax.random.key(3), config=cfg, frame_ids=ids, t=t, eps=eps
+  )
   assert float(loss_clean) == 0.0 and float(loss_bad) == 0.0
   # A unit error on one real frame of 7 real frames -> mean 1/7 (not 1/8).
   err = lambda z, l: eps.at[1, 2].add(1.0)
-  loss, _ = objectives.diffusion_loss(err, x, jax.random.key(3), config=cfg, frame_ids=ids, t=t,
-                                      eps=eps)
+  loss, _ = objectives.diffusion_loss(
+    err, x, jax.random.key(3), config=cfg, frame_ids=ids, t=t, eps=eps
+  )
   np.testing.assert_allclose(loss, 1.0 / 7.0, rtol=1e-6)
 
 
@@ -87,10 +94,11 @@ def test_min_snr_weighting_equals_x_space_weight():
   logsnr = cfg.schedule.logsnr(t)
   z = objectives.noisy(x, eps, logsnr)
   x_hat = x + noise  # the same x-space error expressed in every parameterisation
-  eps_hat = (z - alpha_sigma(logsnr)[0][:, None, None, None, None] * x_hat) / alpha_sigma(
-      logsnr)[1][:, None, None, None, None]
+  eps_hat = (z - alpha_sigma(logsnr)[0][:, None, None, None, None] * x_hat) / alpha_sigma(logsnr)[
+    1
+  ][:, None, None, None, None]
   w_x = jnp.minimum(jnp.exp(logsnr), 5.0)
-  expected = jnp.mean(w_x * jnp.mean(noise ** 2, axis=(1, 2, 3, 4)))
+  expected = jnp.mean(w_x * jnp.mean(noise**2, axis=(1, 2, 3, 4)))
   for pred in ('x', 'eps', 'v'):
     out = objectives.target(x_hat, eps_hat, logsnr, pred)
     c = DiffusionConfig(prediction=pred, weighting='min_snr')
@@ -107,8 +115,9 @@ def test_text_dropout_rate_and_null_text():
   assert float(jnp.max(jnp.abs(d_emb[dropped]))) == 0.0
   np.testing.assert_array_equal(d_mask[~dropped], mask[~dropped])  # kept captions untouched
   # per-frame captions are dropped independently
-  pf = objectives.drop_text(jax.random.key(6), jnp.ones((50, 4, 6, 3)), jnp.ones((50, 4, 6), bool),
-                            0.5)[1]
+  pf = objectives.drop_text(
+    jax.random.key(6), jnp.ones((50, 4, 6, 3)), jnp.ones((50, 4, 6), bool), 0.5
+  )[1]
   per_frame = jnp.any(pf, axis=-1)
   assert bool(jnp.any(jnp.any(per_frame, 1) & ~jnp.all(per_frame, 1)))
   with pytest.raises(ValueError, match='p_uncond'):

@@ -17,6 +17,7 @@ the two-process job's second run is also the one whose worker is killed. Process
 job writes a persistent compilation cache that the later jobs' process 0 loads (process
 1 cannot: on CPU a cache entry is keyed by its process's devices).
 """
+
 import json
 import os
 import signal
@@ -36,8 +37,13 @@ FAST_COMPILE = '--xla_backend_optimization_level=0'
 STEPS, MID = 5, 3
 STAGE = 'stage=tsr,tiny=True'
 # Batch 4: it splits over every mesh here (data x fsdp = 4).
-OVERRIDES = {'num_steps': STEPS, 'log_every': 1, 'data.batch_size': 4,
-             'checkpoint_every_steps': MID, 'data.num_threads': 1}
+OVERRIDES = {
+  'num_steps': STEPS,
+  'log_every': 1,
+  'data.batch_size': 4,
+  'checkpoint_every_steps': MID,
+  'data.num_threads': 1,
+}
 SAMPLES = {'sample_every': MID, 'sample.num': 2, 'sample.steps': 2}
 # The 8-device run: (mesh data, fsdp, tensor; constrain activations; steps; sample_every).
 LEGS = [((2, 2, 2), True, MID, MID), ((1, 4, 2), False, STEPS, 0)]
@@ -45,17 +51,21 @@ LEGS = [((2, 2, 2), True, MID, MID), ((1, 4, 2), False, STEPS, 0)]
 
 def _flags(overrides):
   return [f'--config=configs/digits.py:{STAGE}'] + [
-      f'--config.{k}={v}' for k, v in overrides.items()]
+    f'--config.{k}={v}' for k, v in overrides.items()
+  ]
 
 
 def _env(devices=1, **extra):
   # Every run here compiles with LLVM's optimisations off: that cuts the compile times
   # which dominate these tests by about half (steps run slower; there are few), and
   # changes no numbers (no fast-math); sharding, partitioning and collectives are as ever.
-  return dict(os.environ, JAX_PLATFORMS='cpu',
-              PYTHONPATH=ROOT + os.pathsep + os.environ.get('PYTHONPATH', ''),
-              XLA_FLAGS=f'--xla_force_host_platform_device_count={devices} {FAST_COMPILE}',
-              **extra)
+  return dict(
+    os.environ,
+    JAX_PLATFORMS='cpu',
+    PYTHONPATH=ROOT + os.pathsep + os.environ.get('PYTHONPATH', ''),
+    XLA_FLAGS=f'--xla_force_host_platform_device_count={devices} {FAST_COMPILE}',
+    **extra,
+  )
 
 
 def _losses(workdir):
@@ -65,6 +75,7 @@ def _losses(workdir):
 
 def _state(workdir, step=STEPS):
   from imagen_video_jax.training import checkpointing
+
   ckpt = checkpointing.Checkpointer(str(workdir), async_save=False)
   try:
     assert step in ckpt.all_steps(), ckpt.all_steps()
@@ -77,11 +88,18 @@ def _assert_same_state(workdir, reference, step=STEPS):
   got, want = _state(workdir, step), _state(reference, step)
   assert int(got['step']) == int(want['step']) == step
   for part in ('params', 'ema_params', 'opt_state'):
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=0, atol=1e-5),
-                 got[part], want[part])
+    jax.tree.map(
+      lambda a, b: np.testing.assert_allclose(a, b, rtol=0, atol=1e-5), got[part], want[part]
+    )
   # Not vacuous: the runs trained (Adam's moments hold real gradients).
-  assert max(float(np.abs(m).max()) for m in jax.tree.leaves(want['opt_state'])
-             if np.issubdtype(np.asarray(m).dtype, np.floating)) > 1e-3
+  assert (
+    max(
+      float(np.abs(m).max())
+      for m in jax.tree.leaves(want['opt_state'])
+      if np.issubdtype(np.asarray(m).dtype, np.floating)
+    )
+    > 1e-3
+  )
 
 
 def _assert_same_run(workdir, reference):
@@ -95,7 +113,7 @@ def root(tmp_path_factory):
   return distributed_util.shared_dir(tmp_path_factory, 'scaleout')
 
 
-_TRAIN_SCRIPT = r'''
+_TRAIN_SCRIPT = r"""
 import json, sys
 sys.path.insert(0, sys.argv.pop(1))
 import jax
@@ -122,16 +140,29 @@ with distributed_util.recording_samples():
         'spec': [str(s) for s in kernel.sharding.spec], 'global': list(kernel.shape),
         'local': sorted({tuple(s.data.shape) for s in kernel.addressable_shards}),
         'constraints': constraints.calls}), flush=True)
-'''
+"""
 
 
 def _train(root, name, devices, legs):
   """Runs _TRAIN_SCRIPT's legs in root/name once per session: (workdir, output, legs)."""
+
   def make(workdir):
     out = subprocess.run(
-        [sys.executable, '-c', _TRAIN_SCRIPT, TESTS, *_flags({**OVERRIDES, **SAMPLES}),
-         f'--workdir={workdir}', f'--legs={json.dumps(legs)}'],
-        cwd=ROOT, env=_env(devices=devices), capture_output=True, text=True, timeout=900)
+      [
+        sys.executable,
+        '-c',
+        _TRAIN_SCRIPT,
+        TESTS,
+        *_flags({**OVERRIDES, **SAMPLES}),
+        f'--workdir={workdir}',
+        f'--legs={json.dumps(legs)}',
+      ],
+      cwd=ROOT,
+      env=_env(devices=devices),
+      capture_output=True,
+      text=True,
+      timeout=900,
+    )
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     (workdir / 'stdout.txt').write_text(out.stdout)
 
@@ -155,7 +186,8 @@ def mesh_run(root):
 
 
 def test_a_2x2x2_mesh_with_activation_constraints_trains_exactly_like_one_device(
-    reference, mesh_run):
+  reference, mesh_run
+):
   workdir, _, (leg, _) = mesh_run
   assert leg['devices'] == 8 and leg['step'] == MID
   # A [1, 3, 3, 16, 16] conv kernel: input channels over fsdp, output over tensor.
@@ -164,8 +196,7 @@ def test_a_2x2x2_mesh_with_activation_constraints_trains_exactly_like_one_device
   assert leg['local'] == [[1, 3, 3, g[3] // 2, g[4] // 2]]
   # The models' activation constraints were in the traced programs (not no-ops).
   assert leg['constraints'] > 0
-  np.testing.assert_allclose(_losses(workdir)[:MID], _losses(reference)[:MID], rtol=1e-5,
-                             atol=1e-6)
+  np.testing.assert_allclose(_losses(workdir)[:MID], _losses(reference)[:MID], rtol=1e-5, atol=1e-6)
   _assert_same_state(workdir, reference, MID)
 
 
@@ -196,27 +227,44 @@ def test_sampling_on_a_mesh_writes_the_video_one_device_samples(reference, mesh_
   decoded = np.stack([np.asarray(f.convert('RGB')) for f in ImageSequence.Iterator(image)])
   for i in range(n):  # sample i, back to 16x16 (GIF palettes are lossy: near, not equal)
     left = i * 4 * (size + 1)
-    got = decoded[:, :4 * size:4, left:left + 4 * size:4].astype(float)
+    got = decoded[:, : 4 * size : 4, left : left + 4 * size : 4].astype(float)
     assert np.corrcoef(got.ravel(), videos[i].ravel())[0, 1] > 0.9
 
 
 def _cache_env(root):
-  return dict(JAX_COMPILATION_CACHE_DIR=str(root / 'xla_cache'),
-              JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0',
-              JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES='0')
+  return dict(
+    JAX_COMPILATION_CACHE_DIR=str(root / 'xla_cache'),
+    JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0',
+    JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES='0',
+  )
 
 
 def _two_processes(root, workdir, extra_args=(), heartbeat=None):
   """The train job as processes 0 and 1 of one jax.distributed job (a context manager)."""
+
   def env(i, coordinator):
-    e = _env(devices=2, IVJ_COORDINATOR=coordinator, IVJ_NUM_PROCESSES='2',
-             IVJ_PROCESS_ID=str(i), **_cache_env(root))
+    e = _env(
+      devices=2,
+      IVJ_COORDINATOR=coordinator,
+      IVJ_NUM_PROCESSES='2',
+      IVJ_PROCESS_ID=str(i),
+      **_cache_env(root),
+    )
     if heartbeat:
       e['IVJ_HEARTBEAT_TIMEOUT'] = str(heartbeat)
     return e
-  command = [sys.executable, '-m', 'imagen_video_jax.train', '--distributed',
-             *_flags(OVERRIDES), '--config.mesh.data=2', '--config.mesh.fsdp=2', *extra_args,
-             f'--workdir={workdir}']
+
+  command = [
+    sys.executable,
+    '-m',
+    'imagen_video_jax.train',
+    '--distributed',
+    *_flags(OVERRIDES),
+    '--config.mesh.data=2',
+    '--config.mesh.fsdp=2',
+    *extra_args,
+    f'--workdir={workdir}',
+  ]
   return distributed_util.local_job(command, env, workdir.parent / workdir.name, cwd=ROOT)
 
 
@@ -252,6 +300,7 @@ def two_processes(root):
   2. The same command resumes it, with a 5 s heartbeat (jax's default: 100 s). Once it
      has saved step STEPS and logged the next, process 1 is killed.
   """
+
   def make(workdir):
     events = {}
     # (debug_sleep_secs, a resumable setting, gives the SIGTERM time to land mid-run.)
@@ -261,9 +310,12 @@ def two_processes(root):
       events['preempt_codes'] = job.wait(timeout=120)
       events['preempt_out'] = job.output(0)
     if events['preempt_codes'] == [0, 0]:
-      with _two_processes(root, workdir, ['--config.num_steps=100000',
-                                          f'--config.checkpoint_every_steps={STEPS}'],
-                          heartbeat=5) as job:
+      with _two_processes(
+        root,
+        workdir,
+        ['--config.num_steps=100000', f'--config.checkpoint_every_steps={STEPS}'],
+        heartbeat=5,
+      ) as job:
         job.wait_for(f'step {STEPS + 1}/', timeout=600)
         events['resume_out'] = job.output(0)
         commit = workdir / 'checkpoints' / str(STEPS) / 'commit_success.txt'
@@ -290,8 +342,7 @@ def test_two_processes_resume_and_train_exactly_like_one_device(two_processes, r
   workdir, events = two_processes
   assert 'resume_out' in events, 'the SIGTERM phase failed'
   assert f'at step {_preempted_at(events["preempt_out"])}.' in events['resume_out']
-  np.testing.assert_allclose(_losses(workdir)[:STEPS], _losses(reference), rtol=1e-5,
-                             atol=1e-6)
+  np.testing.assert_allclose(_losses(workdir)[:STEPS], _losses(reference), rtol=1e-5, atol=1e-6)
   _assert_same_state(workdir, reference)
 
 
@@ -301,8 +352,9 @@ def test_when_a_worker_dies_the_coordinator_exits_within_seconds(two_processes):
 
 
 def _dead_process(root, name, victim, heartbeat, num_steps):
-  with _two_processes(root, root / name, [f'--config.num_steps={num_steps}'],
-                      heartbeat=heartbeat) as job:
+  with _two_processes(
+    root, root / name, [f'--config.num_steps={num_steps}'], heartbeat=heartbeat
+  ) as job:
     job.wait_for('step 1/', timeout=600)  # both are inside the training loop
     return _kill(job, victim, wait_s=120)
 

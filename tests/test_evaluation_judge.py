@@ -1,5 +1,6 @@
 """The shipped Moving Digits judge reads fresh clips right; its files round-trip; the
 evaluate CLI trains a judge (refusing to replace one unasked) and reports its accuracy."""
+
 import dataclasses
 import json
 import pathlib
@@ -49,8 +50,12 @@ def test_judge_fd_is_small_between_real_sets_and_grows_with_noise(judge):
   fa = judge.features(a)
   assert fa.shape == (200, judge.config.embed + 2)
   rng = np.random.default_rng(0)
-  fds = [metrics.frechet_distance(fa, judge.features(np.clip(
-      b + rng.normal(0, s, b.shape), 0, 255).astype(np.uint8))) for s in (0, 40, 80)]
+  fds = [
+    metrics.frechet_distance(
+      fa, judge.features(np.clip(b + rng.normal(0, s, b.shape), 0, 255).astype(np.uint8))
+    )
+    for s in (0, 40, 80)
+  ]
   assert fds[0] < fds[1] < fds[2], fds
 
 
@@ -71,38 +76,65 @@ class _OracleCascade:
 
   def __init__(self, wrong_colour=False):
     from types import SimpleNamespace
+
     self.wrong_colour = wrong_colour
     self.stages = [SimpleNamespace(name='base', fps=4.0), SimpleNamespace(name='sr', fps=8.0)]
 
-  def __call__(self, prompts, *, num_samples=1, seed=0, samplers_by_stage=None, progress=True,
-               return_intermediates=False):
+  def __call__(
+    self,
+    prompts,
+    *,
+    num_samples=1,
+    seed=0,
+    samplers_by_stage=None,
+    progress=True,
+    return_intermediates=False,
+  ):
     from types import SimpleNamespace
     from imagen_video_jax.data import digits
+
     world, videos, base = digits.DigitsConfig(), [], []
     for i, p in enumerate(prompts):
       d, c, m = digits.parse_caption(p)
       render = lambda colour: digits._render_video(  # noqa: E731
-          np.random.default_rng([seed, i]), world, d, colour, m)[0]
+        np.random.default_rng([seed, i]), world, d, colour, m
+      )[0]
       right = render(c)
       base.append(right[::2, ::2, ::2])
       videos.append(render('white' if c != 'white' else 'red') if self.wrong_colour else right)
     videos = np.stack(videos)
-    return SimpleNamespace(videos=videos, fps=8.0, prompts=list(prompts),
-                           intermediates={'base': np.stack(base), 'sr': videos}
-                           if return_intermediates else None)
+    return SimpleNamespace(
+      videos=videos,
+      fps=8.0,
+      prompts=list(prompts),
+      intermediates={'base': np.stack(base), 'sr': videos} if return_intermediates else None,
+    )
 
 
 def test_evaluate_cascade_reports_adherence_per_group_and_stage(judge):
-  report = metrics.evaluate_cascade(_OracleCascade(), judge, num_samples=40, seed=3,
-                                    batch_size=16, progress=False, real_fd_clips=100)
+  report = metrics.evaluate_cascade(
+    _OracleCascade(),
+    judge,
+    num_samples=40,
+    seed=3,
+    batch_size=16,
+    progress=False,
+    real_fd_clips=100,
+  )
   assert report['stages'] == ['base', 'sr'] and report['fps'] == 8.0
   for group in ('train_combinations', 'held_out_combinations'):
     assert report[group]['num'] == 40 and report[group]['all'] >= 0.95, report[group]
     assert report['by_stage']['sr'][group] == report[group]
     # The half-size, half-rate base output is judged too (resized to the judge's size).
     assert report['by_stage']['base'][group]['all'] >= 0.9, report['by_stage']['base'][group]
-  bad = metrics.evaluate_cascade(_OracleCascade(wrong_colour=True), judge, num_samples=20,
-                                 seed=3, progress=False, real_fd_clips=100)
+  bad = metrics.evaluate_cascade(
+    _OracleCascade(wrong_colour=True),
+    judge,
+    num_samples=20,
+    seed=3,
+    progress=False,
+    real_fd_clips=100,
+  )
   assert bad['train_combinations']['colour'] <= 0.05 and bad['held_out_combinations']['all'] <= 0.05
   assert bad['train_combinations']['digit'] >= 0.95
   assert bad['by_stage']['base']['train_combinations']['colour'] >= 0.95  # lost after the base
@@ -110,8 +142,12 @@ def test_evaluate_cascade_reports_adherence_per_group_and_stage(judge):
 
 
 def _cli(*args):
-  return subprocess.run([sys.executable, '-m', 'imagen_video_jax.evaluate', '--noprogress', *args],
-                        capture_output=True, text=True, timeout=600)
+  return subprocess.run(
+    [sys.executable, '-m', 'imagen_video_jax.evaluate', '--noprogress', *args],
+    capture_output=True,
+    text=True,
+    timeout=600,
+  )
 
 
 def _files(directory):
@@ -123,8 +159,9 @@ def tiny_judge(tmp_path_factory):
   """A judge trained for 6 steps by the CLI: its directory (near chance on digit and colour,
   so its accuracy depends on which clips it is measured on)."""
   out = str(tmp_path_factory.mktemp('tiny') / 'judge')
-  r = _cli('--mode=train_judge', f'--judge={out}', '--judge_steps=6', '--judge_frames=256',
-           '--num_clips=6')
+  r = _cli(
+    '--mode=train_judge', f'--judge={out}', '--judge_steps=6', '--judge_frames=256', '--num_clips=6'
+  )
   assert r.returncode == 0, r.stderr[-3000:]
   return out
 
@@ -132,24 +169,34 @@ def tiny_judge(tmp_path_factory):
 def test_train_judge_cli_writes_a_loadable_judge_and_refuses_to_replace_it(tiny_judge):
   import jax
   import jax.numpy as jnp
+
   trained = J.load_judge(tiny_judge)
   config = dataclasses.replace(J.JudgeConfig(), steps=6)
   assert trained.config == config
-  init = J._net(config).init(jax.random.key(config.seed),
-                             jnp.zeros((1, config.crop, config.crop, 3)))['params']
+  init = J._net(config).init(
+    jax.random.key(config.seed), jnp.zeros((1, config.crop, config.crop, 3))
+  )['params']
   got, fresh = jax.tree_util.tree_leaves(trained.params), jax.tree_util.tree_leaves(init)
   assert len(got) == len(fresh) == 12  # 3 convs, 3 dense layers: kernel and bias each
   for g, f in zip(got, fresh):
     assert np.isfinite(g).all() and np.abs(np.asarray(g) - np.asarray(f)).max() > 1e-4
   # The report it saved is what the library measures on the judge as loaded.
-  assert trained.report == {'clean': J.accuracy(trained, 6, 12_345), 'clips_per_group': 6,
-                            'degraded': J.accuracy(trained, 6, 12_345, degrade=True),
-                            'clip_seed': 12_345}
+  assert trained.report == {
+    'clean': J.accuracy(trained, 6, 12_345),
+    'clips_per_group': 6,
+    'degraded': J.accuracy(trained, 6, 12_345, degrade=True),
+    'clip_seed': 12_345,
+  }
   # Training into the same place again is refused before any work, and nothing changes
   # (other settings: a run that went ahead would leave other files).
   before = _files(tiny_judge)
-  r = _cli('--mode=train_judge', f'--judge={tiny_judge}', '--judge_steps=3',
-           '--judge_frames=64', '--num_clips=2')
+  r = _cli(
+    '--mode=train_judge',
+    f'--judge={tiny_judge}',
+    '--judge_steps=3',
+    '--judge_frames=64',
+    '--num_clips=2',
+  )
   assert r.returncode != 0 and 'Traceback' not in r.stderr, r.stderr[-3000:]
   assert f'{tiny_judge} already holds a judge' in r.stderr, r.stderr[-3000:]
   assert '--overwrite' in r.stderr
@@ -166,8 +213,9 @@ def test_judge_accuracy_cli_reports_the_library_accuracy(which, judge, tiny_judg
   assert r.returncode == 0, r.stderr[-3000:]
   report = json.loads(out.read_text())
   jd = J.load_judge(tiny_judge) if which == 'tiny' else judge
-  assert report == {k: J.accuracy(jd, 16, 54_321 + 7, degrade=k == 'degraded')
-                    for k in ('clean', 'degraded')}
+  assert report == {
+    k: J.accuracy(jd, 16, 54_321 + 7, degrade=k == 'degraded') for k in ('clean', 'degraded')
+  }
   if which == 'shipped':
     for group in ('train_combinations', 'held_out_combinations'):
       assert min(report['clean'][group]['digit'], report['clean'][group]['colour']) >= 0.95
@@ -175,9 +223,15 @@ def test_judge_accuracy_cli_reports_the_library_accuracy(which, judge, tiny_judg
 
 def test_clip_seed_flag_chooses_the_clips_judge_accuracy_reads(tiny_judge, tmp_path):
   out = tmp_path / 'accuracy.json'
-  r = _cli('--mode=judge_accuracy', '--num_clips=16', '--clip_seed=99', f'--judge={tiny_judge}',
-           f'--output={out}')
+  r = _cli(
+    '--mode=judge_accuracy',
+    '--num_clips=16',
+    '--clip_seed=99',
+    f'--judge={tiny_judge}',
+    f'--output={out}',
+  )
   assert r.returncode == 0, r.stderr[-3000:]
   jd = J.load_judge(tiny_judge)
-  assert json.loads(out.read_text()) == {k: J.accuracy(jd, 16, 99, degrade=k == 'degraded')
-                                         for k in ('clean', 'degraded')}
+  assert json.loads(out.read_text()) == {
+    k: J.accuracy(jd, 16, 99, degrade=k == 'degraded') for k in ('clean', 'degraded')
+  }

@@ -1,4 +1,5 @@
 """Fréchet distance against closed forms; adherence reports count what they should."""
+
 import numpy as np
 import pytest
 
@@ -26,8 +27,12 @@ def test_frechet_distance_survives_fewer_samples_than_features():
 
 def test_adherence_report_separates_held_out_and_counts_attributes():
   held = digits.DEFAULT_HELD_OUT
-  prompts = ['a red 3 moving left', 'a blue 4 moving up', 'a red 0 moving left',
-             'a green 3 moving up']
+  prompts = [
+    'a red 3 moving left',
+    'a blue 4 moving up',
+    'a red 0 moving left',
+    'a green 3 moving up',
+  ]
   predicted = [(3, 'red', 'left'), (4, 'blue', 'down'), (0, 'red', 'left'), (8, 'green', 'up')]
   report = metrics.adherence_report(prompts, predicted, held)
   train, held_out = report['train_combinations'], report['held_out_combinations']
@@ -40,10 +45,20 @@ def test_adherence_report_separates_held_out_and_counts_attributes():
 
 
 def test_adherence_report_tells_opposite_from_perpendicular_direction_errors():
-  prompts = ['a red 3 moving left', 'a red 3 moving left', 'a blue 4 moving up',
-             'a blue 4 moving down', 'a white 1 moving right']
-  predicted = [(3, 'red', 'right'), (3, 'red', 'up'), (4, 'blue', 'down'),
-               (4, 'blue', 'down'), (1, 'white', 'left')]
+  prompts = [
+    'a red 3 moving left',
+    'a red 3 moving left',
+    'a blue 4 moving up',
+    'a blue 4 moving down',
+    'a white 1 moving right',
+  ]
+  predicted = [
+    (3, 'red', 'right'),
+    (3, 'red', 'up'),
+    (4, 'blue', 'down'),
+    (4, 'blue', 'down'),
+    (1, 'white', 'left'),
+  ]
   report = metrics.adherence_report(prompts, predicted, held_out=())
   assert report['train_combinations']['direction_errors'] == {'opposite': 3, 'perpendicular': 1}
   assert report['held_out_combinations']['direction_errors'] == {'opposite': 0, 'perpendicular': 0}

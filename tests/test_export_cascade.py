@@ -1,4 +1,5 @@
 """Training run -> exported cascade -> samples: the path that ships checkpoints/digits."""
+
 import os
 import subprocess
 import sys
@@ -28,9 +29,18 @@ def trained_base(tmp_path_factory):
 def test_export_training_run_and_sample(trained_base, tmp_path):
   workdir, result, data_dir = trained_base
   out = tmp_path / 'cascade'
-  res = subprocess.run([sys.executable, '-m', 'imagen_video_jax.export_cascade',
-                        f'--run={workdir}', f'--output={out}'], capture_output=True, text=True,
-                       timeout=300)
+  res = subprocess.run(
+    [
+      sys.executable,
+      '-m',
+      'imagen_video_jax.export_cascade',
+      f'--run={workdir}',
+      f'--output={out}',
+    ],
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
   assert res.returncode == 0, res.stderr[-3000:]
   assert 'Exported base 8x16x16@4fps' in res.stdout
   pipe = export.load_cascade(str(out))
@@ -39,8 +49,9 @@ def test_export_training_run_and_sample(trained_base, tmp_path):
   _, ema, step = export.read_training_run(workdir)
   assert step == 3
   jax.tree.map(np.testing.assert_array_equal, stage.params, ema)
-  assert not all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(ema),
-                                                      jax.tree.leaves(result.state.params)))
+  assert not all(
+    np.array_equal(a, b) for a, b in zip(jax.tree.leaves(ema), jax.tree.leaves(result.state.params))
+  )
   # The exported text encoder is the run's frozen T5: same prompt, same embedding. The
   # reference is what the train step computes: the job's own tokenizer and T5 (make_text).
   prompts = ['a red 3 moving left', 'a white 9', 'a cyan 0 moving up']
@@ -56,13 +67,25 @@ def test_export_training_run_and_sample(trained_base, tmp_path):
   assert mask.sum(1).min() >= 3  # real tokens, not a null caption
   np.testing.assert_allclose(emb, want, rtol=1e-5, atol=1e-5)
   assert np.abs(emb[0] - emb[1]).max() > 1e-2  # prompts are told apart
-  video = pipe('a red 3 moving left', progress=False,
-               samplers_by_stage={'base': stage.sampler.__class__(steps=2)}).videos
+  video = pipe(
+    'a red 3 moving left',
+    progress=False,
+    samplers_by_stage={'base': stage.sampler.__class__(steps=2)},
+  ).videos
   assert video.shape == (1, 8, 16, 16, 3)
   # Refusals: the output exists already; a directory that is no run.
-  res = subprocess.run([sys.executable, '-m', 'imagen_video_jax.export_cascade',
-                        f'--run={workdir}', f'--output={out}'], capture_output=True, text=True,
-                       timeout=300)
+  res = subprocess.run(
+    [
+      sys.executable,
+      '-m',
+      'imagen_video_jax.export_cascade',
+      f'--run={workdir}',
+      f'--output={out}',
+    ],
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
   assert res.returncode != 0 and 'already holds a cascade' in res.stderr
   with pytest.raises(export.ExportError, match='not a training workdir'):
     export.read_training_run(str(tmp_path))

@@ -1,4 +1,5 @@
 """Video files: MP4 / GIF round trips, contact sheets, input checks."""
+
 import numpy as np
 import pytest
 
@@ -9,7 +10,7 @@ def _video(t=10, h=32, w=48):
   rng = np.random.default_rng(0)
   v = np.zeros((t, h, w, 3), np.uint8)
   for i in range(t):  # a coloured block moving right on black: easy for H.264
-    v[i, 8:20, 2 + 3 * i:14 + 3 * i] = rng.choice([64, 200], size=3)
+    v[i, 8:20, 2 + 3 * i : 14 + 3 * i] = rng.choice([64, 200], size=3)
   return v
 
 

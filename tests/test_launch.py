@@ -1,5 +1,6 @@
 """launch/: the TPU pod launcher's and the SLURM script's --dry-run commands, and the
 digits cascade script (its dry run, and the real chain on the tiny configs: slow)."""
+
 import json
 import os
 import shlex
@@ -13,21 +14,39 @@ TRAIN = ['--config=configs/imagen_video.py:stage=base', '--workdir=gs://bucket/b
 
 
 def run(cmd, env=None):
-  out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=60,
-                       env=dict(os.environ, **(env or {})))
+  out = subprocess.run(
+    cmd, cwd=ROOT, capture_output=True, text=True, timeout=60, env=dict(os.environ, **(env or {}))
+  )
   assert out.returncode == 0, out.stdout + out.stderr
   return [l for l in out.stdout.splitlines() if l and not l.startswith('#')]
 
 
 def test_tpu_pod_dry_run():
-  lines = run([sys.executable, 'launch/tpu_pod.py', '--name=ivj', '--zone=us-east5-a',
-               '--accelerator=v5p-256', '--project=proj', '--spot', '--dry-run', '--', *TRAIN])
+  lines = run(
+    [
+      sys.executable,
+      'launch/tpu_pod.py',
+      '--name=ivj',
+      '--zone=us-east5-a',
+      '--accelerator=v5p-256',
+      '--project=proj',
+      '--spot',
+      '--dry-run',
+      '--',
+      *TRAIN,
+    ]
+  )
   cmds = [shlex.split(l) for l in lines]
   describe, create, pack, copy, install, start = cmds
   assert describe[:6] == ['gcloud', 'compute', 'tpus', 'tpu-vm', 'describe', 'ivj']
   assert create[:6] == ['gcloud', 'compute', 'tpus', 'tpu-vm', 'create', 'ivj']
-  for flag in ('--zone=us-east5-a', '--project=proj', '--accelerator-type=v5p-256',
-               '--version=v2-alpha-tpuv5', '--spot'):
+  for flag in (
+    '--zone=us-east5-a',
+    '--project=proj',
+    '--accelerator-type=v5p-256',
+    '--version=v2-alpha-tpuv5',
+    '--spot',
+  ):
     assert flag in create
   assert 'git ls-files' in pack[-1] and 'tar czf' in pack[-1]
   assert copy[4] == 'scp' and '--worker=all' in copy and copy[-4].startswith('ivj:')
@@ -35,33 +54,61 @@ def test_tpu_pod_dry_run():
     assert c[4:6] == ['ssh', 'ivj'] and '--worker=all' in c
   assert 'pip install' in install[-1] and 'jax[tpu]' in install[-1]
   assert start[-1].startswith('--command=')
-  remote = shlex.split(start[-1][len('--command='):].split('nohup ')[1].split(' >')[0])
+  remote = shlex.split(start[-1][len('--command=') :].split('nohup ')[1].split(' >')[0])
   assert remote == ['python3', '-m', 'imagen_video_jax.train', '--distributed', *TRAIN]
 
 
 def test_tpu_pod_needs_train_args():
-  out = subprocess.run([sys.executable, 'launch/tpu_pod.py', '--name=x', '--zone=z',
-                        '--dry-run'], cwd=ROOT, capture_output=True, text=True, timeout=60)
+  out = subprocess.run(
+    [sys.executable, 'launch/tpu_pod.py', '--name=x', '--zone=z', '--dry-run'],
+    cwd=ROOT,
+    capture_output=True,
+    text=True,
+    timeout=60,
+  )
   assert out.returncode == 2 and '--config' in out.stderr
 
 
 def test_slurm_submit_dry_run():
   env = {k: '' for k in ('SLURM_JOB_ID',)}
-  (line,) = run(['bash', 'launch/slurm_gpu.sh', '--dry-run', '--nodes=4', '--gpus-per-node=8',
-                 '--partition=gpu', '--time=48:00:00', '--', *TRAIN], env=env)
+  (line,) = run(
+    [
+      'bash',
+      'launch/slurm_gpu.sh',
+      '--dry-run',
+      '--nodes=4',
+      '--gpus-per-node=8',
+      '--partition=gpu',
+      '--time=48:00:00',
+      '--',
+      *TRAIN,
+    ],
+    env=env,
+  )
   cmd = shlex.split(line)
   assert cmd[0] == 'sbatch'
-  for flag in ('--nodes=4', '--ntasks-per-node=1', '--gpus-per-node=8', '--partition=gpu',
-               '--time=48:00:00'):
+  for flag in (
+    '--nodes=4',
+    '--ntasks-per-node=1',
+    '--gpus-per-node=8',
+    '--partition=gpu',
+    '--time=48:00:00',
+  ):
     assert flag in cmd
   script = next(c for c in cmd if c.endswith('slurm_gpu.sh'))
-  assert cmd[cmd.index(script) + 1:] == ['--venv=.venv', '--', *TRAIN]
+  assert cmd[cmd.index(script) + 1 :] == ['--venv=.venv', '--', *TRAIN]
 
 
 def test_slurm_in_job_dry_run_runs_srun_with_ivj_env():
-  env = dict(SLURM_JOB_ID='42', SLURM_JOB_NODELIST='gpu-a,gpu-b,gpu-c', SLURM_NNODES='3',
-             SLURM_NTASKS='3', SLURM_GPUS_PER_NODE='8', IVJ_PORT='23456',
-             PATH='/usr/bin:/bin')  # no scontrol: the node list is read as a comma list
+  env = dict(
+    SLURM_JOB_ID='42',
+    SLURM_JOB_NODELIST='gpu-a,gpu-b,gpu-c',
+    SLURM_NNODES='3',
+    SLURM_NTASKS='3',
+    SLURM_GPUS_PER_NODE='8',
+    IVJ_PORT='23456',
+    PATH='/usr/bin:/bin',
+  )  # no scontrol: the node list is read as a comma list
   (line,) = run(['bash', 'launch/slurm_gpu.sh', '--dry-run', '--', *TRAIN], env=env)
   cmd = shlex.split(line)
   assert cmd[0] == 'srun'
@@ -69,46 +116,90 @@ def test_slurm_in_job_dry_run_runs_srun_with_ivj_env():
     assert flag in cmd
   assert cmd[-3:-1] == ['bash', '-c']
   task = cmd[-1]
-  assert ('export IVJ_COORDINATOR=gpu-a:23456 IVJ_NUM_PROCESSES=3 '
-          'IVJ_PROCESS_ID=$SLURM_PROCID;') in task
+  assert (
+    'export IVJ_COORDINATOR=gpu-a:23456 IVJ_NUM_PROCESSES=3 IVJ_PROCESS_ID=$SLURM_PROCID;'
+  ) in task
   assert shlex.split(task.split('exec ')[1])[1:] == [
-      '-m', 'imagen_video_jax.train', '--distributed', *TRAIN]
+    '-m',
+    'imagen_video_jax.train',
+    '--distributed',
+    *TRAIN,
+  ]
 
 
 def test_slurm_task_env_is_what_initialize_distributed_reads():
   """The per-task environment the script exports makes parallel plan an explicit start."""
   from imagen_video_jax import parallel
-  p = parallel.plan_distributed(env={'IVJ_COORDINATOR': 'gpu-a:23456',
-                                     'IVJ_NUM_PROCESSES': '3', 'IVJ_PROCESS_ID': '1',
-                                     'SLURM_JOB_ID': '42', 'SLURM_NTASKS': '3'})
+
+  p = parallel.plan_distributed(
+    env={
+      'IVJ_COORDINATOR': 'gpu-a:23456',
+      'IVJ_NUM_PROCESSES': '3',
+      'IVJ_PROCESS_ID': '1',
+      'SLURM_JOB_ID': '42',
+      'SLURM_NTASKS': '3',
+    }
+  )
   assert p.mode == 'explicit' and p.kwargs == dict(
-      coordinator_address='gpu-a:23456', num_processes=3, process_id=1)
+    coordinator_address='gpu-a:23456', num_processes=3, process_id=1
+  )
 
 
 # ------------------------------------------------------------- launch/digits_cascade.sh
 def test_digits_cascade_dry_run():
-  lines = run(['bash', 'launch/digits_cascade.sh', '--dry-run', '--budget_secs=300',
-               '--runs=/r', '--output=/o', '--eval_samples=50', '--',
-               '--config.data.batch_size=128'])
+  lines = run(
+    [
+      'bash',
+      'launch/digits_cascade.sh',
+      '--dry-run',
+      '--budget_secs=300',
+      '--runs=/r',
+      '--output=/o',
+      '--eval_samples=50',
+      '--',
+      '--config.data.batch_size=128',
+    ]
+  )
   data, base, tsr, ssr, wait, export, evaluate = lines
-  assert shlex.split(data)[1:] == ['-m', 'imagen_video_jax.train',
-                                   '--config=configs/digits.py:stage=base',
-                                   '--workdir=/r/base', '--data_only',
-                                   '--config.data.batch_size=128']
+  assert shlex.split(data)[1:] == [
+    '-m',
+    'imagen_video_jax.train',
+    '--config=configs/digits.py:stage=base',
+    '--workdir=/r/base',
+    '--data_only',
+    '--config.data.batch_size=128',
+  ]
   for line, stage in ((base, 'base'), (tsr, 'tsr'), (ssr, 'ssr')):
     assert line.endswith(' &')  # the three stages train at once
     assert shlex.split(line[:-2])[1:] == [
-        '-m', 'imagen_video_jax.train', f'--config=configs/digits.py:stage={stage}',
-        f'--workdir=/r/{stage}', '--config.stop_after_secs=300',
-        '--config.data.batch_size=128']
+      '-m',
+      'imagen_video_jax.train',
+      f'--config=configs/digits.py:stage={stage}',
+      f'--workdir=/r/{stage}',
+      '--config.stop_after_secs=300',
+      '--config.data.batch_size=128',
+    ]
   assert wait == 'wait'
-  assert shlex.split(export)[1:] == ['-m', 'imagen_video_jax.export_cascade', '--output=/o',
-                                     '--run=/r/base', '--run=/r/tsr', '--run=/r/ssr']
+  assert shlex.split(export)[1:] == [
+    '-m',
+    'imagen_video_jax.export_cascade',
+    '--output=/o',
+    '--run=/r/base',
+    '--run=/r/tsr',
+    '--run=/r/ssr',
+  ]
   assert shlex.split(evaluate)[1:] == [
-      '-m', 'imagen_video_jax.evaluate', '--mode=adherence', '--checkpoints=/o',
-      '--num_samples=50', '--output=/o/adherence.json', '--noprogress']
-  seq = run(['bash', 'launch/digits_cascade.sh', '--dry-run', '--sequential', '--tiny',
-             '--eval_samples=0'])
+    '-m',
+    'imagen_video_jax.evaluate',
+    '--mode=adherence',
+    '--checkpoints=/o',
+    '--num_samples=50',
+    '--output=/o/adherence.json',
+    '--noprogress',
+  ]
+  seq = run(
+    ['bash', 'launch/digits_cascade.sh', '--dry-run', '--sequential', '--tiny', '--eval_samples=0']
+  )
   assert len(seq) == 5 and not any(l.endswith('&') or l == 'wait' for l in seq)
   assert '--config=configs/digits.py:stage=tsr,tiny=True' in shlex.split(seq[2])
   assert 'evaluate' not in ' '.join(seq)
@@ -116,10 +207,16 @@ def test_digits_cascade_dry_run():
 
 def test_digits_cascade_refuses_bad_arguments_and_an_existing_cascade(tmp_path):
   def fails(*args):
-    out = subprocess.run(['bash', 'launch/digits_cascade.sh', *args], cwd=ROOT,
-                         capture_output=True, text=True, timeout=60)
+    out = subprocess.run(
+      ['bash', 'launch/digits_cascade.sh', *args],
+      cwd=ROOT,
+      capture_output=True,
+      text=True,
+      timeout=60,
+    )
     assert out.returncode == 2, out.stdout + out.stderr
     return out.stderr
+
   assert 'whole numbers' in fails('--budget_secs=ten')
   assert 'unknown argument' in fails('--nope')
   (tmp_path / 'cascade.json').write_text('{}')
@@ -131,24 +228,40 @@ def test_digits_cascade_refuses_bad_arguments_and_an_existing_cascade(tmp_path):
 def test_digits_cascade_trains_exports_and_scores_the_tiny_cascade(tmp_path):
   """The real chain on the tiny configs: world, three stages at once, export, judge."""
   out = subprocess.run(
-      ['bash', 'launch/digits_cascade.sh', f'--python={sys.executable}',
-       f'--runs={tmp_path}/runs', f'--output={tmp_path}/cascade', '--tiny',
-       '--budget_secs=900', '--eval_samples=2', '--',
-       '--config.num_steps=3', '--config.data.num_videos=16', '--config.data.num_images=16'],
-      cwd=ROOT, capture_output=True, text=True, timeout=1500,
-      env=dict(os.environ, JAX_COMPILATION_CACHE_DIR=str(tmp_path / 'xla')))
+    [
+      'bash',
+      'launch/digits_cascade.sh',
+      f'--python={sys.executable}',
+      f'--runs={tmp_path}/runs',
+      f'--output={tmp_path}/cascade',
+      '--tiny',
+      '--budget_secs=900',
+      '--eval_samples=2',
+      '--',
+      '--config.num_steps=3',
+      '--config.data.num_videos=16',
+      '--config.data.num_images=16',
+    ],
+    cwd=ROOT,
+    capture_output=True,
+    text=True,
+    timeout=1500,
+    env=dict(os.environ, JAX_COMPILATION_CACHE_DIR=str(tmp_path / 'xla')),
+  )
   assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
   for stage in ('base', 'tsr', 'ssr'):
     assert f'[digits_cascade] {stage}: step 3/3' in out.stdout, out.stdout
   report = json.loads((tmp_path / 'cascade' / 'adherence.json').read_text())
   from imagen_video_jax import export
   from imagen_video_jax.evaluation import judge, metrics
+
   pipe = export.load_cascade(str(tmp_path / 'cascade'))
   assert [s.name for s in pipe.stages] == ['base', 'tsr', 'ssr']
   # The judge scored 2 samples of the exported cascade in each group: the report is the
   # library's evaluation of that cascade with the script's arguments.
-  want = metrics.evaluate_cascade(pipe, judge.load_judge(), num_samples=2, seed=0,
-                                  batch_size=8, progress=False, real_fd_clips=200)
+  want = metrics.evaluate_cascade(
+    pipe, judge.load_judge(), num_samples=2, seed=0, batch_size=8, progress=False, real_fd_clips=200
+  )
   want = json.loads(json.dumps(want))
   assert report.pop('fd_judge') == pytest.approx(want.pop('fd_judge'), rel=1e-4)
   assert report == want
@@ -161,11 +274,15 @@ def test_offline_wheels_dry_run_fetches_the_pinned_versions():
   cmd = shlex.split(line)
   assert cmd[:4] == ['python3', '-m', 'pip', 'download'] and '--no-deps' in cmd
   assert cmd[cmd.index('--python-version') + 1] == '3.12'
-  pins = dict(l.strip().lower().split('==') for l in open(
-      os.path.join(ROOT, 'requirements', 'requirements.txt')) if '==' in l)
-  wanted = [c for c in cmd[cmd.index('/w') + 1:]]
+  pins = dict(
+    l.strip().lower().split('==')
+    for l in open(os.path.join(ROOT, 'requirements', 'requirements.txt'))
+    if '==' in l
+  )
+  wanted = [c for c in cmd[cmd.index('/w') + 1 :]]
   assert {'flax', 'grain', 'array_record', 'ml_collections', 'orbax-checkpoint'} <= {
-      w.split('==')[0].lower() for w in wanted}
+    w.split('==')[0].lower() for w in wanted
+  }
   for w in wanted:  # exactly the versions the tests here run with
     name, version = w.lower().split('==')
     assert pins[name] == version, w

@@ -1,4 +1,5 @@
 """The tree passes `make lint`: ruff's checks and its formatter (settings in pyproject.toml)."""
+
 import os
 import subprocess
 import sys
@@ -7,8 +8,13 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _ruff(*args, cwd=ROOT):
-  return subprocess.run([sys.executable, '-m', 'ruff', *args, '--no-cache'], cwd=cwd,
-                        capture_output=True, text=True, timeout=300)
+  return subprocess.run(
+    [sys.executable, '-m', 'ruff', *args, '--no-cache'],
+    cwd=cwd,
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
 
 
 def test_the_tree_has_no_lint_errors():
@@ -29,7 +35,7 @@ def test_the_settings_are_the_projects(tmp_path):
   good.write_text("def f(x):\n  return {'x': x}\n")
   assert _ruff('format', '--check', *config, str(good)).returncode == 0
   assert _ruff('check', *config, str(good)).returncode == 0
-  for text in ('def f(x):\n    return {"x": x}\n', "def f(x):\n  return {\"x\": x}\n"):
+  for text in ('def f(x):\n    return {"x": x}\n', 'def f(x):\n  return {"x": x}\n'):
     bad = tmp_path / 'bad.py'
     bad.write_text(text)
     assert _ruff('format', '--check', *config, str(bad)).returncode == 1, text

@@ -1,4 +1,5 @@
 """notebooks/sample.ipynb runs headless, top to bottom, on an exported cascade."""
+
 import os
 
 import pytest
@@ -21,8 +22,9 @@ def test_sample_notebook_runs_and_shows_videos(exported, tmp_path, monkeypatch):
   work.mkdir()
   monkeypatch.setenv('PYTHONPATH', ROOT + os.pathsep + os.environ.get('PYTHONPATH', ''))
   nb = nbformat.read(os.path.join(ROOT, 'notebooks', 'sample.ipynb'), as_version=4)
-  NotebookClient(nb, timeout=600, kernel_name='python3',
-                 resources={'metadata': {'path': str(work)}}).execute()  # raises on error
+  NotebookClient(
+    nb, timeout=600, kernel_name='python3', resources={'metadata': {'path': str(work)}}
+  ).execute()  # raises on error
 
   outputs = [o for c in nb.cells if c.cell_type == 'code' for o in c.get('outputs', [])]
   html = ''.join(o.get('data', {}).get('text/html', '') for o in outputs)

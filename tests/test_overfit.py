@@ -1,4 +1,5 @@
 """A tiny VideoUNet memorises one short video: the diffusion loss falls >= 10x."""
+
 import functools
 
 import jax
@@ -19,19 +20,22 @@ _jit = functools.partial(jax.jit, compiler_options={'xla_backend_optimization_le
 def _moving_square(t=4, size=8):
   video = -np.ones((t, size, size, 3), np.float32)
   for i in range(t):
-    video[i, 2:5, 1 + i:4 + i, 0] = 1.0  # a red square moving right
+    video[i, 2:5, 1 + i : 4 + i, 0] = 1.0  # a red square moving right
   return jnp.asarray(video)
 
 
 def test_tiny_model_overfits_one_video():
   cfg = unet_lib.UNetConfig(
-      levels=(unet_lib.LevelConfig(16, 1, temporal='conv'),
-              unet_lib.LevelConfig(32, 1, temporal='attention')),
-      emb_dim=32, head_dim=16)
+    levels=(
+      unet_lib.LevelConfig(16, 1, temporal='conv'),
+      unet_lib.LevelConfig(32, 1, temporal='attention'),
+    ),
+    emb_dim=32,
+    head_dim=16,
+  )
   video = _moving_square()[None]
   model = unet_lib.VideoUNet(cfg)
-  params = nn.unbox(_jit(unet_lib.init_fn(cfg, frames=4, height=8, width=8))(
-      jax.random.key(0)))
+  params = nn.unbox(_jit(unet_lib.init_fn(cfg, frames=4, height=8, width=8))(jax.random.key(0)))
   dcfg = objectives.DiffusionConfig(prediction='v')
   opt = optax.adam(3e-3)
   opt_state = opt.init(params)
@@ -52,8 +56,9 @@ def test_tiny_model_overfits_one_video():
   n_eval = 64
   t_eval = jnp.linspace(0.02, 0.98, n_eval)
   # numpy, not jax.random: an eager draw would compile its own program.
-  eps_eval = np.random.default_rng(1).standard_normal(
-      (n_eval,) + video.shape[1:]).astype(np.float32)
+  eps_eval = (
+    np.random.default_rng(1).standard_normal((n_eval,) + video.shape[1:]).astype(np.float32)
+  )
   eval_loss = _jit(lambda p: loss_fn(p, None, t_eval, eps_eval, jnp.repeat(video, n_eval, 0)))
 
   before = float(eval_loss(params))

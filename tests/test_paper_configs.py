@@ -1,4 +1,5 @@
 """configs/imagen_video.py: the paper's seven stages, checked without allocating them."""
+
 import importlib.util
 import os
 
@@ -7,8 +8,9 @@ import pytest
 from imagen_video_jax.data.pipeline import StageSpec
 from imagen_video_jax.models.unet import UNetConfig, count_params
 
-_PATH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'configs',
-                     'imagen_video.py')
+_PATH = os.path.join(
+  os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'configs', 'imagen_video.py'
+)
 _spec = importlib.util.spec_from_file_location('imagen_video_config', _PATH)
 paper = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(paper)
@@ -34,9 +36,11 @@ def test_stage_config_is_valid(stage):
   assert spec.frame_stride * c.fps == paper.SOURCE_FPS
   assert model.text_dim == c.text.d_model == 4096
   # Sizes go through every downsampling; SR stages take the 3-channel low-res video.
-  model.check_inputs((1, c.frames, c.height, c.width, 3),
-                     (1, c.frames, c.height, c.width, 3) if spec.is_sr else None,
-                     (1, c.text.max_length, model.text_dim))
+  model.check_inputs(
+    (1, c.frames, c.height, c.width, 3),
+    (1, c.frames, c.height, c.width, 3) if spec.is_sr else None,
+    (1, c.text.max_length, model.text_dim),
+  )
   assert bool(model.cond_channels) == model.cond_augment == spec.is_sr
   levels = model.levels
   if stage == 'base':
@@ -80,6 +84,7 @@ def test_same_keys_as_the_digits_config():
 
 def test_training_job_accepts_every_stage():
   from imagen_video_jax.training import loop
+
   for stage in paper.STAGES:
     loop.validate(paper.get_config(f'stage={stage}'))
 
@@ -97,10 +102,12 @@ def test_every_stage_fully_shards_under_fsdp(stage):
   import jax
   from imagen_video_jax import parallel
   from imagen_video_jax.models.unet import init_params
+
   cfg = _model(stage)
   f = cfg.downsample_factor
-  boxed = jax.eval_shape(lambda k: init_params(cfg, k, frames=1, height=f, width=f),
-                         jax.random.key(0))
+  boxed = jax.eval_shape(
+    lambda k: init_params(cfg, k, frames=1, height=f, width=f), jax.random.key(0)
+  )
   mesh = parallel.abstract_mesh(64, data=1, fsdp=-1)
   per_device = parallel.param_bytes_per_device(boxed, parallel.logical_shardings(boxed, mesh))
   total = 4 * sum(x.size for x in jax.tree.leaves(parallel._values(boxed)))

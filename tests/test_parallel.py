@@ -5,6 +5,7 @@ Tests marked `multidevice` need 8 devices. The main suite runs on one CPU device
 XLA_FLAGS=--xla_force_host_platform_device_count=8 (the flag must be set before jax is
 imported, so it cannot be set here).
 """
+
 import os
 import socket
 import subprocess
@@ -25,14 +26,23 @@ import distributed_util
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 EIGHT = jax.device_count() >= 8
-multidevice = pytest.mark.skipif(not EIGHT, reason='needs 8 devices (run by test_on_eight_fake_devices)')
+multidevice = pytest.mark.skipif(
+  not EIGHT, reason='needs 8 devices (run by test_on_eight_fake_devices)'
+)
 P = jax.sharding.PartitionSpec
 
 
 def _cfg():
   return UNetConfig(
-      levels=(LevelConfig(64, 1, spatial_attention=True, temporal='attention', cross_attention=True),),
-      text_dim=16, emb_dim=32, head_dim=16, cond_channels=3, cond_augment=True)
+    levels=(
+      LevelConfig(64, 1, spatial_attention=True, temporal='attention', cross_attention=True),
+    ),
+    text_dim=16,
+    emb_dim=32,
+    head_dim=16,
+    cond_channels=3,
+    cond_augment=True,
+  )
 
 
 def _init_fn(cfg):
@@ -49,23 +59,29 @@ def test_make_mesh_single_device():
   assert all(t == jax.sharding.AxisType.Auto for t in mesh.axis_types)
 
 
-@pytest.mark.parametrize('sizes, total, expected', [
+@pytest.mark.parametrize(
+  'sizes, total, expected',
+  [
     (dict(data=-1), 8, (8, 1, 1)),
     (dict(data=-1, fsdp=2, tensor=2), 8, (2, 2, 2)),
     (dict(data=2, fsdp=-1), 8, (2, 4, 1)),
     (dict(data=1, fsdp=1, tensor=-1), 4, (1, 1, 4)),
     (dict(data=2, fsdp=2, tensor=2), 8, (2, 2, 2)),
-])
+  ],
+)
 def test_mesh_sizes_fill(sizes, total, expected):
   assert parallel._resolve_sizes(sizes, total, 'm') == expected
 
 
-@pytest.mark.parametrize('sizes, total, match', [
+@pytest.mark.parametrize(
+  'sizes, total, match',
+  [
     (dict(data=-1, fsdp=3), 8, 'do not divide 8'),
     (dict(data=2, fsdp=2, tensor=1), 8, 'needs 4 devices but there are 8'),
     (dict(data=-1, fsdp=-1), 8, 'at most one'),
     (dict(data=0), 8, 'positive or -1'),
-])
+  ],
+)
 def test_mesh_size_errors(sizes, total, match):
   with pytest.raises(ValueError, match=match):
     parallel._resolve_sizes(sizes, total, 'm')
@@ -98,8 +114,9 @@ def test_rules_give_valid_specs_for_every_named_axis_combination():
   assert spec(('heads', None)) == P('tensor', None)
   # Activations: batch takes data+fsdp, so embed is left replicated (a mesh axis is
   # used once per array).
-  assert spec(('batch', 'frames', 'height', 'width', 'embed')) == P(('data', 'fsdp'), None, None,
-                                                                     None, None)
+  assert spec(('batch', 'frames', 'height', 'width', 'embed')) == P(
+    ('data', 'fsdp'), None, None, None, None
+  )
   assert spec(('batch', None, 'embed')) == P(('data', 'fsdp'), None, None)
 
 
@@ -119,19 +136,29 @@ def test_rules_cover_every_unet_and_t5_axis_name():
 
 def test_every_large_param_shards_on_a_model_parallel_axis():
   """On a (1, 4, 4) mesh-shaped check, every >=2-D param with a big axis is split."""
+
   # A fake mesh shape for _fit (divisibility only): use logical_sharding's spec logic.
   class _FakeMesh:
     shape = {'data': 2, 'fsdp': 4, 'tensor': 4}
-  cfg = UNetConfig(levels=(LevelConfig(128, 1, spatial_attention=True, temporal='attention',
-                                       cross_attention=True),), text_dim=256, emb_dim=128)
-  boxed = jax.eval_shape(lambda k: init_params(cfg, k, frames=1, height=1, width=1),
-                         jax.random.key(0))
+
+  cfg = UNetConfig(
+    levels=(
+      LevelConfig(128, 1, spatial_attention=True, temporal='attention', cross_attention=True),
+    ),
+    text_dim=256,
+    emb_dim=128,
+  )
+  boxed = jax.eval_shape(
+    lambda k: init_params(cfg, k, frames=1, height=1, width=1), jax.random.key(0)
+  )
   boxed = {'unet': boxed, 't5': t5.abstract_params(t5.T5Config.from_name('small'))}
   specs = nn.logical_to_mesh(nn.get_partition_spec(boxed), parallel.DEFAULT_RULES)
   values = nn.unbox(boxed)
   unsharded = []
-  for (path, spec), v in zip(jax.tree_util.tree_leaves_with_path(
-      specs, is_leaf=lambda x: isinstance(x, P)), jax.tree.leaves(values)):
+  for (path, spec), v in zip(
+    jax.tree_util.tree_leaves_with_path(specs, is_leaf=lambda x: isinstance(x, P)),
+    jax.tree.leaves(values),
+  ):
     fitted = parallel._fit(spec, v.shape, _FakeMesh)
     if v.size >= 4096 and all(e is None for e in fitted):
       unsharded.append((jax.tree_util.keystr(path), v.shape, spec))
@@ -147,12 +174,22 @@ def test_param_bytes_per_device_single_device():
   assert parallel.param_bytes_per_device(boxed, shardings) == total * 1  # one device: all of it
 
 
-@pytest.mark.parametrize('args, env, mode, kwargs', [
+@pytest.mark.parametrize(
+  'args, env, mode, kwargs',
+  [
     ((), {}, 'single', {}),
-    (('10.0.0.1:1234', 4, 2), {}, 'explicit',
-     dict(coordinator_address='10.0.0.1:1234', num_processes=4, process_id=2)),
-    ((), {'IVJ_COORDINATOR': 'h:1', 'IVJ_NUM_PROCESSES': '2', 'IVJ_PROCESS_ID': '1'}, 'explicit',
-     dict(coordinator_address='h:1', num_processes=2, process_id=1)),
+    (
+      ('10.0.0.1:1234', 4, 2),
+      {},
+      'explicit',
+      dict(coordinator_address='10.0.0.1:1234', num_processes=4, process_id=2),
+    ),
+    (
+      (),
+      {'IVJ_COORDINATOR': 'h:1', 'IVJ_NUM_PROCESSES': '2', 'IVJ_PROCESS_ID': '1'},
+      'explicit',
+      dict(coordinator_address='h:1', num_processes=2, process_id=1),
+    ),
     (('h:1', 1, 0), {}, 'single', {}),
     ((), {'SLURM_JOB_ID': '7', 'SLURM_NTASKS': '16'}, 'slurm', {}),
     ((), {'SLURM_JOB_ID': '7', 'SLURM_NTASKS': '1'}, 'single', {}),
@@ -161,17 +198,21 @@ def test_param_bytes_per_device_single_device():
     ((), {'TPU_WORKER_HOSTNAMES': 'localhost'}, 'single', {}),
     ((), {'IVJ_DISTRIBUTED': '1'}, 'tpu', {}),
     ((), {'IVJ_DISTRIBUTED': '0', 'SLURM_JOB_ID': '7', 'SLURM_NTASKS': '16'}, 'single', {}),
-])
+  ],
+)
 def test_plan_distributed(args, env, mode, kwargs):
   plan = parallel.plan_distributed(*args, env=env)
   assert (plan.mode, plan.kwargs) == (mode, kwargs)
 
 
-@pytest.mark.parametrize('args, env, match', [
+@pytest.mark.parametrize(
+  'args, env, match',
+  [
     (('h:1',), {}, 'without num_processes'),
     (('h:1', 2, 2), {}, 'not in'),
     ((None, 2, 0), {}, 'without a coordinator'),
-])
+  ],
+)
 def test_plan_distributed_errors(args, env, match):
   with pytest.raises(ValueError, match=match):
     parallel.plan_distributed(*args, env=env)
@@ -207,16 +248,22 @@ def test_two_processes_on_localhost_form_one_job(tmp_path):
   script.write_text(_DIST_SCRIPT)
 
   def env(i, coordinator):
-    return dict(os.environ, IVJ_COORDINATOR=coordinator, IVJ_NUM_PROCESSES='2',
-                IVJ_PROCESS_ID=str(i), JAX_PLATFORMS='cpu',
-                XLA_FLAGS='--xla_force_host_platform_device_count=2',
-                PYTHONPATH=ROOT + os.pathsep + os.environ.get('PYTHONPATH', ''))
+    return dict(
+      os.environ,
+      IVJ_COORDINATOR=coordinator,
+      IVJ_NUM_PROCESSES='2',
+      IVJ_PROCESS_ID=str(i),
+      JAX_PLATFORMS='cpu',
+      XLA_FLAGS='--xla_force_host_platform_device_count=2',
+      PYTHONPATH=ROOT + os.pathsep + os.environ.get('PYTHONPATH', ''),
+    )
 
   with socket.socket() as taken:  # bound without SO_REUSEPORT: the coordinator cannot bind
     taken.bind(('', 0))
     port = taken.getsockname()[1]
-    with distributed_util.local_job([sys.executable, str(script)], env, tmp_path / 'dist',
-                                    cwd=ROOT, first_port=port) as job:
+    with distributed_util.local_job(
+      [sys.executable, str(script)], env, tmp_path / 'dist', cwd=ROOT, first_port=port
+    ) as job:
       outs = job.finish(timeout=120)
   assert job.tries == 2 and job.port != port
   for i, out in enumerate(outs):
@@ -247,7 +294,7 @@ def test_sharded_init_and_forward_match_single_device():
   params, shardings = parallel.sharded_init(init_fn, key, mesh)
 
   # Really sharded: each device holds a quarter of a conv kernel and of a q kernel.
-  conv = params['down0_block0']['res']['conv2']['kernel']               # [1,3,3,64,64]
+  conv = params['down0_block0']['res']['conv2']['kernel']  # [1,3,3,64,64]
   assert conv.sharding.spec == P(None, None, None, 'fsdp', 'tensor')
   assert {s.data.shape for s in conv.addressable_shards} == {(1, 3, 3, 32, 32)}
   q = params['down0_block0']['spatial_attn']['attn']['query']['kernel']  # [64, 4, 16]
@@ -270,11 +317,15 @@ def test_sharded_init_and_forward_match_single_device():
   sharded = jax.device_put(ref, shardings)
   b, t = 4, 3
   ks = jax.random.split(jax.random.key(1), 5)
-  inputs = (jax.random.normal(ks[0], (b, t, 8, 8, 3)), jax.random.normal(ks[1], (b,)),
-            jax.random.normal(ks[2], (b, 5, 16)),
-            jnp.arange(5)[None] < jnp.array([5, 3, 0, 2])[:, None],
-            jnp.array([[0, 0, 0], [0, 1, 2], [0, 0, 1], [0, 0, 0]], jnp.int32),
-            jax.random.normal(ks[3], (b, t, 8, 8, 3)), jax.random.normal(ks[4], (b,)))
+  inputs = (
+    jax.random.normal(ks[0], (b, t, 8, 8, 3)),
+    jax.random.normal(ks[1], (b,)),
+    jax.random.normal(ks[2], (b, 5, 16)),
+    jnp.arange(5)[None] < jnp.array([5, 3, 0, 2])[:, None],
+    jnp.array([[0, 0, 0], [0, 1, 2], [0, 0, 1], [0, 0, 0]], jnp.int32),
+    jax.random.normal(ks[3], (b, t, 8, 8, 3)),
+    jax.random.normal(ks[4], (b,)),
+  )
   model = VideoUNet(cfg)
   fwd = jax.jit(lambda p, *a: model.apply({'params': p}, *a))
   expected = np.asarray(fwd(ref, *inputs))
@@ -290,11 +341,29 @@ def test_on_eight_fake_devices():
     pytest.skip('already on 8 devices: the multidevice tests run directly')
   # LLVM's optimisations off: they are most of these tests' compile time, and change no
   # numbers (no fast-math); sharding and partitioning are XLA's as ever.
-  env = dict(os.environ, JAX_PLATFORMS='cpu', XLA_FLAGS='--xla_force_host_platform_device_count=8 '
-             '--xla_backend_optimization_level=0')
+  env = dict(
+    os.environ,
+    JAX_PLATFORMS='cpu',
+    XLA_FLAGS='--xla_force_host_platform_device_count=8 --xla_backend_optimization_level=0',
+  )
   proc = subprocess.run(
-      [sys.executable, '-m', 'pytest', '-q', '-x', '-p', 'no:cacheprovider', __file__,
-       '-k', 'on_eight or match_single_device'],
-      env=env, capture_output=True, text=True, timeout=300, cwd=ROOT)
+    [
+      sys.executable,
+      '-m',
+      'pytest',
+      '-q',
+      '-x',
+      '-p',
+      'no:cacheprovider',
+      __file__,
+      '-k',
+      'on_eight or match_single_device',
+    ],
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=300,
+    cwd=ROOT,
+  )
   assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-3000:]
   assert '2 passed' in proc.stdout, proc.stdout[-3000:]

@@ -1,4 +1,5 @@
 """imagen_video_jax.plan: memory plans from abstract arrays on fake CPU devices."""
+
 import json
 import os
 import subprocess
@@ -13,17 +14,25 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Runs the plan CLI as __main__ and reports the process's peak RSS (kB) on exit: VmHWM,
 # the peak of this program's own memory map. Not getrusage's ru_maxrss: Linux carries
 # that over from the forking parent (a pytest worker already holding GBs).
-_RUN = ('import atexit, runpy, sys; '
-        'atexit.register(lambda: print("MAXRSS_KB", [l.split()[1] for l in '
-        'open("/proc/self/status") if l.startswith("VmHWM")][0], flush=True)); '
-        'sys.argv = ["plan"] + sys.argv[1:]; '
-        'runpy.run_module("imagen_video_jax.plan", run_name="__main__")')
+_RUN = (
+  'import atexit, runpy, sys; '
+  'atexit.register(lambda: print("MAXRSS_KB", [l.split()[1] for l in '
+  'open("/proc/self/status") if l.startswith("VmHWM")][0], flush=True)); '
+  'sys.argv = ["plan"] + sys.argv[1:]; '
+  'runpy.run_module("imagen_video_jax.plan", run_name="__main__")'
+)
 
 
 def run_plan(*args, timeout=600):
   env = {k: v for k, v in os.environ.items() if k not in ('XLA_FLAGS', 'JAX_PLATFORMS')}
-  out = subprocess.run([sys.executable, '-c', _RUN, *args, '--json'], cwd=ROOT, env=env,
-                       capture_output=True, text=True, timeout=timeout)
+  out = subprocess.run(
+    [sys.executable, '-c', _RUN, *args, '--json'],
+    cwd=ROOT,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=timeout,
+  )
   assert out.returncode == 0, out.stdout + out.stderr
   plans = [json.loads(line[5:]) for line in out.stdout.splitlines() if line.startswith('JSON ')]
   rss = [int(line.split()[1]) for line in out.stdout.splitlines() if line.startswith('MAXRSS_KB')]
@@ -40,16 +49,26 @@ def test_parse_mesh_and_device_flags():
   assert planning.devices_from_argv(['--mesh', 'fsdp:4']) == 8  # at least the default's 8
   assert planning.devices_from_argv(['--search=8,16,64']) == 64
   env = planning.ensure_fake_devices(
-      32, {'XLA_FLAGS': '--xla_force_host_platform_device_count=2 --xla_foo=1'})
+    32, {'XLA_FLAGS': '--xla_force_host_platform_device_count=2 --xla_foo=1'}
+  )
   assert env['XLA_FLAGS'].count('device_count') == 1
   assert '--xla_force_host_platform_device_count=32' in env['XLA_FLAGS']
   assert '--xla_foo=1' in env['XLA_FLAGS'] and env['JAX_PLATFORMS'] == 'cpu'
 
 
 def test_peak_arithmetic():
-  p = planning.MemoryPlan(stage='x', mesh={'data': 1, 'fsdp': 4, 'tensor': 1}, devices=4,
-                          batch_size=8, param_count=10, param_bytes=40, params_per_device=10,
-                          opt_state_per_device=20, ema_per_device=10, batch_per_device=5)
+  p = planning.MemoryPlan(
+    stage='x',
+    mesh={'data': 1, 'fsdp': 4, 'tensor': 1},
+    devices=4,
+    batch_size=8,
+    param_count=10,
+    param_bytes=40,
+    params_per_device=10,
+    opt_state_per_device=20,
+    ema_per_device=10,
+    batch_per_device=5,
+  )
   assert p.state_per_device == 40 and p.peak_bytes == 45  # not compiled: state + batch
   p.compiled = True
   p.argument_bytes, p.output_bytes, p.alias_bytes, p.temp_bytes, p.code_bytes = 50, 45, 40, 7, 1
@@ -60,8 +79,12 @@ def test_peak_arithmetic():
 
 def test_base_stage_without_allocating_it():
   """The 5.8B base stage on 64 fake devices (pure FSDP): shapes only, RSS far below it."""
-  stdout, (p,), rss = run_plan('--config=configs/imagen_video.py:stage=base',
-                               '--mesh=fsdp:64', '--nocompile', '--device_memory_gb=95')
+  stdout, (p,), rss = run_plan(
+    '--config=configs/imagen_video.py:stage=base',
+    '--mesh=fsdp:64',
+    '--nocompile',
+    '--device_memory_gb=95',
+  )
   assert p['param_count'] > 5.5e9 and p['param_bytes'] == 4 * p['param_count']
   state_bytes = 4 * p['param_bytes']  # params + EMA + Adam mu, nu: ~92 GB
   assert rss < 2e9 and rss < state_bytes / 40, rss
@@ -80,8 +103,11 @@ def test_compiled_memory_analysis_tiny_stage():
   arithmetic, with room for a buffer XLA lays out or aliases differently from one version
   to the next; no byte count, no fraction of the state fitted to one XLA.
   """
-  stdout, (p,), _ = run_plan('--config=configs/digits.py:stage=tsr,tiny=True',
-                             '--mesh=data:2,fsdp:2', '--config.data.batch_size=4')
+  stdout, (p,), _ = run_plan(
+    '--config=configs/digits.py:stage=tsr,tiny=True',
+    '--mesh=data:2,fsdp:2',
+    '--config.data.batch_size=4',
+  )
   assert p['compiled'] and p['devices'] == 4 and p['fits']
   assert p['temp_bytes'] > 0 and p['t5_per_device'] > 0
   # The step's arguments hold at least the state, the batch and the frozen T5.
@@ -95,16 +121,31 @@ def test_compiled_memory_analysis_tiny_stage():
 
 
 def test_search_stops_at_first_fit():
-  stdout, plans, _ = run_plan('--config=configs/digits.py:stage=base,tiny=True',
-                              '--search=2,4', '--config.data.batch_size=4', '--nocompile')
+  stdout, plans, _ = run_plan(
+    '--config=configs/digits.py:stage=base,tiny=True',
+    '--search=2,4',
+    '--config.data.batch_size=4',
+    '--nocompile',
+  )
   assert len(plans) == 1 and plans[0]['devices'] == 2
   assert "smallest mesh that fits: {'fsdp': 2}" in stdout
 
 
 def test_bad_mesh_is_one_line():
   env = {k: v for k, v in os.environ.items() if k not in ('XLA_FLAGS', 'JAX_PLATFORMS')}
-  out = subprocess.run([sys.executable, '-m', 'imagen_video_jax.plan',
-                        '--config=configs/digits.py:stage=base,tiny=True', '--mesh=fsdp:3',
-                        '--nocompile'], cwd=ROOT, env=env, capture_output=True, text=True,
-                       timeout=300)
+  out = subprocess.run(
+    [
+      sys.executable,
+      '-m',
+      'imagen_video_jax.plan',
+      '--config=configs/digits.py:stage=base,tiny=True',
+      '--mesh=fsdp:3',
+      '--nocompile',
+    ],
+    cwd=ROOT,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
   assert out.returncode != 0 and 'plan: data.batch_size' in out.stderr, out.stderr

@@ -1,4 +1,5 @@
 """The README's Python tour runs as written."""
+
 import pathlib
 import re
 

@@ -1,4 +1,5 @@
 """Exported cascades round-trip; the sample CLI writes videos that read back right."""
+
 import dataclasses
 import json
 import os
@@ -19,8 +20,12 @@ from test_cascade import _pipeline
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-CAPTIONS = [f'a {c} {d} moving {m}' for c in ('red', 'blue', 'green') for d in range(10)
-            for m in ('left', 'right', 'up', 'down')]
+CAPTIONS = [
+  f'a {c} {d} moving {m}'
+  for c in ('red', 'blue', 'green')
+  for d in range(10)
+  for m in ('left', 'right', 'up', 'down')
+]
 
 
 @pytest.fixture(scope='module')
@@ -63,17 +68,37 @@ def test_sample_cli_writes_what_the_library_samples(exported, tmp_path):
   config = tmp_path / 'my_cascade.py'  # --config: a config file that ships a cascade
   config.write_text(f'CASCADE_DIR = {str(path)!r}\n')
   prompts = ['a red 3 moving left', 'a blue 7']
-  cmd = [sys.executable, '-m', 'imagen_video_jax.sample', f'--config={config}',
-         *(f'--prompt={p}' for p in prompts), '--negative_prompt=a green 1', '--seed=3',
-         '--num_samples=2', '--sampler=ancestral', '--steps=2', '--guidance=2.5',
-         f'--output={out}', '--scale=2', '--noprogress']
+  cmd = [
+    sys.executable,
+    '-m',
+    'imagen_video_jax.sample',
+    f'--config={config}',
+    *(f'--prompt={p}' for p in prompts),
+    '--negative_prompt=a green 1',
+    '--seed=3',
+    '--num_samples=2',
+    '--sampler=ancestral',
+    '--steps=2',
+    '--guidance=2.5',
+    f'--output={out}',
+    '--scale=2',
+    '--noprogress',
+  ]
   res = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
   assert res.returncode == 0, res.stderr[-3000:]
 
   pipe = export.load_cascade(path)
-  want = pipe(prompts, negative_prompt='a green 1', num_samples=2, seed=3, progress=False,
-              samplers_by_stage={s.name: dataclasses.replace(
-                  s.sampler, sampler='ancestral', steps=2, guidance=2.5) for s in pipe.stages})
+  want = pipe(
+    prompts,
+    negative_prompt='a green 1',
+    num_samples=2,
+    seed=3,
+    progress=False,
+    samplers_by_stage={
+      s.name: dataclasses.replace(s.sampler, sampler='ancestral', steps=2, guidance=2.5)
+      for s in pipe.stages
+    },
+  )
   assert len(want.videos) == 4
   last = stages[-1].spec
   for i, video in enumerate(want.videos):  # prompt-major: stem_0, stem_1 are prompt 0's
@@ -93,23 +118,49 @@ def test_sample_cli_writes_what_the_library_samples(exported, tmp_path):
 
 
 def test_sample_cli_errors_are_one_line(tmp_path):
-  res = subprocess.run([sys.executable, '-m', 'imagen_video_jax.sample', '--prompt=x',
-                        f'--checkpoints={tmp_path}', f'--output={tmp_path}/a.mp4'],
-                       capture_output=True, text=True, timeout=300)
+  res = subprocess.run(
+    [
+      sys.executable,
+      '-m',
+      'imagen_video_jax.sample',
+      '--prompt=x',
+      f'--checkpoints={tmp_path}',
+      f'--output={tmp_path}/a.mp4',
+    ],
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
   assert res.returncode != 0 and 'not an exported cascade' in res.stderr
   assert 'Traceback' not in res.stderr
-  res = subprocess.run([sys.executable, '-m', 'imagen_video_jax.sample', '--prompt=x',
-                        '--output=a.gif'], capture_output=True, text=True, timeout=300)
+  res = subprocess.run(
+    [sys.executable, '-m', 'imagen_video_jax.sample', '--prompt=x', '--output=a.gif'],
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
   assert res.returncode != 0 and 'must end in .mp4' in res.stderr
-  res = subprocess.run([sys.executable, '-m', 'imagen_video_jax.sample', '--prompt=x',
-                        '--config=configs/imagen_video.py', f'--output={tmp_path}/a.mp4'],
-                       capture_output=True, text=True, timeout=300, cwd=ROOT)
+  res = subprocess.run(
+    [
+      sys.executable,
+      '-m',
+      'imagen_video_jax.sample',
+      '--prompt=x',
+      '--config=configs/imagen_video.py',
+      f'--output={tmp_path}/a.mp4',
+    ],
+    capture_output=True,
+    text=True,
+    timeout=300,
+    cwd=ROOT,
+  )
   assert res.returncode != 0 and 'ships no trained cascade' in res.stderr, res.stderr[-2000:]
   assert 'Traceback' not in res.stderr
 
 
 def test_the_digits_config_names_the_shipped_cascade():
   from imagen_video_jax.cli.sample import cascade_dir_from_config
+
   want = os.path.join(ROOT, 'checkpoints', 'digits')
   assert cascade_dir_from_config(os.path.join(ROOT, 'configs', 'digits.py')) == want
   assert cascade_dir_from_config(os.path.join(ROOT, 'configs', 'digits.py:stage=ssr')) == want
@@ -118,9 +169,18 @@ def test_the_digits_config_names_the_shipped_cascade():
 def test_evaluate_cli_scores_a_cascade_prefix_per_stage(exported, tmp_path):
   path, stages = exported
   report_path = tmp_path / 'adherence.json'
-  cmd = [sys.executable, '-m', 'imagen_video_jax.evaluate', '--mode=adherence',
-         f'--checkpoints={path}', '--num_samples=3', '--batch_size=3', '--steps=2',
-         '--noprogress', f'--output={report_path}']
+  cmd = [
+    sys.executable,
+    '-m',
+    'imagen_video_jax.evaluate',
+    '--mode=adherence',
+    f'--checkpoints={path}',
+    '--num_samples=3',
+    '--batch_size=3',
+    '--steps=2',
+    '--noprogress',
+    f'--output={report_path}',
+  ]
   res = subprocess.run(cmd + ['--stages=1'], capture_output=True, text=True, timeout=600)
   assert res.returncode == 0, res.stderr[-3000:]
   report = json.load(open(report_path))
@@ -128,7 +188,8 @@ def test_evaluate_cli_scores_a_cascade_prefix_per_stage(exported, tmp_path):
   assert report['train_combinations']['num'] == 3
   assert report['held_out_combinations']['num'] == 3
   assert report['by_stage'][stages[0].name]['train_combinations'] == report['train_combinations']
-  res = subprocess.run(cmd + [f'--stages={len(stages) + 1}'], capture_output=True, text=True,
-                       timeout=300)
+  res = subprocess.run(
+    cmd + [f'--stages={len(stages) + 1}'], capture_output=True, text=True, timeout=300
+  )
   assert res.returncode != 0 and f'has {len(stages)} stages' in res.stderr
   assert 'Traceback' not in res.stderr

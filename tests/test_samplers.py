@@ -1,4 +1,5 @@
 """Samplers against the exact denoiser of Gaussian data; guidance; thresholding."""
+
 import functools
 
 import jax
@@ -8,18 +9,20 @@ import pytest
 
 from imagen_video_jax.diffusion import objectives, samplers
 from imagen_video_jax.diffusion.samplers import SamplerConfig
-from imagen_video_jax.diffusion.schedules import CosineSchedule, alpha_sigma
+from imagen_video_jax.diffusion.schedules import alpha_sigma
 
 MU, S = 0.4, 0.3
 
 
 def gaussian_denoiser(mu, s, prediction='v'):
   """The exact E[x | z] for x ~ N(mu, s^2), returned in `prediction` form."""
+
   def fn(z, logsnr, w):
     del w
     a, sig = (objectives._bcast(v, z.ndim) for v in alpha_sigma(logsnr))
-    x = mu + a * s ** 2 / (a ** 2 * s ** 2 + sig ** 2) * (z - a * mu)
+    x = mu + a * s**2 / (a**2 * s**2 + sig**2) * (z - a * mu)
     return objectives.convert(x, z, logsnr, 'x', prediction)
+
   return fn
 
 
@@ -29,8 +32,15 @@ def test_sampler_reproduces_gaussian_data(sampler, gamma, prediction):
   # Both are first-order: the std error shrinks as 1/steps (measured 4% low at 128
   # ancestral steps, 0.8% at 512), so 512 steps test the update rules to 2%.
   cfg = SamplerConfig(sampler=sampler, steps=512, clip='none', gamma=gamma)
-  run = jax.jit(functools.partial(samplers.sample, gaussian_denoiser(MU, S, prediction),
-                                  (20000, 1, 2, 2, 1), config=cfg, prediction=prediction))
+  run = jax.jit(
+    functools.partial(
+      samplers.sample,
+      gaussian_denoiser(MU, S, prediction),
+      (20000, 1, 2, 2, 1),
+      config=cfg,
+      prediction=prediction,
+    )
+  )
   x = run(jax.random.key(0))
   assert abs(float(jnp.mean(x)) - MU) < 0.02 * MU
   assert abs(float(jnp.std(x)) - S) < 0.02 * S
@@ -40,8 +50,7 @@ def test_ddim_is_deterministic_given_the_noise_and_ancestral_is_not():
   den = gaussian_denoiser(MU, S)
   z = jax.random.normal(jax.random.key(1), (8, 2, 2, 2, 1))
   # One compiled sampler per config (the key is an argument), not one eager loop per call.
-  run = lambda cfg: jax.jit(lambda key: samplers.sample(den, z.shape, key, config=cfg,
-                                                        z_init=z))
+  run = lambda cfg: jax.jit(lambda key: samplers.sample(den, z.shape, key, config=cfg, z_init=z))
   ddim = run(SamplerConfig(sampler='ddim', steps=16, clip='none'))
   np.testing.assert_array_equal(ddim(jax.random.key(2)), ddim(jax.random.key(3)))
   anc = run(SamplerConfig(sampler='ancestral', steps=16, clip='none'))
@@ -56,9 +65,10 @@ def test_the_whole_loop_is_one_traced_program():
   def den(z, logsnr, w):
     calls.append(z.shape)
     return jnp.zeros_like(z)
-  jaxpr = jax.make_jaxpr(lambda k: samplers.sample(den, (2, 1, 2, 2, 1), k,
-                                                   config=SamplerConfig(steps=50)))(
-                                                       jax.random.key(0))
+
+  jaxpr = jax.make_jaxpr(
+    lambda k: samplers.sample(den, (2, 1, 2, 2, 1), k, config=SamplerConfig(steps=50))
+  )(jax.random.key(0))
   assert len(calls) == 1  # traced once, not unrolled 50 times
   assert 'while' in str(jaxpr) or 'scan' in str(jaxpr)  # fori_loop lowers to either
 
@@ -87,9 +97,9 @@ def test_guidance_is_one_batched_forward_and_mixes_cond_and_uncond():
   # A negative prompt replaces the null text in the unconditional half.
   neg = -text
   den_neg = samplers.guided_denoiser(apply_fn, text, mask, neg, mask)
-  np.testing.assert_allclose(den_neg(z, logsnr, 3.0),
-                             3.0 * cond - 2.0 * apply_fn(z, logsnr, neg, mask), rtol=1e-5,
-                             atol=1e-5)
+  np.testing.assert_allclose(
+    den_neg(z, logsnr, 3.0), 3.0 * cond - 2.0 * apply_fn(z, logsnr, neg, mask), rtol=1e-5, atol=1e-5
+  )
 
 
 def test_oscillating_guidance_weights():
@@ -112,8 +122,9 @@ def test_static_and_dynamic_thresholding():
 
 def test_clipping_keeps_samples_in_range():
   den = gaussian_denoiser(0.9, 0.5)  # much of the mass is above 1
-  x = samplers.sample(den, (500, 1, 2, 2, 1), jax.random.key(7),
-                      config=SamplerConfig(steps=16, clip='static'))
+  x = samplers.sample(
+    den, (500, 1, 2, 2, 1), jax.random.key(7), config=SamplerConfig(steps=16, clip='static')
+  )
   assert float(jnp.max(x)) <= 1.0 and float(jnp.min(x)) >= -1.0
 
 

@@ -1,6 +1,7 @@
 """The shipped Moving Digits cascade (checkpoints/digits): fits the budget, matches
 configs/digits.py, samples what the prompt says (by the judge); `make demo` writes a video
 that reads back."""
+
 import dataclasses
 import os
 import shutil
@@ -41,9 +42,15 @@ def test_shipped_cascade_fits_the_budget_and_matches_the_config():
     want = stage_lib.from_config(c)
     assert stage.spec == want.spec and stage.unet == want.unet, stage.name
     assert stage.diffusion == want.diffusion and stage.fps == want.fps, stage.name
-    boxed = jax.eval_shape(lambda: unet_lib.init_fn(
-        want.unet, frames=want.spec.frames, height=want.spec.height, width=want.spec.width,
-        text_len=int(c.text.max_length))(jax.random.key(0)))
+    boxed = jax.eval_shape(
+      lambda: unet_lib.init_fn(
+        want.unet,
+        frames=want.spec.frames,
+        height=want.spec.height,
+        width=want.spec.width,
+        text_len=int(c.text.max_length),
+      )(jax.random.key(0))
+    )
     shapes = jax.tree.map(lambda a: tuple(a.shape), nn.unbox(boxed))
     assert jax.tree.map(np.shape, stage.params) == shapes, stage.name
     assert all(np.isfinite(a).all() for a in jax.tree.leaves(stage.params)), stage.name
@@ -52,8 +59,9 @@ def test_shipped_cascade_fits_the_budget_and_matches_the_config():
 # Few steps, 16 prompts: ~30 s on two cores. The full evaluation (100 prompts per group,
 # each stage's own 32 steps; README) is `python -m imagen_video_jax.evaluate`.
 STEPS, NUM_TRAIN, NUM_HELD_OUT = 4, 12, 4
-PINNED = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'data',
-                      'shipped_cascade_samples.npz')
+PINNED = os.path.join(
+  os.path.dirname(os.path.abspath(__file__)), 'data', 'shipped_cascade_samples.npz'
+)
 
 
 def test_the_shipped_cascade_draws_the_prompted_digit_and_colour():
@@ -66,12 +74,13 @@ def test_the_shipped_cascade_draws_the_prompted_digit_and_colour():
   weights would be right ~10%, ~14% and ~25% of the time.
   """
   from imagen_video_jax.evaluation import judge as judge_lib, metrics
+
   pipe = export.load_cascade(SHIPPED)
-  prompts = (metrics.sample_prompts(NUM_TRAIN, 0, False)
-             + metrics.sample_prompts(NUM_HELD_OUT, 0, True))
+  prompts = metrics.sample_prompts(NUM_TRAIN, 0, False) + metrics.sample_prompts(
+    NUM_HELD_OUT, 0, True
+  )
   fewer = {s.name: dataclasses.replace(s.sampler, steps=STEPS) for s in pipe.stages}
-  out = pipe(prompts, seed=0, samplers_by_stage=fewer, progress=False,
-             return_intermediates=True)
+  out = pipe(prompts, seed=0, samplers_by_stage=fewer, progress=False, return_intermediates=True)
   judge = judge_lib.load_judge()
   # The first four samples of every stage as recorded (this seed and these prompts):
   # refactoring the sampling path must keep them. Recorded with XLA's default CPU
@@ -81,7 +90,7 @@ def test_the_shipped_cascade_draws_the_prompted_digit_and_colour():
     np.savez_compressed(PINNED, **{k: v[:4] for k, v in out.intermediates.items()})
   with np.load(PINNED) as pinned:
     for name, want in pinned.items():
-      diff = np.abs(out.intermediates[name][:len(want)].astype(int) - want)
+      diff = np.abs(out.intermediates[name][: len(want)].astype(int) - want)
       assert diff.mean() < 0.05 and (diff > 8).mean() < 1e-3, (name, diff.mean(), diff.max())
   for stage in pipe.stages:
     videos = out.intermediates[stage.name]
@@ -105,9 +114,21 @@ def test_make_demo_writes_a_video_from_the_shipped_cascade(tmp_path):
   venv.mkdir()
   (venv / '.installed-run').touch()
   out = tmp_path / 'demo' / 'demo.mp4'
-  res = subprocess.run([make, '-C', ROOT, 'demo', f'VENV={venv}', f'PY={sys.executable}',
-                        'PROMPT=a green 5 moving up', f'DEMO_OUTPUT={out}'],
-                       capture_output=True, text=True, timeout=1200)
+  res = subprocess.run(
+    [
+      make,
+      '-C',
+      ROOT,
+      'demo',
+      f'VENV={venv}',
+      f'PY={sys.executable}',
+      'PROMPT=a green 5 moving up',
+      f'DEMO_OUTPUT={out}',
+    ],
+    capture_output=True,
+    text=True,
+    timeout=1200,
+  )
   assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-3000:]
   frames, fps = io.read_mp4(str(out))
   ssr = export.load_cascade(SHIPPED).stages[-1]

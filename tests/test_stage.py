@@ -1,4 +1,5 @@
 """`stage.Stage`: one description of a stage, from a training config and as stage.json."""
+
 import dataclasses
 import json
 import os
@@ -32,9 +33,14 @@ def test_a_digits_config_describes_its_stage(name):
   assert s.diffusion.p_uncond == c.diffusion.p_uncond
   assert (s.sampler.steps, s.sampler.guidance, s.sampler.clip) == (32, 3.0, 'static')
   t = c.text
-  assert s.text == T5Config(vocab_size=t.vocab_size, d_model=t.d_model,
-                            num_layers=t.num_layers, num_heads=t.num_heads, d_kv=t.d_kv,
-                            d_ff=t.d_ff)
+  assert s.text == T5Config(
+    vocab_size=t.vocab_size,
+    d_model=t.d_model,
+    num_layers=t.num_layers,
+    num_heads=t.num_heads,
+    d_kv=t.d_kv,
+    d_ff=t.d_ff,
+  )
   # A checkpoint saves the config as a plain dict: the same stage.
   assert stage_lib.from_config(c.to_dict()) == s
 

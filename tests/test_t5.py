@@ -4,6 +4,7 @@ The reference is `transformers`' PyTorch `T5EncoderModel`, randomly initialised 
 small sizes whose relative-position buckets are few enough (and sequences long
 enough) that the logarithmic buckets and the max-distance clamp are exercised.
 """
+
 import json
 import os
 
@@ -25,20 +26,44 @@ transformers = pytest.importorskip('transformers')
 # Two shapes: (a) few buckets, short max_distance, inner dim == d_model, one file;
 # (b) default buckets, sequence past max_distance, inner dim != d_model, sharded files.
 SHAPES = {
-    'a': dict(vocab_size=160, d_model=32, d_kv=8, d_ff=48, num_layers=3, num_heads=4,
-              relative_attention_num_buckets=8, relative_attention_max_distance=12),
-    'b': dict(vocab_size=77, d_model=48, d_kv=12, d_ff=64, num_layers=2, num_heads=6,
-              relative_attention_num_buckets=32, relative_attention_max_distance=128),
+  'a': dict(
+    vocab_size=160,
+    d_model=32,
+    d_kv=8,
+    d_ff=48,
+    num_layers=3,
+    num_heads=4,
+    relative_attention_num_buckets=8,
+    relative_attention_max_distance=12,
+  ),
+  'b': dict(
+    vocab_size=77,
+    d_model=48,
+    d_kv=12,
+    d_ff=64,
+    num_layers=2,
+    num_heads=6,
+    relative_attention_num_buckets=32,
+    relative_attention_max_distance=128,
+  ),
 }
 LENGTHS = {'a': 40, 'b': 150}
-CAPTIONS = ['a red 3 moving left', 'a green 7', 'a blue 0 moving up', 'a white 9',
-            'a cyan 4 moving down', 'a magenta 2 moving right', 'a yellow 5']
+CAPTIONS = [
+  'a red 3 moving left',
+  'a green 7',
+  'a blue 0 moving up',
+  'a white 9',
+  'a cyan 4 moving down',
+  'a magenta 2 moving right',
+  'a yellow 5',
+]
 
 
 def hf_model(name):
   torch.manual_seed(0)
-  cfg = transformers.T5Config(**SHAPES[name], feed_forward_proj='gated-gelu',
-                              is_encoder_decoder=False, use_cache=False)
+  cfg = transformers.T5Config(
+    **SHAPES[name], feed_forward_proj='gated-gelu', is_encoder_decoder=False, use_cache=False
+  )
   return transformers.T5EncoderModel(cfg).eval()
 
 
@@ -74,34 +99,49 @@ def batch(name, tok):
 
 def reference(model, ids, mask):
   with torch.no_grad():
-    return model(input_ids=torch.tensor(ids, dtype=torch.long),
-                 attention_mask=torch.tensor(mask, dtype=torch.long)).last_hidden_state.numpy()
+    return model(
+      input_ids=torch.tensor(ids, dtype=torch.long),
+      attention_mask=torch.tensor(mask, dtype=torch.long),
+    ).last_hidden_state.numpy()
 
 
 def ours(config, params, ids, mask):
-  return np.asarray(T5Encoder(config).apply({'params': params}, jnp.asarray(ids),
-                                            jnp.asarray(mask)))
+  return np.asarray(
+    T5Encoder(config).apply({'params': params}, jnp.asarray(ids), jnp.asarray(mask))
+  )
 
 
 def test_named_configs():
   xxl = T5Config.from_name('xxl')
-  assert (xxl.d_model, xxl.num_layers, xxl.num_heads, xxl.d_kv, xxl.d_ff,
-          xxl.vocab_size) == (4096, 24, 64, 64, 10240, 32128)
+  assert (xxl.d_model, xxl.num_layers, xxl.num_heads, xxl.d_kv, xxl.d_ff, xxl.vocab_size) == (
+    4096,
+    24,
+    64,
+    64,
+    10240,
+    32128,
+  )
   assert 4.5e9 < xxl.num_params() < 4.8e9  # Imagen: "4.6B frozen T5-XXL".
   assert set(T5Config.names()) >= {'small', 'base', 'large', 'xl', 'xxl'}
   for name in ('small', 'base'):  # Parameter count matches the real module's tree.
     cfg = T5Config.from_name(name)
-    n = sum(int(np.prod(p.value.shape)) for p in jax.tree.leaves(
-        abstract_params(cfg), is_leaf=lambda x: hasattr(x, 'names')))
+    n = sum(
+      int(np.prod(p.value.shape))
+      for p in jax.tree.leaves(abstract_params(cfg), is_leaf=lambda x: hasattr(x, 'names'))
+    )
     assert n == cfg.num_params()
   assert T5Config.from_dict(json.loads(xxl.to_json())) == xxl
 
 
-@pytest.mark.parametrize('bad, match', [
-    (dict(d_model=0), 'd_model'), (dict(dtype='float16'), 'dtype'),
+@pytest.mark.parametrize(
+  'bad, match',
+  [
+    (dict(d_model=0), 'd_model'),
+    (dict(dtype='float16'), 'dtype'),
     (dict(relative_attention_num_buckets=7), 'even'),
     (dict(relative_attention_max_distance=2), 'max_distance'),
-])
+  ],
+)
 def test_config_validation(bad, match):
   with pytest.raises(ValueError, match=match):
     T5Config.from_name('tiny', **bad)
@@ -114,8 +154,7 @@ def test_from_hf_config_refuses_other_models():
   with pytest.raises(ValueError, match='T5 1.0'):
     T5Config.from_hf_config({**base, 'feed_forward_proj': 'relu'})
   with pytest.raises(ValueError, match='umt5'):
-    T5Config.from_hf_config({**base, 'feed_forward_proj': 'gated-gelu',
-                             'model_type': 'umt5'})
+    T5Config.from_hf_config({**base, 'feed_forward_proj': 'gated-gelu', 'model_type': 'umt5'})
 
 
 def test_logical_axis_names():
@@ -138,7 +177,8 @@ def test_relative_position_bucket_matches_hf():
   rel = np.arange(-300, 300)
   for nb, md in ((8, 12), (32, 128)):
     want = transformers.models.t5.modeling_t5.T5Attention._relative_position_bucket(
-        torch.tensor(rel), bidirectional=True, num_buckets=nb, max_distance=md).numpy()
+      torch.tensor(rel), bidirectional=True, num_buckets=nb, max_distance=md
+    ).numpy()
     got = relative_position_bucket(jnp.asarray(rel), num_buckets=nb, max_distance=md)
     np.testing.assert_array_equal(np.asarray(got), want)
 
@@ -168,6 +208,7 @@ def test_bfloat16_compute_is_close(hf_dir, sp_model):
 
 def test_missing_tensor_and_wrong_shape_are_reported(tmp_path):
   from safetensors.numpy import load_file, save_file
+
   model = hf_model('a')
   model.save_pretrained(tmp_path)
   tensors = load_file(tmp_path / 'model.safetensors')
@@ -194,60 +235,102 @@ def write_t5x(directory, model, config):
   """
   import tensorstore as ts
   from flax import serialization
+
   ckpt = os.path.join(directory, 'checkpoint_1000000')
   os.makedirs(ckpt)
   sd = {k: v.numpy() for k, v in model.state_dict().items()}
 
   def spec(name, arr, gcs=False):
     rel = name.replace('/', '.')
-    meta = {'chunks': list(arr.shape), 'compressor': {'id': 'gzip'},
-            'shape': list(arr.shape)}
-    store = ts.open({'driver': 'zarr', 'dtype': 'float32', 'metadata': meta,
-                     'kvstore': {'driver': 'file', 'path': os.path.join(ckpt, rel)}},
-                    create=True).result()
+    meta = {'chunks': list(arr.shape), 'compressor': {'id': 'gzip'}, 'shape': list(arr.shape)}
+    store = ts.open(
+      {
+        'driver': 'zarr',
+        'dtype': 'float32',
+        'metadata': meta,
+        'kvstore': {'driver': 'file', 'path': os.path.join(ckpt, rel)},
+      },
+      create=True,
+    ).result()
     store.write(arr.astype(np.float32)).result()
     # Published checkpoints were written to GCS with a dummy bucket.
-    kv = ({'driver': 'gcs', 'bucket': 't5x-dummy-bucket', 'path': rel} if gcs
-          else {'driver': 'file', 'path': rel})
+    kv = (
+      {'driver': 'gcs', 'bucket': 't5x-dummy-bucket', 'path': rel}
+      if gcs
+      else {'driver': 'file', 'path': rel}
+    )
     return {'driver': 'zarr', 'dtype': 'float32', 'kvstore': kv, 'metadata': meta}
 
   b = 'encoder.block'
-  enc = {'relpos_bias': {'rel_embedding': spec(
-      'target/encoder/relpos_bias/rel_embedding',
-      sd[f'{b}.0.layer.0.SelfAttention.relative_attention_bias.weight'].T)},
-      'encoder_norm': {'scale': spec('target/encoder/encoder_norm/scale',
-                                     sd['encoder.final_layer_norm.weight'])}}
+  enc = {
+    'relpos_bias': {
+      'rel_embedding': spec(
+        'target/encoder/relpos_bias/rel_embedding',
+        sd[f'{b}.0.layer.0.SelfAttention.relative_attention_bias.weight'].T,
+      )
+    },
+    'encoder_norm': {
+      'scale': spec('target/encoder/encoder_norm/scale', sd['encoder.final_layer_norm.weight'])
+    },
+  }
   for i in range(config.num_layers):
     p = f'target/encoder/layers_{i}'
-    att = {n: {'kernel': spec(f'{p}/attention/{n}/kernel',
-                              sd[f'{b}.{i}.layer.0.SelfAttention.{h}.weight'].T, gcs=i == 0)}
-           for n, h in (('query', 'q'), ('key', 'k'), ('value', 'v'), ('out', 'o'))}
-    mlp = {w: {'kernel': spec(f'{p}/mlp/{w}/kernel',
-                              sd[f'{b}.{i}.layer.1.DenseReluDense.{w}.weight'].T)}
-           for w in ('wi_0', 'wi_1', 'wo')}
+    att = {
+      n: {
+        'kernel': spec(
+          f'{p}/attention/{n}/kernel', sd[f'{b}.{i}.layer.0.SelfAttention.{h}.weight'].T, gcs=i == 0
+        )
+      }
+      for n, h in (('query', 'q'), ('key', 'k'), ('value', 'v'), ('out', 'o'))
+    }
+    mlp = {
+      w: {'kernel': spec(f'{p}/mlp/{w}/kernel', sd[f'{b}.{i}.layer.1.DenseReluDense.{w}.weight'].T)}
+      for w in ('wi_0', 'wi_1', 'wo')
+    }
     enc[f'layers_{i}'] = {
-        'attention': att, 'mlp': mlp,
-        'pre_attention_layer_norm': {'scale': spec(
-            f'{p}/pre_attention_layer_norm/scale', sd[f'{b}.{i}.layer.0.layer_norm.weight'])},
-        'pre_mlp_layer_norm': {'scale': spec(
-            f'{p}/pre_mlp_layer_norm/scale', sd[f'{b}.{i}.layer.1.layer_norm.weight'])}}
+      'attention': att,
+      'mlp': mlp,
+      'pre_attention_layer_norm': {
+        'scale': spec(
+          f'{p}/pre_attention_layer_norm/scale', sd[f'{b}.{i}.layer.0.layer_norm.weight']
+        )
+      },
+      'pre_mlp_layer_norm': {
+        'scale': spec(f'{p}/pre_mlp_layer_norm/scale', sd[f'{b}.{i}.layer.1.layer_norm.weight'])
+      },
+    }
   rng = np.random.default_rng(0)
   target = {
-      'token_embedder': {'embedding': spec('target/token_embedder/embedding',
-                                           sd['shared.weight'])},
-      'encoder': enc,
-      # A decoder and Adafactor state, as in the real files; the reader ignores them.
-      'decoder': {'decoder_norm': {'scale': spec('target/decoder/decoder_norm/scale',
-                                                 np.ones(config.d_model))},
-                  'logits_dense': {'kernel': spec(
-                      'target/decoder/logits_dense/kernel',
-                      rng.normal(size=(config.d_model, config.vocab_size)))}}}
-  state = {'step': np.int32(1000000), 'param_states': {'encoder': {'encoder_norm': {
-      'scale': {'v': spec('state/param_states/encoder/encoder_norm/scale/v',
-                          np.ones(config.d_model))}}}}}
+    'token_embedder': {'embedding': spec('target/token_embedder/embedding', sd['shared.weight'])},
+    'encoder': enc,
+    # A decoder and Adafactor state, as in the real files; the reader ignores them.
+    'decoder': {
+      'decoder_norm': {'scale': spec('target/decoder/decoder_norm/scale', np.ones(config.d_model))},
+      'logits_dense': {
+        'kernel': spec(
+          'target/decoder/logits_dense/kernel', rng.normal(size=(config.d_model, config.vocab_size))
+        )
+      },
+    },
+  }
+  state = {
+    'step': np.int32(1000000),
+    'param_states': {
+      'encoder': {
+        'encoder_norm': {
+          'scale': {
+            'v': spec('state/param_states/encoder/encoder_norm/scale/v', np.ones(config.d_model))
+          }
+        }
+      }
+    },
+  }
   with open(os.path.join(ckpt, 'checkpoint'), 'wb') as f:
-    f.write(serialization.msgpack_serialize(
-        {'version': 3, 'optimizer': {'target': target, 'state': state}}))
+    f.write(
+      serialization.msgpack_serialize(
+        {'version': 3, 'optimizer': {'target': target, 'state': state}}
+      )
+    )
   return ckpt
 
 
@@ -257,7 +340,8 @@ def test_t5x_checkpoint_loads_to_the_same_outputs(tmp_path, sp_model):
   write_t5x(str(tmp_path), model, config)
   # The parent folder works too: the latest checkpoint_N is found.
   got_config, params = checkpoints.load_source(
-      str(tmp_path), relative_attention_max_distance=config.relative_attention_max_distance)
+    str(tmp_path), relative_attention_max_distance=config.relative_attention_max_distance
+  )
   assert got_config == config
   ids, mask = batch('a', sp_model)
   err = np.abs(ours(config, params, ids, mask) - reference(model, ids, mask))
@@ -267,13 +351,23 @@ def test_t5x_checkpoint_loads_to_the_same_outputs(tmp_path, sp_model):
 def test_convert_cli_round_trips_through_orbax(tmp_path, sp_model):
   import subprocess
   import sys
+
   model, path = hf_model('a'), str(tmp_path / 'hf')
   model.save_pretrained(path)
   out = tmp_path / 'converted'
   proc = subprocess.run(
-      [sys.executable, '-m', 'imagen_video_jax.convert_t5', f'--source={path}',
-       f'--output={out}', '--compute_dtype=float32'],
-      capture_output=True, text=True, timeout=300)
+    [
+      sys.executable,
+      '-m',
+      'imagen_video_jax.convert_t5',
+      f'--source={path}',
+      f'--output={out}',
+      '--compute_dtype=float32',
+    ],
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
   assert proc.returncode == 0, proc.stderr
   assert 'Wrote a' in proc.stdout
   config, params = checkpoints.load_t5(str(out))
@@ -282,8 +376,11 @@ def test_convert_cli_round_trips_through_orbax(tmp_path, sp_model):
   assert np.abs(ours(config, params, ids, mask) - reference(model, ids, mask))[mask].max() <= 1e-4
   # A second run refuses to clobber the output.
   again = subprocess.run(
-      [sys.executable, '-m', 'imagen_video_jax.convert_t5', f'--source={path}',
-       f'--output={out}'], capture_output=True, text=True, timeout=300)
+    [sys.executable, '-m', 'imagen_video_jax.convert_t5', f'--source={path}', f'--output={out}'],
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
   assert again.returncode != 0 and 'not empty' in again.stderr
   assert 'Traceback' not in again.stderr
 

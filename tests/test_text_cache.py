@@ -1,4 +1,5 @@
 """Embedding cache: bit-exact round trip, TextEncoder, and the encode_text CLI."""
+
 import os
 import subprocess
 import sys
@@ -13,9 +14,17 @@ from imagen_video_jax.text import cache, checkpoints
 from imagen_video_jax.text.encoder import TextEncoder, read_captions
 from imagen_video_jax.text.tokenizer import Tokenizer, train_sentencepiece
 
-CAPTIONS = ['a red 3 moving left', 'a green 7', 'a blue 0 moving up', 'a white 9',
-            'a cyan 4 moving down', 'a magenta 2 moving right', 'a yellow 5',
-            'ein gelber 5 — bewegt sich nach links ✓', 'a red 3 moving left ' * 10]
+CAPTIONS = [
+  'a red 3 moving left',
+  'a green 7',
+  'a blue 0 moving up',
+  'a white 9',
+  'a cyan 4 moving down',
+  'a magenta 2 moving right',
+  'a yellow 5',
+  'ein gelber 5 — bewegt sich nach links ✓',
+  'a red 3 moving left ' * 10,
+]
 
 
 def random_record(rng, length=16, dim=8, n=5, caption='a red 3 — ünïcode ✓'):
@@ -52,10 +61,10 @@ def test_record_validation():
 
 def test_writer_and_reader_round_trip(tmp_path):
   rng = np.random.default_rng(1)
-  records = [random_record(rng, n=int(rng.integers(1, 16)), caption=f'caption {i} ✓')
-             for i in range(7)]
-  with cache.CacheWriter(str(tmp_path), len(records), shard_size=3,
-                         metadata={'dim': 8}) as w:
+  records = [
+    random_record(rng, n=int(rng.integers(1, 16)), caption=f'caption {i} ✓') for i in range(7)
+  ]
+  with cache.CacheWriter(str(tmp_path), len(records), shard_size=3, metadata={'dim': 8}) as w:
     for r in records:
       w.write(*r)
   reader = cache.CacheReader(str(tmp_path))
@@ -118,12 +127,21 @@ def test_encode_text_cli_end_to_end(tiny_t5, tmp_path):
   captions = tmp_path / 'captions.txt'
   captions.write_text('\n'.join(CAPTIONS) + '\n', encoding='utf-8')
   out, npy = tmp_path / 'cache', tmp_path / 'first.npy'
-  env = dict(os.environ, JAX_PLATFORMS='cpu',
-             XLA_FLAGS='--xla_force_host_platform_device_count=2')
-  cmd = [sys.executable, '-m', 'imagen_video_jax.encode_text', f'--t5={path}',
-         f'--captions={captions}', f'--output={out}', '--batch_size=3',
-         '--max_length=16', '--shard_size=4', f'--print_npy={npy}', '--print_count=2',
-         '--compute_dtype=float32']
+  env = dict(os.environ, JAX_PLATFORMS='cpu', XLA_FLAGS='--xla_force_host_platform_device_count=2')
+  cmd = [
+    sys.executable,
+    '-m',
+    'imagen_video_jax.encode_text',
+    f'--t5={path}',
+    f'--captions={captions}',
+    f'--output={out}',
+    '--batch_size=3',
+    '--max_length=16',
+    '--shard_size=4',
+    f'--print_npy={npy}',
+    '--print_count=2',
+    '--compute_dtype=float32',
+  ]
   proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
   assert proc.returncode == 0, proc.stderr
   assert f'Encoded {len(CAPTIONS)} captions on 2 device(s)' in proc.stdout
@@ -138,14 +156,19 @@ def test_encode_text_cli_end_to_end(tiny_t5, tmp_path):
     assert rec['caption'] == CAPTIONS[i]
     np.testing.assert_array_equal(rec['ids'], t.ids[i])
     np.testing.assert_array_equal(rec['mask'], t.mask[i])
-    np.testing.assert_allclose(rec['emb'].astype(np.float32)[t.mask[i]],
-                               want[i][t.mask[i]], atol=0.03, rtol=0.02)
+    np.testing.assert_allclose(
+      rec['emb'].astype(np.float32)[t.mask[i]], want[i][t.mask[i]], atol=0.03, rtol=0.02
+    )
   first = np.load(npy)
   assert first.shape == (2, 16, config.d_model) and first.dtype == np.float32
   np.testing.assert_array_equal(first[1], reader[1]['emb'].astype(np.float32))
   # Bad input: a clear message, no traceback.
-  bad = subprocess.run(cmd[:4] + [f'--captions={tmp_path}/missing.txt',
-                                  f'--output={tmp_path}/o2'],
-                       capture_output=True, text=True, timeout=300, env=env)
+  bad = subprocess.run(
+    cmd[:4] + [f'--captions={tmp_path}/missing.txt', f'--output={tmp_path}/o2'],
+    capture_output=True,
+    text=True,
+    timeout=300,
+    env=env,
+  )
   assert bad.returncode != 0 and 'missing.txt' in bad.stderr
   assert 'Traceback' not in bad.stderr

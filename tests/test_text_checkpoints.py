@@ -1,4 +1,5 @@
 """Checkpoint plumbing: sharded loading, lazy slicing, pickle refusal, CLI errors."""
+
 import os
 import subprocess
 import sys
@@ -16,8 +17,13 @@ ENV = dict(os.environ, HF_HUB_OFFLINE='1', JAX_PLATFORMS='cpu')
 
 
 def run_convert(*args):
-  return subprocess.run([sys.executable, '-m', 'imagen_video_jax.convert_t5', *args],
-                        capture_output=True, text=True, timeout=300, env=ENV)
+  return subprocess.run(
+    [sys.executable, '-m', 'imagen_video_jax.convert_t5', *args],
+    capture_output=True,
+    text=True,
+    timeout=300,
+    env=ENV,
+  )
 
 
 class FakeMesh:
@@ -28,8 +34,20 @@ class FakeMesh:
 def test_fit_drops_missing_and_non_dividing_axes():
   mesh = FakeMesh({'data': 2, 'fsdp': 4, 'tensor': 4})
   assert parallel._fit(P('fsdp', 'tensor', None), (64, 6, 16), mesh) == P('fsdp', None, None)
-  assert parallel._fit(P(('data', 'fsdp'),), (8,), mesh) == P(('data', 'fsdp'))
-  assert parallel._fit(P(('data', 'fsdp'),), (6,), mesh) == P('data')
+  assert parallel._fit(
+    P(
+      ('data', 'fsdp'),
+    ),
+    (8,),
+    mesh,
+  ) == P(('data', 'fsdp'))
+  assert parallel._fit(
+    P(
+      ('data', 'fsdp'),
+    ),
+    (6,),
+    mesh,
+  ) == P('data')
   assert parallel._fit(P('tensor', 'fsdp'), (32, 64), FakeMesh({'data': 8})) == P(None, None)
 
 
@@ -44,16 +62,21 @@ def test_lazy_slices_match_the_full_array(transpose, split):
     reads.append(idx)
     return full_src[idx]
 
-  m = checkpoints._Mapped(checkpoints._Tensor('w', full_src.shape, read),
-                          transpose=transpose, split=split, d_kv=4)
+  m = checkpoints._Mapped(
+    checkpoints._Tensor('w', full_src.shape, read), transpose=transpose, split=split, d_kv=4
+  )
   dense = full_src.T if transpose else full_src
-  want = {'last': lambda a: a.reshape(a.shape[0], -1, 4),
-          'first': lambda a: a.reshape(-1, 4, a.shape[-1]),
-          None: lambda a: a}[split](dense)
+  want = {
+    'last': lambda a: a.reshape(a.shape[0], -1, 4),
+    'first': lambda a: a.reshape(-1, 4, a.shape[-1]),
+    None: lambda a: a,
+  }[split](dense)
   assert m.shape == want.shape
-  for index in [(slice(None),) * want.ndim,
-                tuple(slice(1, n // 2 + 1) for n in want.shape),
-                tuple(slice(n // 2, n) for n in want.shape)]:
+  for index in [
+    (slice(None),) * want.ndim,
+    tuple(slice(1, n // 2 + 1) for n in want.shape),
+    tuple(slice(n // 2, n) for n in want.shape),
+  ]:
     np.testing.assert_array_equal(m[index], want[index])
   # A shard reads a slice, never the whole source.
   assert any(np.prod([s.stop - s.start for s in r]) < full_src.size for r in reads)
@@ -114,8 +137,9 @@ def test_loading_into_a_sharded_mesh(tmp_path):
       want = T5Encoder(config).apply({{'params': ref}}, ids, ids > 0)
       print('MAXDIFF', float(np.abs(np.asarray(out) - np.asarray(want)).max()))
   """)
-  proc = subprocess.run([sys.executable, '-c', script], capture_output=True, text=True,
-                        timeout=300, env=ENV)
+  proc = subprocess.run(
+    [sys.executable, '-c', script], capture_output=True, text=True, timeout=300, env=ENV
+  )
   assert proc.returncode == 0, proc.stderr
   assert "SPEC ('fsdp', 'tensor', None)" in proc.stdout
   q_size = config.d_model * config.num_heads * config.d_kv

@@ -1,16 +1,17 @@
 """SentencePiece tokenizer: T5 conventions, truncation, empty and non-ASCII prompts."""
+
 import logging
 
 import numpy as np
 import pytest
 
-from imagen_video_jax.text.tokenizer import (EOS_ID, PAD_ID, Tokenizer,
-                                             train_sentencepiece)
+from imagen_video_jax.text.tokenizer import EOS_ID, PAD_ID, Tokenizer, train_sentencepiece
 
 COLOURS = ['red', 'green', 'blue', 'yellow', 'cyan', 'magenta', 'white']
 DIRECTIONS = ['left', 'right', 'up', 'down']
-CAPTIONS = ([f'a {c} {d} moving {m}' for c in COLOURS for d in range(10) for m in DIRECTIONS]
-            + [f'a {c} {d}' for c in COLOURS for d in range(10)])
+CAPTIONS = [f'a {c} {d} moving {m}' for c in COLOURS for d in range(10) for m in DIRECTIONS] + [
+  f'a {c} {d}' for c in COLOURS for d in range(10)
+]
 
 
 @pytest.fixture(scope='module')
@@ -54,8 +55,7 @@ def test_empty_prompt_is_eos_only_and_reported(tok, caplog):
     t = tok(['', '   '], max_length=4)
   assert t.ids[:, 0].tolist() == [EOS_ID, EOS_ID]
   assert t.mask.sum(1).tolist() == [1, 1]
-  assert sum('empty' in r.getMessage() and 'null' in r.getMessage()
-             for r in caplog.records) == 2
+  assert sum('empty' in r.getMessage() and 'null' in r.getMessage() for r in caplog.records) == 2
 
 
 def test_non_ascii_prompts_encode_and_report_unknown_text(tok, caplog):

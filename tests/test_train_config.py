@@ -1,4 +1,5 @@
 """configs/digits.py and the training job's config checks (no training here)."""
+
 import os
 import subprocess
 import sys
@@ -23,9 +24,12 @@ def test_every_digits_stage_is_valid_and_small(stage):
     assert described.name == stage
     assert spec.kind == stage and model.text_dim == c.text.d_model
     assert bool(model.cond_channels) == (stage != 'base')
-  count = lambda c: unet.count_params(unet.UNetConfig.from_dict(c.model.to_dict()),
-                                      frames=c.spec.frames, height=c.spec.height,
-                                      width=c.spec.width)
+  count = lambda c: unet.count_params(
+    unet.UNetConfig.from_dict(c.model.to_dict()),
+    frames=c.spec.frames,
+    height=c.spec.height,
+    width=c.spec.width,
+  )
   assert 1_000_000 < count(full) < 3_300_000  # all three ship in < 40 MB (float32)
   assert count(tiny) < 200_000
 
@@ -62,12 +66,22 @@ def test_config_differences_allow_resumable_fields():
 
 def test_cli_user_error_is_one_line_without_traceback(tmp_path):
   out = subprocess.run(
-      [sys.executable, '-m', 'imagen_video_jax.train',
-       '--config=configs/digits.py:stage=base,tiny=True', f'--workdir={tmp_path}',
-       '--config.num_steps=0'],
-      cwd=ROOT, capture_output=True, text=True, timeout=120,
-      env=dict(os.environ, JAX_PLATFORMS='cpu'))
+    [
+      sys.executable,
+      '-m',
+      'imagen_video_jax.train',
+      '--config=configs/digits.py:stage=base,tiny=True',
+      f'--workdir={tmp_path}',
+      '--config.num_steps=0',
+    ],
+    cwd=ROOT,
+    capture_output=True,
+    text=True,
+    timeout=120,
+    env=dict(os.environ, JAX_PLATFORMS='cpu'),
+  )
   assert out.returncode == 1
   assert 'Traceback' not in out.stderr
   assert out.stderr.strip().splitlines()[-1] == (
-      'train: invalid config: num_steps must be >= 1, got 0')
+    'train: invalid config: num_steps must be >= 1, got 0'
+  )

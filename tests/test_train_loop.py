@@ -5,6 +5,7 @@ All runs use the tiny base stage of configs/digits.py and one shared Moving Digi
 data directory; compiled steps are shared by the in-process runs (training.loop caches
 them), and the subprocesses share a persistent compilation cache.
 """
+
 import dataclasses
 import os
 import queue
@@ -106,8 +107,11 @@ def test_nonfinite_steps_are_skipped_counted_and_stop_the_job(data_dir, tmp_path
   workdir = str(tmp_path)
   # (also: time-based checkpoints, here every step, and keep_checkpoints)
   run = training.train_and_evaluate(
-      tiny_config(data_dir, num_steps=5, debug_nan_steps=(3,), checkpoint_every_secs=1e-6,
-                  keep_checkpoints=4), workdir)
+    tiny_config(
+      data_dir, num_steps=5, debug_nan_steps=(3,), checkpoint_every_secs=1e-6, keep_checkpoints=4
+    ),
+    workdir,
+  )
   assert checkpointing.Checkpointer(workdir).all_steps() == [2, 3, 4, 5]
   by_step = {h['step']: h for h in run.history}
   assert np.isnan(by_step[3]['loss']) and by_step[3]['nonfinite'] == 1
@@ -115,34 +119,55 @@ def test_nonfinite_steps_are_skipped_counted_and_stop_the_job(data_dir, tmp_path
   assert np.isfinite(by_step[4]['loss'])
   assert checkpointing._all_finite(run.state)
 
-  cfg = tiny_config(data_dir, num_steps=20, debug_nan_steps=(7, 8, 9, 10),
-                    max_nonfinite_in_a_row=3, checkpoint_every_steps=2)
+  cfg = tiny_config(
+    data_dir,
+    num_steps=20,
+    debug_nan_steps=(7, 8, 9, 10),
+    max_nonfinite_in_a_row=3,
+    checkpoint_every_steps=2,
+  )
   with pytest.raises(training.NonFiniteError, match='3 steps in a row.*steps 7-9') as e:
     training.train_and_evaluate(cfg, workdir)
   assert 'last checkpoint (step 8) is finite' in str(e.value)
   ckpt = checkpointing.Checkpointer(workdir)
   assert ckpt.latest_step() == 8
-  from imagen_video_jax.training import state as state_lib
   # Restore without a template: every saved array must be finite.
-  restored = ckpt.manager.restore(8, args=checkpointing.ocp.args.Composite(
-      state=checkpointing.ocp.args.StandardRestore()))['state']
-  assert all(np.all(np.isfinite(np.asarray(x))) for x in jax.tree.leaves(restored)
-             if np.issubdtype(np.asarray(x).dtype, np.floating))
+  restored = ckpt.manager.restore(
+    8, args=checkpointing.ocp.args.Composite(state=checkpointing.ocp.args.StandardRestore())
+  )['state']
+  assert all(
+    np.all(np.isfinite(np.asarray(x)))
+    for x in jax.tree.leaves(restored)
+    if np.issubdtype(np.asarray(x).dtype, np.floating)
+  )
   assert int(restored['nonfinite_total']) == 3  # step 3, then 7 and 8
   ckpt.close()
 
 
 def _cmd(workdir, data_dir, *extra):
-  return [sys.executable, '-m', 'imagen_video_jax.train',
-          '--config=configs/digits.py:stage=base,tiny=True', f'--workdir={workdir}',
-          f'--config.num_steps={STEPS}', '--config.log_every=1',
-          '--config.checkpoint_every_steps=10', f'--config.data.dir={data_dir}', *extra]
+  return [
+    sys.executable,
+    '-m',
+    'imagen_video_jax.train',
+    '--config=configs/digits.py:stage=base,tiny=True',
+    f'--workdir={workdir}',
+    f'--config.num_steps={STEPS}',
+    '--config.log_every=1',
+    '--config.checkpoint_every_steps=10',
+    f'--config.data.dir={data_dir}',
+    *extra,
+  ]
 
 
 def _env(cache_dir):
-  env = dict(os.environ, JAX_PLATFORMS='cpu', JAX_DEFAULT_MATMUL_PRECISION='highest',
-             JAX_COMPILATION_CACHE_DIR=cache_dir, JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0',
-             JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES='0')
+  env = dict(
+    os.environ,
+    JAX_PLATFORMS='cpu',
+    JAX_DEFAULT_MATMUL_PRECISION='highest',
+    JAX_COMPILATION_CACHE_DIR=cache_dir,
+    JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0',
+    JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES='0',
+  )
   env['PYTHONPATH'] = ROOT + os.pathsep + env.get('PYTHONPATH', '')
   return env
 
@@ -150,14 +175,21 @@ def _env(cache_dir):
 def test_sigterm_saves_exits_zero_and_resumes_exactly(straight, data_dir, tmp_path):
   _, ref = straight
   workdir, env = str(tmp_path / 'run'), _env(XLA_CACHE)
-  proc = subprocess.Popen(_cmd(workdir, data_dir, '--config.debug_sleep_secs=0.3'), cwd=ROOT,
-                          env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+  proc = subprocess.Popen(
+    _cmd(workdir, data_dir, '--config.debug_sleep_secs=0.3'),
+    cwd=ROOT,
+    env=env,
+    stdout=subprocess.PIPE,
+    stderr=subprocess.STDOUT,
+    text=True,
+  )
   try:
     # Wait until it is training, then preempt it. The output is read on a thread, so the
     # deadline holds even if the job hangs without printing.
     lines = queue.Queue()
-    threading.Thread(target=lambda: [lines.put(l) for l in proc.stdout] + [lines.put(None)],
-                     daemon=True).start()
+    threading.Thread(
+      target=lambda: [lines.put(l) for l in proc.stdout] + [lines.put(None)], daemon=True
+    ).start()
     seen, deadline = [], time.monotonic() + 300
     while not seen or seen[-1] is not None and not seen[-1].startswith('step 3/'):
       try:
@@ -179,22 +211,30 @@ def test_sigterm_saves_exits_zero_and_resumes_exactly(straight, data_dir, tmp_pa
   assert 3 <= k < STEPS
   assert checkpointing.Checkpointer(workdir).latest_step() == k
 
-  done = subprocess.run(_cmd(workdir, data_dir), cwd=ROOT, env=env, capture_output=True,
-                        text=True, timeout=300)
+  done = subprocess.run(
+    _cmd(workdir, data_dir), cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
+  )
   assert done.returncode == 0, done.stdout + done.stderr
-  assert f'Resumed from' in done.stdout and f'at step {k}.' in done.stdout
+  assert 'Resumed from' in done.stdout and f'at step {k}.' in done.stdout
   assert f'step {k + 1}/{STEPS}' in done.stdout
 
   ckpt = checkpointing.Checkpointer(workdir)
   assert ckpt.latest_step() == STEPS
-  abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
-                          ref.state)
+  abstract = jax.tree.map(
+    lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), ref.state
+  )
   assert_states_equal(ckpt.restore(STEPS, abstract), ref.state)
   ckpt.close()
 
   # A user error (a different config in this workdir): one line, exit 1, no traceback.
-  bad = subprocess.run(_cmd(workdir, data_dir, '--config.optim.lr=0.5'), cwd=ROOT, env=env,
-                       capture_output=True, text=True, timeout=300)
+  bad = subprocess.run(
+    _cmd(workdir, data_dir, '--config.optim.lr=0.5'),
+    cwd=ROOT,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
   assert bad.returncode == 1
   assert 'Traceback' not in bad.stderr and 'optim.lr: checkpoint 0.001, now 0.5' in bad.stderr
 
@@ -202,7 +242,8 @@ def test_sigterm_saves_exits_zero_and_resumes_exactly(straight, data_dir, tmp_pa
 def test_time_budget_saves_stops_and_resumes_exactly(straight, data_dir, tmp_path):
   _, ref = straight
   cut = training.train_and_evaluate(
-      tiny_config(data_dir, stop_after_secs=1.0, debug_sleep_secs=0.25), str(tmp_path))
+    tiny_config(data_dir, stop_after_secs=1.0, debug_sleep_secs=0.25), str(tmp_path)
+  )
   assert cut.preempted and 1 <= cut.step < STEPS  # 0.25 s a step: about 4 steps fit
   assert checkpointing.Checkpointer(str(tmp_path)).latest_step() == cut.step
   rest = training.train_and_evaluate(tiny_config(data_dir), str(tmp_path))
@@ -212,12 +253,12 @@ def test_time_budget_saves_stops_and_resumes_exactly(straight, data_dir, tmp_pat
 
 def test_fields_added_since_a_run_was_saved_resume_at_their_defaults():
   from imagen_video_jax.training.checkpointing import config_differences
+
   saved = {'model': {'emb_dim': 32}, 'optim': {'lr': 1e-3}}  # a run from before remat existed
   now = {'model': {'emb_dim': 32, 'remat': 'none', 'scan_blocks': False}, 'optim': {'lr': 1e-3}}
   assert config_differences(saved, now) == []
   now['model']['scan_blocks'] = True  # not what the old run had: its params' layout differs
-  assert config_differences(saved, now) == [
-      'model.scan_blocks: checkpoint "<absent>", now true']
+  assert config_differences(saved, now) == ['model.scan_blocks: checkpoint "<absent>", now true']
   now['model'].update(scan_blocks=False, remat='full')  # remat may change on resume
   assert config_differences(saved, now) == []
 
@@ -243,8 +284,9 @@ def test_a_new_run_starts_from_the_trained_ema(straight, data_dir, tmp_path, sou
   src_dir, ref = straight
   if source == 'cascade':  # what a user fine-tunes from: an exported cascade directory
     src_dir = export.export_training_runs([src_dir], str(tmp_path / 'cascade'))
-  run = training.train_and_evaluate(tiny_config(data_dir, num_steps=1, init_from=src_dir),
-                                    str(tmp_path / 'run'))
+  run = training.train_and_evaluate(
+    tiny_config(data_dir, num_steps=1, init_from=src_dir), str(tmp_path / 'run')
+  )
   assert run.step == 1
   _assert_trees_equal(run.state.params, ref.state.ema_params)
   for a, b in zip(jax.tree.leaves(run.state.ema_params), jax.tree.leaves(ref.state.ema_params)):
@@ -261,21 +303,25 @@ def test_a_warm_start_keeps_its_ema_at_the_configured_decay(straight, data_dir, 
   src_dir, ref = straight
   # A run from random weights with the same config first: its compiled step (EMA with
   # warm-up) must not be reused by the warm start, whose config differs only in init_from.
-  training.train_and_evaluate(tiny_config(data_dir, num_steps=1, **{'optim.warmup_steps': 0}),
-                              str(tmp_path / 'random'))
+  training.train_and_evaluate(
+    tiny_config(data_dir, num_steps=1, **{'optim.warmup_steps': 0}), str(tmp_path / 'random')
+  )
   run = training.train_and_evaluate(
-      tiny_config(data_dir, num_steps=1, init_from=src_dir, **{'optim.warmup_steps': 0}),
-      str(tmp_path / 'run'))
+    tiny_config(data_dir, num_steps=1, init_from=src_dir, **{'optim.warmup_steps': 0}),
+    str(tmp_path / 'run'),
+  )
   src, p1, ema = _flat(ref.state.ema_params), _flat(run.state.params), _flat(run.state.ema_params)
   assert any(not np.array_equal(p1[k], src[k]) for k in p1)  # the step did move the params
   d = float(tiny_config(data_dir).optim.ema_decay)
   for k in ema:
-    np.testing.assert_allclose(ema[k], d * src[k] + (1 - d) * p1[k], rtol=1e-5, atol=1e-7,
-                               err_msg=k)
+    np.testing.assert_allclose(
+      ema[k], d * src[k] + (1 - d) * p1[k], rtol=1e-5, atol=1e-7, err_msg=k
+    )
 
 
-def test_a_warm_start_resumed_without_init_from_keeps_its_ema_decay(straight, data_dir, tmp_path,
-                                                                    monkeypatch):
+def test_a_warm_start_resumed_without_init_from_keeps_its_ema_decay(
+  straight, data_dir, tmp_path, monkeypatch
+):
   """init_from may go once a run has begun; the run stays a warm start (no EMA warm-up)."""
   src_dir, _ = straight
   cfg = lambda n, **kw: tiny_config(data_dir, num_steps=n, **{'optim.warmup_steps': 0}, **kw)
@@ -296,12 +342,13 @@ def test_ema_warm_up_only_for_runs_from_random_weights():
   # From a random init the first update is dominated by the params: decay 1/10 at n=0 ...
   np.testing.assert_allclose(state_lib.ema_update(ema, params, 0.999, n)['w'], 0.9)
   np.testing.assert_allclose(
-      state_lib.ema_update(ema, params, 0.999, jnp.asarray(90))['w'], 1 - 91 / 100, rtol=1e-5)
+    state_lib.ema_update(ema, params, 0.999, jnp.asarray(90))['w'], 1 - 91 / 100, rtol=1e-5
+  )
   # ... and the configured decay once (1 + n) / (10 + n) exceeds it, or with warmup off.
+  np.testing.assert_allclose(state_lib.ema_update(ema, params, 0.5, jnp.asarray(90))['w'], 0.5)
   np.testing.assert_allclose(
-      state_lib.ema_update(ema, params, 0.5, jnp.asarray(90))['w'], 0.5)
-  np.testing.assert_allclose(
-      state_lib.ema_update(ema, params, 0.999, n, warmup=False)['w'], 1e-3, rtol=1e-4)
+    state_lib.ema_update(ema, params, 0.999, n, warmup=False)['w'], 1e-3, rtol=1e-4
+  )
 
 
 def test_without_init_from_the_weights_are_random(straight, data_dir, tmp_path):
@@ -311,15 +358,17 @@ def test_without_init_from_the_weights_are_random(straight, data_dir, tmp_path):
   assert any(not np.array_equal(a[k], b[k]) for k in a)
 
 
-def test_a_run_that_has_begun_resumes_from_its_own_checkpoint(straight, data_dir, tmp_path,
-                                                               monkeypatch):
+def test_a_run_that_has_begun_resumes_from_its_own_checkpoint(
+  straight, data_dir, tmp_path, monkeypatch
+):
   """init_from is read at step 0 only: a begun run resumes exactly as if it were absent."""
   src_dir, _ = straight
   ref = training.train_and_evaluate(tiny_config(data_dir, num_steps=3), str(tmp_path / 'ref'))
   training.train_and_evaluate(tiny_config(data_dir, num_steps=2), str(tmp_path / 'run'))
   monkeypatch.setattr(loop_lib, '_CACHE', {})  # as a new process would: compile afresh
   again = training.train_and_evaluate(
-      tiny_config(data_dir, num_steps=3, init_from=src_dir), str(tmp_path / 'run'))
+    tiny_config(data_dir, num_steps=3, init_from=src_dir), str(tmp_path / 'run')
+  )
   assert again.step == 3
   # Neither the weights (params, EMA) nor the EMA's warm-up came from init_from.
   assert_states_equal(again.state, ref.state)
@@ -329,24 +378,32 @@ def test_weights_of_another_model_are_refused_naming_the_misfit(straight, data_d
   src_dir, _ = straight
   with pytest.raises(training.ConfigError) as e:
     training.train_and_evaluate(
-        tiny_config(data_dir, num_steps=1, init_from=src_dir, **{'model.emb_dim': 48}),
-        str(tmp_path / 'run'))
+      tiny_config(data_dir, num_steps=1, init_from=src_dir, **{'model.emb_dim': 48}),
+      str(tmp_path / 'run'),
+    )
   msg = str(e.value)
   assert 'does not fit' in msg and 'has shape' in msg and 'emb' in msg
   assert not os.path.isdir(tmp_path / 'run' / 'checkpoints' / '1')  # nothing was trained
   with pytest.raises(training.ConfigError, match='neither an exported cascade'):
-    training.train_and_evaluate(tiny_config(data_dir, num_steps=1, init_from=str(tmp_path)),
-                                str(tmp_path / 'run2'))
+    training.train_and_evaluate(
+      tiny_config(data_dir, num_steps=1, init_from=str(tmp_path)), str(tmp_path / 'run2')
+    )
 
 
 def test_a_scanned_run_starts_from_unscanned_weights():
-  cfg = UNetConfig(levels=(LevelConfig(8, 3, temporal='conv'),
-                           LevelConfig(16, 2, temporal='attention')), emb_dim=16, head_dim=8)
+  cfg = UNetConfig(
+    levels=(LevelConfig(8, 3, temporal='conv'), LevelConfig(16, 2, temporal='attention')),
+    emb_dim=16,
+    head_dim=8,
+  )
   init = jax.jit(lambda k: nn.unbox(unet_lib.init_params(cfg, k, frames=2, height=8, width=8)))
   params = jax.device_get(init(jax.random.key(0)))  # jitted: eager init compiles op by op
   scanned_cfg = dataclasses.replace(cfg, scan_blocks=True)
-  abstract = nn.unbox(jax.eval_shape(lambda k: unet_lib.init_params(
-      scanned_cfg, k, frames=2, height=8, width=8), jax.random.key(0)))
+  abstract = nn.unbox(
+    jax.eval_shape(
+      lambda k: unet_lib.init_params(scanned_cfg, k, frames=2, height=8, width=8), jax.random.key(0)
+    )
+  )
   fitted = warm_start.fit_params(params, False, abstract, scanned_cfg, 'test')
   _assert_trees_equal(fitted, unet_lib.scan_params(params, scanned_cfg))
   assert 'down0_blocks' in fitted and 'down0_block0' not in fitted
@@ -355,7 +412,7 @@ def test_a_scanned_run_starts_from_unscanned_weights():
   _assert_trees_equal(back, params)
 
 
-_PREPARE = r'''
+_PREPARE = r"""
 import sys
 sys.path.insert(0, sys.argv[1])
 from configs import digits
@@ -363,15 +420,21 @@ from imagen_video_jax.data import prepare
 c = digits.get_config('stage=base,tiny=True')
 c.data.dir = sys.argv[2]
 print(prepare.prepare_digits(c, sys.argv[3]))
-'''
+"""
 
 
 def test_stages_that_start_together_share_one_world(tmp_path):
   """The three stages of a cascade (launch/digits_cascade.sh) may make the world at once."""
   data = tmp_path / 'data'
-  procs = [subprocess.Popen([sys.executable, '-c', _PREPARE, ROOT, str(data), str(tmp_path / w)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-           for w in ('base', 'tsr')]
+  procs = [
+    subprocess.Popen(
+      [sys.executable, '-c', _PREPARE, ROOT, str(data), str(tmp_path / w)],
+      stdout=subprocess.PIPE,
+      stderr=subprocess.PIPE,
+      text=True,
+    )
+    for w in ('base', 'tsr')
+  ]
   outs = [p.communicate(timeout=300) for p in procs]
   for p, (out, err) in zip(procs, outs):
     assert p.returncode == 0, err[-3000:]
@@ -380,13 +443,15 @@ def test_stages_that_start_together_share_one_world(tmp_path):
   assert os.path.isfile(data / 'dataset_info.json') and os.path.isfile(data / 'spiece.model')
 
 
-def test_sample_videos_come_from_the_cascade_sampler_at_the_stage_fps(data_dir, tmp_path,
-                                                                      monkeypatch):
+def test_sample_videos_come_from_the_cascade_sampler_at_the_stage_fps(
+  data_dir, tmp_path, monkeypatch
+):
   """Training's sample videos are `sampling.sample_stage` (what CascadePipeline runs) on
   the EMA weights, written at the stage's frame rate: `config.fps` when the config sets
   one (the paper configs), not the digits world's 8 fps / frame_stride."""
   from imagen_video_jax import sampling
   from imagen_video_jax.training import metrics as metrics_lib
+
   sampled, written = [], {}
   real_sample, real_video = sampling.sample_stage, metrics_lib.MetricWriter.video
 
@@ -400,8 +465,7 @@ def test_sample_videos_come_from_the_cascade_sampler_at_the_stage_fps(data_dir, 
 
   monkeypatch.setattr(sampling, 'sample_stage', spy_sample)
   monkeypatch.setattr(metrics_lib.MetricWriter, 'video', spy_video)
-  c = tiny_config(data_dir, num_steps=2, sample_every=2, **{'sample.num': 1,
-                                                            'sample.steps': 2})
+  c = tiny_config(data_dir, num_steps=2, sample_every=2, **{'sample.num': 1, 'sample.steps': 2})
   c.fps = 6.0
   training.train_and_evaluate(c, str(tmp_path))
   assert [s.name for s in sampled] == ['base'] and sampled[0].fps == 6.0

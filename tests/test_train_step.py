@@ -6,6 +6,7 @@ for SR stages a noise-augmentation level per row. A spy stands in for the U-Net 
 records what the real step hands it, so these tests read the step's own masks and
 log-SNRs rather than a helper's.
 """
+
 import os
 import sys
 
@@ -24,8 +25,7 @@ from configs import digits as digits_config  # noqa: E402
 T, L, D = 8, 4, 32  # frames, text length, text width (the tiny config's text.d_model)
 # One row of each kind: a video; 8 packed images; two clips of 4 frames; a 5-frame video
 # padded with 3 empty frames.
-FRAME_IDS = np.array([[0] * 8, list(range(8)), [0] * 4 + [1] * 4, [0] * 5 + [-1] * 3],
-                     np.int32)
+FRAME_IDS = np.array([[0] * 8, list(range(8)), [0] * 4 + [1] * 4, [0] * 5 + [-1] * 3], np.int32)
 CLIPS = [[range(8)], [[i] for i in range(8)], [range(4), range(4, 8)], [range(5)]]
 
 
@@ -35,12 +35,18 @@ class Spy:
   def __init__(self):
     self.calls = []
 
-  def apply(self, variables, z, logsnr, text_emb, text_mask, frame_ids, cond, cond_logsnr,
-            train, rngs):
+  def apply(
+    self, variables, z, logsnr, text_emb, text_mask, frame_ids, cond, cond_logsnr, train, rngs
+  ):
     del frame_ids, train, rngs
-    self.calls.append({k: None if v is None else np.asarray(v) for k, v in dict(
-        logsnr=logsnr, text_emb=text_emb, text_mask=text_mask, cond=cond,
-        cond_logsnr=cond_logsnr).items()})
+    self.calls.append(
+      {
+        k: None if v is None else np.asarray(v)
+        for k, v in dict(
+          logsnr=logsnr, text_emb=text_emb, text_mask=text_mask, cond=cond, cond_logsnr=cond_logsnr
+        ).items()
+      }
+    )
     return z * variables['params']['w']
 
 
@@ -54,10 +60,12 @@ def _run(stage, steps, **diffusion):
   rng = np.random.default_rng(0)
   b = len(FRAME_IDS)
   text_mask = np.arange(L)[None, None] < rng.integers(1, L + 1, (b, T, 1))
-  batch = {'video': rng.uniform(-1, 1, (b, T, 8, 8, 3)).astype(np.float32),
-           'frame_ids': FRAME_IDS,
-           'text_emb': rng.normal(size=(b, T, L, D)).astype(np.float32) + 3.0,  # never 0
-           'text_mask': text_mask}
+  batch = {
+    'video': rng.uniform(-1, 1, (b, T, 8, 8, 3)).astype(np.float32),
+    'frame_ids': FRAME_IDS,
+    'text_emb': rng.normal(size=(b, T, L, D)).astype(np.float32) + 3.0,  # never 0
+    'text_mask': text_mask,
+  }
   if stage != 'base':
     batch['cond'] = rng.uniform(-1, 1, (b, T, 8, 8, 3)).astype(np.float32)
   for _ in range(steps):
@@ -81,8 +89,9 @@ def test_guidance_dropout_is_drawn_once_per_clip(base_calls):
     kept = mask.any(-1)  # [B, T]: a dropped caption is the null text, all False
     # Kept captions are untouched; dropped ones are zeros (the sampler's null text).
     np.testing.assert_array_equal(mask[kept], batch['text_mask'][kept])
-    np.testing.assert_array_equal(emb[kept], np.where(batch['text_mask'][..., None],
-                                                      batch['text_emb'], 0)[kept])
+    np.testing.assert_array_equal(
+      emb[kept], np.where(batch['text_mask'][..., None], batch['text_emb'], 0)[kept]
+    )
     assert not emb[~kept].any()
     for row, clips in enumerate(CLIPS):
       for clip in clips:
@@ -131,8 +140,7 @@ def test_sr_conditioning_is_noised_at_a_per_row_level():
   for call in calls:
     cl = call['cond_logsnr']
     assert cl.shape == (len(FRAME_IDS),) and np.all((cl >= lo) & (cl <= hi)), cl
-    alpha, sigma = (np.sqrt(1 / (1 + np.exp(s * cl)))[:, None, None, None, None]
-                    for s in (-1, 1))
+    alpha, sigma = (np.sqrt(1 / (1 + np.exp(s * cl)))[:, None, None, None, None] for s in (-1, 1))
     # cond = alpha * clean + sigma * eps with eps ~ N(0, 1): recover eps.
     residuals.append((call['cond'] - alpha * batch['cond']) / sigma)
   eps = np.concatenate(residuals)

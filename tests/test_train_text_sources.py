@@ -5,6 +5,7 @@
 are run here on the tiny digits base stage with a tiny converted T5 of their own (not the
 world's built-in random one), exported and sampled.
 """
+
 import os
 import subprocess
 import sys
@@ -33,8 +34,7 @@ PROMPTS = ['a red 3 moving left', 'a white 9', 'a cyan 0 moving up']
 
 def _t5(seed):
   """A tiny T5 v1.1 of the tiny configs' width (text.d_model 32)."""
-  cfg = t5_lib.T5Config(vocab_size=128, d_model=32, num_layers=1, num_heads=2, d_kv=16,
-                        d_ff=64)
+  cfg = t5_lib.T5Config(vocab_size=128, d_model=32, num_layers=1, num_heads=2, d_kv=16, d_ff=64)
   return cfg, nn.unbox(t5_lib.init_params(cfg, seed))
 
 
@@ -57,10 +57,21 @@ def sources(tmp_path_factory):
     t5_checkpoints.save_t5(str(root / name), *_t5(seed), vocab=vocab)
   captions = root / 'captions.txt'
   captions.write_text('\n'.join(prepare.digits_captions()) + '\n')
-  res = subprocess.run([sys.executable, '-m', 'imagen_video_jax.encode_text',
-                        f'--t5={root / "t5"}', f'--captions={captions}',
-                        f'--output={root / "cache"}', f'--max_length={LENGTH}', '--noprogress'],
-                       capture_output=True, text=True, timeout=300)
+  res = subprocess.run(
+    [
+      sys.executable,
+      '-m',
+      'imagen_video_jax.encode_text',
+      f'--t5={root / "t5"}',
+      f'--captions={captions}',
+      f'--output={root / "cache"}',
+      f'--max_length={LENGTH}',
+      '--noprogress',
+    ],
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
   assert res.returncode == 0, res.stderr[-3000:]
   return root
 
@@ -70,8 +81,10 @@ def runs(sources):
   root = sources
   t5 = _config(root, 't5', t5_dir=str(root / 't5'))
   cache = _config(root, 'cache', cache_dir=str(root / 'cache'))
-  return {name: (c, str(root / name / 'run'), training.train_and_evaluate(c, str(root / name / 'run')))
-          for name, c in (('t5', t5), ('cache', cache))}
+  return {
+    name: (c, str(root / name / 'run'), training.train_and_evaluate(c, str(root / name / 'run')))
+    for name, c in (('t5', t5), ('cache', cache))
+  }
 
 
 def _first_batch_text(config, root):
@@ -95,7 +108,7 @@ def test_the_cache_and_the_t5_it_came_from_train_alike(runs, sources):
   np.testing.assert_array_equal(mask_cache, mask_t5)
   assert int(mask_t5.sum()) > 0
   scale = float(jnp.abs(emb_t5).max())
-  np.testing.assert_allclose(emb_cache, emb_t5, rtol=0, atol=scale * 2.0 ** -7)
+  np.testing.assert_allclose(emb_cache, emb_t5, rtol=0, atol=scale * 2.0**-7)
   # ... and the two runs' losses agree as closely.
   a, b = (np.array([h['loss'] for h in r.history]) for r in (t5, cache))
   assert np.all(np.isfinite(a)) and len(a) == STEPS
@@ -105,14 +118,24 @@ def test_the_cache_and_the_t5_it_came_from_train_alike(runs, sources):
 def test_a_t5_run_exports_its_t5_and_samples(runs, sources, tmp_path):
   config, workdir, _ = runs['t5']
   out = tmp_path / 'cascade'
-  res = subprocess.run([sys.executable, '-m', 'imagen_video_jax.export_cascade',
-                        f'--run={workdir}', f'--output={out}'], capture_output=True, text=True,
-                       timeout=300)
+  res = subprocess.run(
+    [
+      sys.executable,
+      '-m',
+      'imagen_video_jax.export_cascade',
+      f'--run={workdir}',
+      f'--output={out}',
+    ],
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
   assert res.returncode == 0, res.stderr[-3000:]
   pipe = export.load_cascade(str(out))
   # The cascade's encoder is the run's T5 and vocabulary: same prompt, same embedding.
-  want, want_mask = TextEncoder.load(config.text.t5_dir, max_length=LENGTH,
-                                     out_dtype=jnp.float32)(PROMPTS)
+  want, want_mask = TextEncoder.load(config.text.t5_dir, max_length=LENGTH, out_dtype=jnp.float32)(
+    PROMPTS
+  )
   emb, mask = pipe.text_encoder(PROMPTS)
   np.testing.assert_array_equal(mask, want_mask)
   np.testing.assert_array_equal(emb, want)
@@ -128,27 +151,46 @@ def test_a_cache_run_exports_the_t5_that_made_the_cache(runs, sources, tmp_path)
   with pytest.raises(export.ExportError, match='pass --t5=DIR'):
     export.export_training_runs([workdir], str(tmp_path / 'none'))
   with pytest.raises(export.ExportError, match='is not the T5 that made the cache'):
-    export.export_training_runs([workdir], str(tmp_path / 'wrong'),
-                                t5_dir=str(root / 'other_t5'))
+    export.export_training_runs([workdir], str(tmp_path / 'wrong'), t5_dir=str(root / 'other_t5'))
   out = tmp_path / 'cascade'
-  res = subprocess.run([sys.executable, '-m', 'imagen_video_jax.export_cascade',
-                        f'--run={workdir}', f'--output={out}', f'--t5={root / "t5"}'],
-                       capture_output=True, text=True, timeout=300)
+  res = subprocess.run(
+    [
+      sys.executable,
+      '-m',
+      'imagen_video_jax.export_cascade',
+      f'--run={workdir}',
+      f'--output={out}',
+      f'--t5={root / "t5"}',
+    ],
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
   assert res.returncode == 0, res.stderr[-3000:]
   pipe = export.load_cascade(str(out))
   # Sampling reads prompts as training read the cache: the cached embedding, unrounded.
   from imagen_video_jax.text.cache import CacheReader
+
   reader = CacheReader(config.text.cache_dir)
   emb, mask = pipe.text_encoder(PROMPTS)
   for i, prompt in enumerate(PROMPTS):
     rec = reader.lookup(prompt)
     np.testing.assert_array_equal(mask[i], rec['mask'])
     cached = rec['emb'].astype(np.float32)
-    np.testing.assert_allclose(emb[i], cached, rtol=0, atol=np.abs(cached).max() * 2.0 ** -7)
+    np.testing.assert_allclose(emb[i], cached, rtol=0, atol=np.abs(cached).max() * 2.0**-7)
   # The command-line refusal is one line.
-  res = subprocess.run([sys.executable, '-m', 'imagen_video_jax.export_cascade',
-                        f'--run={workdir}', f'--output={tmp_path / "cli_none"}'],
-                       capture_output=True, text=True, timeout=300)
+  res = subprocess.run(
+    [
+      sys.executable,
+      '-m',
+      'imagen_video_jax.export_cascade',
+      f'--run={workdir}',
+      f'--output={tmp_path / "cli_none"}',
+    ],
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
   assert res.returncode != 0 and 'pass --t5=DIR' in res.stderr
   assert 'Traceback' not in res.stderr
   _sample(pipe)

@@ -1,4 +1,5 @@
 """VideoUNet: frame independence, identity inflation, config validation, axis names."""
+
 import dataclasses
 import functools
 
@@ -26,9 +27,16 @@ def _config(temporal):
   # conditioning video and its noise level, so two configs (and two compiled initialisers
   # and forwards, shared by the tests below) cover every layer.
   return UNetConfig(
-      levels=(LevelConfig(16, 1, spatial_attention=True, temporal=temporal, cross_attention=True),
-              LevelConfig(32, 1, spatial_attention=True, temporal=temporal, cross_attention=True)),
-      text_dim=12, emb_dim=32, head_dim=8, cond_channels=3, cond_augment=True)
+    levels=(
+      LevelConfig(16, 1, spatial_attention=True, temporal=temporal, cross_attention=True),
+      LevelConfig(32, 1, spatial_attention=True, temporal=temporal, cross_attention=True),
+    ),
+    text_dim=12,
+    emb_dim=32,
+    head_dim=8,
+    cond_channels=3,
+    cond_augment=True,
+  )
 
 
 @functools.lru_cache(maxsize=None)
@@ -56,10 +64,12 @@ def _randomised_params(cfg, seed):
 def _perturb(params, seed, skip_temporal=False):
   """Adds N(0, 0.2^2) to every leaf. numpy, not jax.random: no per-shape compiles."""
   rng = np.random.default_rng(seed)
+
   def f(path, p):
     if skip_temporal and any('temporal' in str(getattr(k, 'key', '')) for k in path):
       return p
     return p + 0.2 * rng.standard_normal(p.shape).astype(np.float32)
+
   return jax.tree_util.tree_map_with_path(f, params)
 
 
@@ -90,12 +100,14 @@ def _jac_blocks(cfg):
 
   @_jit
   def jac(params, x, logsnr, text, mask, frame_ids, cond, cond_logsnr):
-    f = lambda xx: model.apply({'params': params}, xx, logsnr, text, mask, frame_ids, cond,
-                               cond_logsnr)
+    f = lambda xx: model.apply(
+      {'params': params}, xx, logsnr, text, mask, frame_ids, cond, cond_logsnr
+    )
     tangents = jax.random.normal(jax.random.key(3), (T,) + x.shape)
     tangents = tangents * jnp.eye(T)[:, None, :, None, None, None]
     out_t = jax.vmap(lambda v: jax.jvp(f, (x,), (v,))[1])(tangents)  # [j, B, i, H, W, C]
     return jnp.transpose(jnp.max(jnp.abs(out_t), axis=(3, 4, 5)), (1, 2, 0))  # [B, i, j]
+
   return jac
 
 
@@ -130,9 +142,17 @@ def test_fresh_temporal_layers_equal_the_per_frame_image_model(temporal):
   video = _run(cfg, params, x, logsnr, text, mask, ids, cond, cond_logsnr)
   # The image model on each frame alone (T=1), the B*T frames as one batch of rows.
   rows = lambda a: np.repeat(a, T, 0)
-  frames = _run(cfg, params, x.reshape(B * T, 1, H, W, 3), rows(logsnr), rows(text), rows(mask),
-                np.zeros((B * T, 1), np.int32), cond.reshape(B * T, 1, H, W, 3),
-                rows(cond_logsnr))
+  frames = _run(
+    cfg,
+    params,
+    x.reshape(B * T, 1, H, W, 3),
+    rows(logsnr),
+    rows(text),
+    rows(mask),
+    np.zeros((B * T, 1), np.int32),
+    cond.reshape(B * T, 1, H, W, 3),
+    rows(cond_logsnr),
+  )
   np.testing.assert_allclose(video, frames.reshape(video.shape), atol=1e-5, rtol=1e-5)
   assert float(jnp.std(video)) > 1e-2  # the comparison is not between zeros
 
@@ -166,15 +186,25 @@ def test_per_frame_text_matches_per_row_text_when_repeated():
   params = _randomised_params(cfg, 8)
   x, logsnr, text, mask, ids, cond, cond_logsnr = _inputs(9)
   row = _run(cfg, params, x, logsnr, text, mask, ids, cond, cond_logsnr)
-  per_frame = _run(cfg, params, x, _per_frame(logsnr), _per_frame(text), _per_frame(mask), ids,
-                   cond, cond_logsnr)
+  per_frame = _run(
+    cfg, params, x, _per_frame(logsnr), _per_frame(text), _per_frame(mask), ids, cond, cond_logsnr
+  )
   np.testing.assert_allclose(row, per_frame, atol=1e-5, rtol=1e-5)
   # ... and a different caption on one frame changes only that frame of a packed row.
   packed = np.repeat(np.arange(T, dtype=np.int32)[None], B, 0)
   text2 = _per_frame(text)
   text2[:, 2] *= -1.0
-  a = _run(cfg, params, x, _per_frame(logsnr), _per_frame(text), _per_frame(mask), packed, cond,
-           cond_logsnr)
+  a = _run(
+    cfg,
+    params,
+    x,
+    _per_frame(logsnr),
+    _per_frame(text),
+    _per_frame(mask),
+    packed,
+    cond,
+    cond_logsnr,
+  )
   b = _run(cfg, params, x, _per_frame(logsnr), text2, _per_frame(mask), packed, cond, cond_logsnr)
   diff = jnp.max(jnp.abs(a - b), axis=(0, 2, 3, 4))
   assert float(diff[2]) > 1e-4 and float(jnp.max(diff.at[2].set(0))) == 0.0
@@ -258,13 +288,15 @@ def test_bfloat16_compute_tracks_float32():
   assert rel < 0.05, rel
 
 
-@pytest.mark.parametrize('kernel,strides', [((1, 3, 3), (1, 1)), ((1, 3, 3), (2, 2)),
-                                            ((1, 1, 1), (1, 1))])
+@pytest.mark.parametrize(
+  'kernel,strides', [((1, 3, 3), (1, 1)), ((1, 3, 3), (2, 2)), ((1, 1, 1), (1, 1))]
+)
 def test_frame_conv_equals_the_flax_3d_conv_it_replaces(kernel, strides):
   # FrameConv runs as a 2-D conv over B*T frames (faster on CPU) but must hold the same
   # parameters and compute the same function as nn.Conv(kernel) on [B, T, H, W, C]:
   # checkpoints made before the change load and sample unchanged.
   from imagen_video_jax.models import layers
+
   x = jax.random.normal(jax.random.key(0), (2, 3, 8, 8, 5))
   ours = layers.FrameConv(7, kernel, strides=strides)
   ref = nn.Conv(7, kernel, strides=(1, *strides), padding='SAME')
@@ -272,9 +304,7 @@ def test_frame_conv_equals_the_flax_3d_conv_it_replaces(kernel, strides):
   p_ref = _jit(ref.init)(jax.random.key(1), x)
   assert jax.tree.map(jnp.shape, nn.unbox(p)) == jax.tree.map(jnp.shape, p_ref)
   rng = np.random.default_rng(2)  # a nonzero bias too
-  p = jax.tree.map(lambda a: a + 0.1 * rng.standard_normal(a.shape).astype(np.float32),
-                   nn.unbox(p))
-  np.testing.assert_allclose(_jit(ours.apply)(p, x), _jit(ref.apply)(p, x), rtol=1e-5,
-                             atol=1e-5)
+  p = jax.tree.map(lambda a: a + 0.1 * rng.standard_normal(a.shape).astype(np.float32), nn.unbox(p))
+  np.testing.assert_allclose(_jit(ours.apply)(p, x), _jit(ref.apply)(p, x), rtol=1e-5, atol=1e-5)
   with pytest.raises(ValueError, match='temporal size of 1'):
     layers.FrameConv(7, (3, 1, 1)).init(jax.random.key(1), x)

@@ -1,4 +1,5 @@
 """UNetConfig.remat and .scan_blocks change memory and compile time, never the numbers."""
+
 import dataclasses
 import functools
 
@@ -22,10 +23,15 @@ _jit = functools.partial(jax.jit, compiler_options={'xla_backend_optimization_le
 # Level 0 has three blocks: the encoder scans 3, the decoder runs block0 and a scan of 2.
 # Level 1 has one block each way (nothing to scan): the two kinds mix.
 BASE = UNetConfig(
-    levels=(LevelConfig(16, 3, spatial_attention=True, temporal='attention',
-                        cross_attention=True),
-            LevelConfig(24, 1, temporal='conv', cross_attention=True)),
-    text_dim=12, emb_dim=32, head_dim=8, dropout=0.1)
+  levels=(
+    LevelConfig(16, 3, spatial_attention=True, temporal='attention', cross_attention=True),
+    LevelConfig(24, 1, temporal='conv', cross_attention=True),
+  ),
+  text_dim=12,
+  emb_dim=32,
+  head_dim=8,
+  dropout=0.1,
+)
 
 
 def _abstract(cfg):
@@ -50,7 +56,8 @@ def _params(cfg):
     if str(getattr(path[-1], 'key', '')) == 'scale':
       return 1.0 + 0.1 * noise
     fan_in = int(np.prod(s.shape[:-1])) if len(s.shape) >= 2 else 100
-    return (0.1 + fan_in ** -0.5) * noise
+    return (0.1 + fan_in**-0.5) * noise
+
   return jax.tree_util.tree_map_with_path(leaf, nn.unbox(_abstract(cfg)))
 
 
@@ -69,9 +76,18 @@ def _loss_and_grads(cfg, params, train=False):
   x, logsnr, text, mask, fid = _inputs()
 
   def loss(p):
-    out = model.apply({'params': p}, x, logsnr, text, mask, fid, train=train,
-                      rngs={'dropout': jax.random.key(3)} if train else None)
+    out = model.apply(
+      {'params': p},
+      x,
+      logsnr,
+      text,
+      mask,
+      fid,
+      train=train,
+      rngs={'dropout': jax.random.key(3)} if train else None,
+    )
     return jnp.mean(jnp.square(out - 0.5 * x))
+
   return _jit(jax.value_and_grad(loss))(params)
 
 
@@ -93,9 +109,12 @@ def test_scanned_layout_and_round_trip():
   assert jax.tree.structure(scanned) == jax.tree.structure(nn.unbox(boxed))
   assert jax.tree.map(jnp.shape, scanned) == jax.tree.map(jnp.shape, nn.unbox(boxed))
   assert sum(p.size for p in jax.tree.leaves(scanned)) == sum(
-      p.size for p in jax.tree.leaves(params))
-  np.testing.assert_array_equal(scanned['up0_blocks']['res']['conv1']['kernel'][1],
-                                params['up0_block2']['res']['conv1']['kernel'])
+    p.size for p in jax.tree.leaves(params)
+  )
+  np.testing.assert_array_equal(
+    scanned['up0_blocks']['res']['conv1']['kernel'][1],
+    params['up0_block2']['res']['conv1']['kernel'],
+  )
   back = unet_lib.unscan_params(scanned, BASE)
   assert jax.tree.structure(back) == jax.tree.structure(params)
   jax.tree.map(np.testing.assert_array_equal, back, params)
@@ -107,8 +126,10 @@ def _reference():
   return params, _loss_and_grads(BASE, params)
 
 
-@pytest.mark.parametrize('remat,scan', [('full', False), ('dots', True),
-                                        pytest.param('none', True, marks=pytest.mark.slow)])
+@pytest.mark.parametrize(
+  'remat,scan',
+  [('full', False), ('dots', True), pytest.param('none', True, marks=pytest.mark.slow)],
+)
 def test_remat_and_scan_give_the_same_loss_and_gradients(remat, scan):
   params, (ref_loss, ref_grads) = _reference()
   cfg = dataclasses.replace(BASE, remat=remat, scan_blocks=scan)
@@ -118,8 +139,9 @@ def test_remat_and_scan_give_the_same_loss_and_gradients(remat, scan):
     grads = unet_lib.unscan_params(grads, BASE)
   np.testing.assert_allclose(loss, ref_loss, rtol=1e-6)
   assert float(jnp.abs(ref_grads['up0_block2']['res']['conv1']['kernel']).max()) > 1e-4
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-6),
-               grads, ref_grads)
+  jax.tree.map(
+    lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-6), grads, ref_grads
+  )
 
 
 def test_remat_recomputes_instead_of_storing():
@@ -135,13 +157,15 @@ def test_remat_recomputes_instead_of_storing():
   # 0.54x with the two blocks a level this test had before), so the check below keeps a
   # wide margin against XLA's allocation heuristics. A scan compiles its body once: the
   # depth costs no compile time.
-  cfg = UNetConfig(levels=(LevelConfig(32, 8, spatial_attention=True),), emb_dim=32,
-                   head_dim=16, scan_blocks=True)
+  cfg = UNetConfig(
+    levels=(LevelConfig(32, 8, spatial_attention=True),), emb_dim=32, head_dim=16, scan_blocks=True
+  )
 
   def temp_bytes(c):
     model = VideoUNet(c)
-    params = nn.unbox(jax.eval_shape(unet_lib.init_fn(c, frames=8, height=16, width=16),
-                                     jax.random.key(0)))
+    params = nn.unbox(
+      jax.eval_shape(unet_lib.init_fn(c, frames=8, height=16, width=16), jax.random.key(0))
+    )
     x = jax.ShapeDtypeStruct(x_big, jnp.float32)
     f = _jit(jax.grad(lambda p, x: jnp.sum(model.apply({'params': p}, x, jnp.zeros(4)))))
     return f.lower(params, x).compile().memory_analysis().temp_size_in_bytes
@@ -160,9 +184,12 @@ def test_dropout_is_live_in_scanned_blocks():
   x, logsnr, text, mask, fid = _inputs()
 
   def fwd(c, p, train):
-    return _jit(lambda p: VideoUNet(c).apply(
-        {'params': p}, x, logsnr, text, mask, fid, train=train,
-        rngs={'dropout': jax.random.key(3)}))(p)
+    return _jit(
+      lambda p: VideoUNet(c).apply(
+        {'params': p}, x, logsnr, text, mask, fid, train=train, rngs={'dropout': jax.random.key(3)}
+      )
+    )(p)
+
   scanned = unet_lib.scan_params(params, plain)
   eval_out = fwd(cfg, scanned, False)
   np.testing.assert_allclose(eval_out, fwd(plain, params, False), rtol=1e-5, atol=1e-5)

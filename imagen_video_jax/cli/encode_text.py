@@ -8,24 +8,30 @@ are sharded over the local devices. The output directory holds ArrayRecord shard
 (caption, token ids, bfloat16 embeddings, mask) and metadata.json; the data pipeline
 reads it with `imagen_video_jax.text.cache.CacheReader`.
 """
+
 import os
 
 from absl import app, flags, logging
 
-_T5 = flags.DEFINE_string('t5', None, 'Converted T5 directory (python -m '
-                          'imagen_video_jax.convert_t5).')
+_T5 = flags.DEFINE_string(
+  't5', None, 'Converted T5 directory (python -m imagen_video_jax.convert_t5).'
+)
 _CAPTIONS = flags.DEFINE_string('captions', None, 'Text file, one caption per line.')
 _OUTPUT = flags.DEFINE_string('output', None, 'Directory for the embedding cache.')
 _TOKENIZER = flags.DEFINE_string(
-    'tokenizer', None, 'SentencePiece model (default: the one in --t5).')
+  'tokenizer', None, 'SentencePiece model (default: the one in --t5).'
+)
 _MAX_LENGTH = flags.DEFINE_integer('max_length', 128, 'Tokens per caption, EOS included.')
 _BATCH_SIZE = flags.DEFINE_integer(
-    'batch_size', 64, 'Global batch (rounded up to the device count).')
+  'batch_size', 64, 'Global batch (rounded up to the device count).'
+)
 _SHARD_SIZE = flags.DEFINE_integer('shard_size', 4096, 'Records per ArrayRecord shard.')
-_COMPUTE_DTYPE = flags.DEFINE_enum('compute_dtype', None, ['float32', 'bfloat16'],
-                                   'Activation dtype (default: as converted).')
+_COMPUTE_DTYPE = flags.DEFINE_enum(
+  'compute_dtype', None, ['float32', 'bfloat16'], 'Activation dtype (default: as converted).'
+)
 _SHARD_PARAMS = flags.DEFINE_bool(
-    'shard_params', True, 'Shard T5 parameters over the devices (FSDP).')
+  'shard_params', True, 'Shard T5 parameters over the devices (FSDP).'
+)
 _PRINT_NPY = flags.DEFINE_string('print_npy', None, 'Also save the first embeddings here (.npy).')
 _PRINT_COUNT = flags.DEFINE_integer('print_count', 8, 'How many captions --print_npy saves.')
 _PROGRESS = flags.DEFINE_bool('progress', True, 'Show a progress bar.')
@@ -44,23 +50,38 @@ def main(argv):
   if os.path.exists(_OUTPUT.value) and os.listdir(_OUTPUT.value):
     raise SystemExit(f'encode_text: {_OUTPUT.value} exists and is not empty.')
   from imagen_video_jax.text import checkpoints, encoder
+
   try:
     captions = encoder.read_captions(_CAPTIONS.value)
     enc = encoder.TextEncoder.load(
-        _T5.value, tokenizer=_TOKENIZER.value, max_length=_MAX_LENGTH.value,
-        shard_params=_SHARD_PARAMS.value, compute_dtype=_COMPUTE_DTYPE.value)
+      _T5.value,
+      tokenizer=_TOKENIZER.value,
+      max_length=_MAX_LENGTH.value,
+      shard_params=_SHARD_PARAMS.value,
+      compute_dtype=_COMPUTE_DTYPE.value,
+    )
   except (OSError, ValueError, checkpoints.CheckpointError) as e:
     raise SystemExit(f'encode_text: {e}') from None
   meta = encoder.encode_captions(
-      enc, captions, _OUTPUT.value, batch_size=_BATCH_SIZE.value,
-      shard_size=_SHARD_SIZE.value, print_npy=_PRINT_NPY.value,
-      print_count=_PRINT_COUNT.value, progress=_PROGRESS.value)
-  print(f'Encoded {meta["num_records"]} captions on {enc.num_devices} device(s) into '
-        f'{_OUTPUT.value} ([{meta["max_length"]}, {meta["dim"]}] bfloat16 each; '
-        f'{meta["truncated"]} truncated).')
+    enc,
+    captions,
+    _OUTPUT.value,
+    batch_size=_BATCH_SIZE.value,
+    shard_size=_SHARD_SIZE.value,
+    print_npy=_PRINT_NPY.value,
+    print_count=_PRINT_COUNT.value,
+    progress=_PROGRESS.value,
+  )
+  print(
+    f'Encoded {meta["num_records"]} captions on {enc.num_devices} device(s) into '
+    f'{_OUTPUT.value} ([{meta["max_length"]}, {meta["dim"]}] bfloat16 each; '
+    f'{meta["truncated"]} truncated).'
+  )
   if _PRINT_NPY.value:
-    print(f'First {min(_PRINT_COUNT.value, len(captions))} embeddings (float32) saved '
-          f'to {_PRINT_NPY.value}.')
+    print(
+      f'First {min(_PRINT_COUNT.value, len(captions))} embeddings (float32) saved '
+      f'to {_PRINT_NPY.value}.'
+    )
 
 
 if __name__ == '__main__':

@@ -9,53 +9,80 @@ r"""Evaluate videos: prompt adherence (the digits judge), FVD and the judge's FD
 
 --real/--generated: a folder of .mp4/.gif files or of ArrayRecord shards, a glob or a file.
 """
+
 from absl import app, flags
 
 _MODE = flags.DEFINE_enum(
-    'mode', 'adherence', ['adherence', 'fvd', 'judge_accuracy', 'train_judge'],
-    'What to evaluate.')
-_CHECKPOINTS = flags.DEFINE_string('checkpoints', None,
-                                   'Exported cascade (adherence); default checkpoints/digits.')
+  'mode', 'adherence', ['adherence', 'fvd', 'judge_accuracy', 'train_judge'], 'What to evaluate.'
+)
+_CHECKPOINTS = flags.DEFINE_string(
+  'checkpoints', None, 'Exported cascade (adherence); default checkpoints/digits.'
+)
 _NUM_SAMPLES = flags.DEFINE_integer(
-    'num_samples', 100, 'adherence: samples per group (training, held-out).')
-_STAGES = flags.DEFINE_integer('stages', 0, 'adherence: score the first N stages only (1: the base '
-                               'alone; 0: all). Every stage run is scored either way.')
-_STEPS = flags.DEFINE_integer('steps', 0, 'adherence: sampling steps for every stage (0: each '
-                              "stage's own).")
+  'num_samples', 100, 'adherence: samples per group (training, held-out).'
+)
+_STAGES = flags.DEFINE_integer(
+  'stages',
+  0,
+  'adherence: score the first N stages only (1: the base '
+  'alone; 0: all). Every stage run is scored either way.',
+)
+_STEPS = flags.DEFINE_integer(
+  'steps', 0, "adherence: sampling steps for every stage (0: each stage's own)."
+)
 _HELD_OUT = flags.DEFINE_string(
-    'held_out', None, 'Held-out combinations, e.g. 0:red:left,3:green:up '
-    '(default: the world\'s default list).')
+  'held_out',
+  None,
+  "Held-out combinations, e.g. 0:red:left,3:green:up (default: the world's default list).",
+)
 _REAL = flags.DEFINE_string('real', None, 'fvd: the reference set.')
 _GENERATED = flags.DEFINE_string('generated', None, 'fvd: the set to score.')
 _MAX_VIDEOS = flags.DEFINE_integer(
-    'max_videos', None, 'fvd: use at most this many clips of each set.')
+  'max_videos', None, 'fvd: use at most this many clips of each set.'
+)
 _FRAMES = flags.DEFINE_integer('frames', 16, 'fvd: clips are cut to their first N frames (>= 9).')
 _BATCH_SIZE = flags.DEFINE_integer('batch_size', 8, 'Clips (fvd) or prompts (adherence) per batch.')
 _JUDGE = flags.DEFINE_string(
-    'judge', None, 'Judge directory; default the shipped checkpoints/judge.')
+  'judge', None, 'Judge directory; default the shipped checkpoints/judge.'
+)
 _OVERWRITE = flags.DEFINE_bool(
-    'overwrite', False, 'train_judge: replace a judge already in --judge.')
-_JUDGE_STEPS = flags.DEFINE_integer('judge_steps', None, 'train_judge: optimiser steps (default: '
-                                    'JudgeConfig().steps).')
+  'overwrite', False, 'train_judge: replace a judge already in --judge.'
+)
+_JUDGE_STEPS = flags.DEFINE_integer(
+  'judge_steps', None, 'train_judge: optimiser steps (default: JudgeConfig().steps).'
+)
 _JUDGE_FRAMES = flags.DEFINE_integer(
-    'judge_frames', 20_000, 'train_judge: still frames to train on.')
+  'judge_frames', 20_000, 'train_judge: still frames to train on.'
+)
 _NUM_CLIPS = flags.DEFINE_integer(
-    'num_clips', 500, 'judge_accuracy, train_judge: fresh clips per group '
-    '(training and held-out combinations) the accuracy is measured on.')
+  'num_clips',
+  500,
+  'judge_accuracy, train_judge: fresh clips per group '
+  '(training and held-out combinations) the accuracy is measured on.',
+)
 # Default seeds of the fresh clips a judge's accuracy is measured on: train_judge's are those
 # of the report the shipped judge carries; judge_accuracy's are other clips (and --seed moves).
 TRAIN_JUDGE_CLIP_SEED = 12_345
 JUDGE_ACCURACY_CLIP_SEED = 54_321
 _SEED = flags.DEFINE_integer(
-    'seed', 0, 'Seed of prompts and samples (judge_accuracy: of the clips, '
-    f'{JUDGE_ACCURACY_CLIP_SEED} + seed, unless --clip_seed).')
+  'seed',
+  0,
+  'Seed of prompts and samples (judge_accuracy: of the clips, '
+  f'{JUDGE_ACCURACY_CLIP_SEED} + seed, unless --clip_seed).',
+)
 _CLIP_SEED = flags.DEFINE_integer(
-    'clip_seed', None, 'judge_accuracy, train_judge: seed of the fresh clips the accuracy '
-    f'is measured on (default: {TRAIN_JUDGE_CLIP_SEED} in train_judge, '
-    f'{JUDGE_ACCURACY_CLIP_SEED} + --seed in judge_accuracy).')
+  'clip_seed',
+  None,
+  'judge_accuracy, train_judge: seed of the fresh clips the accuracy '
+  f'is measured on (default: {TRAIN_JUDGE_CLIP_SEED} in train_judge, '
+  f'{JUDGE_ACCURACY_CLIP_SEED} + --seed in judge_accuracy).',
+)
 _JUDGE_SEED = flags.DEFINE_integer(
-    'judge_seed', None, "train_judge: seed of the judge's initialisation and of its own "
-    'training frames (default: JudgeConfig().seed).')
+  'judge_seed',
+  None,
+  "train_judge: seed of the judge's initialisation and of its own "
+  'training frames (default: JudgeConfig().seed).',
+)
 _OUTPUT = flags.DEFINE_string('output', None, 'Also write the report here as JSON.')
 _PROGRESS = flags.DEFINE_bool('progress', True, 'Progress bars.')
 
@@ -67,6 +94,7 @@ def main(argv):
   import os
   from imagen_video_jax.data import digits
   from imagen_video_jax.evaluation import fvd, judge as J, metrics
+
   try:
     held = digits.parse_held_out(_HELD_OUT.value) if _HELD_OUT.value is not None else None
     world = digits.DigitsConfig(**({} if held is None else {'held_out': held}))
@@ -75,11 +103,14 @@ def main(argv):
     if _MODE.value == 'train_judge':
       directory = _JUDGE.value or J.DEFAULT_DIR
       # Refused before training: a forgotten --judge must not cost the shipped judge.
-      existing = [f for f in (J.CONFIG_FILE, J.PARAMS_FILE)
-                  if os.path.exists(os.path.join(directory, f))]
+      existing = [
+        f for f in (J.CONFIG_FILE, J.PARAMS_FILE) if os.path.exists(os.path.join(directory, f))
+      ]
       if existing and not _OVERWRITE.value:
-        raise ValueError(f'{directory} already holds a judge ({", ".join(existing)}); pass '
-                         '--judge=<a new directory>, or --overwrite to replace it')
+        raise ValueError(
+          f'{directory} already holds a judge ({", ".join(existing)}); pass '
+          '--judge=<a new directory>, or --overwrite to replace it'
+        )
       config = J.JudgeConfig()
       if _JUDGE_STEPS.value is not None:
         config = dataclasses.replace(config, steps=_JUDGE_STEPS.value)
@@ -88,43 +119,68 @@ def main(argv):
       jd = J.train_judge(config, num_frames=_JUDGE_FRAMES.value, progress=_PROGRESS.value)
       n = _NUM_CLIPS.value
       seed = TRAIN_JUDGE_CLIP_SEED if _CLIP_SEED.value is None else _CLIP_SEED.value
-      jd.report = {'clean': J.accuracy(jd, n, seed), 'clips_per_group': n,
-                   'degraded': J.accuracy(jd, n, seed, True), 'clip_seed': seed}
+      jd.report = {
+        'clean': J.accuracy(jd, n, seed),
+        'clips_per_group': n,
+        'degraded': J.accuracy(jd, n, seed, True),
+        'clip_seed': seed,
+      }
       report = jd.report
       jd.save(directory)
     elif _MODE.value == 'judge_accuracy':
       jd = J.load_judge(_JUDGE.value)
-      seed = (JUDGE_ACCURACY_CLIP_SEED + _SEED.value if _CLIP_SEED.value is None
-              else _CLIP_SEED.value)
-      report = {k: J.accuracy(jd, _NUM_CLIPS.value, seed, degrade=k == 'degraded')
-                for k in ('clean', 'degraded')}
+      seed = (
+        JUDGE_ACCURACY_CLIP_SEED + _SEED.value if _CLIP_SEED.value is None else _CLIP_SEED.value
+      )
+      report = {
+        k: J.accuracy(jd, _NUM_CLIPS.value, seed, degrade=k == 'degraded')
+        for k in ('clean', 'degraded')
+      }
     elif _MODE.value == 'fvd':
       if not _REAL.value or not _GENERATED.value:
         raise app.UsageError('--mode=fvd needs --real and --generated')
       sets = [fvd.load_videos(s, _MAX_VIDEOS.value) for s in (_REAL.value, _GENERATED.value)]
-      cfg = fvd.FVDConfig(frames=_FRAMES.value, batch_size=_BATCH_SIZE.value,
-                          progress=_PROGRESS.value)
+      cfg = fvd.FVDConfig(
+        frames=_FRAMES.value, batch_size=_BATCH_SIZE.value, progress=_PROGRESS.value
+      )
       jd = J.load_judge(_JUDGE.value)
-      report = {'fvd': metrics.frechet_distance(*(fvd.i3d_features(s, cfg) for s in sets)),
-                'fd_judge': metrics.frechet_distance(*(jd.features([v[:_FRAMES.value] for v in s])
-                                                       for s in sets)),
-                'num_real': len(sets[0]), 'num_generated': len(sets[1])}
+      report = {
+        'fvd': metrics.frechet_distance(*(fvd.i3d_features(s, cfg) for s in sets)),
+        'fd_judge': metrics.frechet_distance(
+          *(jd.features([v[: _FRAMES.value] for v in s]) for s in sets)
+        ),
+        'num_real': len(sets[0]),
+        'num_generated': len(sets[1]),
+      }
     else:
       from imagen_video_jax import export  # default: checkpoints/digits, beside the judge
       from imagen_video_jax.cascade import CascadePipeline
+
       pipe = export.load_cascade(_CHECKPOINTS.value or os.path.join(J.DEFAULT_DIR, '..', 'digits'))
       if not 0 <= _STAGES.value <= len(pipe.stages) or _STEPS.value < 0:
-        raise ValueError(f'--stages={_STAGES.value} --steps={_STEPS.value}: the cascade has '
-                         f'{len(pipe.stages)} stages; use 1..{len(pipe.stages)} (0: all) and '
-                         'steps >= 1 (0: each stage\'s own)')
+        raise ValueError(
+          f'--stages={_STAGES.value} --steps={_STEPS.value}: the cascade has '
+          f'{len(pipe.stages)} stages; use 1..{len(pipe.stages)} (0: all) and '
+          "steps >= 1 (0: each stage's own)"
+        )
       if _STAGES.value:
-        pipe = CascadePipeline(pipe.stages[:_STAGES.value], pipe.text_encoder)
-      samplers = ({s.name: dataclasses.replace(s.sampler, steps=_STEPS.value) for s in pipe.stages}
-                  if _STEPS.value else None)
+        pipe = CascadePipeline(pipe.stages[: _STAGES.value], pipe.text_encoder)
+      samplers = (
+        {s.name: dataclasses.replace(s.sampler, steps=_STEPS.value) for s in pipe.stages}
+        if _STEPS.value
+        else None
+      )
       report = metrics.evaluate_cascade(
-          pipe, J.load_judge(_JUDGE.value), num_samples=_NUM_SAMPLES.value, seed=_SEED.value,
-          world=world, batch_size=_BATCH_SIZE.value, progress=_PROGRESS.value, real_fd_clips=200,
-          samplers_by_stage=samplers)
+        pipe,
+        J.load_judge(_JUDGE.value),
+        num_samples=_NUM_SAMPLES.value,
+        seed=_SEED.value,
+        world=world,
+        batch_size=_BATCH_SIZE.value,
+        progress=_PROGRESS.value,
+        real_fd_clips=200,
+        samplers_by_stage=samplers,
+      )
   except (ValueError, FileNotFoundError, ImportError) as e:  # ExportError is a ValueError
     raise app.UsageError(str(e)) from None
   for name, value in report.items():
@@ -133,7 +189,7 @@ def main(argv):
   if _MODE.value == 'adherence':
     for name in report['stages'][:-1]:  # where along the cascade adherence is lost
       print(f'after {name}:\n{metrics.format_table(report["by_stage"][name])}')
-    print(f'after {report["stages"][-1]} (the cascade\'s output):')
+    print(f"after {report['stages'][-1]} (the cascade's output):")
   if _MODE.value in ('adherence', 'fvd'):
     print(metrics.format_table(report))
   if _OUTPUT.value:

@@ -9,12 +9,17 @@ on cached T5 embeddings (`text.source='cache'`, the paper configs' default) also
 `--t5=DIR`: the converted T5 that `encode_text` made the cache with (it is checked
 against the cache and shipped as the cascade's text encoder).
 """
+
 from absl import app, flags, logging
 
 _RUN = flags.DEFINE_multi_string('run', None, 'A training workdir; repeat, base first.')
 _OUTPUT = flags.DEFINE_string('output', None, 'The cascade directory to write.')
-_T5 = flags.DEFINE_string('t5', None, "Runs trained on cached embeddings (text.source='cache'): "
-                          'the converted T5 that made the cache, shipped as the text encoder.')
+_T5 = flags.DEFINE_string(
+  't5',
+  None,
+  "Runs trained on cached embeddings (text.source='cache'): "
+  'the converted T5 that made the cache, shipped as the text encoder.',
+)
 
 
 def main(argv):
@@ -25,13 +30,15 @@ def main(argv):
   if not flags.FLAGS['verbosity'].present:
     logging.set_verbosity(logging.WARNING)  # keep orbax's INFO chatter out
   from imagen_video_jax import export
+
   try:
     path = export.export_training_runs(_RUN.value, _OUTPUT.value, t5_dir=_T5.value)
     pipe = export.load_cascade(path)  # proves the export loads
   except (export.ExportError, ValueError, FileNotFoundError) as e:
     raise app.UsageError(str(e)) from None
-  stages = ', '.join(f'{s.name} {s.spec.frames}x{s.spec.height}x{s.spec.width}@{s.fps:g}fps'
-                     for s in pipe.stages)
+  stages = ', '.join(
+    f'{s.name} {s.spec.frames}x{s.spec.height}x{s.spec.width}@{s.fps:g}fps' for s in pipe.stages
+  )
   print(f'Exported {stages} to {path}')
 
 

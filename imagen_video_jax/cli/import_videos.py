@@ -14,16 +14,16 @@ from absl import app, flags
 
 from imagen_video_jax.data import importer
 
-_MANIFEST = flags.DEFINE_string("manifest", None, "CSV with path,caption columns.")
-_OUTPUT = flags.DEFINE_string("output", None, "Empty folder for the shards and report.")
-_FRAMES = flags.DEFINE_integer("frames", 16, "Frames per clip.")
-_SIZE = flags.DEFINE_string("size", "64", "Clip size: N (square) or WxH, e.g. 80x48.")
-_FPS = flags.DEFINE_float("fps", 8.0, "Frame rate clips are resampled to.")
-_MAX_CLIPS = flags.DEFINE_integer("max_clips_per_video", 0, "0 = every full clip.")
-_PER_SHARD = flags.DEFINE_integer("per_shard", 1000, "Clips per ArrayRecord shard.")
-_WORKERS = flags.DEFINE_integer("workers", 2, "Files decoded in parallel.")
-_TIMEOUT = flags.DEFINE_float("timeout_s", 600.0, "Per-file decoding limit (seconds).")
-flags.mark_flags_as_required(["manifest", "output"])
+_MANIFEST = flags.DEFINE_string('manifest', None, 'CSV with path,caption columns.')
+_OUTPUT = flags.DEFINE_string('output', None, 'Empty folder for the shards and report.')
+_FRAMES = flags.DEFINE_integer('frames', 16, 'Frames per clip.')
+_SIZE = flags.DEFINE_string('size', '64', 'Clip size: N (square) or WxH, e.g. 80x48.')
+_FPS = flags.DEFINE_float('fps', 8.0, 'Frame rate clips are resampled to.')
+_MAX_CLIPS = flags.DEFINE_integer('max_clips_per_video', 0, '0 = every full clip.')
+_PER_SHARD = flags.DEFINE_integer('per_shard', 1000, 'Clips per ArrayRecord shard.')
+_WORKERS = flags.DEFINE_integer('workers', 2, 'Files decoded in parallel.')
+_TIMEOUT = flags.DEFINE_float('timeout_s', 600.0, 'Per-file decoding limit (seconds).')
+flags.mark_flags_as_required(['manifest', 'output'])
 
 EXIT_SOME_SKIPPED = 3
 EXIT_NOTHING_USABLE = 2
@@ -31,27 +31,37 @@ EXIT_NOTHING_USABLE = 2
 
 def main(argv):
   if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   try:
     width, height = importer.parse_size(_SIZE.value)
     config = importer.ImportConfig(
-        frames=_FRAMES.value, width=width, height=height, fps=_FPS.value,
-        max_clips_per_video=_MAX_CLIPS.value, per_shard=_PER_SHARD.value,
-        workers=_WORKERS.value, timeout_s=_TIMEOUT.value)
+      frames=_FRAMES.value,
+      width=width,
+      height=height,
+      fps=_FPS.value,
+      max_clips_per_video=_MAX_CLIPS.value,
+      per_shard=_PER_SHARD.value,
+      workers=_WORKERS.value,
+      timeout_s=_TIMEOUT.value,
+    )
     report = importer.import_videos(_MANIFEST.value, _OUTPUT.value, config)
   except (importer.ImportSetupError, OSError) as e:
-    sys.exit(f"import_videos: {e}")
-  print(f"{report['videos_ok']}/{report['rows']} videos -> {report['clips']} clips in "
-        f"{len(report['shards'])} shard(s) at {_OUTPUT.value}")
-  if report["skipped"]:
-    reasons = ", ".join(f"{k}: {v}" for k, v in report["reasons"].items())
-    print(f"skipped {report['skipped']} ({reasons}); see "
-          f"{_OUTPUT.value}/{importer.REPORT_FILE}", file=sys.stderr)
-  if report["clips"] == 0:
-    print("import_videos: no usable clips; nothing to train on", file=sys.stderr)
+    sys.exit(f'import_videos: {e}')
+  print(
+    f'{report["videos_ok"]}/{report["rows"]} videos -> {report["clips"]} clips in '
+    f'{len(report["shards"])} shard(s) at {_OUTPUT.value}'
+  )
+  if report['skipped']:
+    reasons = ', '.join(f'{k}: {v}' for k, v in report['reasons'].items())
+    print(
+      f'skipped {report["skipped"]} ({reasons}); see {_OUTPUT.value}/{importer.REPORT_FILE}',
+      file=sys.stderr,
+    )
+  if report['clips'] == 0:
+    print('import_videos: no usable clips; nothing to train on', file=sys.stderr)
     return EXIT_NOTHING_USABLE
-  return EXIT_SOME_SKIPPED if report["skipped"] else 0
+  return EXIT_SOME_SKIPPED if report['skipped'] else 0
 
 
-if __name__ == "__main__":
+if __name__ == '__main__':
   app.run(main)

@@ -12,6 +12,7 @@ This module sets XLA_FLAGS=--xla_force_host_platform_device_count=N (and
 JAX_PLATFORMS=cpu) from --mesh/--search itself, before jax is imported; the memory
 analysis is therefore the CPU backend's, an estimate standing in for TPU/GPU.
 """
+
 import os
 import sys
 
@@ -25,16 +26,25 @@ if __name__ == '__main__':  # before jax is imported anywhere
 from absl import app, flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-_CONFIG = config_flags.DEFINE_config_file('config', None, 'A stage config, e.g. '
-                                          'configs/imagen_video.py:stage=base.', lock_config=True)
+_CONFIG = config_flags.DEFINE_config_file(
+  'config', None, 'A stage config, e.g. configs/imagen_video.py:stage=base.', lock_config=True
+)
 _MESH = flags.DEFINE_string('mesh', 'fsdp:8', 'Mesh sizes, e.g. data:16,fsdp:16 (missing axes: 1).')
-_SEARCH = flags.DEFINE_string('search', '', 'Instead of --mesh: pure-FSDP device counts to try in '
-                              'order, e.g. 8,16,32,64,128,256; prints the smallest that fits.')
+_SEARCH = flags.DEFINE_string(
+  'search',
+  '',
+  'Instead of --mesh: pure-FSDP device counts to try in '
+  'order, e.g. 8,16,32,64,128,256; prints the smallest that fits.',
+)
 _DEVICE_MEMORY_GB = flags.DEFINE_float(
-    'device_memory_gb', 95.0, 'Memory per device in GB (1e9 bytes): '
-    'TPU v5p 95, H100 80.')
-_COMPILE = flags.DEFINE_bool('compile', True, 'Compile the step for its memory analysis; '
-                             '--nocompile: only the shardings\' arithmetic (seconds).')
+  'device_memory_gb', 95.0, 'Memory per device in GB (1e9 bytes): TPU v5p 95, H100 80.'
+)
+_COMPILE = flags.DEFINE_bool(
+  'compile',
+  True,
+  'Compile the step for its memory analysis; '
+  "--nocompile: only the shardings' arithmetic (seconds).",
+)
 _JSON = flags.DEFINE_bool('json', False, 'Also print each plan as one line: JSON {...}.')
 
 
@@ -47,16 +57,18 @@ def main(argv):
   try:
     if _SEARCH.value:
       candidates = [{'fsdp': int(n)} for n in _SEARCH.value.split(',') if n.strip()]
-      best, tried = planning.smallest_fitting(_CONFIG.value, candidates, device_bytes,
-                                              compile=_COMPILE.value)
+      best, tried = planning.smallest_fitting(
+        _CONFIG.value, candidates, device_bytes, compile=_COMPILE.value
+      )
       for p in tried:
         print(planning.report(p, device_bytes), end='\n\n', flush=True)
         if _JSON.value:
           print('JSON', planning.to_json(p, device_bytes))
       print(f'smallest mesh that fits: {best}' if best else 'no candidate mesh fits')
       return
-    plan = planning.plan_memory(_CONFIG.value, planning.parse_mesh(_MESH.value),
-                                compile=_COMPILE.value)
+    plan = planning.plan_memory(
+      _CONFIG.value, planning.parse_mesh(_MESH.value), compile=_COMPILE.value
+    )
   except ValueError as e:
     raise SystemExit(f'plan: {e}') from None
   print(planning.report(plan, device_bytes), flush=True)

@@ -8,16 +8,23 @@ r"""Sample videos from a prompt with an exported cascade.
 --checkpoints=DIR a cascade of your own (`export_cascade` writes one). Writes OUTPUT (.mp4), and beside it the same stem as .gif and .png (contact sheet);
 with --num_samples > 1, stem_0.mp4, stem_1.mp4, ...
 """
+
 import os
 
 from absl import app, flags
 
 _CONFIG = flags.DEFINE_string(
-    'config', None, 'A cascade config file that ships weights, e.g. '
-    'configs/digits.py (the Moving Digits cascade in checkpoints/digits).')
+  'config',
+  None,
+  'A cascade config file that ships weights, e.g. '
+  'configs/digits.py (the Moving Digits cascade in checkpoints/digits).',
+)
 _CHECKPOINTS = flags.DEFINE_string(
-    'checkpoints', None, 'An exported cascade directory (cascade.json); '
-    'default: the shipped Moving Digits cascade, checkpoints/digits.')
+  'checkpoints',
+  None,
+  'An exported cascade directory (cascade.json); '
+  'default: the shipped Moving Digits cascade, checkpoints/digits.',
+)
 _PROMPT = flags.DEFINE_multi_string('prompt', None, 'Prompt(s); repeat the flag for several.')
 _NEGATIVE_PROMPT = flags.DEFINE_string('negative_prompt', None, 'Guide away from this text.')
 _OUTPUT = flags.DEFINE_string('output', 'outputs/sample.mp4', 'Output .mp4 path (also .gif, .png).')
@@ -30,13 +37,16 @@ _SCALE = flags.DEFINE_integer('scale', 4, 'Enlarge the written files by this int
 _PROGRESS = flags.DEFINE_bool('progress', True, 'Progress bars.')
 
 DEFAULT_CHECKPOINTS = os.path.join(
-    os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
-    'checkpoints', 'digits')
+  os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
+  'checkpoints',
+  'digits',
+)
 
 
 def cascade_dir_from_config(path: str) -> str:
   """The directory of the cascade a config file ships (its module-level CASCADE_DIR)."""
   import importlib.util
+
   if ':' in path and not os.path.exists(path):
     path = path.split(':', 1)[0]  # configs/digits.py:stage=base names the same file
   if not os.path.isfile(path):
@@ -46,8 +56,10 @@ def cascade_dir_from_config(path: str) -> str:
   spec.loader.exec_module(module)
   cascade = getattr(module, 'CASCADE_DIR', None)
   if not cascade:
-    raise ValueError(f'{path} ships no trained cascade (it sets no CASCADE_DIR): train and '
-                     'export one, then pass --checkpoints=DIR')
+    raise ValueError(
+      f'{path} ships no trained cascade (it sets no CASCADE_DIR): train and '
+      'export one, then pass --checkpoints=DIR'
+    )
   return cascade
 
 
@@ -61,30 +73,54 @@ def main(argv):
   import dataclasses
   import time
   from imagen_video_jax import export
+
   if _CONFIG.value and _CHECKPOINTS.value:
     raise app.UsageError('give --config (a shipped cascade) or --checkpoints, not both')
   try:
-    path = (cascade_dir_from_config(_CONFIG.value) if _CONFIG.value
-            else _CHECKPOINTS.value or DEFAULT_CHECKPOINTS)
+    path = (
+      cascade_dir_from_config(_CONFIG.value)
+      if _CONFIG.value
+      else _CHECKPOINTS.value or DEFAULT_CHECKPOINTS
+    )
     if not os.path.exists(path):
       shipped = os.path.abspath(path) == DEFAULT_CHECKPOINTS
-      raise ValueError(f'{path} does not exist' + (
+      raise ValueError(
+        f'{path} does not exist'
+        + (
           ': the Moving Digits cascade is not trained and shipped yet (README, Status); '
-          'train and export your own, then pass --checkpoints=DIR' if shipped else ''))
+          'train and export your own, then pass --checkpoints=DIR'
+          if shipped
+          else ''
+        )
+      )
     pipe = export.load_cascade(path)
   except (export.ExportError, FileNotFoundError, ValueError) as e:
     raise app.UsageError(str(e)) from None
-  overrides = {k: v for k, v in (('steps', _STEPS.value), ('guidance', _GUIDANCE.value),
-                                 ('sampler', _SAMPLER.value)) if v is not None}
+  overrides = {
+    k: v
+    for k, v in (
+      ('steps', _STEPS.value),
+      ('guidance', _GUIDANCE.value),
+      ('sampler', _SAMPLER.value),
+    )
+    if v is not None
+  }
   per_stage = {s.name: dataclasses.replace(s.sampler, **overrides) for s in pipe.stages}
   start = time.time()
-  out = pipe(_PROMPT.value, negative_prompt=_NEGATIVE_PROMPT.value,
-             num_samples=_NUM_SAMPLES.value, seed=_SEED.value, samplers_by_stage=per_stage,
-             progress=_PROGRESS.value)
-  paths = out.save(_OUTPUT.value[:-len('.mp4')], scale=_SCALE.value)
+  out = pipe(
+    _PROMPT.value,
+    negative_prompt=_NEGATIVE_PROMPT.value,
+    num_samples=_NUM_SAMPLES.value,
+    seed=_SEED.value,
+    samplers_by_stage=per_stage,
+    progress=_PROGRESS.value,
+  )
+  paths = out.save(_OUTPUT.value[: -len('.mp4')], scale=_SCALE.value)
   t, h, w, _ = out.videos.shape[1:]
-  print(f'{len(paths)} video(s) of {t} frames, {w}x{h} at {out.fps:g} fps '
-        f'in {time.time() - start:.1f}s:')
+  print(
+    f'{len(paths)} video(s) of {t} frames, {w}x{h} at {out.fps:g} fps '
+    f'in {time.time() - start:.1f}s:'
+  )
   for p, prompt in zip(paths, out.prompts):
     print(f'  {p["mp4"]}  ({prompt!r}; also {p["gif"]}, {p["png"]})')
 

@@ -9,21 +9,30 @@ the next step boundary and exits 0. A workdir holding a run with a different con
 a bad config value or too many non-finite steps in a row exit 1 with one line saying why.
 TensorBoard: `tensorboard --logdir=<workdir>/tensorboard`.
 """
+
 import os
 
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-_CONFIG = config_flags.DEFINE_config_file('config', None, 'A config file, e.g. '
-                                          'configs/digits.py:stage=base.', lock_config=True)
+_CONFIG = config_flags.DEFINE_config_file(
+  'config', None, 'A config file, e.g. configs/digits.py:stage=base.', lock_config=True
+)
 _WORKDIR = flags.DEFINE_string(
-    'workdir', None, 'Checkpoints, TensorBoard logs and samples go here.')
+  'workdir', None, 'Checkpoints, TensorBoard logs and samples go here.'
+)
 _DATA_ONLY = flags.DEFINE_bool(
-    'data_only', False, 'Only make the Moving Digits world and its vocabulary '
-    '(what the stages of one cascade share), then exit.')
+  'data_only',
+  False,
+  'Only make the Moving Digits world and its vocabulary '
+  '(what the stages of one cascade share), then exit.',
+)
 _DISTRIBUTED = flags.DEFINE_bool(
-    'distributed', False, 'Join a multi-host job first (TPU pods, SLURM, or '
-    'IVJ_COORDINATOR/IVJ_NUM_PROCESSES/IVJ_PROCESS_ID; see parallel.py).')
+  'distributed',
+  False,
+  'Join a multi-host job first (TPU pods, SLURM, or '
+  'IVJ_COORDINATOR/IVJ_NUM_PROCESSES/IVJ_PROCESS_ID; see parallel.py).',
+)
 
 
 def main(argv):
@@ -35,19 +44,29 @@ def main(argv):
     logging.set_verbosity(logging.WARNING)  # keep orbax/grain INFO chatter out
   if _DISTRIBUTED.value:
     from imagen_video_jax import parallel
+
     parallel.initialize_distributed()
   from imagen_video_jax import training
+
   try:
     if _DATA_ONLY.value:
       from imagen_video_jax.training import loop
+
       if _CONFIG.value.data.world != 'digits':
-        raise training.ConfigError('--data_only makes the Moving Digits world; this config '
-                                   f'reads data.dir={_CONFIG.value.data.dir!r}')
+        raise training.ConfigError(
+          '--data_only makes the Moving Digits world; this config '
+          f'reads data.dir={_CONFIG.value.data.dir!r}'
+        )
       print(f'Moving Digits world: {loop.prepare_digits(_CONFIG.value, _WORKDIR.value)}')
       return
     training.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
-  except (training.ConfigError, training.ConfigMismatchError, training.NonFiniteError,
-          training.NonFiniteCheckpointError, FileNotFoundError) as e:
+  except (
+    training.ConfigError,
+    training.ConfigMismatchError,
+    training.NonFiniteError,
+    training.NonFiniteCheckpointError,
+    FileNotFoundError,
+  ) as e:
     raise SystemExit(f'train: {e}') from None
 
 

@@ -28,24 +28,30 @@ import numpy as np
 from imagen_video_jax.data import records
 
 COLOURS: dict[str, tuple[float, float, float]] = {
-    "red": (1.0, 0.0, 0.0),
-    "green": (0.0, 1.0, 0.0),
-    "blue": (0.0, 0.0, 1.0),
-    "yellow": (1.0, 1.0, 0.0),
-    "cyan": (0.0, 1.0, 1.0),
-    "magenta": (1.0, 0.0, 1.0),
-    "white": (1.0, 1.0, 1.0),
+  'red': (1.0, 0.0, 0.0),
+  'green': (0.0, 1.0, 0.0),
+  'blue': (0.0, 0.0, 1.0),
+  'yellow': (1.0, 1.0, 0.0),
+  'cyan': (0.0, 1.0, 1.0),
+  'magenta': (1.0, 0.0, 1.0),
+  'white': (1.0, 1.0, 1.0),
 }
 # (dx, dy) in image coordinates: y grows downwards.
 DIRECTIONS: dict[str, tuple[int, int]] = {
-    "left": (-1, 0), "right": (1, 0), "up": (0, -1), "down": (0, 1),
+  'left': (-1, 0),
+  'right': (1, 0),
+  'up': (0, -1),
+  'down': (0, 1),
 }
 DEFAULT_HELD_OUT: tuple[tuple[int, str, str], ...] = (
-    (0, "red", "left"), (3, "green", "up"), (5, "blue", "right"),
-    (7, "yellow", "down"), (9, "white", "left"),
+  (0, 'red', 'left'),
+  (3, 'green', 'up'),
+  (5, 'blue', 'right'),
+  (7, 'yellow', 'down'),
+  (9, 'white', 'left'),
 )
 # Independent random streams, so videos, images and evaluation clips never share draws.
-_STREAMS = {"video": 0, "image": 1, "eval_video": 2}
+_STREAMS = {'video': 0, 'image': 1, 'eval_video': 2}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,23 +79,24 @@ class DigitsConfig:
 
   def __post_init__(self):
     # Accept lists (from JSON or flags) but store hashable tuples.
-    object.__setattr__(self, "held_out", tuple(
-        (int(d), str(c), str(m)) for d, c, m in self.held_out))
-    object.__setattr__(self, "colours", tuple(self.colours))
-    object.__setattr__(self, "speed", tuple(self.speed))
+    object.__setattr__(
+      self, 'held_out', tuple((int(d), str(c), str(m)) for d, c, m in self.held_out)
+    )
+    object.__setattr__(self, 'colours', tuple(self.colours))
+    object.__setattr__(self, 'speed', tuple(self.speed))
     if self.frames < 1 or self.size < 8 or self.fps < 1:
-      raise ValueError(f"need frames >= 1, size >= 8, fps >= 1; got {self}")
+      raise ValueError(f'need frames >= 1, size >= 8, fps >= 1; got {self}')
     if not 4 <= self.sprite_size <= self.size - 2:
-      raise ValueError(f"digit_size must be in [4, size - 2], got {self.sprite_size}")
+      raise ValueError(f'digit_size must be in [4, size - 2], got {self.sprite_size}')
     for c in self.colours:
       if c not in COLOURS:
-        raise ValueError(f"unknown colour {c!r}; choose from {sorted(COLOURS)}")
+        raise ValueError(f'unknown colour {c!r}; choose from {sorted(COLOURS)}')
     for combo in self.held_out:
       d, c, m = combo
       if d not in range(10) or c not in self.colours or m not in DIRECTIONS:
-        raise ValueError(f"bad held-out combination {combo!r}: want (0-9, colour, direction)")
+        raise ValueError(f'bad held-out combination {combo!r}: want (0-9, colour, direction)')
     if not self.train_combinations:
-      raise ValueError("every combination is held out; nothing is left for training videos")
+      raise ValueError('every combination is held out; nothing is left for training videos')
 
   @property
   def sprite_size(self) -> int:
@@ -99,38 +106,42 @@ class DigitsConfig:
   def train_combinations(self) -> tuple[tuple[int, str, str], ...]:
     """All (digit, colour, direction) triples allowed as training videos, sorted."""
     held = set(self.held_out)
-    return tuple((d, c, m) for d in range(10) for c in self.colours for m in DIRECTIONS
-                 if (d, c, m) not in held)
+    return tuple(
+      (d, c, m)
+      for d in range(10)
+      for c in self.colours
+      for m in DIRECTIONS
+      if (d, c, m) not in held
+    )
 
 
 def caption_for(digit: int, colour: str, direction: str | None = None) -> str:
-  """"a red 3 moving left" for a video, "a red 3" for a still image."""
-  text = f"a {colour} {digit}"
-  return f"{text} moving {direction}" if direction else text
+  """ "a red 3 moving left" for a video, "a red 3" for a still image."""
+  text = f'a {colour} {digit}'
+  return f'{text} moving {direction}' if direction else text
 
 
-_CAPTION_RE = re.compile(r"^an? (\w+) (\d)(?: moving (\w+))?$")
+_CAPTION_RE = re.compile(r'^an? (\w+) (\d)(?: moving (\w+))?$')
 
 
 def parse_caption(caption: str) -> tuple[int, str, str | None]:
   """Inverse of :func:`caption_for`: ``(digit, colour, direction or None)``."""
   m = _CAPTION_RE.match(caption.strip().lower())
   if not m or m.group(1) not in COLOURS or (m.group(3) and m.group(3) not in DIRECTIONS):
-    raise ValueError(f"not a Moving Digits caption: {caption!r}")
+    raise ValueError(f'not a Moving Digits caption: {caption!r}')
   return int(m.group(2)), m.group(1), m.group(3)
 
 
 def parse_held_out(text: str) -> tuple[tuple[int, str, str], ...]:
   """``"0:red:left,3:green:up"`` -> ((0, "red", "left"), (3, "green", "up")); "none" -> ()."""
   text = text.strip().lower()
-  if text in ("", "none"):
+  if text in ('', 'none'):
     return ()
   combos = []
-  for item in text.split(","):
-    parts = item.strip().split(":")
+  for item in text.split(','):
+    parts = item.strip().split(':')
     if len(parts) != 3 or not parts[0].isdigit():
-      raise ValueError(f"held-out item {item!r} is not DIGIT:COLOUR:DIRECTION "
-                       "(e.g. 3:red:left)")
+      raise ValueError(f'held-out item {item!r} is not DIGIT:COLOUR:DIRECTION (e.g. 3:red:left)')
     combos.append((int(parts[0]), parts[1], parts[2]))
   return tuple(combos)
 
@@ -171,8 +182,8 @@ def _place(canvas: np.ndarray, sprite: np.ndarray, x: float, y: float) -> None:
   p[:h, 1:] += (1 - fy) * fx * sprite
   p[1:, :w] += fy * (1 - fx) * sprite
   p[1:, 1:] += fy * fx * sprite
-  region = canvas[iy:iy + h + 1, ix:ix + w + 1]
-  np.maximum(region, p[:region.shape[0], :region.shape[1]], out=region)
+  region = canvas[iy : iy + h + 1, ix : ix + w + 1]
+  np.maximum(region, p[: region.shape[0], : region.shape[1]], out=region)
 
 
 def _sprite(rng: np.random.Generator, config: DigitsConfig, digit: int, colour: str):
@@ -206,16 +217,25 @@ def _render_video(rng, config: DigitsConfig, digit: int, colour: str, direction:
   return _to_uint8(canvas), centres
 
 
-def _video_example(config: DigitsConfig, seed: int, index: int, stream: str,
-                   combos) -> records.Example:
+def _video_example(
+  config: DigitsConfig, seed: int, index: int, stream: str, combos
+) -> records.Example:
   rng = np.random.default_rng([seed, _STREAMS[stream], index])
   digit, colour, direction = combos[rng.integers(len(combos))]
   video, centres = _render_video(rng, config, digit, colour, direction)
   return records.Example(
-      video=video, caption=caption_for(digit, colour, direction), fps=config.fps,
-      meta={"world": "digits", "digit": int(digit), "colour": colour,
-            "direction": direction, "held_out": stream == "eval_video"},
-      arrays={"positions": centres})
+    video=video,
+    caption=caption_for(digit, colour, direction),
+    fps=config.fps,
+    meta={
+      'world': 'digits',
+      'digit': int(digit),
+      'colour': colour,
+      'direction': direction,
+      'held_out': stream == 'eval_video',
+    },
+    arrays={'positions': centres},
+  )
 
 
 def make_video(config: DigitsConfig, seed: int, index: int) -> records.Example:
@@ -225,19 +245,19 @@ def make_video(config: DigitsConfig, seed: int, index: int) -> records.Example:
   digit, colour and direction and whose ``arrays["positions"]`` holds the digit's centre
   (x, y) in pixels for every frame.
   """
-  return _video_example(config, seed, index, "video", config.train_combinations)
+  return _video_example(config, seed, index, 'video', config.train_combinations)
 
 
 def make_eval_video(config: DigitsConfig, seed: int, index: int) -> records.Example:
   """The ``index``-th clip of a held-out combination (for measuring transfer)."""
   if not config.held_out:
-    raise ValueError("config.held_out is empty: there is nothing to evaluate transfer on")
-  return _video_example(config, seed, index, "eval_video", tuple(config.held_out))
+    raise ValueError('config.held_out is empty: there is nothing to evaluate transfer on')
+  return _video_example(config, seed, index, 'eval_video', tuple(config.held_out))
 
 
 def make_image(config: DigitsConfig, seed: int, index: int) -> records.Example:
   """The ``index``-th still image: any digit and colour, captioned "a red 3"."""
-  rng = np.random.default_rng([seed, _STREAMS["image"], index])
+  rng = np.random.default_rng([seed, _STREAMS['image'], index])
   digit = int(rng.integers(10))
   colour = config.colours[rng.integers(len(config.colours))]
   s, d = config.size, config.sprite_size
@@ -246,17 +266,26 @@ def make_image(config: DigitsConfig, seed: int, index: int) -> records.Example:
   canvas = np.zeros((1, s, s, 3), np.float32)
   _place(canvas[0], sprite, pos[0], pos[1])
   return records.Example(
-      video=_to_uint8(canvas), caption=caption_for(digit, colour), fps=0.0,
-      meta={"world": "digits", "digit": digit, "colour": colour, "direction": None,
-            "held_out": False},
-      arrays={"positions": (pos + d / 2.0).astype(np.float32)[None]})
+    video=_to_uint8(canvas),
+    caption=caption_for(digit, colour),
+    fps=0.0,
+    meta={
+      'world': 'digits',
+      'digit': digit,
+      'colour': colour,
+      'direction': None,
+      'held_out': False,
+    },
+    arrays={'positions': (pos + d / 2.0).astype(np.float32)[None]},
+  )
 
 
-_MAKERS = {"video": make_video, "image": make_image, "eval_video": make_eval_video}
+_MAKERS = {'video': make_video, 'image': make_image, 'eval_video': make_eval_video}
 
 
-def generate(config: DigitsConfig, seed: int, kind: str, num: int,
-             start: int = 0) -> Iterator[records.Example]:
+def generate(
+  config: DigitsConfig, seed: int, kind: str, num: int, start: int = 0
+) -> Iterator[records.Example]:
   """Yields examples ``start .. start + num - 1`` of one kind.
 
   Args:
@@ -267,14 +296,15 @@ def generate(config: DigitsConfig, seed: int, kind: str, num: int,
     start: index of the first one (shards can be generated independently).
   """
   if kind not in _MAKERS:
-    raise ValueError(f"kind must be one of {sorted(_MAKERS)}, got {kind!r}")
+    raise ValueError(f'kind must be one of {sorted(_MAKERS)}, got {kind!r}')
   make = _MAKERS[kind]
   for i in range(start, start + num):
     yield make(config, seed, i)
 
 
-def _write_shard(config: DigitsConfig, seed: int, kind: str, path: str, start: int,
-                 num: int) -> str:
+def _write_shard(
+  config: DigitsConfig, seed: int, kind: str, path: str, start: int, num: int
+) -> str:
   """One shard file: examples ``start .. start + num - 1`` (a worker's unit of work)."""
   writer = records.open_shard(path)
   try:
@@ -285,9 +315,17 @@ def _write_shard(config: DigitsConfig, seed: int, kind: str, path: str, start: i
   return path
 
 
-def write_shards(config: DigitsConfig, seed: int, output: str, num_videos: int,
-                 num_images: int, num_eval_videos: int = 0, per_shard: int = 1000,
-                 progress: bool = False, workers: int = 1) -> dict:
+def write_shards(
+  config: DigitsConfig,
+  seed: int,
+  output: str,
+  num_videos: int,
+  num_images: int,
+  num_eval_videos: int = 0,
+  per_shard: int = 1000,
+  progress: bool = False,
+  workers: int = 1,
+) -> dict:
   """Writes the world as ``videos-*``, ``images-*`` (and ``eval_videos-*``) shards.
 
   workers > 1 renders shards in that many processes; the bytes are the same (every
@@ -296,22 +334,30 @@ def write_shards(config: DigitsConfig, seed: int, output: str, num_videos: int,
   """
   from tqdm import tqdm
 
-  plan = [("video", records.VIDEO_PREFIX, num_videos),
-          ("image", records.IMAGE_PREFIX, num_images),
-          ("eval_video", records.EVAL_VIDEO_PREFIX, num_eval_videos)]
+  plan = [
+    ('video', records.VIDEO_PREFIX, num_videos),
+    ('image', records.IMAGE_PREFIX, num_images),
+    ('eval_video', records.EVAL_VIDEO_PREFIX, num_eval_videos),
+  ]
   shards: dict[str, list[str]] = {}
   if workers <= 1:
     for kind, prefix, num in plan:
       if num <= 0:
         continue
       with records.ShardedWriter(output, prefix, per_shard) as writer:
-        for ex in tqdm(generate(config, seed, kind, num), total=num, disable=not progress,
-                       desc=f"digits {kind}s", unit="ex"):
+        for ex in tqdm(
+          generate(config, seed, kind, num),
+          total=num,
+          disable=not progress,
+          desc=f'digits {kind}s',
+          unit='ex',
+        ):
           writer.write(ex)
       shards[prefix] = [os.path.basename(p) for p in writer.paths]
   else:
     import concurrent.futures
     import multiprocessing
+
     os.makedirs(output, exist_ok=True)
     jobs = []  # (kind, path, start, num), one per shard
     for kind, prefix, num in plan:
@@ -321,21 +367,34 @@ def write_shards(config: DigitsConfig, seed: int, output: str, num_videos: int,
       names = []
       for i, start in enumerate(range(0, num, per_shard)):
         names.append(records.shard_name(prefix, i))
-        jobs.append((kind, os.path.join(output, names[-1]), start,
-                     min(per_shard, num - start)))
+        jobs.append((kind, os.path.join(output, names[-1]), start, min(per_shard, num - start)))
       shards[prefix] = names
     # spawn, not fork: the parent may hold JAX's threads.
-    ctx = multiprocessing.get_context("spawn")
+    ctx = multiprocessing.get_context('spawn')
     with concurrent.futures.ProcessPoolExecutor(workers, mp_context=ctx) as pool:
-      futures = [pool.submit(_write_shard, config, seed, kind, path, start, n)
-                 for kind, path, start, n in jobs]
-      for f in tqdm(concurrent.futures.as_completed(futures), total=len(futures),
-                    disable=not progress, desc="digits shards", unit="shard"):
+      futures = [
+        pool.submit(_write_shard, config, seed, kind, path, start, n)
+        for kind, path, start, n in jobs
+      ]
+      for f in tqdm(
+        concurrent.futures.as_completed(futures),
+        total=len(futures),
+        disable=not progress,
+        desc='digits shards',
+        unit='shard',
+      ):
         f.result()
-  info = {"world": "digits", "seed": seed, "frames": config.frames, "size": config.size,
-          "fps": config.fps, "num_videos": num_videos, "num_images": num_images,
-          "num_eval_videos": num_eval_videos,
-          "held_out": [list(c) for c in config.held_out], "shards": shards}
+  info = {
+    'world': 'digits',
+    'seed': seed,
+    'frames': config.frames,
+    'size': config.size,
+    'fps': config.fps,
+    'num_videos': num_videos,
+    'num_images': num_images,
+    'num_eval_videos': num_eval_videos,
+    'held_out': [list(c) for c in config.held_out],
+    'shards': shards,
+  }
   records.write_info(output, info)
   return info
-

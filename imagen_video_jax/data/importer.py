@@ -28,7 +28,7 @@ import numpy as np
 
 from imagen_video_jax.data import records
 
-REPORT_FILE = "import_report.json"
+REPORT_FILE = 'import_report.json'
 
 
 class ImportSetupError(ValueError):
@@ -38,8 +38,8 @@ class ImportSetupError(ValueError):
 class SkipError(Exception):
   """One manifest row cannot be used; ``reason`` is a short key, ``detail`` says more."""
 
-  def __init__(self, reason: str, detail: str = ""):
-    super().__init__(f"{reason}: {detail}" if detail else reason)
+  def __init__(self, reason: str, detail: str = ''):
+    super().__init__(f'{reason}: {detail}' if detail else reason)
     self.reason, self.detail = reason, detail
 
 
@@ -67,16 +67,16 @@ class ImportConfig:
 
   def __post_init__(self):
     if min(self.frames, self.width, self.height, self.per_shard, self.workers) < 1:
-      raise ImportSetupError(f"frames, size, per_shard and workers must be >= 1: {self}")
+      raise ImportSetupError(f'frames, size, per_shard and workers must be >= 1: {self}')
     if self.fps <= 0 or self.max_clips_per_video < 0:
-      raise ImportSetupError(f"need fps > 0 and max_clips_per_video >= 0: {self}")
+      raise ImportSetupError(f'need fps > 0 and max_clips_per_video >= 0: {self}')
 
 
 def parse_size(text: str) -> tuple[int, int]:
   """``"64"`` -> (64, 64); ``"80x48"`` -> (width 80, height 48)."""
-  m = re.fullmatch(r"\s*(\d+)\s*(?:[xX]\s*(\d+))?\s*", str(text))
+  m = re.fullmatch(r'\s*(\d+)\s*(?:[xX]\s*(\d+))?\s*', str(text))
   if not m:
-    raise ImportSetupError(f"--size must be N or WxH (e.g. 64 or 80x48), got {text!r}")
+    raise ImportSetupError(f'--size must be N or WxH (e.g. 64 or 80x48), got {text!r}')
   w = int(m.group(1))
   return w, int(m.group(2) or w)
 
@@ -91,40 +91,48 @@ class Row:
 def read_manifest(manifest: str) -> list[Row]:
   """Reads a CSV with a header naming (at least) ``path`` and ``caption`` columns."""
   if not os.path.isfile(manifest):
-    raise ImportSetupError(f"manifest not found: {manifest}")
+    raise ImportSetupError(f'manifest not found: {manifest}')
   try:
-    with open(manifest, newline="", encoding="utf-8-sig") as f:
+    with open(manifest, newline='', encoding='utf-8-sig') as f:
       reader = csv.DictReader(f)
       fields = [c.strip().lower() for c in (reader.fieldnames or [])]
-      if "path" not in fields or "caption" not in fields:
+      if 'path' not in fields or 'caption' not in fields:
         raise ImportSetupError(
-            f"{manifest}: the first line must be a header with 'path' and 'caption' "
-            f"columns (WebVid-style), got {reader.fieldnames}")
+          f"{manifest}: the first line must be a header with 'path' and 'caption' "
+          f'columns (WebVid-style), got {reader.fieldnames}'
+        )
       reader.fieldnames = fields
-      return [Row(line=reader.line_num, path=(r.get("path") or "").strip(),
-                  caption=(r.get("caption") or "").strip()) for r in reader]
+      return [
+        Row(
+          line=reader.line_num,
+          path=(r.get('path') or '').strip(),
+          caption=(r.get('caption') or '').strip(),
+        )
+        for r in reader
+      ]
   except (UnicodeDecodeError, csv.Error) as e:
-    raise ImportSetupError(f"{manifest} is not a UTF-8 CSV file: {e}") from None
+    raise ImportSetupError(f'{manifest} is not a UTF-8 CSV file: {e}') from None
 
 
 def resolve(root: str, rel: str) -> str:
   """The real path of ``rel`` under ``root``; raises SkipError if it leaves ``root``."""
   if not rel:
-    raise SkipError("bad_row", "empty path")
-  if re.match(r"^[a-zA-Z][a-zA-Z0-9+.-]*://", rel):
-    raise SkipError("url", f"{rel} is a URL; download it and list the local path")
+    raise SkipError('bad_row', 'empty path')
+  if re.match(r'^[a-zA-Z][a-zA-Z0-9+.-]*://', rel):
+    raise SkipError('url', f'{rel} is a URL; download it and list the local path')
   root = os.path.realpath(root)
   # realpath also follows symlinks, so a link pointing outside the folder is refused too.
   path = os.path.realpath(os.path.join(root, rel))
   if os.path.commonpath([root, path]) != root:
-    raise SkipError("escapes_manifest_folder",
-                    f"{rel} resolves outside the manifest's folder {root}")
+    raise SkipError(
+      'escapes_manifest_folder', f"{rel} resolves outside the manifest's folder {root}"
+    )
   if not os.path.exists(path):
-    raise SkipError("missing", f"{rel} does not exist")
+    raise SkipError('missing', f'{rel} does not exist')
   if not os.path.isfile(path):
-    raise SkipError("not_a_file", f"{rel} is not a regular file")
+    raise SkipError('not_a_file', f'{rel} is not a regular file')
   if os.path.getsize(path) == 0:
-    raise SkipError("empty", f"{rel} is an empty file")
+    raise SkipError('empty', f'{rel} is an empty file')
   return path
 
 
@@ -134,36 +142,51 @@ def _ffmpeg_command(path: str, config: ImportConfig) -> list[str]:
   w, h = config.width, config.height
   # fps resamples (dropping/duplicating frames on the output clock); crop keeps the
   # centre at the target aspect ratio; area scaling is the antialiased shrink.
-  vf = (f"fps={config.fps},"
-        f"crop='min(iw,ih*{w}/{h})':'min(ih,iw*{h}/{w})',"
-        f"scale={w}:{h}:flags=area,format=rgb24")
-  cmd = [imageio_ffmpeg.get_ffmpeg_exe(), "-nostdin", "-v", "error", "-i", path,
-         "-map", "0:v:0", "-an", "-vf", vf]
+  vf = (
+    f'fps={config.fps},'
+    f"crop='min(iw,ih*{w}/{h})':'min(ih,iw*{h}/{w})',"
+    f'scale={w}:{h}:flags=area,format=rgb24'
+  )
+  cmd = [
+    imageio_ffmpeg.get_ffmpeg_exe(),
+    '-nostdin',
+    '-v',
+    'error',
+    '-i',
+    path,
+    '-map',
+    '0:v:0',
+    '-an',
+    '-vf',
+    vf,
+  ]
   if config.max_clips_per_video:
     # Decode only what can become clips (plus a frame of slack for rounding).
-    cmd += ["-t", f"{(config.max_clips_per_video * config.frames + 1) / config.fps:.3f}"]
-  return cmd + ["-f", "rawvideo", "-pix_fmt", "rgb24", "pipe:1"]
+    cmd += ['-t', f'{(config.max_clips_per_video * config.frames + 1) / config.fps:.3f}']
+  return cmd + ['-f', 'rawvideo', '-pix_fmt', 'rgb24', 'pipe:1']
 
 
 def decode(path: str, config: ImportConfig) -> np.ndarray:
   """All frames of ``path`` at the target fps and size, uint8 ``[N, H, W, 3]``."""
   try:
-    proc = subprocess.run(_ffmpeg_command(path, config), capture_output=True,
-                          timeout=config.timeout_s, check=False)
+    proc = subprocess.run(
+      _ffmpeg_command(path, config), capture_output=True, timeout=config.timeout_s, check=False
+    )
   except subprocess.TimeoutExpired:
-    raise SkipError("timeout", f"decoding took over {config.timeout_s:.0f} s") from None
-  err = proc.stderr.decode("utf-8", "replace").strip()
+    raise SkipError('timeout', f'decoding took over {config.timeout_s:.0f} s') from None
+  err = proc.stderr.decode('utf-8', 'replace').strip()
   if proc.returncode != 0:
-    last = err.splitlines()[-1] if err else f"ffmpeg exit code {proc.returncode}"
-    if "matches no streams" in err or "does not contain any stream" in err:
-      raise SkipError("no_video_stream", last)
-    raise SkipError("unreadable", last)
+    last = err.splitlines()[-1] if err else f'ffmpeg exit code {proc.returncode}'
+    if 'matches no streams' in err or 'does not contain any stream' in err:
+      raise SkipError('no_video_stream', last)
+    raise SkipError('unreadable', last)
   size = config.width * config.height * 3
   n = len(proc.stdout) // size
   if n == 0:
-    raise SkipError("unreadable", err.splitlines()[-1] if err else "no frames decoded")
+    raise SkipError('unreadable', err.splitlines()[-1] if err else 'no frames decoded')
   return np.frombuffer(proc.stdout, np.uint8, count=n * size).reshape(
-      n, config.height, config.width, 3)
+    n, config.height, config.width, 3
+  )
 
 
 def cut_clips(frames: np.ndarray, config: ImportConfig) -> list[np.ndarray]:
@@ -171,30 +194,33 @@ def cut_clips(frames: np.ndarray, config: ImportConfig) -> list[np.ndarray]:
   n = len(frames) // config.frames
   if config.max_clips_per_video:
     n = min(n, config.max_clips_per_video)
-  return [frames[i * config.frames:(i + 1) * config.frames] for i in range(n)]
+  return [frames[i * config.frames : (i + 1) * config.frames] for i in range(n)]
 
 
 def _load(root: str, row: Row, config: ImportConfig) -> list[np.ndarray]:
   path = resolve(root, row.path)
   if not row.caption:
-    raise SkipError("empty_caption", f"{row.path} has no caption")
+    raise SkipError('empty_caption', f'{row.path} has no caption')
   frames = decode(path, config)
   clips = cut_clips(frames, config)
   if not clips:
-    raise SkipError("too_short", f"{row.path} gives {len(frames)} frames at "
-                    f"{config.fps:g} fps; a clip needs {config.frames}")
+    raise SkipError(
+      'too_short',
+      f'{row.path} gives {len(frames)} frames at {config.fps:g} fps; a clip needs {config.frames}',
+    )
   return clips
 
 
 def _results(root: str, rows: list[Row], config: ImportConfig) -> Iterator[tuple]:
   """(row, clips or SkipError) in manifest order, decoding ``workers`` files at once."""
+
   def work(row):
     try:
       return row, _load(root, row, config)
     except SkipError as e:
       return row, e
     except Exception as e:  # never let one odd file end the import
-      return row, SkipError("error", f"{type(e).__name__}: {e}")
+      return row, SkipError('error', f'{type(e).__name__}: {e}')
 
   with concurrent.futures.ThreadPoolExecutor(config.workers) as pool:
     # Results come back in manifest order, so the shards do not depend on timing; at
@@ -209,8 +235,7 @@ def _results(root: str, rows: list[Row], config: ImportConfig) -> Iterator[tuple
       yield pending.popleft().result()
 
 
-def import_videos(manifest: str, output: str, config: ImportConfig,
-                  progress: bool = True) -> dict:
+def import_videos(manifest: str, output: str, config: ImportConfig, progress: bool = True) -> dict:
   """Imports every usable row of ``manifest`` into ``output``; returns the report.
 
   The report (also written to ``{output}/import_report.json``) counts rows, usable
@@ -221,7 +246,7 @@ def import_videos(manifest: str, output: str, config: ImportConfig,
 
   rows = read_manifest(manifest)
   if not rows:
-    raise ImportSetupError(f"{manifest} lists no videos")
+    raise ImportSetupError(f'{manifest} lists no videos')
   root = os.path.dirname(os.path.abspath(manifest))
   start = time.time()
   skipped, reasons = [], collections.Counter()
@@ -231,33 +256,61 @@ def import_videos(manifest: str, output: str, config: ImportConfig,
   except FileExistsError as e:
     raise ImportSetupError(str(e)) from None
   with writer:
-    for row, result in tqdm(_results(root, rows, config), total=len(rows),
-                            disable=not progress, desc="importing", unit="video"):
+    for row, result in tqdm(
+      _results(root, rows, config),
+      total=len(rows),
+      disable=not progress,
+      desc='importing',
+      unit='video',
+    ):
       if isinstance(result, SkipError):
-        skipped.append({"line": row.line, "path": row.path, "reason": result.reason,
-                        "detail": result.detail})
+        skipped.append(
+          {'line': row.line, 'path': row.path, 'reason': result.reason, 'detail': result.detail}
+        )
         reasons[result.reason] += 1
         continue
       videos_ok += 1
       for j, clip in enumerate(result):
-        writer.write(records.Example(
-            video=clip, caption=row.caption, fps=config.fps,
-            meta={"source": row.path, "line": row.line, "clip": j,
-                  "start_s": j * config.frames / config.fps}))
+        writer.write(
+          records.Example(
+            video=clip,
+            caption=row.caption,
+            fps=config.fps,
+            meta={
+              'source': row.path,
+              'line': row.line,
+              'clip': j,
+              'start_s': j * config.frames / config.fps,
+            },
+          )
+        )
   report = {
-      "manifest": os.path.abspath(manifest), "output": os.path.abspath(output),
-      "settings": dataclasses.asdict(config),
-      "rows": len(rows), "videos_ok": videos_ok, "clips": writer.count,
-      "skipped": len(skipped), "reasons": dict(sorted(reasons.items())),
-      "skipped_rows": skipped,
-      "shards": [os.path.basename(p) for p in writer.paths],
-      "seconds": round(time.time() - start, 2),
+    'manifest': os.path.abspath(manifest),
+    'output': os.path.abspath(output),
+    'settings': dataclasses.asdict(config),
+    'rows': len(rows),
+    'videos_ok': videos_ok,
+    'clips': writer.count,
+    'skipped': len(skipped),
+    'reasons': dict(sorted(reasons.items())),
+    'skipped_rows': skipped,
+    'shards': [os.path.basename(p) for p in writer.paths],
+    'seconds': round(time.time() - start, 2),
   }
-  records.write_info(output, {"world": "imported", "frames": config.frames,
-                              "width": config.width, "height": config.height,
-                              "fps": config.fps, "num_videos": writer.count,
-                              "num_images": 0, "shards": {"videos": report["shards"]}})
-  with open(os.path.join(output, REPORT_FILE), "w") as f:
+  records.write_info(
+    output,
+    {
+      'world': 'imported',
+      'frames': config.frames,
+      'width': config.width,
+      'height': config.height,
+      'fps': config.fps,
+      'num_videos': writer.count,
+      'num_images': 0,
+      'shards': {'videos': report['shards']},
+    },
+  )
+  with open(os.path.join(output, REPORT_FILE), 'w') as f:
     json.dump(report, f, indent=2)
-    f.write("\n")
+    f.write('\n')
   return report

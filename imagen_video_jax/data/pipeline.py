@@ -49,9 +49,9 @@ PAD_ID = -1
 
 # docs/design.md, 'The cascades': the embedded cascade on 16-frame 32x32 8 fps Moving Digits clips.
 DIGITS_STAGES: Mapping[str, StageSpec] = {
-    "base": StageSpec(frames=8, height=16, width=16, frame_stride=2),
-    "tsr": StageSpec(frames=16, height=16, width=16, kind="tsr", factor=2),
-    "ssr": StageSpec(frames=16, height=32, width=32, kind="ssr", factor=2),
+  'base': StageSpec(frames=8, height=16, width=16, frame_stride=2),
+  'tsr': StageSpec(frames=16, height=16, width=16, kind='tsr', factor=2),
+  'ssr': StageSpec(frames=16, height=32, width=32, kind='ssr', factor=2),
 }
 
 
@@ -90,9 +90,9 @@ class PipelineConfig:
 
   def __post_init__(self):
     if self.batch_size < 1:
-      raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+      raise ValueError(f'batch_size must be >= 1, got {self.batch_size}')
     if not 0.0 <= self.image_fraction <= 1.0:
-      raise ValueError(f"image_fraction must be in [0, 1], got {self.image_fraction}")
+      raise ValueError(f'image_fraction must be in [0, 1], got {self.image_fraction}')
 
 
 # ----------------------------------------------------------------------------- resizing
@@ -122,8 +122,8 @@ def resize_frames(x: np.ndarray, height: int, width: int, antialias: bool = True
   x = np.asarray(x, np.float32)
   h, w = x.shape[-3:-1]
   if (h, w) != (height, width):
-    x = np.einsum("oh,...hwc->...owc", _resize_weights(h, height, antialias), x)
-    x = np.einsum("ow,...hwc->...hoc", _resize_weights(w, width, antialias), x)
+    x = np.einsum('oh,...hwc->...owc', _resize_weights(h, height, antialias), x)
+    x = np.einsum('ow,...hwc->...hoc', _resize_weights(w, width, antialias), x)
   return x
 
 
@@ -133,11 +133,11 @@ def centre_crop(x: np.ndarray, height: int, width: int) -> np.ndarray:
   if h * width > w * height:  # too tall
     ch = max(1, round(w * height / width))
     top = (h - ch) // 2
-    return x[..., top:top + ch, :, :]
+    return x[..., top : top + ch, :, :]
   if h * width < w * height:  # too wide
     cw = max(1, round(h * width / height))
     left = (w - cw) // 2
-    return x[..., :, left:left + cw, :]
+    return x[..., :, left : left + cw, :]
   return x
 
 
@@ -180,14 +180,15 @@ def _as_example(element: Any) -> records.Example:
   if isinstance(element, (bytes, bytearray, memoryview)):
     return records.decode(bytes(element))
   if isinstance(element, Mapping):
-    caption = element["caption"]
+    caption = element['caption']
     return records.Example(
-        video=np.asarray(element["video"], np.uint8),
-        caption=caption.decode("utf-8") if isinstance(caption, bytes) else str(caption),
-        fps=float(element.get("fps", 0.0)))
+      video=np.asarray(element['video'], np.uint8),
+      caption=caption.decode('utf-8') if isinstance(caption, bytes) else str(caption),
+      fps=float(element.get('fps', 0.0)),
+    )
   if isinstance(element, records.Example):
     return element
-  raise TypeError(f"cannot read a {type(element).__name__} as a clip")
+  raise TypeError(f'cannot read a {type(element).__name__} as a clip')
 
 
 def _fit(frames_uint8: np.ndarray, stage: StageSpec) -> np.ndarray:
@@ -208,31 +209,30 @@ def stage_example(element: Any, stage: StageSpec, offset: int = 0) -> dict[str, 
   frames = np.zeros((stage.frames, stage.height, stage.width, 3), np.float32)
   frames[valid] = _fit(ex.video[idx[valid]], stage)
   ids = np.where(valid, 0, PAD_ID).astype(np.int32)
-  row = {"video": frames, "frame_ids": ids, "captions": [ex.caption] * stage.frames}
+  row = {'video': frames, 'frame_ids': ids, 'captions': [ex.caption] * stage.frames}
   if stage.is_sr:
-    row["cond"] = sr_condition(frames, ids, stage)
+    row['cond'] = sr_condition(frames, ids, stage)
   return row
 
 
 def pack_images(elements: Sequence[Any], stage: StageSpec) -> dict[str, np.ndarray]:
   """Packs up to ``stage.frames`` still images into one row with distinct frame ids."""
   if len(elements) > stage.frames:
-    raise ValueError(f"{len(elements)} images do not fit in {stage.frames} frames")
+    raise ValueError(f'{len(elements)} images do not fit in {stage.frames} frames')
   frames = np.zeros((stage.frames, stage.height, stage.width, 3), np.float32)
   ids = np.full((stage.frames,), PAD_ID, np.int32)
-  captions = [""] * stage.frames
+  captions = [''] * stage.frames
   for i, element in enumerate(elements):
     ex = _as_example(element)
     frames[i] = _fit(ex.video[:1], stage)[0]
     ids[i], captions[i] = i, ex.caption
-  row = {"video": frames, "frame_ids": ids, "captions": captions}
+  row = {'video': frames, 'frame_ids': ids, 'captions': captions}
   if stage.is_sr:
-    row["cond"] = sr_condition(frames, ids, stage)
+    row['cond'] = sr_condition(frames, ids, stage)
   return row
 
 
 class _VideoRow(grain.transforms.RandomMap):
-
   def __init__(self, stage: StageSpec, random_offset: bool):
     self.stage, self.random_offset = stage, random_offset
 
@@ -244,7 +244,6 @@ class _VideoRow(grain.transforms.RandomMap):
 
 
 class _PackImages(grain.transforms.Map):
-
   def __init__(self, stage: StageSpec):
     self.stage = stage
 
@@ -255,8 +254,8 @@ class _PackImages(grain.transforms.Map):
 def _pair(out: Any, first: str) -> tuple[np.ndarray, np.ndarray]:
   """(ids or emb, mask) from a tuple, a mapping or an object with attributes."""
   if isinstance(out, Mapping):
-    return out[first], out["mask"]
-  if hasattr(out, first) and hasattr(out, "mask"):
+    return out[first], out['mask']
+  if hasattr(out, first) and hasattr(out, 'mask'):
     return getattr(out, first), out.mask
   a, m = out
   return a, m
@@ -265,31 +264,30 @@ def _pair(out: Any, first: str) -> tuple[np.ndarray, np.ndarray]:
 class _AttachText(grain.transforms.Map):
   """Adds per-frame text; padding frames get an all-false mask."""
 
-  def __init__(self, tokenizer: Tokenizer | None, embedder: Embedder | None,
-               keep_captions: bool):
+  def __init__(self, tokenizer: Tokenizer | None, embedder: Embedder | None, keep_captions: bool):
     self.tokenizer, self.embedder, self.keep_captions = tokenizer, embedder, keep_captions
 
   def map(self, row):
-    captions = row.pop("captions")
-    pad = row["frame_ids"] < 0
+    captions = row.pop('captions')
+    pad = row['frame_ids'] < 0
     unique = sorted(set(captions))  # a video row tokenises its caption once
     where = np.asarray([unique.index(c) for c in captions])
     if self.tokenizer is not None:
-      ids, mask = _pair(self.tokenizer(unique), "ids")
+      ids, mask = _pair(self.tokenizer(unique), 'ids')
       ids, mask = np.asarray(ids, np.int32)[where], np.asarray(mask, bool)[where]
-      row["tokens"] = np.where(pad[:, None], 0, ids).astype(np.int32)
-      row["text_mask"] = mask & ~pad[:, None]
+      row['tokens'] = np.where(pad[:, None], 0, ids).astype(np.int32)
+      row['text_mask'] = mask & ~pad[:, None]
     if self.embedder is not None:
-      pairs = [_pair(self.embedder(c), "emb") for c in unique]
+      pairs = [_pair(self.embedder(c), 'emb') for c in unique]
       emb = np.stack([np.asarray(e) for e, _ in pairs])[where]
       mask = np.stack([np.asarray(m, bool) for _, m in pairs])[where]
       # Keeps the embedder's dtype (the T5 cache stores bfloat16: half the bytes).
-      row["text_emb"] = np.where(pad[:, None, None], np.zeros((), emb.dtype), emb)
-      if "text_mask" in row and not np.array_equal(row["text_mask"], mask & ~pad[:, None]):
-        raise ValueError("tokenizer and embedder disagree on the text mask; pass one")
-      row["text_mask"] = mask & ~pad[:, None]
+      row['text_emb'] = np.where(pad[:, None, None], np.zeros((), emb.dtype), emb)
+      if 'text_mask' in row and not np.array_equal(row['text_mask'], mask & ~pad[:, None]):
+        raise ValueError('tokenizer and embedder disagree on the text mask; pass one')
+      row['text_mask'] = mask & ~pad[:, None]
     if self.keep_captions:
-      row["captions"] = np.asarray(captions, dtype=str)
+      row['captions'] = np.asarray(captions, dtype=str)
     return row
 
 
@@ -299,8 +297,11 @@ Source = str | os.PathLike | Sequence[str] | grain.sources.RandomAccessDataSourc
 
 def _source(spec: Any, prefix: str) -> Any:
   """A random-access source from a folder / glob / file list, or a ready source."""
-  if hasattr(spec, "__getitem__") and hasattr(spec, "__len__") and not isinstance(
-      spec, (str, list, tuple)):
+  if (
+    hasattr(spec, '__getitem__')
+    and hasattr(spec, '__len__')
+    and not isinstance(spec, (str, list, tuple))
+  ):
     return spec  # e.g. tfds.data_source(...)["videos"] or an ArrayRecordDataSource
   return grain.sources.ArrayRecordDataSource(records.shard_paths(spec, prefix))
 
@@ -337,7 +338,7 @@ class _ProcessRows(grain.MapDataset):
     return self._parent[self._parent_index(i)]
 
   def __str__(self) -> str:
-    return f"ProcessRows[{self._index}/{self._count} of global batch {self._global}]"
+    return f'ProcessRows[{self._index}/{self._count} of global batch {self._global}]'
 
 
 def _process_shard(config: PipelineConfig) -> tuple[int, int]:
@@ -357,9 +358,15 @@ def _ensure_flags_parsed() -> None:
     flags.FLAGS.mark_as_parsed()
 
 
-def make_pipeline(stage: StageSpec, config: PipelineConfig, videos: Source | None,
-                  images: Source | None = None, *, tokenizer: Tokenizer | None = None,
-                  embedder: Embedder | None = None) -> grain.IterDataset:
+def make_pipeline(
+  stage: StageSpec,
+  config: PipelineConfig,
+  videos: Source | None,
+  images: Source | None = None,
+  *,
+  tokenizer: Tokenizer | None = None,
+  embedder: Embedder | None = None,
+) -> grain.IterDataset:
   """The training input of one stage, as a checkpointable ``grain.IterDataset``.
 
   Args:
@@ -383,13 +390,14 @@ def make_pipeline(stage: StageSpec, config: PipelineConfig, videos: Source | Non
   """
   index, count = _process_shard(config)
   if config.batch_size % count:
-    raise ValueError(f"batch_size {config.batch_size} is not divisible by the "
-                     f"{count} data processes")
+    raise ValueError(
+      f'batch_size {config.batch_size} is not divisible by the {count} data processes'
+    )
   f = config.image_fraction
   if f > 0 and images is None:
-    raise ValueError("image_fraction > 0 needs image shards (images=...)")
+    raise ValueError('image_fraction > 0 needs image shards (images=...)')
   if f < 1 and videos is None:
-    raise ValueError("image_fraction < 1 needs video shards (videos=...)")
+    raise ValueError('image_fraction < 1 needs video shards (videos=...)')
   seed = config.seed
   parts, weights = [], []
 
@@ -401,20 +409,25 @@ def make_pipeline(stage: StageSpec, config: PipelineConfig, videos: Source | Non
 
   if f < 1:
     rows = read(videos, records.VIDEO_PREFIX, 0).random_map(
-        _VideoRow(stage, config.random_offset), seed=seed + 2)
+      _VideoRow(stage, config.random_offset), seed=seed + 2
+    )
     parts.append(rows)
     weights.append(1.0 - f)
   if f > 0:
-    rows = read(images, records.IMAGE_PREFIX, 1).batch(
-        stage.frames, batch_fn=list).map(_PackImages(stage))
+    rows = (
+      read(images, records.IMAGE_PREFIX, 1)
+      .batch(stage.frames, batch_fn=list)
+      .map(_PackImages(stage))
+    )
     parts.append(rows)
     weights.append(f)
   rows = parts[0] if len(parts) == 1 else grain.MapDataset.mix(parts, weights)
   rows = rows.map(_AttachText(tokenizer, embedder, config.keep_captions))
   if count > 1:
     rows = _ProcessRows(rows, index, count, config.batch_size)
-  ds = rows.to_iter_dataset(grain.ReadOptions(
-      num_threads=config.num_threads, prefetch_buffer_size=config.prefetch_rows))
+  ds = rows.to_iter_dataset(
+    grain.ReadOptions(num_threads=config.num_threads, prefetch_buffer_size=config.prefetch_rows)
+  )
   ds = ds.batch(config.batch_size // count, drop_remainder=True)
   if config.worker_count > 0:
     _ensure_flags_parsed()

@@ -6,6 +6,7 @@ the world's caption set. Both are made once, into a directory the three stages o
 cascade share (`<workdir>/../data/digits-...` unless `data.dir` names one), and
 reused by every later run with the same world settings.
 """
+
 from __future__ import annotations
 
 import os
@@ -39,14 +40,17 @@ def digits_data_dir(data: Mapping[str, Any], workdir: str) -> str:
   data: the config's `data` section (a ConfigDict or the dict a checkpoint saved).
   """
   return data['dir'] or os.path.join(
-      os.path.dirname(os.path.abspath(workdir)), 'data',
-      f"digits-{data['num_videos']}v-{data['num_images']}i-{data['clip_frames']}x"
-      f"{data['clip_size']}-seed{data['seed']}")
+    os.path.dirname(os.path.abspath(workdir)),
+    'data',
+    f'digits-{data["num_videos"]}v-{data["num_images"]}i-{data["clip_frames"]}x'
+    f'{data["clip_size"]}-seed{data["seed"]}',
+  )
 
 
 def _has_world(d: str) -> bool:
   return os.path.isfile(os.path.join(d, 'dataset_info.json')) and os.path.isfile(
-      os.path.join(d, VOCAB_FILE))
+    os.path.join(d, VOCAB_FILE)
+  )
 
 
 def prepare_digits(config, workdir: str) -> str:
@@ -57,21 +61,30 @@ def prepare_digits(config, workdir: str) -> str:
   once: the losers of the rename keep the winner's. Multi-process jobs wait for it.
   """
   from imagen_video_jax.text.tokenizer import train_sentencepiece
+
   d = config.data
   data_dir = digits_data_dir(d, workdir)
   if not _has_world(data_dir):
     if os.path.isdir(data_dir) and os.listdir(data_dir):
-      raise DataDirError(f'data.dir {data_dir} is not empty but holds no Moving Digits '
-                         f'shards (dataset_info.json, {VOCAB_FILE}); point data.dir elsewhere')
+      raise DataDirError(
+        f'data.dir {data_dir} is not empty but holds no Moving Digits '
+        f'shards (dataset_info.json, {VOCAB_FILE}); point data.dir elsewhere'
+      )
     if jax.process_index() == 0:
       tmp = f'{data_dir}.tmp{os.getpid()}'
       print(f'Making the Moving Digits world in {data_dir} ...', flush=True)
-      world = digits.DigitsConfig(frames=int(d.clip_frames), size=int(d.clip_size),
-                                  fps=int(d.fps))
-      digits.write_shards(world, int(d.seed), tmp, int(d.num_videos), int(d.num_images),
-                          workers=min(8, os.cpu_count() or 1))  # same bytes, any count
-      train_sentencepiece(digits_captions(), os.path.join(tmp, VOCAB_FILE),
-                          vocab_size=int(config.text.vocab_size))
+      world = digits.DigitsConfig(frames=int(d.clip_frames), size=int(d.clip_size), fps=int(d.fps))
+      digits.write_shards(
+        world,
+        int(d.seed),
+        tmp,
+        int(d.num_videos),
+        int(d.num_images),
+        workers=min(8, os.cpu_count() or 1),
+      )  # same bytes, any count
+      train_sentencepiece(
+        digits_captions(), os.path.join(tmp, VOCAB_FILE), vocab_size=int(config.text.vocab_size)
+      )
       try:
         if os.path.isdir(data_dir):
           os.rmdir(data_dir)  # empty when checked above
@@ -82,5 +95,6 @@ def prepare_digits(config, workdir: str) -> str:
         shutil.rmtree(tmp, ignore_errors=True)
     if jax.process_count() > 1:
       from jax.experimental import multihost_utils
+
       multihost_utils.sync_global_devices('digits data')
   return data_dir

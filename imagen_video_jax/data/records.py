@@ -28,12 +28,12 @@ from typing import Any
 
 import numpy as np
 
-MAGIC = b"IVJ1"
-_LEN = struct.Struct("<I")
-VIDEO_PREFIX = "videos"
-IMAGE_PREFIX = "images"
-EVAL_VIDEO_PREFIX = "eval_videos"
-INFO_FILE = "dataset_info.json"
+MAGIC = b'IVJ1'
+_LEN = struct.Struct('<I')
+VIDEO_PREFIX = 'videos'
+IMAGE_PREFIX = 'images'
+EVAL_VIDEO_PREFIX = 'eval_videos'
+INFO_FILE = 'dataset_info.json'
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,62 +63,67 @@ def encode(example: Example) -> bytes:
   """Serialises ``example`` into the bytes of one ArrayRecord record."""
   video = np.asarray(example.video)
   if video.dtype != np.uint8 or video.ndim != 4 or video.shape[-1] != 3:
-    raise ValueError(
-        f"video must be uint8 [T, H, W, 3], got {video.dtype} {video.shape}")
-  arrays = {"video": video, **{k: np.asarray(v) for k, v in example.arrays.items()}}
+    raise ValueError(f'video must be uint8 [T, H, W, 3], got {video.dtype} {video.shape}')
+  arrays = {'video': video, **{k: np.asarray(v) for k, v in example.arrays.items()}}
   specs, blobs, offset = {}, [], 0
   for name, arr in arrays.items():
     arr = np.ascontiguousarray(arr)
-    specs[name] = {"dtype": arr.dtype.str, "shape": list(arr.shape), "offset": offset}
+    specs[name] = {'dtype': arr.dtype.str, 'shape': list(arr.shape), 'offset': offset}
     blobs.append(arr.tobytes())
     offset += arr.nbytes
-  header = json.dumps({
-      "caption": example.caption,
-      "fps": float(example.fps),
-      "meta": dict(example.meta),
-      "arrays": specs,
-  }, sort_keys=True).encode("utf-8")
-  return b"".join([MAGIC, _LEN.pack(len(header)), header, *blobs])
+  header = json.dumps(
+    {
+      'caption': example.caption,
+      'fps': float(example.fps),
+      'meta': dict(example.meta),
+      'arrays': specs,
+    },
+    sort_keys=True,
+  ).encode('utf-8')
+  return b''.join([MAGIC, _LEN.pack(len(header)), header, *blobs])
 
 
 def decode(record: bytes) -> Example:
   """Inverse of :func:`encode`. Arrays are read-only views into ``record``."""
   if record[:4] != MAGIC:
-    raise ValueError("not an imagen_video_jax record (bad magic bytes)")
+    raise ValueError('not an imagen_video_jax record (bad magic bytes)')
   (n,) = _LEN.unpack_from(record, 4)
-  header = json.loads(record[8:8 + n].decode("utf-8"))
+  header = json.loads(record[8 : 8 + n].decode('utf-8'))
   base = 8 + n
   arrays = {}
-  for name, spec in header["arrays"].items():
-    dtype = np.dtype(spec["dtype"])
-    count = int(np.prod(spec["shape"], dtype=np.int64))
+  for name, spec in header['arrays'].items():
+    dtype = np.dtype(spec['dtype'])
+    count = int(np.prod(spec['shape'], dtype=np.int64))
     arrays[name] = np.frombuffer(
-        record, dtype=dtype, count=count, offset=base + spec["offset"]
-    ).reshape(spec["shape"])
-  video = arrays.pop("video")
-  return Example(video=video, caption=header["caption"], fps=header["fps"],
-                 meta=header["meta"], arrays=arrays)
+      record, dtype=dtype, count=count, offset=base + spec['offset']
+    ).reshape(spec['shape'])
+  video = arrays.pop('video')
+  return Example(
+    video=video, caption=header['caption'], fps=header['fps'], meta=header['meta'], arrays=arrays
+  )
 
 
 def shard_name(prefix: str, index: int) -> str:
   """The file name of shard `index` of `prefix` (what :func:`shard_paths` finds)."""
-  return f"{prefix}-{index:05d}.array_record"
+  return f'{prefix}-{index:05d}.array_record'
 
 
 def open_shard(path: str):
   """An ArrayRecordWriter for one shard file."""
   from array_record.python import array_record_module  # heavy import, lazily
+
   # group_size:1 keeps every record independently seekable: random access is what
   # grain's shuffling needs.
-  return array_record_module.ArrayRecordWriter(path, "group_size:1")
+  return array_record_module.ArrayRecordWriter(path, 'group_size:1')
 
 
 def refuse_existing(folder: str, prefix: str) -> None:
   """Raises FileExistsError if `folder` already holds `prefix` shards (never overwrite)."""
   stale = shard_paths(folder, prefix, missing_ok=True)
   if stale:
-    raise FileExistsError(f"{folder} already holds {prefix} shards ({stale[0]} ...); "
-                          "choose an empty --output folder")
+    raise FileExistsError(
+      f'{folder} already holds {prefix} shards ({stale[0]} ...); choose an empty --output folder'
+    )
 
 
 class ShardedWriter:
@@ -131,7 +136,7 @@ class ShardedWriter:
 
   def __init__(self, folder: str | os.PathLike, prefix: str, per_shard: int = 1000):
     if per_shard < 1:
-      raise ValueError("per_shard must be >= 1")
+      raise ValueError('per_shard must be >= 1')
     self.folder, self.prefix, self.per_shard = os.fspath(folder), prefix, per_shard
     os.makedirs(self.folder, exist_ok=True)
     refuse_existing(self.folder, prefix)
@@ -160,15 +165,18 @@ class ShardedWriter:
   def close(self) -> None:
     self._close_shard()
 
-  def __enter__(self) -> "ShardedWriter":
+  def __enter__(self) -> 'ShardedWriter':
     return self
 
   def __exit__(self, *exc) -> None:
     self.close()
 
 
-def shard_paths(folder_or_paths: str | os.PathLike | Sequence[str], prefix: str = VIDEO_PREFIX,
-                missing_ok: bool = False) -> list[str]:
+def shard_paths(
+  folder_or_paths: str | os.PathLike | Sequence[str],
+  prefix: str = VIDEO_PREFIX,
+  missing_ok: bool = False,
+) -> list[str]:
   """Resolves a folder, a glob pattern, one file or a list of files into shard paths.
 
   A folder means ``{folder}/{prefix}-*.array_record``, sorted, so that every process and
@@ -178,20 +186,20 @@ def shard_paths(folder_or_paths: str | os.PathLike | Sequence[str], prefix: str 
     return [os.fspath(p) for p in folder_or_paths]
   path = os.fspath(folder_or_paths)
   if os.path.isdir(path):
-    found = sorted(glob.glob(os.path.join(path, f"{prefix}-*.array_record")))
-  elif any(c in path for c in "*?["):
+    found = sorted(glob.glob(os.path.join(path, f'{prefix}-*.array_record')))
+  elif any(c in path for c in '*?['):
     found = sorted(glob.glob(path))
   else:
     found = [path] if os.path.exists(path) else []
   if not found and not missing_ok:
-    raise FileNotFoundError(f"no {prefix} ArrayRecord shards at {path!r}")
+    raise FileNotFoundError(f'no {prefix} ArrayRecord shards at {path!r}')
   return found
 
 
 def write_info(folder: str | os.PathLike, info: Mapping[str, Any]) -> str:
   """Writes ``dataset_info.json`` (counts, sizes, seed) next to the shards."""
   path = os.path.join(os.fspath(folder), INFO_FILE)
-  with open(path, "w") as f:
+  with open(path, 'w') as f:
     json.dump(dict(info), f, indent=2, sort_keys=True)
-    f.write("\n")
+    f.write('\n')
   return path

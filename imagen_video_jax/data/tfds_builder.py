@@ -25,7 +25,7 @@ from etils import epath
 
 from imagen_video_jax.data import digits
 
-_SPLITS = {"videos": "video", "images": "image", "eval_videos": "eval_video"}
+_SPLITS = {'videos': 'video', 'images': 'image', 'eval_videos': 'eval_video'}
 
 
 @dataclasses.dataclass
@@ -43,21 +43,30 @@ class MovingDigitsConfig(tfds.core.BuilderConfig):
 
   @property
   def world(self) -> digits.DigitsConfig:
-    return digits.DigitsConfig(frames=self.frames, size=self.size, fps=self.fps,
-                               held_out=tuple(tuple(c) for c in self.held_out))
+    return digits.DigitsConfig(
+      frames=self.frames,
+      size=self.size,
+      fps=self.fps,
+      held_out=tuple(tuple(c) for c in self.held_out),
+    )
 
 
 class MovingDigits(tfds.core.GeneratorBasedBuilder):
   """Coloured handwritten digits moving on black, captioned "a red 3 moving left"."""
 
-  VERSION = tfds.core.Version("1.0.0")
-  RELEASE_NOTES = {"1.0.0": "First release."}
+  VERSION = tfds.core.Version('1.0.0')
+  RELEASE_NOTES = {'1.0.0': 'First release.'}
   BUILDER_CONFIGS = [
-      MovingDigitsConfig(name="default", description="10k clips, 10k images, 32x32."),
-      MovingDigitsConfig(name="tiny", description="Tests: 64 clips, 64 images.",
-                         num_videos=64, num_images=64, num_eval_videos=16),
+    MovingDigitsConfig(name='default', description='10k clips, 10k images, 32x32.'),
+    MovingDigitsConfig(
+      name='tiny',
+      description='Tests: 64 clips, 64 images.',
+      num_videos=64,
+      num_images=64,
+      num_eval_videos=16,
+    ),
   ]
-  DEFAULT_CONFIG_NAME = "default"
+  DEFAULT_CONFIG_NAME = 'default'
 
   @tfds.core.utils.classproperty
   @classmethod
@@ -68,46 +77,53 @@ class MovingDigits(tfds.core.GeneratorBasedBuilder):
 
   def __init__(self, *, file_format: str | None = None, **kwargs):
     # ArrayRecord is the only format that random access (and grain) can use.
-    super().__init__(file_format=file_format or "array_record", **kwargs)
+    super().__init__(file_format=file_format or 'array_record', **kwargs)
 
   def _info(self) -> tfds.core.DatasetInfo:
     c = self.builder_config
     return tfds.core.DatasetInfo(
-        builder=self,
-        description=MovingDigits.__doc__,
-        features=tfds.features.FeaturesDict({
-            # T is frames for clips, 1 for still images.
-            "video": tfds.features.Tensor(shape=(None, c.size, c.size, 3), dtype=np.uint8),
-            "caption": tfds.features.Text(),
-            "fps": np.float32,
-            "digit": np.int32,
-            "colour": tfds.features.Text(),
-            "direction": tfds.features.Text(),  # "" for still images
-            "positions": tfds.features.Tensor(shape=(None, 2), dtype=np.float32),
-        }),
-        supervised_keys=None,
+      builder=self,
+      description=MovingDigits.__doc__,
+      features=tfds.features.FeaturesDict(
+        {
+          # T is frames for clips, 1 for still images.
+          'video': tfds.features.Tensor(shape=(None, c.size, c.size, 3), dtype=np.uint8),
+          'caption': tfds.features.Text(),
+          'fps': np.float32,
+          'digit': np.int32,
+          'colour': tfds.features.Text(),
+          'direction': tfds.features.Text(),  # "" for still images
+          'positions': tfds.features.Tensor(shape=(None, 2), dtype=np.float32),
+        }
+      ),
+      supervised_keys=None,
     )
 
   def _split_generators(self, dl_manager):
     del dl_manager  # nothing is downloaded: scikit-learn bundles the glyphs
     c = self.builder_config
-    counts = {"videos": c.num_videos, "images": c.num_images,
-              "eval_videos": c.num_eval_videos}
-    return {split: self._generate_examples(kind, counts[split])
-            for split, kind in _SPLITS.items() if counts[split] > 0}
+    counts = {'videos': c.num_videos, 'images': c.num_images, 'eval_videos': c.num_eval_videos}
+    return {
+      split: self._generate_examples(kind, counts[split])
+      for split, kind in _SPLITS.items()
+      if counts[split] > 0
+    }
 
   def _generate_examples(self, kind: str, num: int):
     c = self.builder_config
     for i, ex in enumerate(digits.generate(c.world, c.seed, kind, num)):
-      yield f"{kind}_{i:08d}", {
-          "video": ex.video,
-          "caption": ex.caption,
-          "fps": np.float32(ex.fps),
-          "digit": np.int32(ex.meta["digit"]),
-          "colour": ex.meta["colour"],
-          "direction": ex.meta["direction"] or "",
-          "positions": ex.arrays["positions"],
-      }
+      yield (
+        f'{kind}_{i:08d}',
+        {
+          'video': ex.video,
+          'caption': ex.caption,
+          'fps': np.float32(ex.fps),
+          'digit': np.int32(ex.meta['digit']),
+          'colour': ex.meta['colour'],
+          'direction': ex.meta['direction'] or '',
+          'positions': ex.arrays['positions'],
+        },
+      )
 
 
 def build(config: str | MovingDigitsConfig, data_dir: str) -> MovingDigits:
@@ -118,6 +134,5 @@ def build(config: str | MovingDigitsConfig, data_dir: str) -> MovingDigits:
   ``tfds.data_source(f"moving_digits/{name}", data_dir=data_dir)``.
   """
   builder = MovingDigits(data_dir=data_dir, config=config)
-  builder.download_and_prepare(
-      download_config=tfds.download.DownloadConfig(try_download_gcs=False))
+  builder.download_and_prepare(download_config=tfds.download.DownloadConfig(try_download_gcs=False))
   return builder

@@ -3,6 +3,7 @@
 Everything is written for videos [B, T, H, W, C] with per-row ([B]) or per-frame
 ([B, T]) log-SNR; `frame_mask [B, T]` removes padding frames from the loss.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -40,8 +41,9 @@ def target(x: jax.Array, eps: jax.Array, logsnr: jax.Array, prediction: Predicti
   raise ValueError(f"prediction must be 'v', 'eps' or 'x'; got {prediction!r}")
 
 
-def to_x_eps(out: jax.Array, z: jax.Array, logsnr: jax.Array,
-             prediction: Prediction) -> tuple[jax.Array, jax.Array]:
+def to_x_eps(
+  out: jax.Array, z: jax.Array, logsnr: jax.Array, prediction: Prediction
+) -> tuple[jax.Array, jax.Array]:
   """Model output in any parameterisation -> (x_hat, eps_hat), exactly."""
   alpha, sigma = (_bcast(a, z.ndim) for a in alpha_sigma(logsnr))
   if prediction == 'v':
@@ -53,8 +55,9 @@ def to_x_eps(out: jax.Array, z: jax.Array, logsnr: jax.Array,
   raise ValueError(f"prediction must be 'v', 'eps' or 'x'; got {prediction!r}")
 
 
-def convert(out: jax.Array, z: jax.Array, logsnr: jax.Array, source: Prediction,
-            dest: Prediction) -> jax.Array:
+def convert(
+  out: jax.Array, z: jax.Array, logsnr: jax.Array, source: Prediction, dest: Prediction
+) -> jax.Array:
   """Re-expresses a model output in another parameterisation."""
   if source == dest:
     return out
@@ -62,8 +65,9 @@ def convert(out: jax.Array, z: jax.Array, logsnr: jax.Array, source: Prediction,
   return target(x, eps, logsnr, dest)
 
 
-def loss_weight(logsnr: jax.Array, prediction: Prediction, weighting: Weighting,
-                min_snr_gamma: float = 5.0) -> jax.Array:
+def loss_weight(
+  logsnr: jax.Array, prediction: Prediction, weighting: Weighting, min_snr_gamma: float = 5.0
+) -> jax.Array:
   """Per-example weight of the MSE on the prediction target.
 
   'uniform': plain MSE on the target. 'min_snr' (Hang et al. 2023): the x-space
@@ -88,6 +92,7 @@ def masked_frame_mean(per_frame: jax.Array, frame_mask: jax.Array) -> jax.Array:
 @dataclasses.dataclass(frozen=True)
 class DiffusionConfig:
   """How a stage is trained and what its network predicts."""
+
   prediction: Prediction = 'v'
   weighting: Weighting = 'uniform'
   min_snr_gamma: float = 5.0
@@ -103,10 +108,17 @@ class DiffusionConfig:
       raise ValueError(f'p_uncond must be in [0, 1]; got {self.p_uncond}')
 
 
-def diffusion_loss(apply_fn: Callable[..., jax.Array], x: jax.Array, key: jax.Array | None, *,
-                   config: DiffusionConfig, frame_ids: jax.Array | None = None,
-                   t: jax.Array | None = None, eps: jax.Array | None = None,
-                   per_frame_time: bool = False) -> tuple[jax.Array, dict]:
+def diffusion_loss(
+  apply_fn: Callable[..., jax.Array],
+  x: jax.Array,
+  key: jax.Array | None,
+  *,
+  config: DiffusionConfig,
+  frame_ids: jax.Array | None = None,
+  t: jax.Array | None = None,
+  eps: jax.Array | None = None,
+  per_frame_time: bool = False,
+) -> tuple[jax.Array, dict]:
   """Weighted MSE on the prediction target, averaged over real frames only.
 
   apply_fn(z, logsnr) returns the network's output for the noisy video z (close
@@ -135,8 +147,9 @@ def diffusion_loss(apply_fn: Callable[..., jax.Array], x: jax.Array, key: jax.Ar
   return loss, {'loss': loss, 'logsnr_mean': jnp.mean(logsnr)}
 
 
-def drop_text(key: jax.Array, text_emb: jax.Array, text_mask: jax.Array,
-              p_uncond: float) -> tuple[jax.Array, jax.Array]:
+def drop_text(
+  key: jax.Array, text_emb: jax.Array, text_mask: jax.Array, p_uncond: float
+) -> tuple[jax.Array, jax.Array]:
   """Classifier-free-guidance dropout: with probability p_uncond a caption becomes null.
 
   The null text is an all-False mask (and zero embeddings), exactly what the
@@ -160,8 +173,9 @@ def noise_augment(key: jax.Array, cond: jax.Array, cond_logsnr: jax.Array) -> ja
   return noisy(cond, eps, cond_logsnr)
 
 
-def sample_augment_logsnr(key: jax.Array, batch: int, schedule: CosineSchedule,
-                          max_t: float = 0.5) -> jax.Array:
+def sample_augment_logsnr(
+  key: jax.Array, batch: int, schedule: CosineSchedule, max_t: float = 0.5
+) -> jax.Array:
   """Training-time augmentation level: t ~ U(0, max_t) mapped through the schedule.
 
   At sampling time a fixed level is used instead (e.g. schedule.logsnr(0.1)).

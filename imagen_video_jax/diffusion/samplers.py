@@ -7,6 +7,7 @@ them: out = w * cond + (1 - w) * uncond (w = 1 is plain conditional sampling).
 x-predictions are then clipped (static) or dynamically thresholded before the
 update, and eps is recomputed from the clipped x so the step stays consistent.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -37,6 +38,7 @@ class SamplerConfig:
     dynamic_percentile: percentile p of |x_hat| for dynamic thresholding.
     gamma: ancestral variance interpolation: sigma^2 = post_var^(1-gamma) * fwd_var^gamma.
   """
+
   sampler: Literal['ddim', 'ancestral'] = 'ddim'
   steps: int = 64
   guidance: float = 1.0
@@ -66,7 +68,8 @@ class SamplerConfig:
     i = jnp.arange(self.steps)
     osc = jnp.where(i % 2 == 0, self.guidance, self.guidance_low)
     return jnp.where(i < self.oscillate_until * self.steps, osc, self.guidance_low).astype(
-        jnp.float32)
+      jnp.float32
+    )
 
 
 def threshold(x: jax.Array, clip: str, percentile: float = 99.5) -> jax.Array:
@@ -80,9 +83,13 @@ def threshold(x: jax.Array, clip: str, percentile: float = 99.5) -> jax.Array:
   return jnp.clip(x, -s, s) / s
 
 
-def guided_denoiser(apply_fn: Callable[..., jax.Array], text_emb: jax.Array, text_mask: jax.Array,
-                    neg_text_emb: jax.Array | None = None,
-                    neg_text_mask: jax.Array | None = None) -> Denoiser:
+def guided_denoiser(
+  apply_fn: Callable[..., jax.Array],
+  text_emb: jax.Array,
+  text_mask: jax.Array,
+  neg_text_emb: jax.Array | None = None,
+  neg_text_mask: jax.Array | None = None,
+) -> Denoiser:
   """Classifier-free guidance with cond and uncond in ONE batched forward.
 
   apply_fn(z, logsnr, text_emb, text_mask) runs the network (close over params,
@@ -95,10 +102,10 @@ def guided_denoiser(apply_fn: Callable[..., jax.Array], text_emb: jax.Array, tex
   both_mask = jnp.concatenate([text_mask.astype(bool), neg_text_mask.astype(bool)], axis=0)
 
   def fn(z, logsnr, w):
-    out = apply_fn(jnp.concatenate([z, z]), jnp.concatenate([logsnr, logsnr]), both_emb,
-                   both_mask)
+    out = apply_fn(jnp.concatenate([z, z]), jnp.concatenate([logsnr, logsnr]), both_emb, both_mask)
     cond, uncond = jnp.split(out, 2)
     return uncond + w * (cond - uncond)
+
   return fn
 
 
@@ -109,10 +116,18 @@ def _step_logsnrs(schedule: CosineSchedule, steps: int) -> tuple[jax.Array, jax.
   return l[:-1], l[1:]
 
 
-def sample(denoise: Denoiser, shape: tuple[int, ...], key: jax.Array, *, config: SamplerConfig,
-           schedule: CosineSchedule = CosineSchedule(), prediction: objectives.Prediction = 'v',
-           z_init: jax.Array | None = None, return_z: bool = False,
-           on_step: Callable[[jax.Array], None] | None = None) -> jax.Array:
+def sample(
+  denoise: Denoiser,
+  shape: tuple[int, ...],
+  key: jax.Array,
+  *,
+  config: SamplerConfig,
+  schedule: CosineSchedule = CosineSchedule(),
+  prediction: objectives.Prediction = 'v',
+  z_init: jax.Array | None = None,
+  return_z: bool = False,
+  on_step: Callable[[jax.Array], None] | None = None,
+) -> jax.Array:
   """Runs the whole sampling loop (jit it, or call under jit: it is one fori_loop).
 
   Starts from z_init or N(0, I) of `shape` drawn from `key`; returns the final

@@ -3,6 +3,7 @@
 z_t = alpha_t x + sigma_t eps with alpha^2 = sigmoid(logsnr), sigma^2 = sigmoid(-logsnr)
 (variance preserving). t = 0 is clean data, t = 1 is noise.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -21,6 +22,7 @@ class CosineSchedule:
   form). `shift` adds a constant to log-SNR: shift = 2 log(base_res / res) keeps a
   high-resolution stage as noisy, per pixel, as the base (simple diffusion).
   """
+
   logsnr_min: float = -20.0
   logsnr_max: float = 20.0
   shift: float = 0.0

@@ -8,17 +8,30 @@
 
 Names resolve lazily: importing this package pulls in neither jax nor scipy.
 """
+
 import importlib as _importlib
 
 _EXPORTS = {
-    'Judge': 'judge', 'JudgeConfig': 'judge', 'Predictions': 'judge', 'load_judge': 'judge',
-    'train_judge': 'judge', 'accuracy': 'judge', 'real_clips': 'judge',
-    'FVDConfig': 'fvd', 'frechet_video_distance': 'fvd', 'i3d_features': 'fvd',
-    'load_i3d_variables': 'fvd',
-    'load_videos': 'fvd', 'iter_videos': 'fvd',
-    'frechet_distance': 'metrics', 'gaussian_stats': 'metrics',
-    'adherence_report': 'metrics', 'format_table': 'metrics', 'sample_prompts': 'metrics',
-    'evaluate_cascade': 'metrics', 'write_report': 'metrics',
+  'Judge': 'judge',
+  'JudgeConfig': 'judge',
+  'Predictions': 'judge',
+  'load_judge': 'judge',
+  'train_judge': 'judge',
+  'accuracy': 'judge',
+  'real_clips': 'judge',
+  'FVDConfig': 'fvd',
+  'frechet_video_distance': 'fvd',
+  'i3d_features': 'fvd',
+  'load_i3d_variables': 'fvd',
+  'load_videos': 'fvd',
+  'iter_videos': 'fvd',
+  'frechet_distance': 'metrics',
+  'gaussian_stats': 'metrics',
+  'adherence_report': 'metrics',
+  'format_table': 'metrics',
+  'sample_prompts': 'metrics',
+  'evaluate_cascade': 'metrics',
+  'write_report': 'metrics',
 }
 __all__ = sorted(_EXPORTS)
 
@@ -34,5 +47,6 @@ def __getattr__(name: str):
 
 def __dir__():
   # The public API, the dunders and any submodule imported so far; no private helpers.
-  return sorted({n for n in globals() if not n.startswith('_') or n.startswith('__')}
-                | set(_EXPORTS))
+  return sorted(
+    {n for n in globals() if not n.startswith('_') or n.startswith('__')} | set(_EXPORTS)
+  )

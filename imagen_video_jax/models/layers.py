@@ -3,6 +3,7 @@
 Every parameter is created through `nn.with_logical_partitioning`, so a mesh's
 logical-axis rules (in configs, never here) decide how it is sharded.
 """
+
 from __future__ import annotations
 
 import math
@@ -13,8 +14,13 @@ import numpy as np
 from flax import linen as nn
 
 
-def relative_position_bucket(relative_position: jax.Array, *, bidirectional: bool = True,
-                             num_buckets: int = 32, max_distance: int = 128) -> jax.Array:
+def relative_position_bucket(
+  relative_position: jax.Array,
+  *,
+  bidirectional: bool = True,
+  num_buckets: int = 32,
+  max_distance: int = 128,
+) -> jax.Array:
   """T5's bucketing of relative positions (memory - query) into `num_buckets` ids.
 
   Exact positions for small distances, logarithmically wider buckets up to
@@ -33,8 +39,10 @@ def relative_position_bucket(relative_position: jax.Array, *, bidirectional: boo
   is_small = n < max_exact
   # Guard log(0): n == 0 takes the `is_small` branch anyway.
   val_if_large = max_exact + (
-      jnp.log(jnp.maximum(n, 1).astype(jnp.float32) / max_exact)
-      / math.log(max_distance / max_exact) * (num_buckets - max_exact)).astype(jnp.int32)
+    jnp.log(jnp.maximum(n, 1).astype(jnp.float32) / max_exact)
+    / math.log(max_distance / max_exact)
+    * (num_buckets - max_exact)
+  ).astype(jnp.int32)
   val_if_large = jnp.minimum(val_if_large, num_buckets - 1)
   return ret + jnp.where(is_small, n, val_if_large)
 
@@ -46,14 +54,25 @@ def relative_position_bucket(relative_position: jax.Array, *, bidirectional: boo
 Dtype = jnp.dtype | type
 
 
-def dense(features: int, axes: tuple[str | None, str | None], *, dtype: Dtype, zero: bool = False,
-          use_bias: bool = True, name: str | None = None) -> nn.Dense:
+def dense(
+  features: int,
+  axes: tuple[str | None, str | None],
+  *,
+  dtype: Dtype,
+  zero: bool = False,
+  use_bias: bool = True,
+  name: str | None = None,
+) -> nn.Dense:
   """A Dense layer whose kernel/bias are named `axes` / `axes[-1:]`."""
   kinit = nn.initializers.zeros if zero else nn.initializers.lecun_normal()
   return nn.Dense(
-      features, use_bias=use_bias, dtype=dtype, name=name,
-      kernel_init=nn.with_logical_partitioning(kinit, axes),
-      bias_init=nn.with_logical_partitioning(nn.initializers.zeros, axes[-1:]))
+    features,
+    use_bias=use_bias,
+    dtype=dtype,
+    name=name,
+    kernel_init=nn.with_logical_partitioning(kinit, axes),
+    bias_init=nn.with_logical_partitioning(nn.initializers.zeros, axes[-1:]),
+  )
 
 
 class FrameConv(nn.Module):
@@ -65,6 +84,7 @@ class FrameConv(nn.Module):
   backend runs a 1x3x3 3-D convolution 1.2-2.3x slower than the same 2-D one
   (benchmarks/BENCHMARKS.md), and on TPU/GPU the reshape is free.
   """
+
   features: int
   kernel_size: tuple[int, int, int]
   strides: tuple[int, int] = (1, 1)
@@ -75,32 +95,52 @@ class FrameConv(nn.Module):
   def __call__(self, x_BTHWC: jax.Array) -> jax.Array:
     kt, kh, kw = self.kernel_size
     if kt != 1:
-      raise ValueError(f'FrameConv is per frame: kernel {self.kernel_size} must have a temporal '
-                       'size of 1 (temporal mixing is TemporalConv / temporal attention)')
+      raise ValueError(
+        f'FrameConv is per frame: kernel {self.kernel_size} must have a temporal '
+        'size of 1 (temporal mixing is TemporalConv / temporal attention)'
+      )
     b, t, h, w, c = x_BTHWC.shape
     kinit = nn.initializers.zeros if self.zero else nn.initializers.lecun_normal()
-    kernel = self.param('kernel', nn.with_logical_partitioning(
-        kinit, (None, None, None, 'conv_in', 'conv_out')), (1, kh, kw, c, self.features),
-        jnp.float32)
-    bias = self.param('bias', nn.with_logical_partitioning(nn.initializers.zeros, ('conv_out',)),
-                      (self.features,), jnp.float32)
+    kernel = self.param(
+      'kernel',
+      nn.with_logical_partitioning(kinit, (None, None, None, 'conv_in', 'conv_out')),
+      (1, kh, kw, c, self.features),
+      jnp.float32,
+    )
+    bias = self.param(
+      'bias',
+      nn.with_logical_partitioning(nn.initializers.zeros, ('conv_out',)),
+      (self.features,),
+      jnp.float32,
+    )
     y = jax.lax.conv_general_dilated(
-        x_BTHWC.reshape(b * t, h, w, c).astype(self.dtype), kernel[0].astype(self.dtype),
-        window_strides=self.strides, padding='SAME',
-        dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+      x_BTHWC.reshape(b * t, h, w, c).astype(self.dtype),
+      kernel[0].astype(self.dtype),
+      window_strides=self.strides,
+      padding='SAME',
+      dimension_numbers=('NHWC', 'HWIO', 'NHWC'),
+    )
     y = y + bias.astype(self.dtype)
     return y.reshape(b, t, *y.shape[1:])
 
 
-def conv(features: int, kernel: tuple[int, int, int], *, dtype: Dtype, zero: bool = False,
-         strides: tuple[int, int] = (1, 1), name: str | None = None) -> FrameConv:
+def conv(
+  features: int,
+  kernel: tuple[int, int, int],
+  *,
+  dtype: Dtype,
+  zero: bool = False,
+  strides: tuple[int, int] = (1, 1),
+  name: str | None = None,
+) -> FrameConv:
   """A per-frame [1, kh, kw] convolution over a [B, T, H, W, C] tensor, 'SAME' padded.
 
   Used for the spatial 1x3x3 and the 1x1x1 (channel-mixing) convolutions; the
   temporal 3x1x1 convolution is `TemporalConv`, which respects clip boundaries.
   """
-  return FrameConv(features, tuple(kernel), strides=tuple(strides), zero=zero, dtype=dtype,
-                   name=name)
+  return FrameConv(
+    features, tuple(kernel), strides=tuple(strides), zero=zero, dtype=dtype, name=name
+  )
 
 
 def num_groups_for(channels: int, max_groups: int = 32) -> int:
@@ -117,6 +157,7 @@ class FrameGroupNorm(nn.Module):
   Per-frame statistics keep frames independent, which packed image rows and
   identity inflation (a video model equal to the per-frame image model) need.
   """
+
   max_groups: int = 32
   dtype: Dtype = jnp.float32
 
@@ -128,28 +169,34 @@ class FrameGroupNorm(nn.Module):
     mean = x.mean(axis=(2, 3, 5), keepdims=True)
     var = jnp.square(x - mean).mean(axis=(2, 3, 5), keepdims=True)
     x = ((x - mean) * jax.lax.rsqrt(var + 1e-6)).reshape(b, t, h, w, c)
-    scale = self.param('scale', nn.with_logical_partitioning(nn.initializers.ones, ('embed',)),
-                       (c,), jnp.float32)
-    bias = self.param('bias', nn.with_logical_partitioning(nn.initializers.zeros, ('embed',)),
-                      (c,), jnp.float32)
+    scale = self.param(
+      'scale', nn.with_logical_partitioning(nn.initializers.ones, ('embed',)), (c,), jnp.float32
+    )
+    bias = self.param(
+      'bias', nn.with_logical_partitioning(nn.initializers.zeros, ('embed',)), (c,), jnp.float32
+    )
     return (x * scale + bias).astype(self.dtype)
 
 
 class LayerNorm(nn.Module):
   """LayerNorm over the last axis with named parameters."""
+
   dtype: Dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     return nn.LayerNorm(
-        dtype=self.dtype, epsilon=1e-6,
-        scale_init=nn.with_logical_partitioning(nn.initializers.ones, ('embed',)),
-        bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ('embed',)))(x)
+      dtype=self.dtype,
+      epsilon=1e-6,
+      scale_init=nn.with_logical_partitioning(nn.initializers.ones, ('embed',)),
+      bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ('embed',)),
+    )(x)
 
 
 # ---------------------------------------------------------------------------
 # Clip structure from frame ids.
 # ---------------------------------------------------------------------------
+
 
 def same_clip(frame_ids_BT: jax.Array) -> jax.Array:
   """[B, T, T] bool: frames i and j belong to the same clip.
@@ -170,6 +217,7 @@ class TemporalConv(nn.Module):
   reads zero, exactly as at a clip's edge. Zero-initialised: a fresh layer is the
   identity when used as a residual branch (`x + TemporalConv(x)`).
   """
+
   kernel_size: int = 3
   dtype: Dtype = jnp.float32
 
@@ -177,10 +225,15 @@ class TemporalConv(nn.Module):
   def __call__(self, x_BTHWC: jax.Array, frame_ids_BT: jax.Array) -> jax.Array:
     b, t, h, w, c = x_BTHWC.shape
     k = self.kernel_size
-    kernel = self.param('kernel', nn.with_logical_partitioning(
-        nn.initializers.zeros, (None, 'conv_in', 'conv_out')), (k, c, c), jnp.float32)
-    bias = self.param('bias', nn.with_logical_partitioning(nn.initializers.zeros, ('conv_out',)),
-                      (c,), jnp.float32)
+    kernel = self.param(
+      'kernel',
+      nn.with_logical_partitioning(nn.initializers.zeros, (None, 'conv_in', 'conv_out')),
+      (k, c, c),
+      jnp.float32,
+    )
+    bias = self.param(
+      'bias', nn.with_logical_partitioning(nn.initializers.zeros, ('conv_out',)), (c,), jnp.float32
+    )
     x = x_BTHWC.astype(self.dtype)
     kernel = kernel.astype(self.dtype)
     ids = frame_ids_BT
@@ -207,6 +260,7 @@ class TemporalConv(nn.Module):
 # Conditioning embeddings.
 # ---------------------------------------------------------------------------
 
+
 def logsnr_to_cosine_time(logsnr: jax.Array) -> jax.Array:
   """Maps logsnr to the cosine schedule's t in [0, 1] (bounded: a good embedding input)."""
   return jnp.arctan(jnp.exp(-0.5 * logsnr.astype(jnp.float32))) / (0.5 * np.pi)
@@ -225,6 +279,7 @@ def sinusoidal_embedding(x: jax.Array, dim: int, max_period: float = 10000.0) ->
 
 class LogSNREmbedding(nn.Module):
   """logsnr [...] -> [..., dim] via sinusoidal features of the cosine time and an MLP."""
+
   dim: int
   dtype: Dtype = jnp.float32
 

@@ -30,6 +30,7 @@ Activations are constrained as ('batch', None, 'embed'). As everywhere in this
 package the module holds no mesh and no rules: the caller decides how the logical
 names map onto mesh axes (default rules live in `text/checkpoints.py`).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -48,12 +49,12 @@ _DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
 # The published T5 v1.1 sizes (T5X gin files t5_1_1/{small,...,xxl}.gin and the
 # google/t5-v1_1-* configs). `tiny` is ours: the Moving Digits world and the tests.
 _NAMED = {
-    'tiny': dict(d_model=64, num_layers=2, num_heads=4, d_kv=16, d_ff=128),
-    'small': dict(d_model=512, num_layers=8, num_heads=6, d_kv=64, d_ff=1024),
-    'base': dict(d_model=768, num_layers=12, num_heads=12, d_kv=64, d_ff=2048),
-    'large': dict(d_model=1024, num_layers=24, num_heads=16, d_kv=64, d_ff=2816),
-    'xl': dict(d_model=2048, num_layers=24, num_heads=32, d_kv=64, d_ff=5120),
-    'xxl': dict(d_model=4096, num_layers=24, num_heads=64, d_kv=64, d_ff=10240),
+  'tiny': dict(d_model=64, num_layers=2, num_heads=4, d_kv=16, d_ff=128),
+  'small': dict(d_model=512, num_layers=8, num_heads=6, d_kv=64, d_ff=1024),
+  'base': dict(d_model=768, num_layers=12, num_heads=12, d_kv=64, d_ff=2048),
+  'large': dict(d_model=1024, num_layers=24, num_heads=16, d_kv=64, d_ff=2816),
+  'xl': dict(d_model=2048, num_layers=24, num_heads=32, d_kv=64, d_ff=5120),
+  'xxl': dict(d_model=4096, num_layers=24, num_heads=64, d_kv=64, d_ff=10240),
 }
 
 
@@ -64,6 +65,7 @@ class T5Config:
   `dtype` is the compute dtype ('float32' or 'bfloat16'); norms and the attention
   softmax always run in float32. Parameters keep whatever dtype they are stored in.
   """
+
   vocab_size: int = 32128
   d_model: int = 4096
   num_layers: int = 24
@@ -76,8 +78,16 @@ class T5Config:
   dtype: str = 'float32'
 
   def __post_init__(self):
-    for field in ('vocab_size', 'd_model', 'num_layers', 'num_heads', 'd_kv', 'd_ff',
-                  'relative_attention_num_buckets', 'relative_attention_max_distance'):
+    for field in (
+      'vocab_size',
+      'd_model',
+      'num_layers',
+      'num_heads',
+      'd_kv',
+      'd_ff',
+      'relative_attention_num_buckets',
+      'relative_attention_max_distance',
+    ):
       value = getattr(self, field)
       if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value <= 0:
         raise ValueError(f'T5Config.{field} must be a positive integer, got {value!r}.')
@@ -86,18 +96,18 @@ class T5Config:
     # than 4 buckets, or max_distance inside the exact range, the log formula divides
     # by log(<=1).
     if buckets < 4 or buckets % 2:
-      raise ValueError('T5Config.relative_attention_num_buckets must be even and >= 4, '
-                       f'got {buckets}.')
+      raise ValueError(
+        f'T5Config.relative_attention_num_buckets must be even and >= 4, got {buckets}.'
+      )
     if self.relative_attention_max_distance <= buckets // 4:
       raise ValueError(
-          'T5Config.relative_attention_max_distance must exceed num_buckets // 4 '
-          f'({buckets // 4}), got {self.relative_attention_max_distance}.')
+        'T5Config.relative_attention_max_distance must exceed num_buckets // 4 '
+        f'({buckets // 4}), got {self.relative_attention_max_distance}.'
+      )
     if not self.layer_norm_epsilon > 0:
-      raise ValueError(f'T5Config.layer_norm_epsilon must be > 0, got '
-                       f'{self.layer_norm_epsilon!r}.')
+      raise ValueError(f'T5Config.layer_norm_epsilon must be > 0, got {self.layer_norm_epsilon!r}.')
     if self.dtype not in _DTYPES:
-      raise ValueError(f'T5Config.dtype must be one of {sorted(_DTYPES)}, got '
-                       f'{self.dtype!r}.')
+      raise ValueError(f'T5Config.dtype must be one of {sorted(_DTYPES)}, got {self.dtype!r}.')
 
   @property
   def compute_dtype(self) -> Any:
@@ -128,25 +138,33 @@ class T5Config:
     """
     model_type = hf.get('model_type', 't5')
     if model_type not in ('t5', 'mt5'):
-      raise ValueError(f'config.json has model_type={model_type!r}; only T5 v1.1 '
-                       "encoders ('t5', 'mt5') are supported.")
+      raise ValueError(
+        f'config.json has model_type={model_type!r}; only T5 v1.1 '
+        "encoders ('t5', 'mt5') are supported."
+      )
     proj = hf.get('feed_forward_proj', 'relu')
     if proj not in ('gated-gelu', 'gated-gelu_new'):
       raise ValueError(
-          f'config.json has feed_forward_proj={proj!r}; this encoder is T5 v1.1 '
-          "('gated-gelu'). T5 1.0 checkpoints (ReLU) are not supported.")
-    missing = [k for k in ('vocab_size', 'd_model', 'num_layers', 'num_heads', 'd_kv',
-                           'd_ff') if k not in hf]
+        f'config.json has feed_forward_proj={proj!r}; this encoder is T5 v1.1 '
+        "('gated-gelu'). T5 1.0 checkpoints (ReLU) are not supported."
+      )
+    missing = [
+      k for k in ('vocab_size', 'd_model', 'num_layers', 'num_heads', 'd_kv', 'd_ff') if k not in hf
+    ]
     if missing:
       raise ValueError(f'config.json lacks {missing}; is it a T5 config?')
     return cls(
-        vocab_size=int(hf['vocab_size']), d_model=int(hf['d_model']),
-        num_layers=int(hf['num_layers']), num_heads=int(hf['num_heads']),
-        d_kv=int(hf['d_kv']), d_ff=int(hf['d_ff']),
-        relative_attention_num_buckets=int(hf.get('relative_attention_num_buckets', 32)),
-        relative_attention_max_distance=int(hf.get('relative_attention_max_distance',
-                                                   128)),
-        layer_norm_epsilon=float(hf.get('layer_norm_epsilon', 1e-6)), **overrides)
+      vocab_size=int(hf['vocab_size']),
+      d_model=int(hf['d_model']),
+      num_layers=int(hf['num_layers']),
+      num_heads=int(hf['num_heads']),
+      d_kv=int(hf['d_kv']),
+      d_ff=int(hf['d_ff']),
+      relative_attention_num_buckets=int(hf.get('relative_attention_num_buckets', 32)),
+      relative_attention_max_distance=int(hf.get('relative_attention_max_distance', 128)),
+      layer_norm_epsilon=float(hf.get('layer_norm_epsilon', 1e-6)),
+      **overrides,
+    )
 
   def to_dict(self) -> dict[str, Any]:
     return dataclasses.asdict(self)
@@ -167,8 +185,12 @@ class T5Config:
     """Parameter count of the encoder (embedding included)."""
     per_layer = 4 * self.d_model * self.inner_dim + 3 * self.d_model * self.d_ff
     per_layer += 2 * self.d_model
-    return (self.vocab_size * self.d_model + per_layer * self.num_layers +
-            self.num_heads * self.relative_attention_num_buckets + self.d_model)
+    return (
+      self.vocab_size * self.d_model
+      + per_layer * self.num_layers
+      + self.num_heads * self.relative_attention_num_buckets
+      + self.d_model
+    )
 
 
 def _param(module: nn.Module, name: str, init, shape, axes):
@@ -177,6 +199,7 @@ def _param(module: nn.Module, name: str, init, shape, axes):
 
 class RMSNorm(nn.Module):
   """T5's LayerNorm: scale only, statistics in float32 (as HF and T5X do)."""
+
   eps: float = 1e-6
   dtype: Any = jnp.float32
 
@@ -190,27 +213,38 @@ class RMSNorm(nn.Module):
 
 class RelativePositionBias(nn.Module):
   """The shared [heads, buckets] table, expanded to a [1, heads, q, k] logit bias."""
+
   config: T5Config
 
   @nn.compact
   def __call__(self, length: int):
     cfg = self.config
-    table = _param(self, 'rel_embedding', nn.initializers.normal(1.0),
-                   (cfg.num_heads, cfg.relative_attention_num_buckets), ('heads', None))
+    table = _param(
+      self,
+      'rel_embedding',
+      nn.initializers.normal(1.0),
+      (cfg.num_heads, cfg.relative_attention_num_buckets),
+      ('heads', None),
+    )
     # Buckets depend only on the static length: compute them once at trace time so
     # the compiled program holds a constant and XLA never re-derives the float log.
     with jax.ensure_compile_time_eval():
       pos = np.arange(length, dtype=np.int32)
-      buckets = np.asarray(relative_position_bucket(
-          jnp.asarray(pos[None, :] - pos[:, None]), bidirectional=True,
+      buckets = np.asarray(
+        relative_position_bucket(
+          jnp.asarray(pos[None, :] - pos[:, None]),
+          bidirectional=True,
           num_buckets=cfg.relative_attention_num_buckets,
-          max_distance=cfg.relative_attention_max_distance))
+          max_distance=cfg.relative_attention_max_distance,
+        )
+      )
     bias = jnp.asarray(table, jnp.float32)[:, buckets]  # [heads, q, k]
     return bias[None]
 
 
 class SelfAttention(nn.Module):
   """Multi-head self-attention without biases or logit scaling (T5)."""
+
   config: T5Config
 
   @nn.compact
@@ -221,7 +255,7 @@ class SelfAttention(nn.Module):
     shape = (cfg.d_model, cfg.num_heads, cfg.d_kv)
     axes = ('embed', 'heads', 'kv')
     q_init = nn.initializers.normal((cfg.d_model * cfg.d_kv) ** -0.5)
-    kv_init = nn.initializers.normal(cfg.d_model ** -0.5)
+    kv_init = nn.initializers.normal(cfg.d_model**-0.5)
     q = jnp.einsum('bld,dhk->blhk', x, self._kernel('query', q_init, shape, axes, dt))
     k = jnp.einsum('bld,dhk->blhk', x, self._kernel('key', kv_init, shape, axes, dt))
     v = jnp.einsum('bld,dhk->blhk', x, self._kernel('value', kv_init, shape, axes, dt))
@@ -232,9 +266,10 @@ class SelfAttention(nn.Module):
     logits = jnp.where(mask[:, None, None, :], logits, jnp.finfo(jnp.float32).min)
     weights = jax.nn.softmax(logits, axis=-1).astype(dt)
     out = jnp.einsum('bhqs,bshk->bqhk', weights, v)
-    o_init = nn.initializers.normal(cfg.inner_dim ** -0.5)
-    wo = self._kernel('out', o_init, (cfg.num_heads, cfg.d_kv, cfg.d_model),
-                      ('heads', 'kv', 'embed'), dt)
+    o_init = nn.initializers.normal(cfg.inner_dim**-0.5)
+    wo = self._kernel(
+      'out', o_init, (cfg.num_heads, cfg.d_kv, cfg.d_model), ('heads', 'kv', 'embed'), dt
+    )
     return jnp.einsum('bqhk,hkd->bqd', out, wo)
 
   def _kernel(self, name, init, shape, axes, dtype):
@@ -244,6 +279,7 @@ class SelfAttention(nn.Module):
 
 class _Kernel(nn.Module):
   """A bare named kernel: gives the T5X-style path `<name>/kernel`."""
+
   kernel_init: Any
   shape: tuple[int, ...]
   axes: tuple[Any, ...]
@@ -255,31 +291,33 @@ class _Kernel(nn.Module):
 
 class GatedGeluMlp(nn.Module):
   """wo(gelu_tanh(wi_0 x) * wi_1 x): T5 v1.1's feed-forward ("gated-gelu")."""
+
   config: T5Config
 
   @nn.compact
   def __call__(self, x):
     cfg = self.config
     dt = cfg.compute_dtype
-    in_init = nn.initializers.normal(cfg.d_model ** -0.5)
+    in_init = nn.initializers.normal(cfg.d_model**-0.5)
     w0 = _Kernel(in_init, (cfg.d_model, cfg.d_ff), ('embed', 'mlp'), name='wi_0')()
     w1 = _Kernel(in_init, (cfg.d_model, cfg.d_ff), ('embed', 'mlp'), name='wi_1')()
-    wo = _Kernel(nn.initializers.normal(cfg.d_ff ** -0.5), (cfg.d_ff, cfg.d_model),
-                 ('mlp', 'embed'), name='wo')()
+    wo = _Kernel(
+      nn.initializers.normal(cfg.d_ff**-0.5), (cfg.d_ff, cfg.d_model), ('mlp', 'embed'), name='wo'
+    )()
     h = jax.nn.gelu(x @ jnp.asarray(w0, dt), approximate=True) * (x @ jnp.asarray(w1, dt))
     return h @ jnp.asarray(wo, dt)
 
 
 class EncoderLayer(nn.Module):
   """Pre-norm residual attention then pre-norm residual gated-GELU MLP."""
+
   config: T5Config
 
   @nn.compact
   def __call__(self, x, bias, mask):
     cfg = self.config
     norm = lambda name: RMSNorm(cfg.layer_norm_epsilon, cfg.compute_dtype, name=name)
-    x = x + SelfAttention(cfg, name='attention')(norm('pre_attention_layer_norm')(x),
-                                                bias, mask)
+    x = x + SelfAttention(cfg, name='attention')(norm('pre_attention_layer_norm')(x), bias, mask)
     x = nn.with_logical_constraint(x, ('batch', None, 'embed'))
     x = x + GatedGeluMlp(cfg, name='mlp')(norm('pre_mlp_layer_norm')(x))
     return nn.with_logical_constraint(x, ('batch', None, 'embed'))
@@ -292,6 +330,7 @@ class T5Encoder(nn.Module):
   computed anyway (as in `transformers`) and should be ignored by the caller — the
   U-Nets read `text_mask`, and `encode_text` stores zeros there.
   """
+
   config: T5Config
 
   @nn.compact
@@ -317,8 +356,13 @@ class _Embedding(nn.Module):
   @nn.compact
   def __call__(self):
     cfg = self.config
-    return _param(self, 'embedding', nn.initializers.normal(1.0),
-                  (cfg.vocab_size, cfg.d_model), ('vocab', 'embed'))
+    return _param(
+      self,
+      'embedding',
+      nn.initializers.normal(1.0),
+      (cfg.vocab_size, cfg.d_model),
+      ('vocab', 'embed'),
+    )
 
 
 def _init_std(config: T5Config, path: tuple[str, ...]) -> float | None:
@@ -326,11 +370,17 @@ def _init_std(config: T5Config, path: tuple[str, ...]) -> float | None:
   name = path[-2] if path[-1] == 'kernel' else path[-1]
   if path[-1] == 'scale':
     return None
-  return {'embedding': 1.0, 'rel_embedding': 1.0,
-          'query': (config.d_model * config.d_kv) ** -0.5,
-          'key': config.d_model ** -0.5, 'value': config.d_model ** -0.5,
-          'out': config.inner_dim ** -0.5, 'wi_0': config.d_model ** -0.5,
-          'wi_1': config.d_model ** -0.5, 'wo': config.d_ff ** -0.5}[name]
+  return {
+    'embedding': 1.0,
+    'rel_embedding': 1.0,
+    'query': (config.d_model * config.d_kv) ** -0.5,
+    'key': config.d_model**-0.5,
+    'value': config.d_model**-0.5,
+    'out': config.inner_dim**-0.5,
+    'wi_0': config.d_model**-0.5,
+    'wi_1': config.d_model**-0.5,
+    'wo': config.d_ff**-0.5,
+  }[name]
 
 
 def init_params(config: T5Config, seed: int = 0):
@@ -342,21 +392,27 @@ def init_params(config: T5Config, seed: int = 0):
   """
   rng = np.random.default_rng(seed)
   flat, treedef = jax.tree_util.tree_flatten_with_path(
-      abstract_params(config), is_leaf=lambda x: isinstance(x, nn.LogicallyPartitioned))
+    abstract_params(config), is_leaf=lambda x: isinstance(x, nn.LogicallyPartitioned)
+  )
   leaves = {}
   for path, leaf in sorted(flat, key=lambda pl: jax.tree_util.keystr(pl[0])):
     keys = tuple(k.key for k in path)
     std = _init_std(config, keys)
     shape = leaf.value.shape
-    value = (np.ones(shape, np.float32) if std is None else
-             (rng.standard_normal(shape, dtype=np.float32) * np.float32(std)))
+    value = (
+      np.ones(shape, np.float32)
+      if std is None
+      else (rng.standard_normal(shape, dtype=np.float32) * np.float32(std))
+    )
     leaves[jax.tree_util.keystr(path)] = jnp.asarray(value)
   return jax.tree_util.tree_unflatten(
-      treedef, [leaves[jax.tree_util.keystr(path)] for path, _ in flat])
+    treedef, [leaves[jax.tree_util.keystr(path)] for path, _ in flat]
+  )
 
 
 def abstract_params(config: T5Config):
   """Boxed `ShapeDtypeStruct`s of the parameters (shapes + logical axis names)."""
   ids = jax.ShapeDtypeStruct((1, 8), jnp.int32)
-  return jax.eval_shape(lambda i: T5Encoder(config).init(jax.random.key(0), i, i > 0),
-                        ids)['params']
+  return jax.eval_shape(lambda i: T5Encoder(config).init(jax.random.key(0), i, i > 0), ids)[
+    'params'
+  ]

@@ -9,6 +9,7 @@ text cross-attention and temporal mixing (`attention` | `conv` | `none`).
 Frames only ever mix in the temporal layers, which honour `frame_ids` and start as
 the identity: a fresh video U-Net computes exactly the per-frame image U-Net.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -28,9 +29,9 @@ RematPolicy = Literal['none', 'full', 'dots', 'dots_no_batch']
 # and dense projections; convolutions are recomputed); 'dots_no_batch' keeps the
 # matmuls without batch dimensions (the weight projections, not attention scores).
 _REMAT_POLICIES = {
-    'full': None,
-    'dots': jax.checkpoint_policies.checkpoint_dots,
-    'dots_no_batch': jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+  'full': None,
+  'dots': jax.checkpoint_policies.checkpoint_dots,
+  'dots_no_batch': jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
 }
 _ACT_AXES = ('batch', 'frames', 'height', 'width', 'embed')
 _DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16, 'float16': jnp.float16}
@@ -39,6 +40,7 @@ _DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16, 'float16': jnp.floa
 @dataclasses.dataclass(frozen=True)
 class LevelConfig:
   """One resolution level of the U-Net."""
+
   channels: int
   num_res_blocks: int = 2
   spatial_attention: bool = False
@@ -73,6 +75,7 @@ class UNetConfig:
       big models compile much faster. `scan_params`/`unscan_params` convert params
       between the two layouts; results are the same.
   """
+
   levels: tuple[LevelConfig, ...]
   in_channels: int = 3
   cond_channels: int = 0
@@ -96,14 +99,18 @@ class UNetConfig:
       problems.append('levels is empty: give at least one LevelConfig')
     for i, l in enumerate(levels):
       if l.channels <= 0 or l.num_res_blocks < 1:
-        problems.append(f'levels[{i}]: channels ({l.channels}) and num_res_blocks '
-                        f'({l.num_res_blocks}) must be positive')
+        problems.append(
+          f'levels[{i}]: channels ({l.channels}) and num_res_blocks '
+          f'({l.num_res_blocks}) must be positive'
+        )
       if l.temporal not in ('attention', 'conv', 'none'):
-        problems.append(f"levels[{i}].temporal is {l.temporal!r}; use 'attention', 'conv' or 'none'")
+        problems.append(
+          f"levels[{i}].temporal is {l.temporal!r}; use 'attention', 'conv' or 'none'"
+        )
       if l.cross_attention and self.text_dim is None:
         problems.append(f'levels[{i}] has cross_attention but text_dim is None')
     if self.remat != 'none' and self.remat not in _REMAT_POLICIES:
-      problems.append(f"remat {self.remat!r} is not one of {['none', *_REMAT_POLICIES]}")
+      problems.append(f'remat {self.remat!r} is not one of {["none", *_REMAT_POLICIES]}')
     if self.dtype not in _DTYPES:
       problems.append(f'dtype {self.dtype!r} is not one of {sorted(_DTYPES)}')
     if self.head_dim <= 0 or self.emb_dim <= 0 or self.in_channels <= 0:
@@ -131,8 +138,12 @@ class UNetConfig:
   def downsample_factor(self) -> int:
     return 2 ** (len(self.levels) - 1)
 
-  def check_inputs(self, x_shape: Sequence[int], cond_shape: Sequence[int] | None = None,
-                   text_shape: Sequence[int] | None = None) -> None:
+  def check_inputs(
+    self,
+    x_shape: Sequence[int],
+    cond_shape: Sequence[int] | None = None,
+    text_shape: Sequence[int] | None = None,
+  ) -> None:
     """Raises ValueError naming the problem if these inputs cannot run through the model."""
     if len(x_shape) != 5:
       raise ValueError(f'x must be [B, T, H, W, C]; got shape {tuple(x_shape)}')
@@ -140,17 +151,22 @@ class UNetConfig:
     f = self.downsample_factor
     if h % f or w % f:
       raise ValueError(
-          f'height x width {h}x{w} cannot be downsampled {len(self.levels) - 1} times: both must be '
-          f'divisible by {f}. Use a size that is a multiple of {f} or fewer levels.')
+        f'height x width {h}x{w} cannot be downsampled {len(self.levels) - 1} times: both must be '
+        f'divisible by {f}. Use a size that is a multiple of {f} or fewer levels.'
+      )
     if c != self.in_channels:
       raise ValueError(f'x has {c} channels but the config says in_channels={self.in_channels}')
     if self.cond_channels:
       if cond_shape is None:
-        raise ValueError('this is a super-resolution model (cond_channels='
-                         f'{self.cond_channels}): pass cond [B, T, H, W, C]')
+        raise ValueError(
+          'this is a super-resolution model (cond_channels='
+          f'{self.cond_channels}): pass cond [B, T, H, W, C]'
+        )
       if tuple(cond_shape) != tuple(x_shape[:4]) + (self.cond_channels,):
-        raise ValueError(f'cond must have shape {tuple(x_shape[:4]) + (self.cond_channels,)} '
-                         f'(the low-res video brought to the output size); got {tuple(cond_shape)}')
+        raise ValueError(
+          f'cond must have shape {tuple(x_shape[:4]) + (self.cond_channels,)} '
+          f'(the low-res video brought to the output size); got {tuple(cond_shape)}'
+        )
     elif cond_shape is not None:
       raise ValueError('cond was given but the config has cond_channels=0')
     if self.text_dim is not None:
@@ -162,6 +178,7 @@ class UNetConfig:
 
 class ResBlock(nn.Module):
   """GroupNorm-SiLU-conv(1x3x3), FiLM from the conditioning, GroupNorm-SiLU-conv."""
+
   channels: int
   dropout: float = 0.0
   dtype: layers.Dtype = jnp.float32
@@ -171,7 +188,8 @@ class ResBlock(nn.Module):
     h = nn.silu(layers.FrameGroupNorm(dtype=self.dtype, name='norm1')(x))
     h = layers.conv(self.channels, (1, 3, 3), dtype=self.dtype, name='conv1')(h)
     film = layers.dense(2 * self.channels, ('embed', 'mlp'), dtype=self.dtype, name='film')(
-        nn.silu(emb_BtE))
+      nn.silu(emb_BtE)
+    )
     scale, shift = jnp.split(film[:, :, None, None, :], 2, axis=-1)
     h = layers.FrameGroupNorm(dtype=self.dtype, name='norm2')(h) * (1 + scale) + shift
     h = nn.Dropout(self.dropout, deterministic=not train)(nn.silu(h))
@@ -183,6 +201,7 @@ class ResBlock(nn.Module):
 
 class TemporalConvBlock(nn.Module):
   """x + TemporalConv(SiLU(GroupNorm(x))): identity when fresh (zero kernel)."""
+
   dtype: layers.Dtype = jnp.float32
 
   @nn.compact
@@ -193,6 +212,7 @@ class TemporalConvBlock(nn.Module):
 
 class Block(nn.Module):
   """ResBlock + the level's attention and temporal layers."""
+
   cfg: UNetConfig
   level: LevelConfig
   train: bool = False
@@ -205,11 +225,16 @@ class Block(nn.Module):
       x = attention.SpatialSelfAttention(cfg.head_dim, dtype=dt, name='spatial_attn')(x)
     if lv.cross_attention:
       x = attention.TextCrossAttention(cfg.head_dim, dtype=dt, name='cross_attn')(
-          x, text, text_mask)
+        x, text, text_mask
+      )
     if lv.temporal == 'attention':
       x = attention.TemporalSelfAttention(
-          cfg.head_dim, cfg.temporal_buckets, cfg.temporal_max_distance, dtype=dt,
-          name='temporal_attn')(x, frame_ids)
+        cfg.head_dim,
+        cfg.temporal_buckets,
+        cfg.temporal_max_distance,
+        dtype=dt,
+        name='temporal_attn',
+      )(x, frame_ids)
     elif lv.temporal == 'conv':
       x = TemporalConvBlock(dtype=dt, name='temporal_conv')(x, frame_ids)
     return nn.with_logical_constraint(x, _ACT_AXES)
@@ -258,6 +283,7 @@ def unscan_params(params: Mapping[str, Any], cfg: UNetConfig) -> dict[str, Any]:
 
 class TextPool(nn.Module):
   """Attention pooling of the text tokens (a learned query; a null token when all masked)."""
+
   emb_dim: int
   head_dim: int
   dtype: layers.Dtype = jnp.float32
@@ -267,17 +293,31 @@ class TextPool(nn.Module):
     d = text_BtLD.shape[-1]
     n = attention._heads(d, self.head_dim)
     text = layers.LayerNorm(dtype=self.dtype, name='norm')(text_BtLD)
-    query = self.param('query', nn.with_logical_partitioning(nn.initializers.normal(1.0),
-                                                             (None, 'embed')), (1, d), jnp.float32)
-    null_k = self.param('null_key', nn.with_logical_partitioning(
-        nn.initializers.normal(1.0), (None, 'heads', 'kv')), (1, n, self.head_dim), jnp.float32)
-    null_v = self.param('null_value', nn.with_logical_partitioning(
-        nn.initializers.normal(1.0), (None, 'heads', 'kv')), (1, n, self.head_dim), jnp.float32)
+    query = self.param(
+      'query',
+      nn.with_logical_partitioning(nn.initializers.normal(1.0), (None, 'embed')),
+      (1, d),
+      jnp.float32,
+    )
+    null_k = self.param(
+      'null_key',
+      nn.with_logical_partitioning(nn.initializers.normal(1.0), (None, 'heads', 'kv')),
+      (1, n, self.head_dim),
+      jnp.float32,
+    )
+    null_v = self.param(
+      'null_value',
+      nn.with_logical_partitioning(nn.initializers.normal(1.0), (None, 'heads', 'kv')),
+      (1, n, self.head_dim),
+      jnp.float32,
+    )
     q = jnp.broadcast_to(query.astype(text.dtype), text.shape[:-2] + (1, d))
     pooled = attention.MultiHeadAttention(n, self.head_dim, d, dtype=self.dtype, name='attn')(
-        q, text, mask=mask_BtL[..., None, None, :], extra_kv=(null_k, null_v))
+      q, text, mask=mask_BtL[..., None, None, :], extra_kv=(null_k, null_v)
+    )
     return layers.dense(self.emb_dim, ('embed', 'mlp'), dtype=self.dtype, name='proj')(
-        pooled[..., 0, :])
+      pooled[..., 0, :]
+    )
 
 
 class VideoUNet(nn.Module):
@@ -293,15 +333,27 @@ class VideoUNet(nn.Module):
     cond_logsnr: [B] noise-augmentation level of `cond`.
   Returns [B, T, H, W, C] float32.
   """
+
   config: UNetConfig
 
   @nn.compact
-  def __call__(self, x, logsnr, text_emb=None, text_mask=None, frame_ids=None, cond=None,
-               cond_logsnr=None, *, train: bool = False):
+  def __call__(
+    self,
+    x,
+    logsnr,
+    text_emb=None,
+    text_mask=None,
+    frame_ids=None,
+    cond=None,
+    cond_logsnr=None,
+    *,
+    train: bool = False,
+  ):
     cfg = self.config
     dt = cfg.compute_dtype
-    cfg.check_inputs(x.shape, None if cond is None else cond.shape,
-                     None if text_emb is None else text_emb.shape)
+    cfg.check_inputs(
+      x.shape, None if cond is None else cond.shape, None if text_emb is None else text_emb.shape
+    )
     b, t = x.shape[:2]
     if frame_ids is None:
       frame_ids = jnp.zeros((b, t), jnp.int32)
@@ -324,7 +376,8 @@ class VideoUNet(nn.Module):
       if cond_logsnr is None:
         raise ValueError('cond_augment=True: pass cond_logsnr [B] (the noise-augmentation level)')
       emb = emb + layers.LogSNREmbedding(cfg.emb_dim, dtype=dt, name='cond_logsnr_emb')(
-          jnp.asarray(cond_logsnr, jnp.float32)[:, None])
+        jnp.asarray(cond_logsnr, jnp.float32)[:, None]
+      )
 
     h = x.astype(dt)
     if cfg.cond_channels:
@@ -343,10 +396,14 @@ class VideoUNet(nn.Module):
       n = lv.num_res_blocks - first
       args = (emb, text, mask, frame_ids)
       if cfg.scan_blocks and n >= 2:
-        stack = nn.scan(remat(_ScanBlock), variable_axes={'params': 0},
-                        split_rngs={'params': True, 'dropout': True},
-                        in_axes=(nn.broadcast,) * len(args), length=n,
-                        metadata_params={nn.PARTITION_NAME: 'layers'})
+        stack = nn.scan(
+          remat(_ScanBlock),
+          variable_axes={'params': 0},
+          split_rngs={'params': True, 'dropout': True},
+          in_axes=(nn.broadcast,) * len(args),
+          length=n,
+          metadata_params={nn.PARTITION_NAME: 'layers'},
+        )
         h, _ = stack(cfg, lv, train=train, name=f'{side}{i}_blocks')(h, *args)
         return h
       block = remat(Block)
@@ -357,8 +414,7 @@ class VideoUNet(nn.Module):
     skips = []
     for i, lv in enumerate(cfg.levels):
       if i > 0:  # Efficient U-Net: downsample before the level's blocks
-        h = layers.conv(lv.channels, (1, 3, 3), strides=(2, 2), dtype=dt,
-                        name=f'down{i}_sample')(h)
+        h = layers.conv(lv.channels, (1, 3, 3), strides=(2, 2), dtype=dt, name=f'down{i}_sample')(h)
       h = blocks(h, lv, 'down', i, 0)
       skips.append(h)
 
@@ -379,28 +435,40 @@ class VideoUNet(nn.Module):
     return out.astype(jnp.float32)
 
 
-def init_params(config: UNetConfig, key: jax.Array, *, frames: int, height: int, width: int,
-                text_len: int = 8, batch: int = 1):
+def init_params(
+  config: UNetConfig,
+  key: jax.Array,
+  *,
+  frames: int,
+  height: int,
+  width: int,
+  text_len: int = 8,
+  batch: int = 1,
+):
   """Initialises (boxed, logically-partitioned) params for inputs of this size.
 
   Jitted: eager (op-by-op) initialisation of a U-Net compiles hundreds of tiny
   programs and is ~10x slower on CPU. For sharded initialisation see `parallel`.
   """
-  return jax.jit(init_fn(config, frames=frames, height=height, width=width, text_len=text_len,
-                         batch=batch))(key)
+  return jax.jit(
+    init_fn(config, frames=frames, height=height, width=width, text_len=text_len, batch=batch)
+  )(key)
 
 
-def init_fn(config: UNetConfig, *, frames: int, height: int, width: int, text_len: int = 8,
-            batch: int = 1):
+def init_fn(
+  config: UNetConfig, *, frames: int, height: int, width: int, text_len: int = 8, batch: int = 1
+):
   """key -> boxed params, un-jitted: for jax.eval_shape and jit(out_shardings=...)."""
   model = VideoUNet(config)
-  inputs = dummy_inputs(config, frames=frames, height=height, width=width, text_len=text_len,
-                        batch=batch)
+  inputs = dummy_inputs(
+    config, frames=frames, height=height, width=width, text_len=text_len, batch=batch
+  )
   return lambda key: model.init(key, *inputs)['params']
 
 
-def dummy_inputs(config: UNetConfig, *, frames: int, height: int, width: int, text_len: int = 8,
-                 batch: int = 1) -> tuple:
+def dummy_inputs(
+  config: UNetConfig, *, frames: int, height: int, width: int, text_len: int = 8, batch: int = 1
+) -> tuple:
   """Zero inputs of the right shapes (positional, as VideoUNet.__call__ takes them)."""
   x = jnp.zeros((batch, frames, height, width, config.in_channels))
   logsnr = jnp.zeros((batch,))
@@ -409,17 +477,23 @@ def dummy_inputs(config: UNetConfig, *, frames: int, height: int, width: int, te
     text = jnp.zeros((batch, text_len, config.text_dim))
     mask = jnp.ones((batch, text_len), bool)
   fid = jnp.zeros((batch, frames), jnp.int32)
-  cond = jnp.zeros((batch, frames, height, width, config.cond_channels)) if config.cond_channels else None
+  cond = (
+    jnp.zeros((batch, frames, height, width, config.cond_channels))
+    if config.cond_channels
+    else None
+  )
   cond_logsnr = jnp.zeros((batch,)) if config.cond_augment else None
   return x, logsnr, text, mask, fid, cond, cond_logsnr
 
 
-def count_params(config: UNetConfig, *, frames: int = 1, height: int | None = None,
-                 width: int | None = None) -> int:
+def count_params(
+  config: UNetConfig, *, frames: int = 1, height: int | None = None, width: int | None = None
+) -> int:
   """Parameter count from abstract shapes only (jax.eval_shape: nothing is allocated)."""
   f = config.downsample_factor
   h = height or f
   w = width or f
-  shapes = jax.eval_shape(lambda k: init_params(config, k, frames=frames, height=h, width=w),
-                          jax.random.key(0))
+  shapes = jax.eval_shape(
+    lambda k: init_params(config, k, frames=frames, height=h, width=w), jax.random.key(0)
+  )
   return sum(math.prod(p.shape) for p in jax.tree.leaves(nn.unbox(shapes)))

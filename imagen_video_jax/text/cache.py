@@ -23,6 +23,7 @@ Only unmasked rows of the embedding are stored (captions are short; XXL rows are
 `decode_record` turns raw record bytes into numpy arrays for pipelines that read the
 ArrayRecord files themselves.
 """
+
 from __future__ import annotations
 
 import glob
@@ -40,26 +41,31 @@ PREFIX = 'embeddings.array_record'
 _BF16 = np.dtype(ml_dtypes.bfloat16).newbyteorder('<')
 
 
-def encode_record(caption: str, ids: np.ndarray, emb: np.ndarray,
-                  mask: np.ndarray) -> bytes:
+def encode_record(caption: str, ids: np.ndarray, emb: np.ndarray, mask: np.ndarray) -> bytes:
   """Serialises one caption's `ids [L]`, `emb [L, D]` (bfloat16) and `mask [L]`."""
   ids, emb, mask = np.asarray(ids), np.asarray(emb), np.asarray(mask, bool)
   if ids.ndim != 1 or mask.shape != ids.shape or emb.ndim != 2 or emb.shape[0] != len(ids):
-    raise ValueError(f'Expected ids [L], emb [L, D], mask [L]; got {ids.shape}, '
-                     f'{emb.shape}, {mask.shape}.')
+    raise ValueError(
+      f'Expected ids [L], emb [L, D], mask [L]; got {ids.shape}, {emb.shape}, {mask.shape}.'
+    )
   if emb.dtype != ml_dtypes.bfloat16:
-    raise ValueError(f'Cache embeddings are bfloat16; got {emb.dtype}. Cast first '
-                     '(the cast is the only rounding the cache does).')
+    raise ValueError(
+      f'Cache embeddings are bfloat16; got {emb.dtype}. Cast first '
+      '(the cast is the only rounding the cache does).'
+    )
   if not isinstance(caption, str):
     raise TypeError(f'caption must be str, got {type(caption).__name__}.')
-  return msgpack.packb({
+  return msgpack.packb(
+    {
       'caption': caption,
       'ids': ids.astype('<i4').tobytes(),
       'mask': mask.astype(np.uint8).tobytes(),
       'emb': np.ascontiguousarray(emb[mask]).astype(_BF16).tobytes(),
       'length': int(ids.shape[0]),
       'dim': int(emb.shape[1]),
-  }, use_bin_type=True)
+    },
+    use_bin_type=True,
+  )
 
 
 def decode_record(data: bytes) -> dict[str, Any]:
@@ -70,9 +76,12 @@ def decode_record(data: bytes) -> dict[str, Any]:
   mask = np.frombuffer(rec['mask'], np.uint8).astype(bool)
   emb = np.zeros((length, dim), ml_dtypes.bfloat16)
   emb[mask] = np.frombuffer(rec['emb'], _BF16).reshape(-1, dim)
-  return {'caption': rec['caption'],
-          'ids': np.frombuffer(rec['ids'], '<i4').astype(np.int32),
-          'mask': mask, 'emb': emb}
+  return {
+    'caption': rec['caption'],
+    'ids': np.frombuffer(rec['ids'], '<i4').astype(np.int32),
+    'mask': mask,
+    'emb': emb,
+  }
 
 
 def shard_names(num_shards: int) -> list[str]:
@@ -86,9 +95,16 @@ class CacheWriter:
   crashed run never looks like a finished cache.
   """
 
-  def __init__(self, directory: str, num_records: int, *, shard_size: int = 4096,
-               metadata: Mapping[str, Any] | None = None):
+  def __init__(
+    self,
+    directory: str,
+    num_records: int,
+    *,
+    shard_size: int = 4096,
+    metadata: Mapping[str, Any] | None = None,
+  ):
     from array_record.python.array_record_module import ArrayRecordWriter
+
     if num_records < 1:
       raise ValueError('A cache needs at least one record.')
     self._writer_cls = ArrayRecordWriter
@@ -128,8 +144,13 @@ class CacheWriter:
       return
     if self._written != self.num_records:
       raise ValueError(f'CacheWriter got {self._written} of {self.num_records} records.')
-    meta = {'format': FORMAT, 'num_records': self.num_records, 'shards': self.names,
-            'shard_size': self.shard_size, **self.metadata}
+    meta = {
+      'format': FORMAT,
+      'num_records': self.num_records,
+      'shards': self.names,
+      'shard_size': self.shard_size,
+      **self.metadata,
+    }
     with open(os.path.join(self.directory, METADATA), 'w') as f:
       json.dump(meta, f, indent=2)
 
@@ -139,16 +160,20 @@ class CacheReader:
 
   def __init__(self, directory: str):
     from array_record.python.array_record_data_source import ArrayRecordDataSource
+
     path = os.path.join(directory, METADATA)
     if not os.path.isfile(path):
       raise FileNotFoundError(
-          f'{directory} is not a text-embedding cache (no {METADATA}); make one with '
-          '`python -m imagen_video_jax.encode_text`.')
+        f'{directory} is not a text-embedding cache (no {METADATA}); make one with '
+        '`python -m imagen_video_jax.encode_text`.'
+      )
     with open(path) as f:
       self.metadata = json.load(f)
     if self.metadata.get('format') != FORMAT:
-      raise ValueError(f'{directory}: unknown cache format {self.metadata.get("format")!r}'
-                       f' (this reader reads {FORMAT}).')
+      raise ValueError(
+        f'{directory}: unknown cache format {self.metadata.get("format")!r}'
+        f' (this reader reads {FORMAT}).'
+      )
     self.paths = [os.path.join(directory, n) for n in self.metadata['shards']]
     missing = [p for p in self.paths if not os.path.isfile(p)]
     if missing:

@@ -18,6 +18,7 @@ its own slice of the source file (safetensors slices, TensorStore reads).
 Writer: an orbax checkpoint `DIR/params` plus `DIR/t5_config.json` (and the
 SentencePiece model as `DIR/spiece.model` when known); `load_t5(DIR)` reads it back.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -32,7 +33,7 @@ from typing import Any, Callable, Mapping, Sequence
 import flax.linen as nn
 import jax
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from jax.sharding import Mesh
 
 from imagen_video_jax.models.t5 import T5Config, abstract_params
 from imagen_video_jax.parallel import DEFAULT_RULES, logical_sharding  # noqa: F401 (re-exported)
@@ -57,13 +58,14 @@ def pickle_refusal(paths: Sequence[str]) -> str:
   """The message shown when only PyTorch pickles are offered."""
   names = ', '.join(os.path.basename(p) for p in paths)
   return (
-      f'Refusing to read {names}: PyTorch pickles can run arbitrary code when loaded, '
-      'so this tool never unpickles anything. Convert the checkpoint to safetensors '
-      'once, on a machine and with a model you trust, e.g.\n'
-      '  python -c "from transformers import T5EncoderModel; '
-      "T5EncoderModel.from_pretrained('SRC').save_pretrained('DST', "
-      "safe_serialization=True)\"\n"
-      'then convert DST (it holds config.json and model.safetensors).')
+    f'Refusing to read {names}: PyTorch pickles can run arbitrary code when loaded, '
+    'so this tool never unpickles anything. Convert the checkpoint to safetensors '
+    'once, on a machine and with a model you trust, e.g.\n'
+    '  python -c "from transformers import T5EncoderModel; '
+    "T5EncoderModel.from_pretrained('SRC').save_pretrained('DST', "
+    'safe_serialization=True)"\n'
+    'then convert DST (it holds config.json and model.safetensors).'
+  )
 
 
 # ---------------------------------------------------------------------------------
@@ -74,8 +76,10 @@ def param_shardings(config: T5Config, mesh: Mesh | None = None, rules=None):
   if mesh is None:
     mesh = Mesh(np.array(jax.devices()[:1]), ('data',))
   return jax.tree.map(
-      lambda p: logical_sharding(p.names, p.value.shape, mesh, rules),
-      abstract_params(config), is_leaf=lambda x: isinstance(x, nn.LogicallyPartitioned))
+    lambda p: logical_sharding(p.names, p.value.shape, mesh, rules),
+    abstract_params(config),
+    is_leaf=lambda x: isinstance(x, nn.LogicallyPartitioned),
+  )
 
 
 # ---------------------------------------------------------------------------------
@@ -92,6 +96,7 @@ class _Tensor:
 class _Mapped:
   """A source tensor seen in our layout: optionally transposed, then one dimension
   split into (heads, d_kv) — 'last' for q/k/v kernels, 'first' for the out kernel."""
+
   tensor: _Tensor
   transpose: bool = False
   split: str | None = None
@@ -130,7 +135,8 @@ class _Mapped:
 
 def _abstract_leaves(config: T5Config) -> dict[tuple[str, ...], nn.LogicallyPartitioned]:
   flat = jax.tree_util.tree_flatten_with_path(
-      abstract_params(config), is_leaf=lambda x: isinstance(x, nn.LogicallyPartitioned))[0]
+    abstract_params(config), is_leaf=lambda x: isinstance(x, nn.LogicallyPartitioned)
+  )[0]
   return {tuple(k.key for k in path): leaf for path, leaf in flat}
 
 
@@ -139,27 +145,28 @@ def _hf_layout(config: T5Config, get: Callable[[str], _Tensor]) -> dict:
   kv = config.d_kv
   emb = 'shared.weight'
   mapping = {
-      ('token_embedder', 'embedding'): _Mapped(get(emb, 'encoder.embed_tokens.weight')),
-      ('relpos_bias', 'rel_embedding'): _Mapped(
-          get('encoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight'),
-          transpose=True),
-      ('encoder_norm', 'scale'): _Mapped(get('encoder.final_layer_norm.weight')),
+    ('token_embedder', 'embedding'): _Mapped(get(emb, 'encoder.embed_tokens.weight')),
+    ('relpos_bias', 'rel_embedding'): _Mapped(
+      get('encoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight'), transpose=True
+    ),
+    ('encoder_norm', 'scale'): _Mapped(get('encoder.final_layer_norm.weight')),
   }
   for i in range(config.num_layers):
     b = f'encoder.block.{i}.layer'
     lyr = f'layers_{i}'
     for ours, theirs in (('query', 'q'), ('key', 'k'), ('value', 'v')):
       mapping[(lyr, 'attention', ours, 'kernel')] = _Mapped(
-          get(f'{b}.0.SelfAttention.{theirs}.weight'), transpose=True, split='last',
-          d_kv=kv)
+        get(f'{b}.0.SelfAttention.{theirs}.weight'), transpose=True, split='last', d_kv=kv
+      )
     mapping[(lyr, 'attention', 'out', 'kernel')] = _Mapped(
-        get(f'{b}.0.SelfAttention.o.weight'), transpose=True, split='first', d_kv=kv)
-    mapping[(lyr, 'pre_attention_layer_norm', 'scale')] = _Mapped(
-        get(f'{b}.0.layer_norm.weight'))
+      get(f'{b}.0.SelfAttention.o.weight'), transpose=True, split='first', d_kv=kv
+    )
+    mapping[(lyr, 'pre_attention_layer_norm', 'scale')] = _Mapped(get(f'{b}.0.layer_norm.weight'))
     mapping[(lyr, 'pre_mlp_layer_norm', 'scale')] = _Mapped(get(f'{b}.1.layer_norm.weight'))
     for w in ('wi_0', 'wi_1', 'wo'):
       mapping[(lyr, 'mlp', w, 'kernel')] = _Mapped(
-          get(f'{b}.1.DenseReluDense.{w}.weight'), transpose=True)
+        get(f'{b}.1.DenseReluDense.{w}.weight'), transpose=True
+      )
   return mapping
 
 
@@ -167,18 +174,20 @@ def _t5x_layout(config: T5Config, get: Callable[[str], _Tensor]) -> dict:
   """Our parameter path -> T5X tensor. Same names; T5X kernels are 2-D."""
   kv = config.d_kv
   mapping = {
-      ('token_embedder', 'embedding'): _Mapped(get('token_embedder/embedding')),
-      ('relpos_bias', 'rel_embedding'): _Mapped(get('encoder/relpos_bias/rel_embedding')),
-      ('encoder_norm', 'scale'): _Mapped(get('encoder/encoder_norm/scale')),
+    ('token_embedder', 'embedding'): _Mapped(get('token_embedder/embedding')),
+    ('relpos_bias', 'rel_embedding'): _Mapped(get('encoder/relpos_bias/rel_embedding')),
+    ('encoder_norm', 'scale'): _Mapped(get('encoder/encoder_norm/scale')),
   }
   for i in range(config.num_layers):
     lyr = f'layers_{i}'
     p = f'encoder/{lyr}'
     for name in ('query', 'key', 'value'):
       mapping[(lyr, 'attention', name, 'kernel')] = _Mapped(
-          get(f'{p}/attention/{name}/kernel'), split='last', d_kv=kv)
+        get(f'{p}/attention/{name}/kernel'), split='last', d_kv=kv
+      )
     mapping[(lyr, 'attention', 'out', 'kernel')] = _Mapped(
-        get(f'{p}/attention/out/kernel'), split='first', d_kv=kv)
+      get(f'{p}/attention/out/kernel'), split='first', d_kv=kv
+    )
     for name in ('pre_attention_layer_norm', 'pre_mlp_layer_norm'):
       mapping[(lyr, name, 'scale')] = _Mapped(get(f'{p}/{name}/scale'))
     for w in ('wi_0', 'wi_1', 'wo'):
@@ -186,8 +195,9 @@ def _t5x_layout(config: T5Config, get: Callable[[str], _Tensor]) -> dict:
   return mapping
 
 
-def _materialise(mapping: Mapping[tuple[str, ...], _Mapped], config: T5Config,
-                 mesh: Mesh | None, rules, dtype) -> dict:
+def _materialise(
+  mapping: Mapping[tuple[str, ...], _Mapped], config: T5Config, mesh: Mesh | None, rules, dtype
+) -> dict:
   """Builds each parameter in its final sharding, one array at a time."""
   if mesh is None:
     mesh = Mesh(np.array(jax.devices()[:1]), ('data',))
@@ -197,8 +207,9 @@ def _materialise(mapping: Mapping[tuple[str, ...], _Mapped], config: T5Config,
     src, expected = mapping[path], tuple(leaf.value.shape)
     if tuple(src.shape) != expected:
       raise CheckpointError(
-          f'{src.tensor.name} has shape {src.tensor.shape}, which does not fit '
-          f'{"/".join(path)} {expected} of {config}.')
+        f'{src.tensor.name} has shape {src.tensor.shape}, which does not fit '
+        f'{"/".join(path)} {expected} of {config}.'
+      )
     sharding = logical_sharding(leaf.names, expected, mesh, rules)
     cache: dict = {}  # Replicated shards ask for the same slice: read it once.
 
@@ -219,19 +230,26 @@ def _materialise(mapping: Mapping[tuple[str, ...], _Mapped], config: T5Config,
 # Hugging Face (safetensors).
 # ---------------------------------------------------------------------------------
 def _refuse_pickles(directory: str) -> None:
-  pickles = [p for p in sorted(glob.glob(os.path.join(directory, '*')))
-             if p.endswith(PICKLE_SUFFIXES) or '.bin.index' in p]
+  pickles = [
+    p
+    for p in sorted(glob.glob(os.path.join(directory, '*')))
+    if p.endswith(PICKLE_SUFFIXES) or '.bin.index' in p
+  ]
   raise CheckpointError(pickle_refusal(pickles))
 
 
-def load_hf(directory: str, *, mesh: Mesh | None = None, rules=None,
-            dtype=np.float32) -> tuple[T5Config, dict]:
+def load_hf(
+  directory: str, *, mesh: Mesh | None = None, rules=None, dtype=np.float32
+) -> tuple[T5Config, dict]:
   """Reads a Hugging Face T5 (v1.1) directory's encoder into sharded jax arrays."""
   from safetensors import safe_open  # Local import: only this reader needs it.
+
   cfg_path = os.path.join(directory, 'config.json')
   if not os.path.isfile(cfg_path):
-    raise CheckpointError(f'{directory} has no config.json; is it a Hugging Face model '
-                          'directory (save_pretrained output)?')
+    raise CheckpointError(
+      f'{directory} has no config.json; is it a Hugging Face model '
+      'directory (save_pretrained output)?'
+    )
   index = os.path.join(directory, 'model.safetensors.index.json')
   if os.path.isfile(index):
     with open(index) as f:
@@ -242,9 +260,10 @@ def load_hf(directory: str, *, mesh: Mesh | None = None, rules=None,
       if any(p.endswith(PICKLE_SUFFIXES) for p in os.listdir(directory)):
         _refuse_pickles(directory)
       raise CheckpointError(
-          f'{directory} has config.json but no *.safetensors file. Download the '
-          'safetensors weights (e.g. `huggingface-cli download REPO --include "*.json" '
-          '"*.safetensors" spiece.model`); Flax/TF/PyTorch files are not read.')
+        f'{directory} has config.json but no *.safetensors file. Download the '
+        'safetensors weights (e.g. `huggingface-cli download REPO --include "*.json" '
+        '"*.safetensors" spiece.model`); Flax/TF/PyTorch files are not read.'
+      )
     weight_map = {}
     for path in files:
       with safe_open(path, framework='numpy') as h:
@@ -258,8 +277,10 @@ def load_hf(directory: str, *, mesh: Mesh | None = None, rules=None,
       if name in weight_map:
         break
     else:
-      raise CheckpointError(f'{directory} lacks tensor {names[0]!r}; is it a T5 v1.1 '
-                            f'encoder with {config.num_layers} layers?')
+      raise CheckpointError(
+        f'{directory} lacks tensor {names[0]!r}; is it a T5 v1.1 '
+        f'encoder with {config.num_layers} layers?'
+      )
     fname = weight_map[name]
     if fname not in handles:
       handles[fname] = safe_open(os.path.join(directory, fname), framework='numpy')
@@ -280,9 +301,11 @@ def find_t5x_checkpoint(path: str) -> str | None:
   """`path` itself if it holds a T5X `checkpoint` file, else its latest checkpoint_N."""
   if os.path.isfile(os.path.join(path, 'checkpoint')):
     return path
-  steps = [(int(m.group(1)), d) for d in glob.glob(os.path.join(path, 'checkpoint_*'))
-           if (m := re.search(r'checkpoint_(\d+)$', d))
-           and os.path.isfile(os.path.join(d, 'checkpoint'))]
+  steps = [
+    (int(m.group(1)), d)
+    for d in glob.glob(os.path.join(path, 'checkpoint_*'))
+    if (m := re.search(r'checkpoint_(\d+)$', d)) and os.path.isfile(os.path.join(d, 'checkpoint'))
+  ]
   return max(steps)[1] if steps else None
 
 
@@ -300,6 +323,7 @@ def _is_ts_spec(x) -> bool:
 
 def _ts_tensor(name: str, spec: dict, directory: str) -> _Tensor:
   import tensorstore as ts  # Local import: only this reader needs it.
+
   spec = json.loads(json.dumps(spec))
   # The zarr metadata on disk is authoritative; the copy in the msgpack only has to
   # agree with it, and a harmless difference (chunk layout) must not stop a read.
@@ -314,8 +338,9 @@ def _ts_tensor(name: str, spec: dict, directory: str) -> _Tensor:
   try:
     store = ts.open(spec, open=True, read=True).result()
   except Exception as e:  # pylint: disable=broad-except
-    raise CheckpointError(f'Cannot open TensorStore array {name} ({spec["kvstore"]}): '
-                          f'{e}') from None
+    raise CheckpointError(
+      f'Cannot open TensorStore array {name} ({spec["kvstore"]}): {e}'
+    ) from None
   return _Tensor(name, tuple(store.shape), lambda idx: store[idx].read().result())
 
 
@@ -324,29 +349,37 @@ def _infer_t5x_config(arrays: Mapping[str, Any], overrides: Mapping[str, Any]) -
     v = arrays[key]
     return tuple(v['metadata']['shape']) if _is_ts_spec(v) else tuple(np.shape(v))
 
-  layers = {int(m.group(1)) for k in arrays
-            if (m := re.match(r'encoder/layers_(\d+)/', k))}
+  layers = {int(m.group(1)) for k in arrays if (m := re.match(r'encoder/layers_(\d+)/', k))}
   if 'encoder/layers_0/mlp/wi/kernel' in arrays:
-    raise CheckpointError('This T5X checkpoint has a non-gated MLP (T5 1.0); only T5 '
-                          'v1.1 (wi_0/wi_1) is supported.')
+    raise CheckpointError(
+      'This T5X checkpoint has a non-gated MLP (T5 1.0); only T5 v1.1 (wi_0/wi_1) is supported.'
+    )
   vocab, d_model = shape('token_embedder/embedding')
   heads, buckets = shape('encoder/relpos_bias/rel_embedding')
   inner = shape('encoder/layers_0/attention/query/kernel')[1]
   d_ff = shape('encoder/layers_0/mlp/wi_0/kernel')[1]
-  fields = dict(vocab_size=vocab, d_model=d_model, num_layers=len(layers),
-                num_heads=heads, d_kv=inner // heads, d_ff=d_ff,
-                relative_attention_num_buckets=buckets)
+  fields = dict(
+    vocab_size=vocab,
+    d_model=d_model,
+    num_layers=len(layers),
+    num_heads=heads,
+    d_kv=inner // heads,
+    d_ff=d_ff,
+    relative_attention_num_buckets=buckets,
+  )
   return T5Config(**{**fields, **overrides})
 
 
-def load_t5x(path: str, *, mesh: Mesh | None = None, rules=None, dtype=np.float32,
-             **config_overrides) -> tuple[T5Config, dict]:
+def load_t5x(
+  path: str, *, mesh: Mesh | None = None, rules=None, dtype=np.float32, **config_overrides
+) -> tuple[T5Config, dict]:
   """Reads the encoder of a T5X T5 v1.1 checkpoint into sharded jax arrays.
 
   The config is inferred from array shapes; `relative_attention_max_distance` (not
   stored by T5X, 128 for all published models) can be overridden.
   """
   from flax import serialization
+
   directory = find_t5x_checkpoint(path)
   if directory is None:
     raise CheckpointError(f'{path} holds no T5X `checkpoint` file (nor checkpoint_N/).')
@@ -360,8 +393,7 @@ def load_t5x(path: str, *, mesh: Mesh | None = None, rules=None, dtype=np.float3
   try:
     config = _infer_t5x_config(arrays, config_overrides)
   except KeyError as e:
-    raise CheckpointError(f'{directory} lacks T5 v1.1 encoder array target/{e.args[0]}.'
-                          ) from None
+    raise CheckpointError(f'{directory} lacks T5 v1.1 encoder array target/{e.args[0]}.') from None
 
   def get(name: str) -> _Tensor:
     if name not in arrays:
@@ -378,8 +410,9 @@ def load_t5x(path: str, *, mesh: Mesh | None = None, rules=None, dtype=np.float3
 # ---------------------------------------------------------------------------------
 # Dispatch, orbax output, loading.
 # ---------------------------------------------------------------------------------
-def load_source(source: str, *, mesh: Mesh | None = None, rules=None,
-                dtype=np.float32, **t5x_overrides) -> tuple[T5Config, dict]:
+def load_source(
+  source: str, *, mesh: Mesh | None = None, rules=None, dtype=np.float32, **t5x_overrides
+) -> tuple[T5Config, dict]:
   """Reads a HF directory or a T5X checkpoint (detected from its files)."""
   if os.path.isfile(source):
     if source.endswith(PICKLE_SUFFIXES):
@@ -394,14 +427,17 @@ def load_source(source: str, *, mesh: Mesh | None = None, rules=None,
   if any(n.endswith(PICKLE_SUFFIXES) for n in os.listdir(source)):
     _refuse_pickles(source)
   raise CheckpointError(
-      f'{source} is neither a Hugging Face T5 directory (config.json + *.safetensors) '
-      'nor a T5X checkpoint (a `checkpoint` file + arrays, or checkpoint_N/).')
+    f'{source} is neither a Hugging Face T5 directory (config.json + *.safetensors) '
+    'nor a T5X checkpoint (a `checkpoint` file + arrays, or checkpoint_N/).'
+  )
 
 
-def save_t5(directory: str, config: T5Config, params, *, vocab: str | None = None,
-            source: str | None = None) -> str:
+def save_t5(
+  directory: str, config: T5Config, params, *, vocab: str | None = None, source: str | None = None
+) -> str:
   """Writes `params` as an orbax checkpoint plus the config JSON (and vocabulary)."""
   import orbax.checkpoint as ocp
+
   directory = os.path.abspath(directory)
   os.makedirs(directory, exist_ok=True)
   with ocp.StandardCheckpointer() as ckptr:
@@ -409,8 +445,7 @@ def save_t5(directory: str, config: T5Config, params, *, vocab: str | None = Non
     ckptr.wait_until_finished()
   if jax.process_index() == 0:
     dtype = str(jax.tree.leaves(params)[0].dtype)
-    meta = {'format': FORMAT, 't5': config.to_dict(), 'param_dtype': dtype,
-            'source': source}
+    meta = {'format': FORMAT, 't5': config.to_dict(), 'param_dtype': dtype, 'source': source}
     with open(os.path.join(directory, CONFIG_FILE), 'w') as f:
       json.dump(meta, f, indent=2)
     if vocab:
@@ -424,30 +459,41 @@ def read_config(directory: str) -> tuple[T5Config, dict]:
   if not os.path.isdir(directory):
     raise CheckpointError(f'{directory} does not exist.')
   if not os.path.isfile(path):
-    raise CheckpointError(f'{directory} has no {CONFIG_FILE}; convert a checkpoint '
-                          'with `python -m imagen_video_jax.convert_t5` first.')
+    raise CheckpointError(
+      f'{directory} has no {CONFIG_FILE}; convert a checkpoint '
+      'with `python -m imagen_video_jax.convert_t5` first.'
+    )
   with open(path) as f:
     meta = json.load(f)
   return T5Config.from_dict(meta['t5']), meta
 
 
-def load_t5(directory: str, *, mesh: Mesh | None = None, rules=None, dtype=None,
-            compute_dtype: str | None = None) -> tuple[T5Config, dict]:
+def load_t5(
+  directory: str,
+  *,
+  mesh: Mesh | None = None,
+  rules=None,
+  dtype=None,
+  compute_dtype: str | None = None,
+) -> tuple[T5Config, dict]:
   """Restores a converted encoder: `(T5Config, params)`, params in their shardings.
 
   `dtype` casts the stored parameters on load; `compute_dtype` ('float32' or
   'bfloat16') overrides the config's activation dtype.
   """
   import orbax.checkpoint as ocp
+
   directory = os.path.abspath(directory)
   config, meta = read_config(directory)
   if compute_dtype:
     config = dataclasses.replace(config, dtype=compute_dtype)
   dtype = np.dtype(dtype or meta.get('param_dtype', 'float32'))
   target = jax.tree.map(
-      lambda p, s: jax.ShapeDtypeStruct(p.value.shape, dtype, sharding=s),
-      abstract_params(config), param_shardings(config, mesh, rules),
-      is_leaf=lambda x: isinstance(x, nn.LogicallyPartitioned))
+    lambda p, s: jax.ShapeDtypeStruct(p.value.shape, dtype, sharding=s),
+    abstract_params(config),
+    param_shardings(config, mesh, rules),
+    is_leaf=lambda x: isinstance(x, nn.LogicallyPartitioned),
+  )
   with ocp.StandardCheckpointer() as ckptr:
     params = ckptr.restore(os.path.join(directory, PARAMS_DIR), target)
   return config, params

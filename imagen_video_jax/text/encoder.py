@@ -8,6 +8,7 @@ is split over devices, and with `shard_params=True` (default) so is every parame
 Outputs follow docs/design.md, 'Tensor conventions': `text_emb [B, L, D]` (bfloat16 by
 default, zeros at padded positions) and `text_mask [B, L]` bool.
 """
+
 from __future__ import annotations
 
 import logging
@@ -40,12 +41,21 @@ def encode_rules(shard_params: bool = True):
 class TextEncoder:
   """A frozen T5 encoder with its tokenizer: `encoder(prompts) -> (emb, mask)`."""
 
-  def __init__(self, config: T5Config, params, tokenizer: Tokenizer, *,
-               max_length: int = DEFAULT_MAX_LENGTH, mesh: Mesh | None = None,
-               out_dtype=jnp.bfloat16):
+  def __init__(
+    self,
+    config: T5Config,
+    params,
+    tokenizer: Tokenizer,
+    *,
+    max_length: int = DEFAULT_MAX_LENGTH,
+    mesh: Mesh | None = None,
+    out_dtype=jnp.bfloat16,
+  ):
     if tokenizer.vocab_size > config.vocab_size:
-      raise ValueError(f'The tokenizer has {tokenizer.vocab_size} pieces but the T5 '
-                       f'embedding only {config.vocab_size} rows: wrong vocabulary?')
+      raise ValueError(
+        f'The tokenizer has {tokenizer.vocab_size} pieces but the T5 '
+        f'embedding only {config.vocab_size} rows: wrong vocabulary?'
+      )
     self.config, self.params, self.tokenizer = config, params, tokenizer
     self.max_length = max_length
     self.mesh = mesh or data_mesh()
@@ -58,27 +68,37 @@ class TextEncoder:
       # Zeros at padding: deterministic, compressible, and what the cache stores.
       return jnp.where(mask[..., None], emb, 0).astype(out_dtype)
 
-    self._encode = jax.jit(encode, in_shardings=(param_shardings, batch, batch),
-                           out_shardings=batch)
+    self._encode = jax.jit(
+      encode, in_shardings=(param_shardings, batch, batch), out_shardings=batch
+    )
 
   @classmethod
-  def load(cls, directory: str, *, tokenizer: str | None = None,
-           max_length: int = DEFAULT_MAX_LENGTH, mesh: Mesh | None = None,
-           shard_params: bool = True, compute_dtype: str | None = None,
-           out_dtype=jnp.bfloat16) -> 'TextEncoder':
+  def load(
+    cls,
+    directory: str,
+    *,
+    tokenizer: str | None = None,
+    max_length: int = DEFAULT_MAX_LENGTH,
+    mesh: Mesh | None = None,
+    shard_params: bool = True,
+    compute_dtype: str | None = None,
+    out_dtype=jnp.bfloat16,
+  ) -> 'TextEncoder':
     """Loads a `convert_t5` output directory (and its `spiece.model` by default)."""
     mesh = mesh or data_mesh()
     checkpoints.read_config(directory)  # Fails first, and clearly, on a wrong path.
     vocab = tokenizer or checkpoints.vocab_path(directory)
     if vocab is None:
       raise FileNotFoundError(
-          f'{directory} has no {checkpoints.VOCAB_FILE}; pass the SentencePiece model '
-          'explicitly (convert_t5 --vocab=... stores it next to the weights).')
-    config, params = checkpoints.load_t5(directory, mesh=mesh,
-                                         rules=encode_rules(shard_params),
-                                         compute_dtype=compute_dtype)
-    return cls(config, params, Tokenizer(vocab), max_length=max_length, mesh=mesh,
-               out_dtype=out_dtype)
+        f'{directory} has no {checkpoints.VOCAB_FILE}; pass the SentencePiece model '
+        'explicitly (convert_t5 --vocab=... stores it next to the weights).'
+      )
+    config, params = checkpoints.load_t5(
+      directory, mesh=mesh, rules=encode_rules(shard_params), compute_dtype=compute_dtype
+    )
+    return cls(
+      config, params, Tokenizer(vocab), max_length=max_length, mesh=mesh, out_dtype=out_dtype
+    )
 
   @property
   def num_devices(self) -> int:
@@ -114,26 +134,39 @@ def read_captions(path: str) -> list[str]:
   return captions
 
 
-def encode_captions(encoder: TextEncoder, captions: Sequence[str], output: str, *,
-                    batch_size: int = 64, shard_size: int = 4096,
-                    print_npy: str | None = None, print_count: int = 8,
-                    progress: bool = True, max_warnings: int = 20) -> dict:
+def encode_captions(
+  encoder: TextEncoder,
+  captions: Sequence[str],
+  output: str,
+  *,
+  batch_size: int = 64,
+  shard_size: int = 4096,
+  print_npy: str | None = None,
+  print_count: int = 8,
+  progress: bool = True,
+  max_warnings: int = 20,
+) -> dict:
   """Encodes `captions` in batches and writes them as a cache (see `text/cache.py`).
 
   Returns the cache metadata. `print_npy` also saves the first `print_count`
   embeddings as float32 [N, L, D] for inspection.
   """
   from tqdm import tqdm
+
   batch_size = -(-max(1, batch_size) // encoder.num_devices) * encoder.num_devices
-  meta = {'t5': encoder.config.to_dict(), 'max_length': encoder.max_length,
-          'dim': encoder.config.d_model, 'dtype': 'bfloat16',
-          'vocab_size': encoder.tokenizer.vocab_size}
+  meta = {
+    't5': encoder.config.to_dict(),
+    'max_length': encoder.max_length,
+    'dim': encoder.config.d_model,
+    'dtype': 'bfloat16',
+    'vocab_size': encoder.tokenizer.vocab_size,
+  }
   truncated, warned, first = 0, 0, []
   bar = tqdm(total=len(captions), unit='caption', disable=not progress)
 
   def dispatch(start):
     nonlocal warned
-    batch = captions[start:start + batch_size]
+    batch = captions[start : start + batch_size]
     tok = encoder.tokenizer(batch, encoder.max_length, warn=warned < max_warnings)
     warned += int(tok.truncated.sum())
     ids, mask = tok.ids, tok.mask
@@ -143,8 +176,7 @@ def encode_captions(encoder: TextEncoder, captions: Sequence[str], output: str, 
       mask = np.concatenate([mask, np.zeros((pad, mask.shape[1]), bool)])
     return batch, tok, encoder._encode(encoder.params, ids, mask)  # pylint: disable=protected-access
 
-  with cache_lib.CacheWriter(output, len(captions), shard_size=shard_size,
-                             metadata=meta) as writer:
+  with cache_lib.CacheWriter(output, len(captions), shard_size=shard_size, metadata=meta) as writer:
     pending = dispatch(0)
     for start in range(0, len(captions), batch_size):
       # Dispatch the next batch before fetching this one: the device stays busy
@@ -156,13 +188,17 @@ def encode_captions(encoder: TextEncoder, captions: Sequence[str], output: str, 
         writer.write(caption, tok.ids[i], emb[i], tok.mask[i])
       truncated += int(tok.truncated.sum())
       if print_npy and len(first) < print_count:
-        first.extend(emb[:print_count - len(first)].astype(np.float32))
+        first.extend(emb[: print_count - len(first)].astype(np.float32))
       bar.update(len(batch))
       pending = nxt
   bar.close()
   if truncated:
-    log.warning('%d of %d captions were longer than max_length=%d and truncated.',
-                truncated, len(captions), encoder.max_length)
+    log.warning(
+      '%d of %d captions were longer than max_length=%d and truncated.',
+      truncated,
+      len(captions),
+      encoder.max_length,
+    )
   if print_npy:
     os.makedirs(os.path.dirname(os.path.abspath(print_npy)), exist_ok=True)
     np.save(print_npy, np.stack(first))

@@ -8,6 +8,7 @@ longer than `max_length` keeps its first `max_length - 1` pieces and its EOS (wh
 captions ("a red 3 moving left", "a red 3"), with the same special ids as T5, so the
 same code path serves both that world and the real 32k T5 vocabulary.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -33,8 +34,9 @@ def _quote(text: str) -> str:
 @dataclasses.dataclass(frozen=True)
 class Tokenized:
   """A tokenised batch. `ids`/`mask` are [B, max_length]; `num_tokens` counts EOS."""
-  ids: np.ndarray        # int32, padded with the pad id.
-  mask: np.ndarray       # bool, True on real tokens (EOS included).
+
+  ids: np.ndarray  # int32, padded with the pad id.
+  mask: np.ndarray  # bool, True on real tokens (EOS included).
   num_tokens: np.ndarray  # int32 [B], tokens before truncation (EOS included).
   truncated: np.ndarray  # bool [B].
 
@@ -57,8 +59,10 @@ class Tokenizer:
       raise ValueError(f'Cannot load SentencePiece model {model!r:.200}: {e}') from None
     self.eos_id = self._sp.eos_id()
     if self.eos_id < 0:
-      raise ValueError('The SentencePiece model has no EOS piece; T5 needs one '
-                       '(train it with eos_id=1, as `train_sentencepiece` does).')
+      raise ValueError(
+        'The SentencePiece model has no EOS piece; T5 needs one '
+        '(train it with eos_id=1, as `train_sentencepiece` does).'
+      )
     self.pad_id = self._sp.pad_id() if self._sp.pad_id() >= 0 else PAD_ID
     self.unk_id = self._sp.unk_id()
 
@@ -83,8 +87,9 @@ class Tokenizer:
         out.append(i)
     return self._sp.DecodeIds(out)
 
-  def __call__(self, prompts: str | Sequence[str], max_length: int = DEFAULT_MAX_LENGTH,
-               *, warn: bool = True) -> Tokenized:
+  def __call__(
+    self, prompts: str | Sequence[str], max_length: int = DEFAULT_MAX_LENGTH, *, warn: bool = True
+  ) -> Tokenized:
     """Tokenises `prompts` to `[B, max_length]` ids and mask (see module doc)."""
     if isinstance(prompts, (str, bytes)):
       prompts = [prompts]
@@ -101,29 +106,43 @@ class Tokenizer:
       num_tokens[i] = len(pieces) + 1
       if len(pieces) + 1 > max_length:
         truncated[i] = True
-        pieces = pieces[:max_length - 1]
+        pieces = pieces[: max_length - 1]
         if warn:
-          log.warning('Prompt %d %s is %d tokens long (EOS included), more than '
-                      'max_length=%d: truncated to %s.', i, _quote(prompt),
-                      num_tokens[i], max_length, _quote(self._sp.DecodeIds(pieces)))
+          log.warning(
+            'Prompt %d %s is %d tokens long (EOS included), more than '
+            'max_length=%d: truncated to %s.',
+            i,
+            _quote(prompt),
+            num_tokens[i],
+            max_length,
+            _quote(self._sp.DecodeIds(pieces)),
+          )
       row = pieces + [self.eos_id]
-      ids[i, :len(row)] = row
-      mask[i, :len(row)] = True
+      ids[i, : len(row)] = row
+      mask[i, : len(row)] = True
       if warn:
         self._report(i, prompt, pieces)
     return Tokenized(ids, mask, num_tokens, truncated)
 
   def _report(self, i: int, prompt: str, pieces: list[int]) -> None:
     if not prompt.strip():
-      log.warning('Prompt %d %s is empty: it encodes to EOS alone. For the '
-                  'unconditional input of classifier-free guidance use the null '
-                  'embedding (mask all False) instead.', i, _quote(prompt))
+      log.warning(
+        'Prompt %d %s is empty: it encodes to EOS alone. For the '
+        'unconditional input of classifier-free guidance use the null '
+        'embedding (mask all False) instead.',
+        i,
+        _quote(prompt),
+      )
       return
     if self.unk_id >= 0 and self.unk_id in pieces:
       proto = self._sp.Encode(prompt, return_type='proto')
       unknown = sorted({p.surface for p in proto.pieces if p.id == self.unk_id})
-      log.warning('Prompt %d %s has text the vocabulary does not cover (%s); it '
-                  'encodes as <unk>.', i, _quote(prompt), ', '.join(map(repr, unknown)))
+      log.warning(
+        'Prompt %d %s has text the vocabulary does not cover (%s); it encodes as <unk>.',
+        i,
+        _quote(prompt),
+        ', '.join(map(repr, unknown)),
+      )
 
 
 def _as_text(prompt, i: int) -> str:
@@ -137,8 +156,9 @@ def _as_text(prompt, i: int) -> str:
   return prompt
 
 
-def train_sentencepiece(captions: Iterable[str], output_path: str, *,
-                        vocab_size: int = 128, model_type: str = 'bpe') -> str:
+def train_sentencepiece(
+  captions: Iterable[str], output_path: str, *, vocab_size: int = 128, model_type: str = 'bpe'
+) -> str:
   """Trains a SentencePiece model on `captions` and writes it to `output_path`.
 
   Special ids follow T5 (pad 0, EOS 1, UNK 2, no BOS). `vocab_size` is an upper
@@ -153,10 +173,20 @@ def train_sentencepiece(captions: Iterable[str], output_path: str, *,
     raise ValueError('train_sentencepiece needs at least one non-empty caption.')
   buf = io.BytesIO()
   spm.SentencePieceTrainer.Train(
-      sentence_iterator=iter(captions), model_writer=buf, vocab_size=vocab_size,
-      model_type=model_type, pad_id=PAD_ID, eos_id=EOS_ID, unk_id=UNK_ID, bos_id=-1,
-      character_coverage=1.0, hard_vocab_limit=False, shuffle_input_sentence=False,
-      num_threads=1, minloglevel=2)
+    sentence_iterator=iter(captions),
+    model_writer=buf,
+    vocab_size=vocab_size,
+    model_type=model_type,
+    pad_id=PAD_ID,
+    eos_id=EOS_ID,
+    unk_id=UNK_ID,
+    bos_id=-1,
+    character_coverage=1.0,
+    hard_vocab_limit=False,
+    shuffle_input_sentence=False,
+    num_threads=1,
+    minloglevel=2,
+  )
   os.makedirs(os.path.dirname(os.path.abspath(output_path)), exist_ok=True)
   with open(output_path, 'wb') as f:
     f.write(buf.getvalue())

@@ -3,14 +3,20 @@
 Names resolve lazily, as in the top-level package: importing one module of this package
 (`training.checkpointing`, say) does not import the others.
 """
+
 import importlib as _importlib
 
 _EXPORTS = {
-    'Checkpointer': 'checkpointing', 'ConfigMismatchError': 'checkpointing',
-    'NonFiniteCheckpointError': 'checkpointing', 'config_differences': 'checkpointing',
-    'ConfigError': 'loop', 'NonFiniteError': 'loop', 'TrainResult': 'loop',
-    'train_and_evaluate': 'loop',
-    'TrainState': 'state', 'make_optimizer': 'state',
+  'Checkpointer': 'checkpointing',
+  'ConfigMismatchError': 'checkpointing',
+  'NonFiniteCheckpointError': 'checkpointing',
+  'config_differences': 'checkpointing',
+  'ConfigError': 'loop',
+  'NonFiniteError': 'loop',
+  'TrainResult': 'loop',
+  'train_and_evaluate': 'loop',
+  'TrainState': 'state',
+  'make_optimizer': 'state',
 }
 __all__ = sorted(_EXPORTS)
 _MODULES = ('checkpointing', 'loop', 'metrics', 'state', 'step', 'warm_start')
@@ -29,5 +35,6 @@ def __getattr__(name: str):
 
 def __dir__():
   # The public API, the dunders and any submodule imported so far; no private helpers.
-  return sorted({n for n in globals() if not n.startswith('_') or n.startswith('__')}
-                | set(_EXPORTS))
+  return sorted(
+    {n for n in globals() if not n.startswith('_') or n.startswith('__')} | set(_EXPORTS)
+  )

@@ -11,6 +11,7 @@ Saves are asynchronous (the state is copied to host before `save` returns, so th
 train step may donate its buffers right away); `keep` checkpoints are kept. A state
 with a non-finite value is never saved.
 """
+
 from __future__ import annotations
 
 import json
@@ -25,14 +26,26 @@ import orbax.checkpoint as ocp
 
 # Fields a resumed run may change: how long it runs and how it reports, not what it learns.
 RESUMABLE_FIELDS = (
-    'num_steps', 'log_every', 'checkpoint_every_steps', 'checkpoint_every_secs',
-    'keep_checkpoints', 'sample_every', 'max_nonfinite_in_a_row', 'debug_nan_steps',
-    'debug_sleep_secs', 'data.dir', 'data.num_threads', 'data.prefetch_rows',
-    'data.worker_count', 'sample.*', 'text.tokenizer', 'name',
-    'mesh.*',  # orbax restores into the new run's shardings: resume on another mesh
-    'model.remat',  # recomputation only; model.scan_blocks changes the params' layout
-    'stop_after_secs',
-    'init_from',  # read at step 0 only: a run that has begun resumes from its checkpoints
+  'num_steps',
+  'log_every',
+  'checkpoint_every_steps',
+  'checkpoint_every_secs',
+  'keep_checkpoints',
+  'sample_every',
+  'max_nonfinite_in_a_row',
+  'debug_nan_steps',
+  'debug_sleep_secs',
+  'data.dir',
+  'data.num_threads',
+  'data.prefetch_rows',
+  'data.worker_count',
+  'sample.*',
+  'text.tokenizer',
+  'name',
+  'mesh.*',  # orbax restores into the new run's shardings: resume on another mesh
+  'model.remat',  # recomputation only; model.scan_blocks changes the params' layout
+  'stop_after_secs',
+  'init_from',  # read at step 0 only: a run that has begun resumes from its checkpoints
 )
 
 
@@ -76,12 +89,17 @@ def _added_field_defaults() -> dict[str, Any]:
   """
   import dataclasses
   from imagen_video_jax.models.unet import UNetConfig
-  return {f'model.{f.name}': f.default for f in dataclasses.fields(UNetConfig)
-          if f.default is not dataclasses.MISSING}
+
+  return {
+    f'model.{f.name}': f.default
+    for f in dataclasses.fields(UNetConfig)
+    if f.default is not dataclasses.MISSING
+  }
 
 
-def config_differences(saved: dict, current: dict,
-                       allowed: Iterable[str] = RESUMABLE_FIELDS) -> list[str]:
+def config_differences(
+  saved: dict, current: dict, allowed: Iterable[str] = RESUMABLE_FIELDS
+) -> list[str]:
   """'field: checkpoint X, now Y' for every field that differs and may not change."""
   a, b = flatten(config_to_dict(saved)), flatten(config_to_dict(current))
   diffs = []
@@ -90,16 +108,20 @@ def config_differences(saved: dict, current: dict,
       continue
     va, vb = a.get(name, '<absent>'), b.get(name, '<absent>')
     default = _added_field_defaults().get(name, '<absent>')
-    if va != vb and not (va == '<absent>' and vb == default) and not (
-        vb == '<absent>' and va == default):
+    if (
+      va != vb
+      and not (va == '<absent>' and vb == default)
+      and not (vb == '<absent>' and va == default)
+    ):
       diffs.append(f'{name}: checkpoint {json.dumps(va)}, now {json.dumps(vb)}')
   return diffs
 
 
 @jax.jit
 def _all_finite(tree) -> jax.Array:
-  leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)
-            if jnp.issubdtype(x.dtype, jnp.inexact)]
+  leaves = [
+    jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.inexact)
+  ]
   return jnp.all(jnp.stack(leaves)) if leaves else jnp.array(True)
 
 
@@ -109,12 +131,16 @@ class Checkpointer:
   def __init__(self, workdir: str, *, keep: int = 3, async_save: bool = True):
     self.directory = os.path.join(os.path.abspath(workdir), 'checkpoints')
     self.manager = ocp.CheckpointManager(
-        self.directory,
-        options=ocp.CheckpointManagerOptions(
-            max_to_keep=keep, create=True, enable_async_checkpointing=async_save),
-        item_handlers={'state': ocp.StandardCheckpointHandler(),
-                       'data': grain.checkpoint.CheckpointHandler(),
-                       'config': ocp.JsonCheckpointHandler()})
+      self.directory,
+      options=ocp.CheckpointManagerOptions(
+        max_to_keep=keep, create=True, enable_async_checkpointing=async_save
+      ),
+      item_handlers={
+        'state': ocp.StandardCheckpointHandler(),
+        'data': grain.checkpoint.CheckpointHandler(),
+        'config': ocp.JsonCheckpointHandler(),
+      },
+    )
 
   def latest_step(self) -> int | None:
     return self.manager.latest_step()
@@ -131,17 +157,22 @@ class Checkpointer:
     diffs = config_differences(self.saved_config(step), config_to_dict(config))
     if diffs:
       raise ConfigMismatchError(
-          f'{os.path.dirname(self.directory)} holds a run with a different config '
-          f'(checkpoint step {step}); refusing to resume. Differences: ' + '; '.join(diffs)
-          + '. Use a new --workdir, or the checkpoint\'s values.')
+        f'{os.path.dirname(self.directory)} holds a run with a different config '
+        f'(checkpoint step {step}); refusing to resume. Differences: '
+        + '; '.join(diffs)
+        + ". Use a new --workdir, or the checkpoint's values."
+      )
 
   def save(self, step: int, state, data_iter, config, *, force: bool = False) -> bool:
     """Starts an asynchronous save of step `step`; refuses a non-finite state."""
     if not bool(_all_finite(state)):
       raise NonFiniteCheckpointError(
-          f'the train state at step {step} holds NaN or Inf; not saving it')
-    args = {'state': ocp.args.StandardSave(state), 'config': ocp.args.JsonSave(
-        config_to_dict(config))}
+        f'the train state at step {step} holds NaN or Inf; not saving it'
+      )
+    args = {
+      'state': ocp.args.StandardSave(state),
+      'config': ocp.args.JsonSave(config_to_dict(config)),
+    }
     if data_iter is not None:
       args['data'] = grain.checkpoint.CheckpointSave(data_iter)
     return self.manager.save(step, args=ocp.args.Composite(**args), force=force)
@@ -163,8 +194,9 @@ class Checkpointer:
     meta = self.manager.item_metadata(step)['state']
     cpu = jax.sharding.SingleDeviceSharding(jax.local_devices(backend='cpu')[0])
     target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=cpu), meta)
-    out = self.manager.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(target)))['state']
+    out = self.manager.restore(
+      step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target))
+    )['state']
     return jax.tree.map(np.asarray, out)
 
   def wait(self) -> None:

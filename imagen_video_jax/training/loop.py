@@ -7,6 +7,7 @@ Resuming is exact: the state, the grain iterator's position and the config are s
 together, and every step's randomness is `fold_in(train_key, step)`, so 10 steps, a
 restart and 10 more equal 20 straight steps bit for bit.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -19,7 +20,6 @@ import time
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from flax import linen as nn
 from jax.sharding import NamedSharding, PartitionSpec
@@ -46,6 +46,7 @@ class TrainResult:
   """What `train_and_evaluate` returns: the final state, its step, the logged metrics,
   whether it stopped early (a preemption or `stop_after_secs`; it saved first), and the
   data iterator's position."""
+
   state: state_lib.TrainState
   step: int
   history: list  # one dict of metrics per logged step
@@ -58,8 +59,9 @@ def validate(config) -> stage_lib.Stage:
   """The stage the config describes (`stage.from_config`); any problem is one ConfigError."""
   try:
     stage = stage_lib.from_config(config)
-    pipeline_lib.PipelineConfig(batch_size=int(config.data.batch_size),
-                                image_fraction=float(config.data.image_fraction))
+    pipeline_lib.PipelineConfig(
+      batch_size=int(config.data.batch_size), image_fraction=float(config.data.image_fraction)
+    )
   except (TypeError, ValueError, KeyError, AttributeError) as e:
     raise ConfigError(f'invalid config: {e}') from None
   model, spec = stage.unet, stage.spec
@@ -71,10 +73,15 @@ def validate(config) -> stage_lib.Stage:
   if config.max_nonfinite_in_a_row < 1:
     problems.append('max_nonfinite_in_a_row must be >= 1')
   if spec.is_sr != bool(model.cond_channels) or spec.is_sr != model.cond_augment:
-    problems.append(f'stage kind {spec.kind!r} needs model.cond_channels='
-                    f'{3 if spec.is_sr else 0} and cond_augment={spec.is_sr}')
-  if model.text_dim is not None and config.text.source != 'cache' and (
-      model.text_dim != config.text.get('d_model', model.text_dim)):
+    problems.append(
+      f'stage kind {spec.kind!r} needs model.cond_channels='
+      f'{3 if spec.is_sr else 0} and cond_augment={spec.is_sr}'
+    )
+  if (
+    model.text_dim is not None
+    and config.text.source != 'cache'
+    and (model.text_dim != config.text.get('d_model', model.text_dim))
+  ):
     problems.append(f'model.text_dim {model.text_dim} != text.d_model {config.text.d_model}')
   if config.text.source not in ('t5_random', 't5', 'cache'):
     problems.append(f"text.source {config.text.source!r}: use 't5_random', 't5' or 'cache'")
@@ -87,9 +94,11 @@ def validate(config) -> stage_lib.Stage:
 def make_mesh(mesh_cfg):
   """(mesh, logical rules, batch sharding) from the config's `mesh` section."""
   from imagen_video_jax import parallel
+
   try:
     mesh = parallel.mesh_from_config(
-        {k: v for k, v in dict(mesh_cfg).items() if k != 'constrain_activations'})
+      {k: v for k, v in dict(mesh_cfg).items() if k != 'constrain_activations'}
+    )
   except ValueError as e:
     raise ConfigError(str(e)) from None
   return mesh, parallel.DEFAULT_RULES, parallel.batch_sharding(mesh)
@@ -109,14 +118,17 @@ def prepare_data(config, workdir: str) -> str:
 def make_text(config, data_dir: str, mesh):
   """(tokenizer for the pipeline, embedder for the pipeline, T5 module, T5 params)."""
   from imagen_video_jax.text.tokenizer import Tokenizer
+
   t = config.text
   if config.model.text_dim is None:
     return None, None, None, None
   if t.source == 'cache':
     from imagen_video_jax.text.cache import CacheReader
+
     return None, CacheReader(t.cache_dir).lookup, None, None
   if t.source == 't5':
     from imagen_video_jax.text import checkpoints
+
     t5_cfg, params = checkpoints.load_t5(t.t5_dir, mesh=mesh)
     path = t.tokenizer or os.path.join(t.t5_dir, 'spiece.model')
   else:  # t5_random: the tiny frozen random T5 of the Moving Digits world
@@ -126,8 +138,9 @@ def make_text(config, data_dir: str, mesh):
     path = t.tokenizer or os.path.join(data_dir, prepare.VOCAB_FILE)
   tok = Tokenizer(path)
   if tok.vocab_size > t5_cfg.vocab_size:
-    raise ConfigError(f'tokenizer {path} has {tok.vocab_size} pieces > T5 vocab_size '
-                      f'{t5_cfg.vocab_size}')
+    raise ConfigError(
+      f'tokenizer {path} has {tok.vocab_size} pieces > T5 vocab_size {t5_cfg.vocab_size}'
+    )
   tokenizer = functools.partial(tok, max_length=int(t.max_length), warn=False)
   return tokenizer, None, t5_lib.T5Encoder(t5_cfg), params
 
@@ -135,13 +148,22 @@ def make_text(config, data_dir: str, mesh):
 def make_data(config, spec, data_dir, tokenizer, embedder):
   d = config.data
   pcfg = pipeline_lib.PipelineConfig(
-      batch_size=int(d.batch_size), image_fraction=float(d.image_fraction), seed=int(d.seed),
-      num_threads=int(d.num_threads), prefetch_rows=int(d.prefetch_rows),
-      worker_count=int(d.worker_count))
+    batch_size=int(d.batch_size),
+    image_fraction=float(d.image_fraction),
+    seed=int(d.seed),
+    num_threads=int(d.num_threads),
+    prefetch_rows=int(d.prefetch_rows),
+    worker_count=int(d.worker_count),
+  )
   f = pcfg.image_fraction
-  return pipeline_lib.make_pipeline(spec, pcfg, data_dir if f < 1 else None,
-                                    data_dir if f > 0 else None, tokenizer=tokenizer,
-                                    embedder=embedder)
+  return pipeline_lib.make_pipeline(
+    spec,
+    pcfg,
+    data_dir if f < 1 else None,
+    data_dir if f > 0 else None,
+    tokenizer=tokenizer,
+    embedder=embedder,
+  )
 
 
 # ------------------------------------------------------------------ compiled functions
@@ -218,8 +240,9 @@ def _run(config, workdir, stage, mesh, rules, batch_sharding, ckpt, is_main) -> 
   model = unet_lib.VideoUNet(model_cfg)
   tx, schedule = state_lib.make_optimizer(config.optim)
   text_len = int(config.text.max_length)
-  boxed_init = unet_lib.init_fn(model_cfg, frames=spec.frames, height=spec.height,
-                                width=spec.width, text_len=text_len)
+  boxed_init = unet_lib.init_fn(
+    model_cfg, frames=spec.frames, height=spec.height, width=spec.width, text_len=text_len
+  )
   init_key, train_key = jax.random.split(jax.random.key(int(config.seed)))
   abstract, shardings = state_lib.state_shardings(boxed_init, tx, mesh, rules)
   if latest is not None:
@@ -233,6 +256,7 @@ def _run(config, workdir, stage, mesh, rules, batch_sharding, ckpt, is_main) -> 
     state = _CACHE[ik](init_key)
     if config.get('init_from'):  # a new run from trained weights (fresh optimizer)
       from imagen_video_jax.training import warm_start
+
       try:
         state = warm_start.warm_start(state, abstract, config, model_cfg)
       except warm_start.WarmStartError as e:
@@ -242,33 +266,61 @@ def _run(config, workdir, stage, mesh, rules, batch_sharding, ckpt, is_main) -> 
   # so the models' activation constraints apply (else XLA propagates the shardings of
   # the state and the batch-sharded inputs).
   from imagen_video_jax import parallel
-  with parallel.mesh_context(mesh, rules, constrain_activations=bool(
-      config.mesh.get('constrain_activations', False))):
+
+  with parallel.mesh_context(
+    mesh, rules, constrain_activations=bool(config.mesh.get('constrain_activations', False))
+  ):
     ck = _key('step', config, mesh)
     if ck not in _CACHE:
       fn = step_lib.make_train_step(config, model, t5_model, tx, schedule, train_key)
       # State in its own shardings (donated: updated in place), the batch split over
       # data x fsdp, the frozen T5 where it was loaded (never gathered per step).
-      t5_shardings = replicated if t5_params is None else jax.tree.map(
-          lambda x: x.sharding, t5_params)
-      _CACHE[ck] = jax.jit(fn, in_shardings=(shardings, batch_sharding, t5_shardings),
-                           out_shardings=(shardings, replicated), donate_argnums=0)
+      t5_shardings = (
+        replicated if t5_params is None else jax.tree.map(lambda x: x.sharding, t5_params)
+      )
+      _CACHE[ck] = jax.jit(
+        fn,
+        in_shardings=(shardings, batch_sharding, t5_shardings),
+        out_shardings=(shardings, replicated),
+        donate_argnums=0,
+      )
     train_step = _CACHE[ck]
     sample_fn = None
     if int(config.sample_every) > 0:
       n = min(int(config.sample.num), int(config.data.batch_size))
       sk = _key('sample', config, mesh)
       if sk not in _CACHE:
-        _CACHE[sk] = jax.jit(step_lib.make_sample_fn(stage, t5_model, n),
-                             out_shardings=replicated)
+        _CACHE[sk] = jax.jit(step_lib.make_sample_fn(stage, t5_model, n), out_shardings=replicated)
       sample_fn = _CACHE[sk]
 
-    return _loop(config, workdir, state, data_iter, train_step, sample_fn, ckpt, t5_params,
-                 batch_sharding, stage, is_main)
+    return _loop(
+      config,
+      workdir,
+      state,
+      data_iter,
+      train_step,
+      sample_fn,
+      ckpt,
+      t5_params,
+      batch_sharding,
+      stage,
+      is_main,
+    )
 
 
-def _loop(config, workdir, state, data_iter, train_step, sample_fn, ckpt, t5_params,
-          batch_sharding, stage, is_main) -> TrainResult:
+def _loop(
+  config,
+  workdir,
+  state,
+  data_iter,
+  train_step,
+  sample_fn,
+  ckpt,
+  t5_params,
+  batch_sharding,
+  stage,
+  is_main,
+) -> TrainResult:
   num_steps = int(config.num_steps)
   step = int(state.step)
   nan_steps = {int(s) for s in (config.debug_nan_steps or ())}
@@ -297,6 +349,7 @@ def _loop(config, workdir, state, data_iter, train_step, sample_fn, ckpt, t5_par
     if not multi:
       return flag
     from jax.experimental import multihost_utils
+
     return bool(np.max(multihost_utils.process_allgather(np.int32(flag))))
 
   def save(s, force=False):
@@ -307,8 +360,10 @@ def _loop(config, workdir, state, data_iter, train_step, sample_fn, ckpt, t5_par
     last_save, last_saved_step = time.monotonic(), s
 
   if is_main:
-    print(f'Training {config.get("name", config.stage)} in {workdir}: step {step} -> '
-          f'{num_steps}.', flush=True)
+    print(
+      f'Training {config.get("name", config.stage)} in {workdir}: step {step} -> {num_steps}.',
+      flush=True,
+    )
   try:
     while step < num_steps:
       batch = next(data_iter)
@@ -321,10 +376,11 @@ def _loop(config, workdir, state, data_iter, train_step, sample_fn, ckpt, t5_par
       in_a_row = int(m['nonfinite_in_a_row'])
       if in_a_row >= int(config.max_nonfinite_in_a_row):
         raise NonFiniteError(
-            f'stopping at step {step}: {in_a_row} steps in a row (steps '
-            f'{step - in_a_row + 1}-{step}) had a non-finite loss or gradients; their updates '
-            f'were skipped. The last checkpoint (step {last_saved_step}) is finite. Check the '
-            'data, lower optim.lr or raise max_nonfinite_in_a_row.')
+          f'stopping at step {step}: {in_a_row} steps in a row (steps '
+          f'{step - in_a_row + 1}-{step}) had a non-finite loss or gradients; their updates '
+          f'were skipped. The last checkpoint (step {last_saved_step}) is finite. Check the '
+          'data, lower optim.lr or raise max_nonfinite_in_a_row.'
+        )
       if step % int(config.log_every) == 0 or step == num_steps:
         values = {k: float(v) for k, v in jax.device_get(m).items()}
         values.update(progress.rates(step))
@@ -334,22 +390,27 @@ def _loop(config, workdir, state, data_iter, train_step, sample_fn, ckpt, t5_par
           print(progress.line(step, values), flush=True)
       if sample_fn is not None and step % int(config.sample_every) == 0:
         key = jax.random.fold_in(jax.random.key(int(config.seed) + 1), step)
-        videos = np.asarray(jax.device_get(sample_fn(
-            state.ema_params, _place(batch, batch_sharding), t5_params, key)))
+        videos = np.asarray(
+          jax.device_get(sample_fn(state.ema_params, _place(batch, batch_sharding), t5_params, key))
+        )
         # SR stages: the low-resolution conditioning under the samples.
-        below = np.asarray(batch['cond'][:len(videos)]) if 'cond' in batch else None
+        below = np.asarray(batch['cond'][: len(videos)]) if 'cond' in batch else None
         if below is not None and below.shape != videos.shape:
           below = None  # multi-host: this process's rows are not the sampled ones
-        path = writer.video(step, 'samples/ema_ddim', videos, fps=stage.fps,
-                            below=below)
+        path = writer.video(step, 'samples/ema_ddim', videos, fps=stage.fps, below=below)
         if is_main and path:
           print(f'Samples at step {step}: {path}', flush=True)
       preempted = agree(sigterm['got']) or ckpt.manager.reached_preemption(step)
       out_of_time = budget > 0 and agree(time.monotonic() - started >= budget)
       secs = float(config.checkpoint_every_secs)
       timed = agree(secs > 0 and time.monotonic() - last_save >= secs)
-      if preempted or out_of_time or timed or (
-          step % int(config.checkpoint_every_steps) == 0) or step == num_steps:
+      if (
+        preempted
+        or out_of_time
+        or timed
+        or (step % int(config.checkpoint_every_steps) == 0)
+        or step == num_steps
+      ):
         save(step, force=True)
       if preempted or out_of_time:
         if is_main:
@@ -359,10 +420,14 @@ def _loop(config, workdir, state, data_iter, train_step, sample_fn, ckpt, t5_par
         break
   except jax.errors.JaxRuntimeError as e:
     if multi:  # say what it means before jax.distributed aborts this process
-      print(f'train: process {jax.process_index()} of {jax.process_count()}: a collective '
-            f'failed after step {step} ({str(e).splitlines()[0][:200]}). Another process '
-            f'probably died. The last checkpoint is step {last_saved_step}: start every '
-            'process again with the same command to resume.', file=sys.stderr, flush=True)
+      print(
+        f'train: process {jax.process_index()} of {jax.process_count()}: a collective '
+        f'failed after step {step} ({str(e).splitlines()[0][:200]}). Another process '
+        f'probably died. The last checkpoint is step {last_saved_step}: start every '
+        'process again with the same command to resume.',
+        file=sys.stderr,
+        flush=True,
+      )
     raise
   finally:
     ckpt.wait()
@@ -371,5 +436,6 @@ def _loop(config, workdir, state, data_iter, train_step, sample_fn, ckpt, t5_par
       signal.signal(signal.SIGTERM, old_handler)
   if is_main and not preempted:
     print(f'Done: step {step}, checkpoints in {ckpt.directory}.', flush=True)
-  return TrainResult(state=state, step=step, history=history, preempted=preempted,
-                     data_state=data_iter.get_state())
+  return TrainResult(
+    state=state, step=step, history=history, preempted=preempted, data_state=data_iter.get_state()
+  )

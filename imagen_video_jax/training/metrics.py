@@ -4,6 +4,7 @@ Only process 0 writes. Sample videos go to TensorBoard as animated GIFs in image
 summaries (what tensorboardX's `add_video` does, without needing moviepy) and to
 `<workdir>/samples/step_<N>.gif`.
 """
+
 from __future__ import annotations
 
 import io
@@ -22,7 +23,7 @@ def grid(videos: np.ndarray, below: np.ndarray | None = None) -> np.ndarray:
   n, t, h, w, c = videos.shape
   out = np.zeros((t, h, n * (w + 1) - 1, c), videos.dtype)
   for i in range(n):
-    out[:, :, i * (w + 1):i * (w + 1) + w] = videos[i]
+    out[:, :, i * (w + 1) : i * (w + 1) + w] = videos[i]
   if below is not None:
     gap = np.zeros((t, 1) + out.shape[2:], out.dtype)
     out = np.concatenate([out, gap, grid(below)], axis=1)
@@ -36,8 +37,9 @@ def gif_bytes(frames_uint8: np.ndarray, fps: float = 8.0, scale: int = 4) -> byt
   frames = np.repeat(np.repeat(frames_uint8, scale, axis=1), scale, axis=2)
   images = [Image.fromarray(f) for f in frames]
   buf = io.BytesIO()
-  images[0].save(buf, format='GIF', save_all=True, append_images=images[1:],
-                 duration=int(1000 / fps), loop=0)
+  images[0].save(
+    buf, format='GIF', save_all=True, append_images=images[1:], duration=int(1000 / fps), loop=0
+  )
   return buf.getvalue()
 
 
@@ -68,12 +70,12 @@ class MetricWriter:
       return
     for k, v in values.items():
       self._tb.add_scalar(k, float(v), step)
-    self._jsonl.write(json.dumps({'step': step, **{k: float(v) for k, v in values.items()}})
-                      + '\n')
+    self._jsonl.write(json.dumps({'step': step, **{k: float(v) for k, v in values.items()}}) + '\n')
     self._jsonl.flush()
 
-  def video(self, step: int, tag: str, videos: np.ndarray, fps: float = 8.0,
-            below: np.ndarray | None = None) -> str | None:
+  def video(
+    self, step: int, tag: str, videos: np.ndarray, fps: float = 8.0, below: np.ndarray | None = None
+  ) -> str | None:
     """Writes [N, T, H, W, C] videos in [-1, 1] as one animated GIF (with `below` as a
     second row); returns its path."""
     if not self.enabled:
@@ -85,7 +87,8 @@ class MetricWriter:
     t, h, w, c = frames.shape
     image = Summary.Image(height=h * 4, width=w * 4, colorspace=c, encoded_image_string=data)
     self._tb._get_file_writer().add_summary(
-        Summary(value=[Summary.Value(tag=tag, image=image)]), step)
+      Summary(value=[Summary.Value(tag=tag, image=image)]), step
+    )
     path = os.path.join(self.workdir, 'samples', f'step_{step:08d}.gif')
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with open(path, 'wb') as f:
@@ -121,7 +124,9 @@ class Progress:
   def line(self, step: int, m: dict) -> str:
     # From the latest window's rate: the first window includes compilation.
     eta = (self.num_steps - step) / self.last_sps if self.last_sps > 0 else float('nan')
-    return (f'step {step}/{self.num_steps} | loss {m["loss"]:.4f} | grad {m["grad_norm"]:.3f} '
-            f'| lr {m["lr"]:.2e} | {m["steps_per_sec"]:.2f} steps/s '
-            f'{m["examples_per_sec"]:.1f} ex/s | non-finite {int(m["nonfinite_total"])} '
-            f'| ETA {format_eta(eta)}')
+    return (
+      f'step {step}/{self.num_steps} | loss {m["loss"]:.4f} | grad {m["grad_norm"]:.3f} '
+      f'| lr {m["lr"]:.2e} | {m["steps_per_sec"]:.2f} steps/s '
+      f'{m["examples_per_sec"]:.1f} ex/s | non-finite {int(m["nonfinite_total"])} '
+      f'| ETA {format_eta(eta)}'
+    )

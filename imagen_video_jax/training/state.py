@@ -6,6 +6,7 @@ whole. Its shardings come from the U-Net's logical axis names (MaxText style):
 to mesh axes, and the optimizer state takes the sharding of the parameter it
 mirrors (`optax.tree_map_params`), scalars replicated.
 """
+
 from __future__ import annotations
 
 from typing import Any, Callable
@@ -26,6 +27,7 @@ class TrainState:
   nonfinite_in_a_row / nonfinite_total: skipped steps, consecutive and overall.
   Applied updates = step - nonfinite_total (the optimizer's own count).
   """
+
   step: jax.Array
   params: Any
   ema_params: Any
@@ -38,16 +40,23 @@ class TrainState:
     zero = jnp.zeros((), jnp.int32)
     # A distinct buffer for the EMA: params and EMA are donated separately.
     ema = jax.tree.map(lambda p: p * jnp.ones((), p.dtype), params)
-    return cls(step=zero, params=params, ema_params=ema, opt_state=tx.init(params),
-               nonfinite_in_a_row=zero, nonfinite_total=zero)
+    return cls(
+      step=zero,
+      params=params,
+      ema_params=ema,
+      opt_state=tx.init(params),
+      nonfinite_in_a_row=zero,
+      nonfinite_total=zero,
+    )
 
 
 def make_schedule(optim) -> optax.Schedule:
   """Linear warm-up to `lr`, then constant (decay_steps=0) or cosine to lr*end_lr_fraction."""
   lr, warmup, decay = float(optim.lr), int(optim.warmup_steps), int(optim.decay_steps)
   if decay > 0:
-    return optax.warmup_cosine_decay_schedule(0.0, lr, warmup, warmup + decay,
-                                              lr * float(optim.end_lr_fraction))
+    return optax.warmup_cosine_decay_schedule(
+      0.0, lr, warmup, warmup + decay, lr * float(optim.end_lr_fraction)
+    )
   if warmup > 0:
     return optax.linear_schedule(0.0, lr, warmup)  # stays at lr afterwards
   return optax.constant_schedule(lr)
@@ -60,9 +69,16 @@ def make_optimizer(optim) -> tuple[optax.GradientTransformation, optax.Schedule]
   parts = []
   if float(optim.grad_clip) > 0:
     parts.append(optax.clip_by_global_norm(float(optim.grad_clip)))
-  parts.append(optax.adamw(schedule, b1=float(optim.b1), b2=float(optim.b2),
-                           eps=float(optim.eps), weight_decay=float(optim.weight_decay),
-                           mask=decay_mask))
+  parts.append(
+    optax.adamw(
+      schedule,
+      b1=float(optim.b1),
+      b2=float(optim.b2),
+      eps=float(optim.eps),
+      weight_decay=float(optim.weight_decay),
+      mask=decay_mask,
+    )
+  )
   return optax.chain(*parts), schedule
 
 
@@ -80,36 +96,48 @@ def ema_update(ema, params, decay: float, num_updates: jax.Array, warmup: bool =
   return jax.tree.map(lambda e, p: (d * e + (1.0 - d) * p).astype(e.dtype), ema, params)
 
 
-def state_shardings(boxed_init: Callable[[jax.Array], Any], tx: optax.GradientTransformation,
-                    mesh, rules) -> tuple[TrainState, TrainState]:
+def state_shardings(
+  boxed_init: Callable[[jax.Array], Any], tx: optax.GradientTransformation, mesh, rules
+) -> tuple[TrainState, TrainState]:
   """(abstract state, its shardings) without allocating anything.
 
   boxed_init(key) returns the model's boxed (LogicallyPartitioned) params.
   """
   from imagen_video_jax import parallel
+
   boxed = jax.eval_shape(boxed_init, jax.random.key(0))
   param_sh = parallel.logical_shardings(boxed, mesh, rules)
   params = nn.unbox(boxed)
   abstract = jax.eval_shape(lambda p: TrainState.create(p, tx), params)
   replicated = NamedSharding(mesh, PartitionSpec())
   opt_sh = optax.tree_map_params(
-      tx, lambda _, s: s, abstract.opt_state, param_sh,
-      transform_non_params=lambda _: replicated,
-      is_leaf=lambda x: isinstance(x, NamedSharding))
-  shardings = TrainState(step=replicated, params=param_sh, ema_params=param_sh,
-                         opt_state=opt_sh, nonfinite_in_a_row=replicated,
-                         nonfinite_total=replicated)
-  abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-                          abstract, shardings)
+    tx,
+    lambda _, s: s,
+    abstract.opt_state,
+    param_sh,
+    transform_non_params=lambda _: replicated,
+    is_leaf=lambda x: isinstance(x, NamedSharding),
+  )
+  shardings = TrainState(
+    step=replicated,
+    params=param_sh,
+    ema_params=param_sh,
+    opt_state=opt_sh,
+    nonfinite_in_a_row=replicated,
+    nonfinite_total=replicated,
+  )
+  abstract = jax.tree.map(
+    lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings
+  )
   return abstract, shardings
 
 
-def make_init_fn(boxed_init: Callable[[jax.Array], Any], tx: optax.GradientTransformation,
-                 shardings: TrainState) -> Callable[[jax.Array], TrainState]:
+def make_init_fn(
+  boxed_init: Callable[[jax.Array], Any], tx: optax.GradientTransformation, shardings: TrainState
+) -> Callable[[jax.Array], TrainState]:
   """Initialises the state directly into its shardings (never whole on one device).
 
   Call it outside the mesh context: Flax re-applies logical constraints while it
   reshapes boxed DenseGeneral kernels at init, which fails under a mesh.
   """
-  return jax.jit(lambda k: TrainState.create(nn.unbox(boxed_init(k)), tx),
-                 out_shardings=shardings)
+  return jax.jit(lambda k: TrainState.create(nn.unbox(boxed_init(k)), tx), out_shardings=shardings)

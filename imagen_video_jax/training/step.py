@@ -10,6 +10,7 @@ dropout and the diffusion time are drawn per clip (a video row: one draw for the
 a row packed with T images: one per image), so each packed image gets its own noise
 level (`per_frame_time`) while a video shares one.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -40,16 +41,22 @@ def encode_text(batch: dict, t5_model, t5_params) -> tuple[jax.Array, jax.Array]
     emb = batch['text_emb'].astype(jnp.float32)
   else:
     b, t, l = batch['tokens'].shape
-    emb = t5_model.apply({'params': t5_params}, batch['tokens'].reshape(b * t, l),
-                         mask.reshape(b * t, l))
+    emb = t5_model.apply(
+      {'params': t5_params}, batch['tokens'].reshape(b * t, l), mask.reshape(b * t, l)
+    )
     emb = jax.lax.stop_gradient(emb.astype(jnp.float32)).reshape(b, t, l, -1)
   # where, not multiply: an all-masked caption's T5 output is garbage, maybe non-finite.
   return jnp.where(mask[..., None], emb, 0.0), mask
 
 
-def make_train_step(config, model: unet_lib.VideoUNet, t5_model: t5_lib.T5Encoder | None,
-                    tx: optax.GradientTransformation, schedule: optax.Schedule,
-                    train_key: jax.Array):
+def make_train_step(
+  config,
+  model: unet_lib.VideoUNet,
+  t5_model: t5_lib.T5Encoder | None,
+  tx: optax.GradientTransformation,
+  schedule: optax.Schedule,
+  train_key: jax.Array,
+):
   """step(state, batch, t5_params) -> (state, metrics); jit it (see loop.py)."""
   dcfg = stage_lib.diffusion_from_config(config.diffusion)
   d = config.diffusion
@@ -80,16 +87,29 @@ def make_train_step(config, model: unet_lib.VideoUNet, t5_model: t5_lib.T5Encode
 
     cond = cond_logsnr = None
     if is_sr:
-      cond_logsnr = objectives.sample_augment_logsnr(k_aug_t, b, dcfg.schedule,
-                                                     float(d.cond_augment_max_t))
+      cond_logsnr = objectives.sample_augment_logsnr(
+        k_aug_t, b, dcfg.schedule, float(d.cond_augment_max_t)
+      )
       cond = objectives.noise_augment(k_aug, batch['cond'], cond_logsnr)
 
     def loss_fn(params):
       def apply(z, logsnr):
-        return model.apply({'params': params}, z, logsnr, text_emb, text_mask, fids, cond,
-                           cond_logsnr, train=True, rngs={'dropout': k_dropout})
-      return objectives.diffusion_loss(apply, x, k_loss, config=dcfg, frame_ids=fids,
-                                       t=t_draw, per_frame_time=per_frame_time)
+        return model.apply(
+          {'params': params},
+          z,
+          logsnr,
+          text_emb,
+          text_mask,
+          fids,
+          cond,
+          cond_logsnr,
+          train=True,
+          rngs={'dropout': k_dropout},
+        )
+
+      return objectives.diffusion_loss(
+        apply, x, k_loss, config=dcfg, frame_ids=fids, t=t_draw, per_frame_time=per_frame_time
+      )
 
     (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     grad_norm = optax.tree.norm(grads)
@@ -101,16 +121,22 @@ def make_train_step(config, model: unet_lib.VideoUNet, t5_model: t5_lib.T5Encode
     keep_new = lambda new, old: jax.tree.map(lambda n, o: jnp.where(ok, n, o), new, old)
     bad = jnp.logical_not(ok).astype(jnp.int32)
     new_state = TrainState(
-        step=state.step + 1,
-        params=keep_new(params, state.params),
-        ema_params=keep_new(ema, state.ema_params),
-        opt_state=keep_new(opt_state, state.opt_state),
-        nonfinite_in_a_row=jnp.where(ok, 0, state.nonfinite_in_a_row + 1),
-        nonfinite_total=state.nonfinite_total + bad)
-    metrics = {'loss': loss, 'grad_norm': grad_norm, 'lr': schedule(applied),
-               'logsnr_mean': aux['logsnr_mean'], 'nonfinite': bad,
-               'nonfinite_in_a_row': new_state.nonfinite_in_a_row,
-               'nonfinite_total': new_state.nonfinite_total}
+      step=state.step + 1,
+      params=keep_new(params, state.params),
+      ema_params=keep_new(ema, state.ema_params),
+      opt_state=keep_new(opt_state, state.opt_state),
+      nonfinite_in_a_row=jnp.where(ok, 0, state.nonfinite_in_a_row + 1),
+      nonfinite_total=state.nonfinite_total + bad,
+    )
+    metrics = {
+      'loss': loss,
+      'grad_norm': grad_norm,
+      'lr': schedule(applied),
+      'logsnr_mean': aux['logsnr_mean'],
+      'nonfinite': bad,
+      'nonfinite_in_a_row': new_state.nonfinite_in_a_row,
+      'nonfinite_total': new_state.nonfinite_total,
+    }
     return new_state, metrics
 
   return step
@@ -123,13 +149,21 @@ def make_sample_fn(stage: Stage, t5_model, n: int):
   (`config.sample`), on the text, frame ids and (SR stages) low-resolution
   conditioning of the first n rows of a training batch.
   """
+
   def sample(params, batch, t5_params, key):
     rows = jax.tree.map(lambda x: x[:n], batch)
     text_emb = text_mask = None
     if stage.unet.text_dim is not None:
       text_emb, text_mask = encode_text(rows, t5_model, t5_params)
-    return sampling.sample_stage(stage, params, key, n, text_emb=text_emb,
-                                 text_mask=text_mask, cond=rows.get('cond'),
-                                 frame_ids=rows['frame_ids'])
+    return sampling.sample_stage(
+      stage,
+      params,
+      key,
+      n,
+      text_emb=text_emb,
+      text_mask=text_mask,
+      cond=rows.get('cond'),
+      frame_ids=rows['frame_ids'],
+    )
 
   return sample

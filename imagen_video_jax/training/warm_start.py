@@ -15,6 +15,7 @@ from its own checkpoints (so `init_from` may change or go once a run has started
 The source's U-Net must have this run's parameter shapes; a scanned or unscanned
 layout (`model.scan_blocks`) is converted.
 """
+
 from __future__ import annotations
 
 import json
@@ -44,8 +45,9 @@ def read_source(path: str, stage: str) -> tuple[dict, bool, str]:
     with open(os.path.join(path, export.CASCADE_FILE)) as f:
       stages = json.load(f).get('stages', [])
     if stage not in stages:
-      raise WarmStartError(f'init_from={path}: the cascade has stages {stages}, not this '
-                           f'run\'s stage {stage!r}')
+      raise WarmStartError(
+        f"init_from={path}: the cascade has stages {stages}, not this run's stage {stage!r}"
+      )
     path = os.path.join(path, stage)
   if os.path.isfile(os.path.join(path, export.STAGE_FILE)):
     st = export.load_stage(path)
@@ -54,32 +56,48 @@ def read_source(path: str, stage: str) -> tuple[dict, bool, str]:
     config, ema, step = export.read_training_run(path)
     scanned = bool(config.get('model', {}).get('scan_blocks', False))
     return ema, scanned, f'the EMA params of {path} at step {step}'
-  raise WarmStartError(f'init_from={path} is neither an exported cascade (cascade.json), '
-                       'an exported stage (stage.json) nor a training workdir (checkpoints/)')
+  raise WarmStartError(
+    f'init_from={path} is neither an exported cascade (cascade.json), '
+    'an exported stage (stage.json) nor a training workdir (checkpoints/)'
+  )
 
 
-def fit_params(source: dict, source_scanned: bool, abstract_params: Any,
-               model_cfg: unet_lib.UNetConfig, origin: str) -> dict:
+def fit_params(
+  source: dict,
+  source_scanned: bool,
+  abstract_params: Any,
+  model_cfg: unet_lib.UNetConfig,
+  origin: str,
+) -> dict:
   """`source` in the layout of `abstract_params`; raises WarmStartError naming misfits."""
   if source_scanned != bool(model_cfg.scan_blocks):
     convert = unet_lib.scan_params if model_cfg.scan_blocks else unet_lib.unscan_params
     try:
       source = convert(source, model_cfg)
     except (KeyError, ValueError, TypeError) as e:
-      raise WarmStartError(f'init_from: {origin} does not have this model\'s blocks '
-                           f'({type(e).__name__}: {e})') from None
+      raise WarmStartError(
+        f"init_from: {origin} does not have this model's blocks ({type(e).__name__}: {e})"
+      ) from None
   have = params_io.flatten_params(source)
-  want = {_name(path): leaf.shape
-          for path, leaf in jax.tree_util.tree_flatten_with_path(abstract_params)[0]}
+  want = {
+    _name(path): leaf.shape
+    for path, leaf in jax.tree_util.tree_flatten_with_path(abstract_params)[0]
+  }
   problems = [f'{k} missing' for k in sorted(set(want) - set(have))]
   problems += [f'{k} unexpected' for k in sorted(set(have) - set(want))]
-  problems += [f'{k} has shape {tuple(have[k].shape)}, the model {tuple(want[k])}'
-               for k in sorted(set(want) & set(have)) if tuple(have[k].shape) != tuple(want[k])]
+  problems += [
+    f'{k} has shape {tuple(have[k].shape)}, the model {tuple(want[k])}'
+    for k in sorted(set(want) & set(have))
+    if tuple(have[k].shape) != tuple(want[k])
+  ]
   if problems:
     more = f' (and {len(problems) - 5} more)' if len(problems) > 5 else ''
-    raise WarmStartError(f'init_from: {origin} does not fit this run\'s model: '
-                         + '; '.join(problems[:5]) + more
-                         + '. Use the same config.model as the run that made it.')
+    raise WarmStartError(
+      f"init_from: {origin} does not fit this run's model: "
+      + '; '.join(problems[:5])
+      + more
+      + '. Use the same config.model as the run that made it.'
+    )
   return params_io.unflatten_params(have)
 
 
@@ -105,5 +123,6 @@ def warm_start(state, abstract_state, config, model_cfg: unet_lib.UNetConfig):
   if jax.process_index() == 0:
     print(f'Warm start: params and EMA from {origin}.', flush=True)
   # Two placements, two buffers: params and EMA are donated to the step separately.
-  return state.replace(params=place(params, abstract_state.params),
-                       ema_params=place(params, abstract_state.ema_params))
+  return state.replace(
+    params=place(params, abstract_state.params), ema_params=place(params, abstract_state.ema_params)
+  )
