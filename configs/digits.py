@@ -37,14 +37,7 @@ CASCADE_DIR = os.path.join(
 )
 
 
-def _level(channels, blocks=1, spatial=False, temporal='conv', cross=False):
-  return dict(
-    channels=channels,
-    num_res_blocks=blocks,
-    spatial_attention=spatial,
-    temporal=temporal,
-    cross_attention=cross,
-  )
+_level = _common.level
 
 
 # Small and efficient: base 3.25M, TSR 2.29M, SSR 2.48M params: 32 MB in float32 (EMA).
@@ -73,30 +66,15 @@ def get_config(arg: str = 'stage=base') -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.name = f'digits_{stage}' + ('_tiny' if tiny else '')
   c.stage = stage
-  c.seed = 0
-  c.init_from = ''  # a trained stage to start from (training/warm_start.py); '': random
-  c.num_steps = 200 if tiny else 100_000
-  c.log_every = 10 if tiny else 100
-  c.checkpoint_every_steps = 100 if tiny else 2000
-  c.checkpoint_every_secs = 0.0 if tiny else 600.0  # time-based too (0: off)
-  c.keep_checkpoints = 3
-  c.sample_every = 0 if tiny else 5000  # 0: no sample videos
-  c.max_nonfinite_in_a_row = 5
-  c.stop_after_secs = 0.0  # >0: save and stop after this many seconds (resume: rerun)
-  c.debug_nan_steps = ()  # tests: poison these steps' batches
-  c.debug_sleep_secs = 0.0  # tests: slow each step down
-
-  # What one example is (imagen_video_jax.data.pipeline.StageSpec).
-  c.spec = ml_collections.ConfigDict(
-    dict(
-      frames=spec.frames,
-      height=spec.height,
-      width=spec.width,
-      frame_stride=spec.frame_stride,
-      kind=spec.kind,
-      factor=spec.factor,
-    )
+  _common.run(
+    c,
+    num_steps=200 if tiny else 100_000,
+    log_every=10 if tiny else 100,
+    checkpoint_every_steps=100 if tiny else 2000,
+    checkpoint_every_secs=0.0 if tiny else 600.0,
+    sample_every=0 if tiny else 5000,
   )
+  c.spec = _common.spec(spec)
 
   c.text = ml_collections.ConfigDict(
     dict(
@@ -109,9 +87,9 @@ def get_config(arg: str = 'stage=base') -> ml_collections.ConfigDict:
       d_ff=64 if tiny else 128,
       init_seed=0,
       max_length=10,
-      tokenizer='',
+      tokenizer='',  # '': <data.dir>/spiece.model
     )
-  )  # '': <data.dir>/spiece.model
+  )
 
   c.model = ml_collections.ConfigDict(
     dict(
@@ -127,40 +105,15 @@ def get_config(arg: str = 'stage=base') -> ml_collections.ConfigDict:
       temporal_max_distance=32,
       dropout=0.0,
       dtype='float32',
-      remat='none',
+      remat='none',  # small models: neither remat nor scanned blocks pays
       scan_blocks=False,
     )
-  )  # small: neither pays
+  )
 
-  c.diffusion = ml_collections.ConfigDict(
-    dict(
-      prediction='v',
-      weighting='uniform',
-      min_snr_gamma=5.0,
-      logsnr_min=-20.0,
-      logsnr_max=20.0,
-      shift=0.0,
-      p_uncond=0.1,
-      per_frame_time=True,  # each packed image its own noise level
-      cond_augment_max_t=0.5,  # SR: train aug t ~ U(0, max_t)
-      sample_cond_t=0.1,
-    )
-  )  # SR: fixed aug level when sampling
-
-  c.optim = ml_collections.ConfigDict(
-    dict(
-      # Small models take a high rate and a short warm-up: CPU runs are a few 1000 steps.
-      lr=1e-3 if tiny else 5e-4,
-      warmup_steps=10 if tiny else 200,
-      decay_steps=0,
-      end_lr_fraction=0.1,
-      b1=0.9,
-      b2=0.99,
-      eps=1e-8,
-      weight_decay=0.0,
-      grad_clip=1.0,
-      ema_decay=0.999,
-    )
+  c.diffusion = _common.diffusion()
+  # Small models take a high rate and a short warm-up: CPU runs are a few 1000 steps.
+  c.optim = _common.optim(
+    lr=1e-3 if tiny else 5e-4, warmup_steps=10 if tiny else 200, ema_decay=0.999
   )
 
   c.data = ml_collections.ConfigDict(

@@ -64,76 +64,46 @@ SOURCE_FPS = 24
 T5_XXL = dict(vocab_size=32128, d_model=4096, num_layers=24, num_heads=64, d_kv=64, d_ff=10240)
 
 
-def _level(channels, blocks, spatial=False, temporal='conv', cross=False):
-  return dict(
-    channels=channels,
-    num_res_blocks=blocks,
-    spatial_attention=spatial,
-    temporal=temporal,
-    cross_attention=cross,
-  )
-
-
 def _unet(base, mults, blocks, *, spatial=(), cross=(), temporal='conv'):
   """Levels of an Efficient U-Net; `spatial`/`cross` list the level indices with attention."""
   return tuple(
-    _level(base * m, b, i in spatial, temporal, i in cross)
+    _common.level(base * m, b, i in spatial, temporal, i in cross)
     for i, (m, b) in enumerate(zip(mults, blocks))
   )
 
 
 # stage: (frames, height, width, fps, kind, factor, levels)
+# fmt: off
 _STAGES = {
   # 24x40 -> 12x20 -> 6x10 -> 3x5; attention (spatial, temporal, text) everywhere.
-  'base': (
-    16,
-    24,
-    40,
-    3,
-    'base',
-    1,
-    _unet(768, (1, 2, 3, 4), (2, 3, 5, 5), spatial=range(4), cross=range(4), temporal='attention'),
-  ),
+  'base': (16, 24, 40, 3, 'base', 1,
+           _unet(768, (1, 2, 3, 4), (2, 3, 5, 5), spatial=range(4), cross=range(4),
+                 temporal='attention')),
   # Frame interpolation at 24x40: convolutions only, text cross-attention at low res.
-  'tsr1': (32, 24, 40, 6, 'tsr', 2, _unet(384, (1, 2, 4, 4), (2, 4, 5, 5), cross=(2, 3))),
+  'tsr1': (32, 24, 40, 6, 'tsr', 2,
+           _unet(384, (1, 2, 4, 4), (2, 4, 5, 5), cross=(2, 3))),
   # 48x80 -> ... -> 6x10; self- and cross-attention at 12x20 and 6x10.
-  'ssr1': (
-    32,
-    48,
-    80,
-    6,
-    'ssr',
-    2,
-    _unet(256, (1, 2, 4, 6), (2, 4, 5, 5), spatial=(2, 3), cross=(2, 3)),
-  ),
+  'ssr1': (32, 48, 80, 6, 'ssr', 2,
+           _unet(256, (1, 2, 4, 6), (2, 4, 5, 5), spatial=(2, 3), cross=(2, 3))),
   # 192x320 -> ... -> 12x20 (Imagen's 256px Efficient U-Net, with temporal conv).
-  'ssr2': (
-    32,
-    192,
-    320,
-    6,
-    'ssr',
-    4,
-    _unet(128, (1, 2, 4, 8, 8), (2, 4, 7, 7, 7), spatial=(3, 4), cross=(4,)),
-  ),
-  'tsr2': (64, 192, 320, 12, 'tsr', 2, _unet(128, (1, 2, 4, 8, 8), (2, 4, 4, 5, 5), cross=(4,))),
-  'tsr3': (128, 192, 320, 24, 'tsr', 2, _unet(128, (1, 2, 4, 6, 8), (2, 3, 4, 4, 5), cross=(4,))),
+  'ssr2': (32, 192, 320, 6, 'ssr', 4,
+           _unet(128, (1, 2, 4, 8, 8), (2, 4, 7, 7, 7), spatial=(3, 4), cross=(4,))),
+  'tsr2': (64, 192, 320, 12, 'tsr', 2,
+           _unet(128, (1, 2, 4, 8, 8), (2, 4, 4, 5, 5), cross=(4,))),
+  'tsr3': (128, 192, 320, 24, 'tsr', 2,
+           _unet(128, (1, 2, 4, 6, 8), (2, 3, 4, 4, 5), cross=(4,))),
   # 768x1280 -> ... -> 24x40, fully convolutional (runs on any size, e.g. crops).
-  'ssr3': (128, 768, 1280, 24, 'ssr', 4, _unet(128, (1, 1, 2, 4, 6, 6), (1, 2, 2, 3, 3, 3))),
+  'ssr3': (128, 768, 1280, 24, 'ssr', 4,
+           _unet(128, (1, 1, 2, 4, 6, 6), (1, 2, 2, 3, 3, 3))),
 }
+# fmt: on
 
 
 def get_config(arg: str = 'stage=base') -> ml_collections.ConfigDict:
   stage = _common.parse_arg(arg, 'configs/imagen_video.py', stage=STAGES)['stage']
   frames, height, width, fps, kind, factor, levels = _STAGES[stage]
-  spec = StageSpec(
-    frames=frames,
-    height=height,
-    width=width,
-    frame_stride=SOURCE_FPS // fps,
-    kind=kind,
-    factor=factor,
-  )  # validates
+  # StageSpec validates the sizes and factors.
+  spec = StageSpec(frames, height, width, SOURCE_FPS // fps, kind, factor)
   is_sr = kind != 'base'
 
   c = ml_collections.ConfigDict()
@@ -141,29 +111,15 @@ def get_config(arg: str = 'stage=base') -> ml_collections.ConfigDict:
   c.stage = stage
   c.frames, c.height, c.width, c.fps = frames, height, width, fps
   c.paper_params = PAPER_PARAMS[stage]
-  c.seed = 0
-  c.init_from = ''  # a trained stage to start from (training/warm_start.py); '': random
-  c.num_steps = 1_000_000
-  c.log_every = 100
-  c.checkpoint_every_steps = 5000
-  c.checkpoint_every_secs = 1800
-  c.keep_checkpoints = 3
-  c.sample_every = 20_000
-  c.max_nonfinite_in_a_row = 20
-  c.stop_after_secs = 0.0  # >0: save and stop after this many seconds (resume: rerun)
-  c.debug_nan_steps = ()
-  c.debug_sleep_secs = 0.0
-
-  c.spec = ml_collections.ConfigDict(
-    dict(
-      frames=spec.frames,
-      height=spec.height,
-      width=spec.width,
-      frame_stride=spec.frame_stride,
-      kind=spec.kind,
-      factor=spec.factor,
-    )
+  _common.run(
+    c,
+    num_steps=1_000_000,
+    checkpoint_every_steps=5000,
+    checkpoint_every_secs=1800,
+    sample_every=20_000,
+    max_nonfinite_in_a_row=20,
   )
+  c.spec = _common.spec(spec)
 
   # Frozen T5-XXL. 'cache': embeddings precomputed by encode_text (what the paper's
   # scale calls for); 't5': run the converted encoder (text.t5_dir) in the train step.
@@ -201,35 +157,8 @@ def get_config(arg: str = 'stage=base') -> ml_collections.ConfigDict:
     )
   )
 
-  c.diffusion = ml_collections.ConfigDict(
-    dict(
-      prediction='v',
-      weighting='uniform',
-      min_snr_gamma=5.0,
-      logsnr_min=-20.0,
-      logsnr_max=20.0,
-      shift=0.0,
-      p_uncond=0.1,
-      per_frame_time=True,
-      cond_augment_max_t=0.5,
-      sample_cond_t=0.1,
-    )
-  )
-
-  c.optim = ml_collections.ConfigDict(
-    dict(
-      lr=1e-4,
-      warmup_steps=10_000,
-      decay_steps=0,
-      end_lr_fraction=0.1,
-      b1=0.9,
-      b2=0.99,
-      eps=1e-8,
-      weight_decay=0.0,
-      grad_clip=1.0,
-      ema_decay=0.9999,
-    )
-  )
+  c.diffusion = _common.diffusion()
+  c.optim = _common.optim(lr=1e-4, warmup_steps=10_000, ema_decay=0.9999)
 
   # Real videos (import_videos output) jointly with still images packed as frames.
   c.data = ml_collections.ConfigDict(

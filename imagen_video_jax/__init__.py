@@ -10,8 +10,9 @@ Names are resolved lazily, so `import imagen_video_jax` stays cheap and does not
 import the data or text stacks until they are used.
 """
 
-import importlib as _importlib
 import typing as _typing
+
+from imagen_video_jax import _lazy
 
 __version__ = '0.1.0'
 
@@ -97,20 +98,7 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str):
-  module = _EXPORTS.get(name)
-  if module is None:
-    raise AttributeError(f'module {__name__!r} has no attribute {name!r}')
-  value = getattr(_importlib.import_module(module), name)
-  globals()[name] = value  # cache: later lookups skip __getattr__
-  return value
-
-
-def __dir__():
-  # The public API, the dunders and any subpackage imported so far; no private helpers.
-  return sorted(
-    {n for n in globals() if not n.startswith('_') or n.startswith('__')} | set(_EXPORTS)
-  )
+__getattr__, __dir__ = _lazy.exports(__name__, _EXPORTS)
 
 
 if _typing.TYPE_CHECKING:  # static analysers and IDEs see the real names

@@ -1,12 +1,12 @@
 """Training run -> exported cascade -> samples: the path that ships checkpoints/digits."""
 
 import os
-import subprocess
 import sys
 
 import jax
 import numpy as np
 import pytest
+from cli_util import run_module
 
 from imagen_video_jax import export, training
 
@@ -29,18 +29,7 @@ def trained_base(tmp_path_factory):
 def test_export_training_run_and_sample(trained_base, tmp_path):
   workdir, result, data_dir = trained_base
   out = tmp_path / 'cascade'
-  res = subprocess.run(
-    [
-      sys.executable,
-      '-m',
-      'imagen_video_jax.export_cascade',
-      f'--run={workdir}',
-      f'--output={out}',
-    ],
-    capture_output=True,
-    text=True,
-    timeout=300,
-  )
+  res = run_module('export_cascade', f'--run={workdir}', f'--output={out}')
   assert res.returncode == 0, res.stderr[-3000:]
   assert 'Exported base 8x16x16@4fps' in res.stdout
   pipe = export.load_cascade(str(out))
@@ -74,18 +63,7 @@ def test_export_training_run_and_sample(trained_base, tmp_path):
   ).videos
   assert video.shape == (1, 8, 16, 16, 3)
   # Refusals: the output exists already; a directory that is no run.
-  res = subprocess.run(
-    [
-      sys.executable,
-      '-m',
-      'imagen_video_jax.export_cascade',
-      f'--run={workdir}',
-      f'--output={out}',
-    ],
-    capture_output=True,
-    text=True,
-    timeout=300,
-  )
+  res = run_module('export_cascade', f'--run={workdir}', f'--output={out}')
   assert res.returncode != 0 and 'already holds a cascade' in res.stderr
   with pytest.raises(export.ExportError, match='not a training workdir'):
     export.read_training_run(str(tmp_path))

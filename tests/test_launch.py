@@ -100,6 +100,7 @@ def test_slurm_submit_dry_run():
 
 
 def test_slurm_in_job_dry_run_runs_srun_with_ivj_env():
+  # No scontrol: the node list is read as a comma list.
   env = dict(
     SLURM_JOB_ID='42',
     SLURM_JOB_NODELIST='gpu-a,gpu-b,gpu-c',
@@ -108,7 +109,7 @@ def test_slurm_in_job_dry_run_runs_srun_with_ivj_env():
     SLURM_GPUS_PER_NODE='8',
     IVJ_PORT='23456',
     PATH='/usr/bin:/bin',
-  )  # no scontrol: the node list is read as a comma list
+  )
   (line,) = run(['bash', 'launch/slurm_gpu.sh', '--dry-run', '--', *TRAIN], env=env)
   cmd = shlex.split(line)
   assert cmd[0] == 'srun'

@@ -9,6 +9,7 @@ import sys
 import jax
 import numpy as np
 import pytest
+from cli_util import run_module
 from PIL import Image
 
 from imagen_video_jax import export, io
@@ -118,18 +119,8 @@ def test_sample_cli_writes_what_the_library_samples(exported, tmp_path):
 
 
 def test_sample_cli_errors_are_one_line(tmp_path):
-  res = subprocess.run(
-    [
-      sys.executable,
-      '-m',
-      'imagen_video_jax.sample',
-      '--prompt=x',
-      f'--checkpoints={tmp_path}',
-      f'--output={tmp_path}/a.mp4',
-    ],
-    capture_output=True,
-    text=True,
-    timeout=300,
+  res = run_module(
+    'sample', '--prompt=x', f'--checkpoints={tmp_path}', f'--output={tmp_path}/a.mp4'
   )
   assert res.returncode != 0 and 'not an exported cascade' in res.stderr
   assert 'Traceback' not in res.stderr
@@ -140,18 +131,11 @@ def test_sample_cli_errors_are_one_line(tmp_path):
     timeout=300,
   )
   assert res.returncode != 0 and 'must end in .mp4' in res.stderr
-  res = subprocess.run(
-    [
-      sys.executable,
-      '-m',
-      'imagen_video_jax.sample',
-      '--prompt=x',
-      '--config=configs/imagen_video.py',
-      f'--output={tmp_path}/a.mp4',
-    ],
-    capture_output=True,
-    text=True,
-    timeout=300,
+  res = run_module(
+    'sample',
+    '--prompt=x',
+    '--config=configs/imagen_video.py',
+    f'--output={tmp_path}/a.mp4',
     cwd=ROOT,
   )
   assert res.returncode != 0 and 'ships no trained cascade' in res.stderr, res.stderr[-2000:]

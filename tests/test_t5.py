@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from cli_util import run_module
 
 from imagen_video_jax.models.layers import relative_position_bucket
 from imagen_video_jax.models.t5 import T5Config, T5Encoder, abstract_params, init_params
@@ -355,19 +356,7 @@ def test_convert_cli_round_trips_through_orbax(tmp_path, sp_model):
   model, path = hf_model('a'), str(tmp_path / 'hf')
   model.save_pretrained(path)
   out = tmp_path / 'converted'
-  proc = subprocess.run(
-    [
-      sys.executable,
-      '-m',
-      'imagen_video_jax.convert_t5',
-      f'--source={path}',
-      f'--output={out}',
-      '--compute_dtype=float32',
-    ],
-    capture_output=True,
-    text=True,
-    timeout=300,
-  )
+  proc = run_module('convert_t5', f'--source={path}', f'--output={out}', '--compute_dtype=float32')
   assert proc.returncode == 0, proc.stderr
   assert 'Wrote a' in proc.stdout
   config, params = checkpoints.load_t5(str(out))

@@ -7,13 +7,13 @@ world's built-in random one), exported and sampled.
 """
 
 import os
-import subprocess
 import sys
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from cli_util import run_module
 from flax import linen as nn
 
 from imagen_video_jax import export, training
@@ -57,20 +57,13 @@ def sources(tmp_path_factory):
     t5_checkpoints.save_t5(str(root / name), *_t5(seed), vocab=vocab)
   captions = root / 'captions.txt'
   captions.write_text('\n'.join(prepare.digits_captions()) + '\n')
-  res = subprocess.run(
-    [
-      sys.executable,
-      '-m',
-      'imagen_video_jax.encode_text',
-      f'--t5={root / "t5"}',
-      f'--captions={captions}',
-      f'--output={root / "cache"}',
-      f'--max_length={LENGTH}',
-      '--noprogress',
-    ],
-    capture_output=True,
-    text=True,
-    timeout=300,
+  res = run_module(
+    'encode_text',
+    f'--t5={root / "t5"}',
+    f'--captions={captions}',
+    f'--output={root / "cache"}',
+    f'--max_length={LENGTH}',
+    '--noprogress',
   )
   assert res.returncode == 0, res.stderr[-3000:]
   return root
@@ -118,18 +111,7 @@ def test_the_cache_and_the_t5_it_came_from_train_alike(runs, sources):
 def test_a_t5_run_exports_its_t5_and_samples(runs, sources, tmp_path):
   config, workdir, _ = runs['t5']
   out = tmp_path / 'cascade'
-  res = subprocess.run(
-    [
-      sys.executable,
-      '-m',
-      'imagen_video_jax.export_cascade',
-      f'--run={workdir}',
-      f'--output={out}',
-    ],
-    capture_output=True,
-    text=True,
-    timeout=300,
-  )
+  res = run_module('export_cascade', f'--run={workdir}', f'--output={out}')
   assert res.returncode == 0, res.stderr[-3000:]
   pipe = export.load_cascade(str(out))
   # The cascade's encoder is the run's T5 and vocabulary: same prompt, same embedding.
@@ -153,19 +135,7 @@ def test_a_cache_run_exports_the_t5_that_made_the_cache(runs, sources, tmp_path)
   with pytest.raises(export.ExportError, match='is not the T5 that made the cache'):
     export.export_training_runs([workdir], str(tmp_path / 'wrong'), t5_dir=str(root / 'other_t5'))
   out = tmp_path / 'cascade'
-  res = subprocess.run(
-    [
-      sys.executable,
-      '-m',
-      'imagen_video_jax.export_cascade',
-      f'--run={workdir}',
-      f'--output={out}',
-      f'--t5={root / "t5"}',
-    ],
-    capture_output=True,
-    text=True,
-    timeout=300,
-  )
+  res = run_module('export_cascade', f'--run={workdir}', f'--output={out}', f'--t5={root / "t5"}')
   assert res.returncode == 0, res.stderr[-3000:]
   pipe = export.load_cascade(str(out))
   # Sampling reads prompts as training read the cache: the cached embedding, unrounded.
@@ -179,18 +149,7 @@ def test_a_cache_run_exports_the_t5_that_made_the_cache(runs, sources, tmp_path)
     cached = rec['emb'].astype(np.float32)
     np.testing.assert_allclose(emb[i], cached, rtol=0, atol=np.abs(cached).max() * 2.0**-7)
   # The command-line refusal is one line.
-  res = subprocess.run(
-    [
-      sys.executable,
-      '-m',
-      'imagen_video_jax.export_cascade',
-      f'--run={workdir}',
-      f'--output={tmp_path / "cli_none"}',
-    ],
-    capture_output=True,
-    text=True,
-    timeout=300,
-  )
+  res = run_module('export_cascade', f'--run={workdir}', f'--output={tmp_path / "cli_none"}')
   assert res.returncode != 0 and 'pass --t5=DIR' in res.stderr
   assert 'Traceback' not in res.stderr
   _sample(pipe)

@@ -80,8 +80,8 @@ def prepare_digits(config, workdir: str) -> str:
         tmp,
         int(d.num_videos),
         int(d.num_images),
-        workers=min(8, os.cpu_count() or 1),
-      )  # same bytes, any count
+        workers=min(8, os.cpu_count() or 1),  # the same bytes for any count
+      )
       train_sentencepiece(
         digits_captions(), os.path.join(tmp, VOCAB_FILE), vocab_size=int(config.text.vocab_size)
       )

@@ -9,7 +9,7 @@
 Names resolve lazily: importing this package pulls in neither jax nor scipy.
 """
 
-import importlib as _importlib
+from imagen_video_jax import _lazy
 
 _EXPORTS = {
   'Judge': 'judge',
@@ -36,17 +36,4 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str):
-  module = _EXPORTS.get(name)
-  if module is None:
-    raise AttributeError(f'module {__name__!r} has no attribute {name!r}')
-  value = getattr(_importlib.import_module(f'{__name__}.{module}'), name)
-  globals()[name] = value  # cache: later lookups skip __getattr__
-  return value
-
-
-def __dir__():
-  # The public API, the dunders and any submodule imported so far; no private helpers.
-  return sorted(
-    {n for n in globals() if not n.startswith('_') or n.startswith('__')} | set(_EXPORTS)
-  )
+__getattr__, __dir__ = _lazy.exports(__name__, _EXPORTS)

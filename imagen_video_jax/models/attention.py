@@ -150,6 +150,18 @@ class SpatialSelfAttention(nn.Module):
     return x_BTHWC + y.reshape(b, t, h, w, c)
 
 
+def null_key_value(module: nn.Module, heads: int, head_dim: int) -> tuple[jax.Array, jax.Array]:
+  """A learned null token's key and value [1, heads, head_dim], params of `module`.
+
+  Attended alongside the text, it keeps the softmax defined when every text token is
+  masked (the unconditional half of classifier-free guidance).
+  """
+  init = nn.with_logical_partitioning(nn.initializers.normal(1.0), (None, 'heads', 'kv'))
+  key = module.param('null_key', init, (1, heads, head_dim), jnp.float32)
+  value = module.param('null_value', init, (1, heads, head_dim), jnp.float32)
+  return key, value
+
+
 class TextCrossAttention(nn.Module):
   """Each pixel of each frame attends to its text tokens (plus one learned null token).
 
@@ -170,18 +182,7 @@ class TextCrossAttention(nn.Module):
     # Queries of all frames that share one caption are attended in one go.
     y = y.reshape(b, tt, (t // tt) * h * w, c)
     text = layers.LayerNorm(dtype=self.dtype, name='text_norm')(text_BtLD)
-    null_k = self.param(
-      'null_key',
-      nn.with_logical_partitioning(nn.initializers.normal(1.0), (None, 'heads', 'kv')),
-      (1, n, self.head_dim),
-      jnp.float32,
-    )
-    null_v = self.param(
-      'null_value',
-      nn.with_logical_partitioning(nn.initializers.normal(1.0), (None, 'heads', 'kv')),
-      (1, n, self.head_dim),
-      jnp.float32,
-    )
+    null_k, null_v = null_key_value(self, n, self.head_dim)
     mask = mask_BtL[:, :, None, None, :]  # [B, t, heads, Q, L]
     y = MultiHeadAttention(n, self.head_dim, c, dtype=self.dtype, name='attn')(
       y, text, mask=mask, extra_kv=(null_k, null_v)

@@ -299,18 +299,7 @@ class TextPool(nn.Module):
       (1, d),
       jnp.float32,
     )
-    null_k = self.param(
-      'null_key',
-      nn.with_logical_partitioning(nn.initializers.normal(1.0), (None, 'heads', 'kv')),
-      (1, n, self.head_dim),
-      jnp.float32,
-    )
-    null_v = self.param(
-      'null_value',
-      nn.with_logical_partitioning(nn.initializers.normal(1.0), (None, 'heads', 'kv')),
-      (1, n, self.head_dim),
-      jnp.float32,
-    )
+    null_k, null_v = attention.null_key_value(self, n, self.head_dim)
     q = jnp.broadcast_to(query.astype(text.dtype), text.shape[:-2] + (1, d))
     pooled = attention.MultiHeadAttention(n, self.head_dim, d, dtype=self.dtype, name='attn')(
       q, text, mask=mask_BtL[..., None, None, :], extra_kv=(null_k, null_v)

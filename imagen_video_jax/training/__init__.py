@@ -4,7 +4,7 @@ Names resolve lazily, as in the top-level package: importing one module of this 
 (`training.checkpointing`, say) does not import the others.
 """
 
-import importlib as _importlib
+from imagen_video_jax import _lazy
 
 _EXPORTS = {
   'Checkpointer': 'checkpointing',
@@ -22,19 +22,4 @@ __all__ = sorted(_EXPORTS)
 _MODULES = ('checkpointing', 'loop', 'metrics', 'state', 'step', 'warm_start')
 
 
-def __getattr__(name: str):
-  if name in _MODULES:  # `training.loop` without importing it first, as before
-    return _importlib.import_module(f'{__name__}.{name}')
-  module = _EXPORTS.get(name)
-  if module is None:
-    raise AttributeError(f'module {__name__!r} has no attribute {name!r}')
-  value = getattr(_importlib.import_module(f'{__name__}.{module}'), name)
-  globals()[name] = value  # cache: later lookups skip __getattr__
-  return value
-
-
-def __dir__():
-  # The public API, the dunders and any submodule imported so far; no private helpers.
-  return sorted(
-    {n for n in globals() if not n.startswith('_') or n.startswith('__')} | set(_EXPORTS)
-  )
+__getattr__, __dir__ = _lazy.exports(__name__, _EXPORTS, submodules=_MODULES)
