@@ -85,3 +85,22 @@ def test_cli_user_error_is_one_line_without_traceback(tmp_path):
   assert out.stderr.strip().splitlines()[-1] == (
     'train: invalid config: num_steps must be >= 1, got 0'
   )
+
+
+def test_data_only_makes_the_world_or_says_why_not(tmp_path):
+  """`train --data_only` makes the Moving Digits world (what launch/digits_cascade.sh runs
+  first); a data.dir that holds something else is refused in one line, untouched."""
+  from cli_util import run_module
+
+  flags = ['--config=configs/digits.py:stage=base,tiny=True', f'--workdir={tmp_path / "run"}']
+  res = run_module('train', *flags, '--data_only', f'--config.data.dir={tmp_path / "w"}', cwd=ROOT)
+  assert res.returncode == 0, res.stderr[-2000:]
+  assert res.stdout.strip().splitlines()[-1] == f'Moving Digits world: {tmp_path / "w"}'
+  assert {'dataset_info.json', 'spiece.model'} <= set(os.listdir(tmp_path / 'w'))
+  other = tmp_path / 'other'
+  other.mkdir()
+  (other / 'notes.txt').write_text('mine')
+  res = run_module('train', *flags, '--data_only', f'--config.data.dir={other}', cwd=ROOT)
+  assert res.returncode == 1 and 'Traceback' not in res.stderr
+  assert 'holds no Moving Digits shards' in res.stderr.strip().splitlines()[-1]
+  assert os.listdir(other) == ['notes.txt'] and (other / 'notes.txt').read_text() == 'mine'

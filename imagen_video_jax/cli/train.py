@@ -57,7 +57,7 @@ def main(argv):
           '--data_only makes the Moving Digits world; this config '
           f'reads data.dir={_CONFIG.value.data.dir!r}'
         )
-      print(f'Moving Digits world: {loop.prepare_digits(_CONFIG.value, _WORKDIR.value)}')
+      print(f'Moving Digits world: {loop.prepare_data(_CONFIG.value, _WORKDIR.value)}')
       return
     training.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
   except (
