@@ -35,11 +35,14 @@ demo: $(VENV)/.installed-run
 	$(PY) -m imagen_video_jax.sample --config=configs/digits.py --prompt="$(PROMPT)" \
 	    --output=$(DEMO_OUTPUT)
 
+# Multi-process jobs must meet within JAX's timeouts: they run alone, after the rest.
 test: $(VENV)/.installed
-	$(PY) -m pytest -q -m "not slow" $(PYTEST_FLAGS)
+	$(PY) -m pytest -q -m "not slow and not multiprocess" $(PYTEST_FLAGS)
+	$(PY) -m pytest -q -m "multiprocess and not slow" -n 0
 
 test-all: $(VENV)/.installed
-	$(PY) -m pytest -q $(PYTEST_FLAGS)
+	$(PY) -m pytest -q -m "not multiprocess" $(PYTEST_FLAGS)
+	$(PY) -m pytest -q -m multiprocess -n 0
 
 # Lint and format check (settings in pyproject.toml); `make format` rewrites in place.
 lint: $(VENV)/.installed

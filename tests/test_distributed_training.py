@@ -31,6 +31,10 @@ import pytest
 
 import distributed_util
 
+# Several processes that must meet within JAX's 30 s timeouts: run alone, not next to
+# another xdist worker's compile (`make test` runs them after the rest, serially).
+pytestmark = pytest.mark.multiprocess
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TESTS = os.path.join(ROOT, 'tests')
 FAST_COMPILE = '--xla_backend_optimization_level=0'

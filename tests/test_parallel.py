@@ -242,6 +242,7 @@ print('RESULT', plan.mode, jax.process_index(), jax.process_count(), jax.local_d
 """
 
 
+@pytest.mark.multiprocess  # run alone: see tests/test_distributed_training.py
 def test_two_processes_on_localhost_form_one_job(tmp_path):
   """Also when the coordinator's port is taken: distributed_util starts the job again."""
   script = tmp_path / 'dist.py'
