@@ -25,6 +25,10 @@ from imagen_video_jax.stage import Stage
 TextEncoderFn = Callable[[Sequence[str]], tuple[Any, Any]]
 
 
+class NonFiniteSampleError(FloatingPointError):
+  """A stage sampled NaN or inf: such a video is an error, not a black file."""
+
+
 @dataclasses.dataclass
 class CascadeOutput:
   """videos: uint8 [N, T, H, W, 3] at `fps`; intermediates: every stage's output by name."""
@@ -155,6 +159,11 @@ class CascadePipeline:
       finally:
         self._on_step = lambda i: None
         bar.close()
+      if not bool(jnp.isfinite(video).all()):
+        raise NonFiniteSampleError(
+          f'stage {stage.name} sampled a video with non-finite values (NaN or inf): its '
+          'weights or sampler settings are broken'
+        )
       if return_intermediates:
         intermediates[stage.name] = io.to_uint8(np.asarray(video))
     return CascadeOutput(
