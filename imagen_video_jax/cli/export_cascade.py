@@ -14,7 +14,7 @@ import os
 
 from absl import app, flags, logging
 
-from imagen_video_jax.cli import checks
+from imagen_video_jax.cli import _checks as checks
 
 _RUN = flags.DEFINE_multi_string('run', None, 'A training workdir; repeat, base first.')
 _OUTPUT = flags.DEFINE_string('output', None, 'The cascade directory to write.')

@@ -14,7 +14,7 @@ import sys
 
 from absl import app, flags
 
-from imagen_video_jax.cli import checks
+from imagen_video_jax.cli import _checks as checks
 
 MAX_SCALE = 64
 
