@@ -295,3 +295,14 @@ def test_export_cascade_checks_its_output_first(tmp_path):
   )
   _refused(run_module('export_cascade', run, f'--output={tmp_path}/new'), 'not a training workdir')
   assert _digests(tmp_path) == before
+
+
+def test_sample_writes_nothing_when_a_stage_samples_non_finite_values(tmp_path, stage):
+  # Finite weights that pass every load check yet overflow to inf inside the network.
+  huge = stage.with_params(jax.tree.map(lambda p: p * np.float32(1e30), stage.params))
+  out = _export(tmp_path, huge)
+  written = tmp_path / 'v.mp4'
+  res = run_module('sample', '--prompt=x', f'--checkpoints={out}', f'--output={written}')
+  _refused(res, 'stage base sampled a video with non-finite values')
+  assert 'nothing was written' in res.stderr
+  assert not list(tmp_path.glob('v*'))
