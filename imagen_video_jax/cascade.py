@@ -40,12 +40,15 @@ class CascadeOutput:
 
   def save(self, stem: str, *, scale: int = 1) -> list[dict[str, str]]:
     """Writes stem.mp4/.gif/.png (stem_i.* for several videos); returns the paths."""
-    if len(self.videos) == 1:
-      return [io.write_video_files(stem, self.videos[0], self.fps, scale=scale)]
     return [
-      io.write_video_files(f'{stem}_{i}', v, self.fps, scale=scale)
-      for i, v in enumerate(self.videos)
+      io.write_video_files(s, v, self.fps, scale=scale)
+      for s, v in zip(output_stems(stem, len(self.videos)), self.videos)
     ]
+
+
+def output_stems(stem: str, num_videos: int) -> list[str]:
+  """The file stems `CascadeOutput.save` writes: stem, or stem_0, stem_1, ..."""
+  return [stem] if num_videos == 1 else [f'{stem}_{i}' for i in range(num_videos)]
 
 
 class CascadePipeline:

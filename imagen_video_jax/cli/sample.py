@@ -72,8 +72,9 @@ def cascade_dir_from_config(path: str) -> str:
 
 def output_paths(output: str, num_videos: int) -> list[str]:
   """Every file `CascadeOutput.save` writes for OUTPUT (.mp4) and this many videos."""
-  stem = output[: -len('.mp4')]
-  stems = [stem] if num_videos == 1 else [f'{stem}_{i}' for i in range(num_videos)]
+  from imagen_video_jax.cascade import output_stems
+
+  stems = output_stems(output[: -len('.mp4')], num_videos)
   return [f'{s}.{ext}' for s in stems for ext in ('mp4', 'gif', 'png')]
 
 
