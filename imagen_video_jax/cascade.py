@@ -25,6 +25,10 @@ from imagen_video_jax.stage import Stage
 TextEncoderFn = Callable[[Sequence[str]], tuple[Any, Any]]
 
 
+class NonFiniteSampleError(FloatingPointError):
+  """A stage sampled NaN or inf: such a video is an error, not a black file."""
+
+
 @dataclasses.dataclass
 class CascadeOutput:
   """videos: uint8 [N, T, H, W, 3] at `fps`; intermediates: every stage's output by name."""
@@ -36,12 +40,15 @@ class CascadeOutput:
 
   def save(self, stem: str, *, scale: int = 1) -> list[dict[str, str]]:
     """Writes stem.mp4/.gif/.png (stem_i.* for several videos); returns the paths."""
-    if len(self.videos) == 1:
-      return [io.write_video_files(stem, self.videos[0], self.fps, scale=scale)]
     return [
-      io.write_video_files(f'{stem}_{i}', v, self.fps, scale=scale)
-      for i, v in enumerate(self.videos)
+      io.write_video_files(s, v, self.fps, scale=scale)
+      for s, v in zip(output_stems(stem, len(self.videos)), self.videos)
     ]
+
+
+def output_stems(stem: str, num_videos: int) -> list[str]:
+  """The file stems `CascadeOutput.save` writes: stem, or stem_0, stem_1, ..."""
+  return [stem] if num_videos == 1 else [f'{stem}_{i}' for i in range(num_videos)]
 
 
 class CascadePipeline:
@@ -155,6 +162,11 @@ class CascadePipeline:
       finally:
         self._on_step = lambda i: None
         bar.close()
+      if not bool(jnp.isfinite(video).all()):
+        raise NonFiniteSampleError(
+          f'stage {stage.name} sampled a video with non-finite values (NaN or inf): its '
+          'weights or sampler settings are broken'
+        )
       if return_intermediates:
         intermediates[stage.name] = io.to_uint8(np.asarray(video))
     return CascadeOutput(

@@ -11,10 +11,18 @@ Layout of an exported cascade directory (e.g. `checkpoints/digits/`):
 
 safetensors holds only arrays (no code runs on load) and is small; the JSON is
 readable and diffable. Nothing here unpickles anything.
+
+Loading trusts nothing in the directory: every path cascade.json names (stages, the
+text dir) must resolve inside it (no '..', absolute paths or symlinks leading out);
+cascade.json's "digests" ({relative path: sha256}, written by `save_cascade`) are
+checked before anything is read (exports that predate them load unchecked); stage.json
+is validated by the stage's own configs; parameters must be finite floats of exactly
+the shapes the stage's U-Net has. Every refusal is an `ExportError` naming the file.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from typing import Any, Mapping
@@ -36,6 +44,9 @@ class ExportError(ValueError):
   """A cascade directory that is missing, incomplete or of another format."""
 
 
+DIGESTS = 'digests'
+
+
 def save_stage(directory: str, stage: Stage) -> str:
   """Writes stage.json and params.safetensors (float32) under `directory`."""
   os.makedirs(directory, exist_ok=True)
@@ -45,22 +56,123 @@ def save_stage(directory: str, stage: Stage) -> str:
   return directory
 
 
+def _inside(root: str, rel: Any, what: str) -> str:
+  """root/rel, refused unless `rel` is a relative path that resolves (links followed)
+  inside `root` and is not `root` itself."""
+  if not isinstance(rel, str) or not rel or os.path.isabs(rel):
+    raise ExportError(f'{what} {rel!r} is not a relative path inside {root}')
+  real_root = os.path.realpath(root)
+  real = os.path.realpath(os.path.join(real_root, rel))
+  if real == real_root or os.path.commonpath([real_root, real]) != real_root:
+    raise ExportError(f'{what} {rel!r} leads outside {root} (to {real}): refused')
+  return os.path.join(root, rel)
+
+
+def _read_json(path: str) -> dict:
+  try:
+    with open(path) as f:
+      meta = json.load(f)
+  except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+    raise ExportError(f'{path} is not readable JSON: {e}') from None
+  if not isinstance(meta, dict):
+    raise ExportError(f'{path} holds a {type(meta).__name__}, not a JSON object')
+  return meta
+
+
+def check_params(stage: Stage, params: Any, where: str) -> None:
+  """Refuses parameters that are not finite floats of exactly the stage's U-Net shapes."""
+  import jax
+  from flax import linen as nn
+  from imagen_video_jax.models import unet as unet_lib
+
+  found = params_io.flatten_params(params)
+  for name, a in found.items():
+    if a.dtype.kind != 'f':
+      raise ExportError(
+        f'stage {stage.name} ({where}): parameter {name} is {a.dtype}, not floating point'
+      )
+    bad = a.size - int(np.count_nonzero(np.isfinite(a)))
+    if bad:
+      raise ExportError(
+        f'stage {stage.name} ({where}): parameter {name} has {bad} non-finite value(s) of {a.size}'
+      )
+  s = stage.spec
+  init = unet_lib.init_fn(stage.unet, frames=s.frames, height=s.height, width=s.width)
+  boxed = jax.eval_shape(lambda: init(jax.random.key(0)))
+  want = {
+    '/'.join(str(k.key) for k in path): tuple(leaf.shape)
+    for path, leaf in jax.tree_util.tree_flatten_with_path(nn.unbox(boxed))[0]
+  }
+  missing, unexpected = sorted(set(want) - set(found)), sorted(set(found) - set(want))
+  if missing or unexpected:
+    raise ExportError(
+      f'stage {stage.name} ({where}) does not fit its U-Net config: missing parameters '
+      f'{missing[:5]}, unexpected {unexpected[:5]}'
+    )
+  for name, shape in want.items():
+    if found[name].shape != shape:
+      raise ExportError(
+        f'stage {stage.name} ({where}): parameter {name} has shape '
+        f'{found[name].shape}; its U-Net config expects {shape}'
+      )
+
+
 def load_stage(directory: str) -> Stage:
-  """Reads a stage written by `save_stage` (params as numpy arrays)."""
-  meta_path, params_path = (os.path.join(directory, f) for f in (STAGE_FILE, PARAMS_FILE))
-  for p in (meta_path, params_path):
+  """Reads a stage written by `save_stage` (params as numpy arrays), validated."""
+  paths = [_inside(directory, f, 'the stage file') for f in (STAGE_FILE, PARAMS_FILE)]
+  for p in paths:
     if not os.path.isfile(p):
       raise ExportError(f'{directory} is not an exported stage: {os.path.basename(p)} is missing')
-  with open(meta_path) as f:
-    meta = json.load(f)
-  return Stage.from_json(meta, params_io.load_params(params_path))
+  meta_path, params_path = paths
+  try:
+    stage = Stage.from_json(_read_json(meta_path))
+  except KeyError as e:
+    raise ExportError(f'{meta_path}: the entry {e} is missing') from None
+  except (TypeError, ValueError) as e:
+    raise ExportError(f'{meta_path}: {e}') from None
+  try:
+    params = params_io.load_params(params_path)
+  except ValueError as e:
+    raise ExportError(str(e)) from None
+  check_params(stage, params, params_path)
+  return stage.with_params(params)
+
+
+def _sha256(path: str) -> str:
+  h = hashlib.sha256()
+  with open(path, 'rb') as f:
+    for block in iter(lambda: f.read(1 << 20), b''):
+      h.update(block)
+  return h.hexdigest()
+
+
+def _files(directory: str, meta: Mapping[str, Any], *, text: bool) -> list[str]:
+  """The files (relative paths) loading reads: each stage's two files and, with `text`,
+  every file under the text dir; each (and the text dir) checked to resolve inside
+  `directory`."""
+  where = os.path.join(directory, CASCADE_FILE)
+  rels = []
+  for name in meta['stages']:
+    _inside(directory, name, f'{where}: the stage')
+    rels += [f'{name}/{STAGE_FILE}', f'{name}/{PARAMS_FILE}']
+  if meta.get('text'):
+    text_dir = _inside(directory, meta['text'].get('dir'), f'{where}: the text dir')
+  if text:
+    for parent, dirs, files in os.walk(text_dir):
+      for f in sorted(dirs + files):
+        rel = os.path.relpath(os.path.join(parent, f), directory)
+        _inside(directory, rel, f'{where}: the text encoder file')
+        if f in files:
+          rels.append(rel)
+  return rels
 
 
 def save_cascade(
   directory: str, stages: list[Stage], *, text_dir: str | None = 'text', max_length: int = 32
 ) -> str:
-  """Writes every stage and cascade.json. The text encoder (if any) is expected at
-  `directory/text_dir`, written by `text.checkpoints.save_t5(..., vocab=...)`."""
+  """Writes every stage and cascade.json, with the sha256 of every file it loads. The
+  text encoder (if any) is expected at `directory/text_dir`, written before this by
+  `text.checkpoints.save_t5(..., vocab=...)`."""
   os.makedirs(directory, exist_ok=True)
   for st in stages:
     save_stage(os.path.join(directory, st.name), st)
@@ -69,9 +181,52 @@ def save_cascade(
     'stages': [s.name for s in stages],
     'text': None if text_dir is None else {'dir': text_dir, 'max_length': max_length},
   }
+  has_text = text_dir is not None and os.path.isdir(os.path.join(directory, text_dir))
+  meta[DIGESTS] = {
+    rel: _sha256(os.path.join(directory, rel)) for rel in _files(directory, meta, text=has_text)
+  }
   with open(os.path.join(directory, CASCADE_FILE), 'w') as f:
     json.dump(meta, f, indent=2)
   return directory
+
+
+def _check_cascade_meta(path: str, meta: Mapping[str, Any]) -> None:
+  if meta.get('format') != FORMAT:
+    raise ExportError(f'{path} has format {meta.get("format")!r}; this version reads {FORMAT!r}')
+  stages = meta.get('stages')
+  if not isinstance(stages, list) or not stages or not all(isinstance(n, str) for n in stages):
+    raise ExportError(f'{path}: "stages" must be a non-empty list of names; got {stages!r}')
+  text = meta.get('text')
+  if text is not None:
+    length = text.get('max_length') if isinstance(text, dict) else None
+    if not isinstance(length, int) or isinstance(length, bool) or not 1 <= length <= 4096:
+      raise ExportError(
+        f'{path}: "text" must be {{"dir": ..., "max_length": 1..4096}}; got {text!r}'
+      )
+  digests = meta.get(DIGESTS)
+  if digests is not None and not (
+    isinstance(digests, dict) and all(isinstance(v, str) for v in digests.values())
+  ):
+    raise ExportError(f'{path}: "{DIGESTS}" must map file paths to sha256 hex digests')
+
+
+def verify_digests(directory: str, meta: Mapping[str, Any], rels: list[str]) -> None:
+  """Checks every file cascade.json's digests list, and that `rels` are all listed."""
+  digests = meta.get(DIGESTS)
+  if digests is None:
+    return  # an export that predates digests
+  where = os.path.join(directory, CASCADE_FILE)
+  unlisted = [r for r in rels if r not in digests]
+  if unlisted:
+    raise ExportError(f'{where} lists no digest for {unlisted[:5]}: refusing to load them')
+  for rel, want in digests.items():
+    path = _inside(directory, rel, f'{where}: the digested file')
+    if not os.path.isfile(path):
+      raise ExportError(f'{path} is missing (cascade.json lists its digest)')
+    if _sha256(path) != want:
+      raise ExportError(
+        f'{path} does not match its sha256 in {where}: the file changed or is corrupt'
+      )
 
 
 def load_cascade(directory: str, *, text_encoder=None) -> CascadePipeline:
@@ -85,12 +240,12 @@ def load_cascade(directory: str, *, text_encoder=None) -> CascadePipeline:
       f'{directory} holds no {CASCADE_FILE}: not an exported cascade '
       '(export one from training checkpoints first)'
     )
-  with open(path) as f:
-    meta = json.load(f)
-  if meta.get('format') != FORMAT:
-    raise ExportError(f'{path} has format {meta.get("format")!r}; this version reads {FORMAT!r}')
+  meta = _read_json(path)
+  _check_cascade_meta(path, meta)
+  own_text = text_encoder is None and bool(meta.get('text'))
+  verify_digests(directory, meta, _files(directory, meta, text=own_text))
   stages = [load_stage(os.path.join(directory, name)) for name in meta['stages']]
-  if text_encoder is None and meta.get('text'):
+  if own_text:
     from imagen_video_jax.text.encoder import TextEncoder
     import jax.numpy as jnp
 
@@ -105,6 +260,11 @@ def load_cascade(directory: str, *, text_encoder=None) -> CascadePipeline:
 # ---------------------------------------------------------------------------------
 # From a training run (orbax checkpoints of `python -m imagen_video_jax.train`).
 # ---------------------------------------------------------------------------------
+def _check_workdir(workdir: str) -> None:
+  if not os.path.isdir(os.path.join(os.path.abspath(workdir), 'checkpoints')):
+    raise ExportError(f'{workdir} holds no checkpoints/: not a training workdir')
+
+
 def read_training_run(workdir: str, step: int | None = None) -> tuple[dict, Any, int]:
   """(saved config dict, EMA params, step) of a training run's latest (or given) checkpoint.
 
@@ -113,8 +273,7 @@ def read_training_run(workdir: str, step: int | None = None) -> tuple[dict, Any,
   """
   from imagen_video_jax.training import checkpointing
 
-  if not os.path.isdir(os.path.join(os.path.abspath(workdir), 'checkpoints')):
-    raise ExportError(f'{workdir} holds no checkpoints/: not a training workdir')
+  _check_workdir(workdir)
   ckpt = checkpointing.Checkpointer(workdir, async_save=False)
   try:
     step = ckpt.latest_step() if step is None else step
@@ -237,6 +396,8 @@ def export_training_runs(workdirs: list[str], output: str, *, t5_dir: str | None
   """
   if os.path.exists(os.path.join(output, CASCADE_FILE)):
     raise ExportError(f'{output} already holds a cascade; choose an empty directory')
+  for w in workdirs:  # every run, before the first is read
+    _check_workdir(w)
   runs = [read_training_run(w) for w in workdirs]
   texts = {json.dumps(c['text'], sort_keys=True) for c, _, _ in runs}
   if len(texts) > 1:

@@ -46,7 +46,17 @@ def save_params(path: str, params: Mapping[str, Any]) -> str:
 
 
 def load_params(path: str) -> dict[str, Any]:
-  """Reads a tree written by `save_params` (numpy arrays)."""
+  """Reads a tree written by `save_params` (numpy arrays, in the dtypes stored).
+
+  Raises ValueError naming the file if it is truncated or not safetensors at all.
+  """
+  from safetensors import SafetensorError
   from safetensors.numpy import load_file
 
-  return unflatten_params(load_file(path))
+  try:
+    flat = load_file(path)
+  except (SafetensorError, ValueError) as e:
+    raise ValueError(
+      f'{path} is not a readable safetensors file (truncated or corrupt): {e}'
+    ) from None
+  return unflatten_params(flat)

@@ -19,6 +19,8 @@ diffusion and text-encoder modules, so anything above may use it.
 from __future__ import annotations
 
 import dataclasses
+import math
+import numbers
 from typing import Any, Mapping
 
 from imagen_video_jax.diffusion.objectives import DiffusionConfig
@@ -28,6 +30,14 @@ from imagen_video_jax.models.t5 import T5Config
 from imagen_video_jax.models.unet import UNetConfig
 
 KINDS = ('base', 'tsr', 'ssr')
+# One sample's output video (float32 RGB) may take at most this much memory: the
+# cascade holds several, plus the network's activations, so anything larger is a typo
+# (the paper's largest stage, 128 x 768 x 1280, takes 1.4 GiB).
+MAX_SAMPLE_BYTES = 8 * 2**30
+
+
+def _gib(n: float) -> str:
+  return f'{n / 2**30:.3g} GiB'
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,8 +62,18 @@ class StageSpec:
   def __post_init__(self):
     if self.kind not in KINDS:
       raise ValueError(f'StageSpec.kind must be one of {KINDS}, got {self.kind!r}')
-    if min(self.frames, self.height, self.width, self.frame_stride, self.factor) < 1:
+    sizes = (self.frames, self.height, self.width, self.frame_stride, self.factor)
+    if any(isinstance(n, bool) or not isinstance(n, numbers.Integral) for n in sizes):
+      raise ValueError(f'StageSpec sizes must be integers: {self}')
+    if min(sizes) < 1:
       raise ValueError(f'StageSpec sizes must be positive: {self}')
+    need = self.frames * self.height * self.width * 3 * 4
+    if need > MAX_SAMPLE_BYTES:
+      raise ValueError(
+        f'a {self.frames}x{self.height}x{self.width} (frames x H x W) stage output needs '
+        f'{_gib(need)} per sample for the video alone (float32 RGB); the limit is '
+        f'{_gib(MAX_SAMPLE_BYTES)}'
+      )
     if self.kind != 'base' and self.factor < 2:
       raise ValueError(f'a {self.kind} stage needs factor >= 2: {self}')
     t, h, w = self.cond_frames, self.cond_height, self.cond_width
@@ -122,6 +142,15 @@ class Stage:
   sample_cond_t: float = 0.1
   text: T5Config | None = None
 
+  def __post_init__(self):
+    if not isinstance(self.name, str) or not self.name:
+      raise ValueError(f'a stage name must be a non-empty string; got {self.name!r}')
+    if not _is_real(self.fps) or not (math.isfinite(self.fps) and self.fps > 0):
+      raise ValueError(f'stage {self.name}: fps must be finite and > 0; got {self.fps!r}')
+    t = self.sample_cond_t
+    if not _is_real(t) or not 0.0 <= t <= 1.0:
+      raise ValueError(f'stage {self.name}: sample_cond_t must be in [0, 1]; got {t!r}')
+
   def with_params(self, params: Any) -> Stage:
     return dataclasses.replace(self, params=params)
 
@@ -166,6 +195,10 @@ class Stage:
       sample_cond_t=float(cond_t),
       text=None if text is None else T5Config(**text),
     )
+
+
+def _is_real(x: Any) -> bool:
+  return isinstance(x, numbers.Real) and not isinstance(x, bool)
 
 
 # ------------------------------------------------------------ from a training config

@@ -53,7 +53,7 @@ def _flags_of(tool):
 
 def test_every_documented_command_prints_its_usage_and_flags():
   tools = _documented_tools()
-  cli_modules = sorted(p.stem for p in CLI.glob('*.py') if p.stem != '__init__')
+  cli_modules = sorted(p.stem for p in CLI.glob('*.py') if not p.stem.startswith('_'))  # _: helpers
   assert tools == cli_modules  # every command is documented, every documented one exists
   modules = [f'imagen_video_jax.{t}' for t in tools] + [f'imagen_video_jax.cli.{t}' for t in tools]
   results = _run_all([['-m', m, '--help'] for m in modules])

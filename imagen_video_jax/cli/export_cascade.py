@@ -10,7 +10,11 @@ on cached T5 embeddings (`text.source='cache'`, the paper configs' default) also
 against the cache and shipped as the cascade's text encoder).
 """
 
+import os
+
 from absl import app, flags, logging
+
+from imagen_video_jax.cli import _checks as checks
 
 _RUN = flags.DEFINE_multi_string('run', None, 'A training workdir; repeat, base first.')
 _OUTPUT = flags.DEFINE_string('output', None, 'The cascade directory to write.')
@@ -27,6 +31,10 @@ def main(argv):
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   if not _RUN.value or not _OUTPUT.value:
     raise app.UsageError('give --output and at least one --run (base first)')
+  # Before anything is read: the output must be a new or empty folder we can write.
+  if os.path.exists(_OUTPUT.value) and not os.path.isdir(_OUTPUT.value):
+    raise checks.Refusal(f'--output={_OUTPUT.value} is a file, not a directory')
+  checks.check_writable_parent('output', os.path.join(_OUTPUT.value, 'cascade.json'))
   if not flags.FLAGS['verbosity'].present:
     logging.set_verbosity(logging.WARNING)  # keep orbax's INFO chatter out
   from imagen_video_jax import export
@@ -35,7 +43,7 @@ def main(argv):
     path = export.export_training_runs(_RUN.value, _OUTPUT.value, t5_dir=_T5.value)
     pipe = export.load_cascade(path)  # proves the export loads
   except (export.ExportError, ValueError, FileNotFoundError) as e:
-    raise app.UsageError(str(e)) from None
+    raise checks.Refusal(str(e)) from None
   stages = ', '.join(
     f'{s.name} {s.spec.frames}x{s.spec.height}x{s.spec.width}@{s.fps:g}fps' for s in pipe.stages
   )

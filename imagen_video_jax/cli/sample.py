@@ -10,8 +10,13 @@ with --num_samples > 1, stem_0.mp4, stem_1.mp4, ...
 """
 
 import os
+import sys
 
 from absl import app, flags
+
+from imagen_video_jax.cli import _checks as checks
+
+MAX_SCALE = 64
 
 _CONFIG = flags.DEFINE_string(
   'config',
@@ -33,7 +38,9 @@ _NUM_SAMPLES = flags.DEFINE_integer('num_samples', 1, 'Videos per prompt.')
 _STEPS = flags.DEFINE_integer('steps', None, 'Sampling steps for every stage (default: per stage).')
 _GUIDANCE = flags.DEFINE_float('guidance', None, 'Guidance weight for every stage (1 = none).')
 _SAMPLER = flags.DEFINE_enum('sampler', None, ['ddim', 'ancestral'], 'Sampler for every stage.')
-_SCALE = flags.DEFINE_integer('scale', 4, 'Enlarge the written files by this integer factor.')
+_SCALE = flags.DEFINE_integer(
+  'scale', 4, f'Enlarge the written files by this integer factor (1 to {MAX_SCALE}).'
+)
 _PROGRESS = flags.DEFINE_bool('progress', True, 'Progress bars.')
 
 DEFAULT_CHECKPOINTS = os.path.join(
@@ -63,16 +70,59 @@ def cascade_dir_from_config(path: str) -> str:
   return cascade
 
 
+def output_paths(output: str, num_videos: int) -> list[str]:
+  """Every file `CascadeOutput.save` writes for OUTPUT (.mp4) and this many videos."""
+  from imagen_video_jax.cascade import output_stems
+
+  stems = output_stems(output[: -len('.mp4')], num_videos)
+  return [f'{s}.{ext}' for s in stems for ext in ('mp4', 'gif', 'png')]
+
+
+def check_flags() -> dict:
+  """Refuses bad flags before anything is loaded; returns the sampler overrides."""
+  from imagen_video_jax.diffusion.samplers import SamplerConfig
+
+  if not _PROMPT.value:
+    raise checks.Refusal('give a --prompt, e.g. --prompt="a red 3 moving left"')
+  if not _OUTPUT.value.endswith('.mp4'):
+    raise checks.Refusal(f'--output must end in .mp4; got {_OUTPUT.value}')
+  if _NUM_SAMPLES.value < 1:
+    raise checks.Refusal(f'--num_samples must be >= 1; got {_NUM_SAMPLES.value}')
+  if not 1 <= _SCALE.value <= MAX_SCALE:
+    raise checks.Refusal(f'--scale must be in [1, {MAX_SCALE}]; got {_SCALE.value}')
+  overrides = {}
+  for name, value in (
+    ('steps', _STEPS.value),
+    ('guidance', _GUIDANCE.value),
+    ('sampler', _SAMPLER.value),
+  ):
+    if value is not None:
+      try:
+        SamplerConfig(**{name: value})  # the sampler's own validation, up front
+      except ValueError as e:
+        raise checks.Refusal(f'--{name}={value}: {e}') from None
+      overrides[name] = value
+  checks.check_writable_parent('output', _OUTPUT.value)
+  paths = output_paths(_OUTPUT.value, len(_PROMPT.value) * _NUM_SAMPLES.value)
+  for p in paths:
+    if os.path.exists(p) and not os.path.isfile(p):
+      raise checks.Refusal(f'--output={_OUTPUT.value}: {p} exists and is not a file')
+  existing = [p for p in paths if os.path.isfile(p)]
+  if existing:  # replaced, as always, but said so before sampling starts
+    print(
+      f'note: replacing {len(existing)} existing file(s): {", ".join(existing)}', file=sys.stderr
+    )
+  return overrides
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
-  if not _PROMPT.value:
-    raise app.UsageError('give a --prompt, e.g. --prompt="a red 3 moving left"')
-  if not _OUTPUT.value.endswith('.mp4'):
-    raise app.UsageError(f'--output must end in .mp4; got {_OUTPUT.value}')
+  overrides = check_flags()
   import dataclasses
   import time
   from imagen_video_jax import export
+  from imagen_video_jax.cascade import NonFiniteSampleError
 
   if _CONFIG.value and _CHECKPOINTS.value:
     raise app.UsageError('give --config (a shipped cascade) or --checkpoints, not both')
@@ -95,26 +145,23 @@ def main(argv):
       )
     pipe = export.load_cascade(path)
   except (export.ExportError, FileNotFoundError, ValueError) as e:
-    raise app.UsageError(str(e)) from None
-  overrides = {
-    k: v
-    for k, v in (
-      ('steps', _STEPS.value),
-      ('guidance', _GUIDANCE.value),
-      ('sampler', _SAMPLER.value),
-    )
-    if v is not None
-  }
-  per_stage = {s.name: dataclasses.replace(s.sampler, **overrides) for s in pipe.stages}
+    raise checks.Refusal(str(e)) from None
+  try:
+    per_stage = {s.name: dataclasses.replace(s.sampler, **overrides) for s in pipe.stages}
+  except ValueError as e:
+    raise checks.Refusal(str(e)) from None
   start = time.time()
-  out = pipe(
-    _PROMPT.value,
-    negative_prompt=_NEGATIVE_PROMPT.value,
-    num_samples=_NUM_SAMPLES.value,
-    seed=_SEED.value,
-    samplers_by_stage=per_stage,
-    progress=_PROGRESS.value,
-  )
+  try:
+    out = pipe(
+      _PROMPT.value,
+      negative_prompt=_NEGATIVE_PROMPT.value,
+      num_samples=_NUM_SAMPLES.value,
+      seed=_SEED.value,
+      samplers_by_stage=per_stage,
+      progress=_PROGRESS.value,
+    )
+  except NonFiniteSampleError as e:
+    raise checks.Refusal(f'{e}; nothing was written') from None
   paths = out.save(_OUTPUT.value[: -len('.mp4')], scale=_SCALE.value)
   t, h, w, _ = out.videos.shape[1:]
   print(

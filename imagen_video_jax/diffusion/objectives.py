@@ -7,6 +7,7 @@ Everything is written for videos [B, T, H, W, C] with per-row ([B]) or per-frame
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Callable, Literal
 
 import jax
@@ -104,6 +105,8 @@ class DiffusionConfig:
       raise ValueError(f"prediction must be 'v', 'eps' or 'x'; got {self.prediction!r}")
     if self.weighting not in ('uniform', 'min_snr'):
       raise ValueError(f"weighting must be 'uniform' or 'min_snr'; got {self.weighting!r}")
+    if not (math.isfinite(self.min_snr_gamma) and self.min_snr_gamma > 0):
+      raise ValueError(f'min_snr_gamma must be finite and > 0; got {self.min_snr_gamma}')
     if not 0.0 <= self.p_uncond <= 1.0:
       raise ValueError(f'p_uncond must be in [0, 1]; got {self.p_uncond}')
 

@@ -11,6 +11,8 @@ update, and eps is recomputed from the clipped x so the step stays consistent.
 from __future__ import annotations
 
 import dataclasses
+import math
+import numbers
 from typing import Callable, Literal
 
 import jax
@@ -20,6 +22,8 @@ from imagen_video_jax.diffusion import objectives
 from imagen_video_jax.diffusion.schedules import CosineSchedule, alpha_sigma
 
 Denoiser = Callable[[jax.Array, jax.Array, jax.Array], jax.Array]
+
+MAX_STEPS = 10_000  # far more denoising steps than any stage needs: more is a typo
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,8 +55,18 @@ class SamplerConfig:
   def __post_init__(self):
     if self.sampler not in ('ddim', 'ancestral'):
       raise ValueError(f"sampler must be 'ddim' or 'ancestral'; got {self.sampler!r}")
-    if self.steps < 1:
-      raise ValueError(f'steps must be >= 1; got {self.steps}')
+    if isinstance(self.steps, bool) or not isinstance(self.steps, numbers.Integral):
+      raise ValueError(f'steps must be an integer; got {self.steps!r}')
+    if not 1 <= self.steps <= MAX_STEPS:
+      raise ValueError(f'steps must be in [1, {MAX_STEPS}]; got {self.steps}')
+    for name in ('guidance', 'guidance_low', 'oscillate_until', 'dynamic_percentile', 'gamma'):
+      value = getattr(self, name)
+      if value is None and name == 'guidance_low':
+        continue
+      if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+        raise ValueError(f'{name} must be a finite number; got {value!r}')
+    if not 0.0 <= self.oscillate_until <= 1.0:
+      raise ValueError(f'oscillate_until must be in [0, 1]; got {self.oscillate_until}')
     if self.clip not in ('none', 'static', 'dynamic'):
       raise ValueError(f"clip must be 'none', 'static' or 'dynamic'; got {self.clip!r}")
     if not 0.0 < self.dynamic_percentile <= 100.0:

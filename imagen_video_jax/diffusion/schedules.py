@@ -28,6 +28,9 @@ class CosineSchedule:
   shift: float = 0.0
 
   def __post_init__(self):
+    for name in ('logsnr_min', 'logsnr_max', 'shift'):
+      if not math.isfinite(getattr(self, name)):
+        raise ValueError(f'{name} must be finite; got {getattr(self, name)}')
     if not self.logsnr_min < self.logsnr_max:
       raise ValueError(f'logsnr_min ({self.logsnr_min}) must be < logsnr_max ({self.logsnr_max})')
 
