@@ -170,3 +170,24 @@ def test_parse_size_and_clip_cutting():
   clips = importer.cut_clips(np.zeros((11, 2, 2, 3), np.uint8), cfg)
   assert len(clips) == 2 and all(len(c) == 4 for c in clips)
   assert len(importer.cut_clips(np.zeros((11, 2, 2, 3)), importer.ImportConfig(frames=4))) == 2
+
+
+def _digests(folder):
+  import hashlib
+
+  return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir())}
+
+
+def test_existing_output_with_glob_characters_is_refused_untouched(library, tmp_path):
+  ok = library / 'one.csv'
+  ok.write_text('path,caption\nclips/good1.mp4,fine\n')
+  out = tmp_path / 'dat[x]'  # '[x]' is a glob character class: the folder must be literal
+  proc = _run(f'--manifest={ok}', f'--output={out}', '--frames=8', '--size=8')
+  assert proc.returncode == 0, proc.stderr
+  before = _digests(out)
+  assert 'videos-00000.array_record' in before and importer.REPORT_FILE in before
+  proc = _run(f'--manifest={library / "manifest.csv"}', f'--output={out}', '--frames=4', '--size=8')
+  assert proc.returncode == 1, proc.stderr
+  assert 'already holds' in proc.stderr and 'dat[x]' in proc.stderr
+  assert 'Traceback' not in proc.stderr
+  assert _digests(out) == before

@@ -180,13 +180,14 @@ def shard_paths(
   """Resolves a folder, a glob pattern, one file or a list of files into shard paths.
 
   A folder means ``{folder}/{prefix}-*.array_record``, sorted, so that every process and
-  every restart sees the same order.
+  every restart sees the same order. A folder's name is taken literally (``dat[x]`` is a
+  folder, not a pattern); only a path that is not a folder is read as a glob.
   """
   if isinstance(folder_or_paths, (list, tuple)):
     return [os.fspath(p) for p in folder_or_paths]
   path = os.fspath(folder_or_paths)
   if os.path.isdir(path):
-    found = sorted(glob.glob(os.path.join(path, f'{prefix}-*.array_record')))
+    found = sorted(glob.glob(os.path.join(glob.escape(path), f'{prefix}-*.array_record')))
   elif any(c in path for c in '*?['):
     found = sorted(glob.glob(path))
   else:
