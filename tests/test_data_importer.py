@@ -191,3 +191,31 @@ def test_existing_output_with_glob_characters_is_refused_untouched(library, tmp_
   assert 'already holds' in proc.stderr and 'dat[x]' in proc.stderr
   assert 'Traceback' not in proc.stderr
   assert _digests(out) == before
+
+
+def test_playlists_and_indirect_inputs_are_refused(library, tmp_path):
+  # Each of these makes a permissive ffmpeg read ../outside.mp4, outside the folder.
+  playlist = '#EXTM3U\n#EXT-X-TARGETDURATION:4\n#EXTINF:4,\n../../outside.mp4\n#EXT-X-ENDLIST\n'
+  clips = library / 'clips'
+  (clips / 'list.m3u8').write_text(playlist)
+  (clips / 'disguised.mp4').write_text(playlist)  # a playlist renamed: the mov demuxer only
+  (clips / 'cat.ffconcat').write_text('ffconcat version 1.0\nfile ../../outside.mp4\n')
+  manifest = library / 'indirect.csv'
+  manifest.write_text(
+    'path,caption\nclips/list.m3u8,a\nclips/disguised.mp4,b\nclips/cat.ffconcat,c\n'
+    'clips/good1.mp4,fine\n'
+  )
+  cfg = importer.ImportConfig(frames=8, width=8, height=8)
+  report = importer.import_videos(str(manifest), str(tmp_path / 'o'), cfg, progress=False)
+  reasons = {r['path']: r['reason'] for r in report['skipped_rows']}
+  assert reasons == {
+    'clips/list.m3u8': 'unsupported_format',
+    'clips/disguised.mp4': 'unreadable',
+    'clips/cat.ffconcat': 'unsupported_format',
+  }
+  detail = next(r['detail'] for r in report['skipped_rows'] if r['path'] == 'clips/list.m3u8')
+  assert 'playlists (.m3u8)' in detail and '.mp4' in detail
+  assert report['videos_ok'] == 1 and report['clips'] == 2
+  cmd = importer._ffmpeg_command(str(clips / 'good1.mp4'), cfg)
+  assert cmd[cmd.index('-protocol_whitelist') + 1] == 'file'
+  assert cmd[cmd.index('-f') + 1] == 'mov' and cmd[cmd.index('-i') + 1].startswith('file:')

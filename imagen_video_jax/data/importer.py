@@ -9,6 +9,13 @@ records the Moving Digits world uses (``videos-*.array_record``).
 A bad row never stops the import and never costs the good ones: a missing, empty,
 corrupt, unreadable or too-short file, an empty caption, a URL or a path that escapes
 the manifest's folder is skipped and counted in ``import_report.json`` with its reason.
+
+Only plain local media files are read: the file's extension must name a container in
+:data:`CONTAINERS`, and ffmpeg is told to use exactly that demuxer (``-f``, and
+``-format_whitelist`` for any it might open inside) over the ``file`` protocol alone
+(``-protocol_whitelist file``). So a playlist (``.m3u8``), a concat list, an image
+sequence pattern or a network URL is never followed, even when renamed to ``.mp4``: it
+is skipped (``unsupported_format`` or ``unreadable``), never imported.
 """
 
 from __future__ import annotations
@@ -29,6 +36,25 @@ import numpy as np
 from imagen_video_jax.data import records
 
 REPORT_FILE = 'import_report.json'
+
+# Extension -> the one ffmpeg demuxer that may read it (no playlists, concat lists,
+# image sequences or anything else that makes ffmpeg open further inputs).
+CONTAINERS = {
+  '.mp4': 'mov',
+  '.m4v': 'mov',
+  '.mov': 'mov',
+  '.3gp': 'mov',
+  '.mkv': 'matroska',
+  '.webm': 'matroska',
+  '.avi': 'avi',
+  '.mpg': 'mpeg',
+  '.mpeg': 'mpeg',
+  '.ts': 'mpegts',
+  '.flv': 'flv',
+  '.ogv': 'ogg',
+  '.wmv': 'asf',
+  '.gif': 'gif',
+}
 
 
 class ImportSetupError(ValueError):
@@ -136,6 +162,19 @@ def resolve(root: str, rel: str) -> str:
   return path
 
 
+def demuxer(path: str) -> str:
+  """The ffmpeg demuxer for ``path``'s container; SkipError if it is not one we read."""
+  ext = os.path.splitext(path)[1].lower()
+  if ext not in CONTAINERS:
+    raise SkipError(
+      'unsupported_format',
+      f'{os.path.basename(path)}: {ext or "no extension"} is not a video container this '
+      f'importer reads ({" ".join(sorted(CONTAINERS))}); playlists (.m3u8), concat lists '
+      'and other files that point at further inputs are refused',
+    )
+  return CONTAINERS[ext]
+
+
 def _ffmpeg_command(path: str, config: ImportConfig) -> list[str]:
   import imageio_ffmpeg  # ships a static ffmpeg binary: nothing to install
 
@@ -152,8 +191,17 @@ def _ffmpeg_command(path: str, config: ImportConfig) -> list[str]:
     '-nostdin',
     '-v',
     'error',
+    # Local files only, read by the one demuxer the extension names: ffmpeg never
+    # probes for (or follows) a playlist, concat list or URL, and 'file:' keeps a name
+    # with a colon from being read as a protocol.
+    '-protocol_whitelist',
+    'file',
+    '-format_whitelist',
+    demuxer(path),
+    '-f',
+    demuxer(path),
     '-i',
-    path,
+    'file:' + os.path.abspath(path),
     '-map',
     '0:v:0',
     '-an',
@@ -199,6 +247,7 @@ def cut_clips(frames: np.ndarray, config: ImportConfig) -> list[np.ndarray]:
 
 def _load(root: str, row: Row, config: ImportConfig) -> list[np.ndarray]:
   path = resolve(root, row.path)
+  demuxer(path)
   if not row.caption:
     raise SkipError('empty_caption', f'{row.path} has no caption')
   frames = decode(path, config)
