@@ -330,7 +330,10 @@ def _prepare(output: str) -> str:
         'another --output'
       ) from None
     if pid != os.getpid() and _pid_alive(pid):
-      raise ImportSetupError(f'another import (pid {pid}) is writing {output} ({staging})')
+      raise ImportSetupError(
+        f'another import (pid {pid}) is writing {output} in {staging}; if that process is '
+        'not an import, remove the folder and run again'
+      )
     logging.warning('removing the unfinished import left at %s; starting over', staging)
     shutil.rmtree(staging)
   os.makedirs(staging)
@@ -349,7 +352,9 @@ def duplicate_rows(rows: list[Row]) -> list[dict]:
   """Rows repeating an earlier row's video path and caption (each would be imported twice)."""
   first, dups = {}, []
   for row in rows:
-    key = (os.path.normpath(row.path) if row.path else '', row.caption)
+    if not row.path:
+      continue  # skipped as a bad row anyway
+    key = (os.path.normpath(row.path), row.caption)
     if key in first:
       dups.append({'line': row.line, 'first_line': first[key], 'path': row.path})
     else:
