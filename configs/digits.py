@@ -131,6 +131,8 @@ def get_config(arg: str = 'stage=base') -> ml_collections.ConfigDict:
       num_threads=1 if tiny else 4,
       prefetch_rows=8 if tiny else 64,
       worker_count=0,
+      # Skip (count and log) records that cannot be read instead of stopping.
+      skip_bad_records=False,
     )
   )
 

@@ -171,6 +171,8 @@ def get_config(arg: str = 'stage=base') -> ml_collections.ConfigDict:
       num_threads=16,
       prefetch_rows=512,
       worker_count=8,
+      # Skip (count and log) records that cannot be read instead of stopping.
+      skip_bad_records=False,
     )
   )
 

@@ -170,3 +170,131 @@ def test_parse_size_and_clip_cutting():
   clips = importer.cut_clips(np.zeros((11, 2, 2, 3), np.uint8), cfg)
   assert len(clips) == 2 and all(len(c) == 4 for c in clips)
   assert len(importer.cut_clips(np.zeros((11, 2, 2, 3)), importer.ImportConfig(frames=4))) == 2
+
+
+def _digests(folder):
+  import hashlib
+
+  return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir())}
+
+
+def test_existing_output_with_glob_characters_is_refused_untouched(library, tmp_path):
+  ok = library / 'one.csv'
+  ok.write_text('path,caption\nclips/good1.mp4,fine\n')
+  out = tmp_path / 'dat[x]'  # '[x]' is a glob character class: the folder must be literal
+  proc = _run(f'--manifest={ok}', f'--output={out}', '--frames=8', '--size=8')
+  assert proc.returncode == 0, proc.stderr
+  before = _digests(out)
+  assert 'videos-00000.array_record' in before and importer.REPORT_FILE in before
+  proc = _run(f'--manifest={library / "manifest.csv"}', f'--output={out}', '--frames=4', '--size=8')
+  assert proc.returncode == 1, proc.stderr
+  assert 'already holds' in proc.stderr and 'dat[x]' in proc.stderr
+  assert 'Traceback' not in proc.stderr
+  assert _digests(out) == before
+
+
+def test_playlists_and_indirect_inputs_are_refused(library, tmp_path):
+  # Each of these makes a permissive ffmpeg read ../outside.mp4, outside the folder.
+  playlist = '#EXTM3U\n#EXT-X-TARGETDURATION:4\n#EXTINF:4,\n../../outside.mp4\n#EXT-X-ENDLIST\n'
+  clips = library / 'clips'
+  (clips / 'list.m3u8').write_text(playlist)
+  (clips / 'disguised.mp4').write_text(playlist)  # a playlist renamed: the mov demuxer only
+  (clips / 'cat.ffconcat').write_text('ffconcat version 1.0\nfile ../../outside.mp4\n')
+  manifest = library / 'indirect.csv'
+  manifest.write_text(
+    'path,caption\nclips/list.m3u8,a\nclips/disguised.mp4,b\nclips/cat.ffconcat,c\n'
+    'clips/good1.mp4,fine\n'
+  )
+  cfg = importer.ImportConfig(frames=8, width=8, height=8)
+  report = importer.import_videos(str(manifest), str(tmp_path / 'o'), cfg, progress=False)
+  reasons = {r['path']: r['reason'] for r in report['skipped_rows']}
+  assert reasons == {
+    'clips/list.m3u8': 'unsupported_format',
+    'clips/disguised.mp4': 'unreadable',
+    'clips/cat.ffconcat': 'unsupported_format',
+  }
+  detail = next(r['detail'] for r in report['skipped_rows'] if r['path'] == 'clips/list.m3u8')
+  assert 'playlists (.m3u8)' in detail and '.mp4' in detail
+  assert report['videos_ok'] == 1 and report['clips'] == 2
+  cmd = importer._ffmpeg_command(str(clips / 'good1.mp4'), cfg)
+  assert cmd[cmd.index('-protocol_whitelist') + 1] == 'file'
+  assert cmd[cmd.index('-f') + 1] == 'mov' and cmd[cmd.index('-i') + 1].startswith('file:')
+
+
+def _result(folder):
+  """An import's shards (bytes) and its report without timing and location."""
+  report = json.loads((folder / importer.REPORT_FILE).read_text())
+  for k in ('seconds', 'output'):
+    report.pop(k)
+  shards = {p.name: p.read_bytes() for p in folder.glob('videos-*.array_record')}
+  return shards, report, json.loads((folder / records.INFO_FILE).read_text())
+
+
+def _long_manifest(library, n):
+  path = library / f'long{n}.csv'
+  path.write_text(
+    'path,caption\n' + ''.join(f'clips/good{1 + i % 2}.mp4,clip {i}\n' for i in range(n))
+  )
+  return path
+
+
+def test_a_failed_import_leaves_no_output_and_a_rerun_completes(library, tmp_path, monkeypatch):
+  manifest = _long_manifest(library, 6)
+  cfg = importer.ImportConfig(frames=8, width=8, height=8, per_shard=2, workers=1)
+  importer.import_videos(str(manifest), str(tmp_path / 'ref'), cfg, progress=False)
+  out = tmp_path / 'out'
+  write = records.ShardedWriter.write
+
+  def failing_write(self, example):
+    if self.count == 5:
+      raise OSError(28, 'No space left on device')
+    write(self, example)
+
+  monkeypatch.setattr(records.ShardedWriter, 'write', failing_write)
+  with pytest.raises(OSError, match='No space'):
+    importer.import_videos(str(manifest), str(out), cfg, progress=False)
+  assert not out.exists()  # never a half-written dataset where the output should be
+  staging = tmp_path / '.out.importing'
+  left = json.loads((staging / importer.REPORT_FILE).read_text())
+  assert left['status'] == 'interrupted' and 'No space' in left['error'] and left['clips'] == 5
+  monkeypatch.setattr(records.ShardedWriter, 'write', write)
+  report = importer.import_videos(str(manifest), str(out), cfg, progress=False)
+  assert report['status'] == 'complete' and report['clips'] == 12
+  assert not staging.exists() and sorted(p.name for p in tmp_path.iterdir()) == ['out', 'ref']
+  assert _result(out) == _result(tmp_path / 'ref')
+
+
+def test_a_killed_import_is_redone_by_the_same_command(library, tmp_path):
+  import signal
+  import time
+
+  manifest = _long_manifest(library, 40)
+  args = [f'--manifest={manifest}', '--frames=8', '--size=8', '--per_shard=1', '--workers=1']
+  assert _run(*args, f'--output={tmp_path / "ref"}').returncode == 0
+  out, staging = tmp_path / 'out', tmp_path / '.out.importing'
+  cmd = [sys.executable, '-m', 'imagen_video_jax.import_videos', *args, f'--output={out}']
+  proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  deadline = time.time() + 60
+  while not (staging / 'videos-00003.array_record').exists() and time.time() < deadline:
+    time.sleep(0.002)
+  proc.send_signal(signal.SIGKILL)
+  assert proc.wait() == -signal.SIGKILL  # killed midway, not finished
+  assert not out.exists() and staging.exists()
+  proc = _run(*args, f'--output={out}')
+  assert proc.returncode == 0, proc.stderr
+  assert 'removing the unfinished import' in proc.stderr
+  assert not staging.exists() and _result(out) == _result(tmp_path / 'ref')
+
+
+def test_duplicate_rows_are_reported(library, tmp_path, caplog):
+  manifest = library / 'dups.csv'
+  manifest.write_text(
+    'path,caption\nclips/good1.mp4,same\nclips/good2.mp4,same\n./clips/good1.mp4,same\n'
+    'clips/good1.mp4,other\n'
+  )
+  cfg = importer.ImportConfig(frames=8, width=8, height=8, max_clips_per_video=1)
+  with caplog.at_level('WARNING'):
+    report = importer.import_videos(str(manifest), str(tmp_path / 'o'), cfg, progress=False)
+  assert report['duplicate_rows'] == [{'line': 4, 'first_line': 2, 'path': './clips/good1.mp4'}]
+  assert '1 duplicate row(s)' in caplog.text and 'line 4 repeats line 2' in caplog.text
+  assert report['clips'] == 4  # imported as listed

@@ -277,3 +277,88 @@ def test_resume_with_worker_processes(shards):
   assert _same(_take(resumed, 3), expected)
   # ... and a worker process makes the batches the main process makes.
   assert _same(_take(iter(_pipe(shards, 'base', worker_count=0, seed=3)), 5)[2:], expected)
+
+
+def _clips(folder, n=8, per_shard=4):
+  with records.ShardedWriter(folder, records.VIDEO_PREFIX, per_shard) as w:
+    for i in range(n):
+      w.write(records.Example(video=np.full((16, 8, 8, 3), 10 * i, np.uint8), caption=f'c {i}'))
+  return records.shard_paths(str(folder))
+
+
+def _video_pipe(folder, **kw):
+  cfg = P.PipelineConfig(
+    batch_size=1, shard_index=0, shard_count=1, shuffle=False, num_epochs=1, **kw
+  )
+  return P.make_pipeline(STAGES['base'], cfg, str(folder), tokenizer=tokenize)
+
+
+def test_bad_records_name_their_shard_or_are_skipped_and_counted(tmp_path, caplog):
+  import shutil
+
+  paths = _clips(tmp_path / 'ok')
+  # A record that is a valid ArrayRecord entry but not ours, written as shard 1's record 2.
+  with records.ShardedWriter(tmp_path / 'bad', records.VIDEO_PREFIX, 4) as w:
+    for i in range(8):
+      w.write(b'junk' if i == 6 else records.encode(records.decode(_raw(paths, i))))
+  with pytest.raises(records.BadRecordError) as e:
+    list(_video_pipe(tmp_path / 'bad'))
+  assert 'videos-00001.array_record: record 2' in str(e.value) and 'magic' in str(e.value)
+  before = records.skipped_records()['records']
+  with caplog.at_level('WARNING'):
+    rows = list(_video_pipe(tmp_path / 'bad', skip_bad_records=True))
+  assert len(rows) == 7  # every good record, once
+  assert records.skipped_records()['records'] == before + 1
+  assert (
+    'skipping a bad record' in caplog.text and 'videos-00001.array_record: record 2' in caplog.text
+  )
+
+  # Damaged bytes inside a shard: ArrayRecord's own checksum error, with the file named.
+  shutil.copytree(tmp_path / 'ok', tmp_path / 'flipped')
+  shard = tmp_path / 'flipped' / 'videos-00001.array_record'
+  data = bytearray(shard.read_bytes())
+  data[200:600] = bytes(b ^ 0xFF for b in data[200:600])
+  shard.write_bytes(bytes(data))
+  with pytest.raises(records.BadRecordError, match=r'videos-00001\.array_record: record \d'):
+    list(_video_pipe(tmp_path / 'flipped'))
+
+  # A truncated shard cannot even be opened.
+  shutil.copytree(tmp_path / 'ok', tmp_path / 'cut')
+  shard = tmp_path / 'cut' / 'videos-00000.array_record'
+  shard.write_bytes(shard.read_bytes()[:1000])
+  with pytest.raises(records.BadRecordError, match=r'videos-00000\.array_record: cannot open'):
+    _video_pipe(tmp_path / 'cut')
+  shards_before = records.skipped_records()['shards']
+  rows = list(_video_pipe(tmp_path / 'cut', skip_bad_records=True))
+  assert len(rows) == 4 and records.skipped_records()['shards'] == shards_before + 1
+
+
+def _raw(paths, i):
+  import grain
+
+  return grain.sources.ArrayRecordDataSource(paths)[i]
+
+
+def test_skip_bad_records_config_reaches_the_pipeline(tmp_path):
+  import os
+  import sys
+
+  sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  from configs import digits as digits_config, imagen_video as paper_config
+  from imagen_video_jax.training import loop
+
+  assert paper_config.get_config('stage=base').data.skip_bad_records is False
+  config = digits_config.get_config('stage=base,tiny=True')
+  assert config.data.skip_bad_records is False
+  paths = _clips(tmp_path / 'ok', n=3, per_shard=3)
+  with records.ShardedWriter(tmp_path / 'bad', records.VIDEO_PREFIX, 4) as w:
+    for i in range(3):
+      w.write(_raw(paths, i) if i != 1 else b'junk')
+  config.data.image_fraction, config.data.batch_size = 0.0, 1
+  with pytest.raises(records.BadRecordError, match='videos-00000.array_record: record 1'):
+    _take(iter(loop.make_data(config, STAGES['base'], str(tmp_path / 'bad'), tokenize, None)), 3)
+  config.data.skip_bad_records = True
+  before = records.skipped_records()['records']
+  it = iter(loop.make_data(config, STAGES['base'], str(tmp_path / 'bad'), tokenize, None))
+  assert len(_take(it, 3)) == 3  # the bad record is skipped (it repeats forever)
+  assert records.skipped_records()['records'] > before

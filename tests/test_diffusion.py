@@ -114,14 +114,37 @@ def test_text_dropout_rate_and_null_text():
   assert abs(float(jnp.mean(dropped)) - 0.1) < 0.015
   assert float(jnp.max(jnp.abs(d_emb[dropped]))) == 0.0
   np.testing.assert_array_equal(d_mask[~dropped], mask[~dropped])  # kept captions untouched
-  # per-frame captions are dropped independently
+  # per-frame text is dropped a clip at a time: without frame_ids a row is one clip
   pf = objectives.drop_text(
-    jax.random.key(6), jnp.ones((50, 4, 6, 3)), jnp.ones((50, 4, 6), bool), 0.5
+    jax.random.key(6), jnp.ones((200, 4, 6, 3)), jnp.ones((200, 4, 6), bool), 0.5
   )[1]
   per_frame = jnp.any(pf, axis=-1)
-  assert bool(jnp.any(jnp.any(per_frame, 1) & ~jnp.all(per_frame, 1)))
+  assert bool(jnp.all(jnp.all(per_frame, 1) | ~jnp.any(per_frame, 1)))  # no clip partly dropped
+  assert 0.35 < float(jnp.mean(per_frame[:, 0])) < 0.65
   with pytest.raises(ValueError, match='p_uncond'):
     DiffusionConfig(p_uncond=1.5)
+
+
+def test_text_dropout_is_per_clip_given_frame_ids():
+  # row 0: one video clip (ids 0) then 2 padding frames; row 1: 4 packed images
+  ids = jnp.array([[0, 0, 0, 0, -1, -1], [0, 1, 2, 3, -1, -1]], jnp.int32)
+  ids = jnp.tile(ids, (300, 1))
+  mask = jnp.ones(ids.shape + (5,), bool) & (ids >= 0)[..., None]
+  emb, d_mask = objectives.drop_text(
+    jax.random.key(7), jnp.ones(ids.shape + (5, 3)), mask, 0.5, frame_ids=ids
+  )
+  kept = jnp.any(d_mask, axis=-1)  # [B, T]
+  video, images = kept[0::2, :4], kept[1::2, :4]
+  assert bool(jnp.all(jnp.all(video, 1) | ~jnp.any(video, 1)))  # a video row: all or nothing
+  # packed images are separate clips: some rows keep some images and drop others
+  assert bool(jnp.any(jnp.any(images, 1) & ~jnp.all(images, 1)))
+  assert 0.4 < float(jnp.mean(images)) < 0.6 and 0.4 < float(jnp.mean(video[:, 0])) < 0.6
+  assert not bool(jnp.any(kept[:, 4:]))  # padding stays null
+  assert float(jnp.max(jnp.abs(jnp.where(d_mask[..., None], 0.0, emb)))) == 0.0
+  with pytest.raises(ValueError, match='frame_ids must be'):
+    objectives.drop_text(jax.random.key(0), emb, mask, 0.5, frame_ids=ids[:, :3])
+  with pytest.raises(ValueError, match='per-frame text'):
+    objectives.drop_text(jax.random.key(0), emb[:, 0], mask[:, 0], 0.5, frame_ids=ids)
 
 
 def test_noise_augmentation_has_the_right_statistics():

@@ -4,7 +4,11 @@ r"""Imports real videos listed in a ``path,caption`` manifest into ArrayRecord s
       --frames=16 --size=64 --fps=8
 
 Paths in the manifest are relative to its folder (paths leaving it are refused). Bad
-files are skipped and listed with their reason in ``OUTPUT/import_report.json``.
+files are skipped and listed with their reason in ``OUTPUT/import_report.json``; only
+plain media files (``importer.CONTAINERS``) are read, never playlists or URLs.
+OUTPUT must be new or empty; it appears only when the import is complete (it is written
+in ``.OUTPUT.importing`` next to it first), and after an interruption the same command
+starts over. Duplicate manifest rows (same path and caption) are warned about.
 Exit status: 0 every row imported, 3 some rows skipped, 2 nothing usable, 1 bad input.
 """
 
@@ -15,7 +19,7 @@ from absl import app, flags
 from imagen_video_jax.data import importer
 
 _MANIFEST = flags.DEFINE_string('manifest', None, 'CSV with path,caption columns.')
-_OUTPUT = flags.DEFINE_string('output', None, 'Empty folder for the shards and report.')
+_OUTPUT = flags.DEFINE_string('output', None, 'New or empty folder for the shards and report.')
 _FRAMES = flags.DEFINE_integer('frames', 16, 'Frames per clip.')
 _SIZE = flags.DEFINE_string('size', '64', 'Clip size: N (square) or WxH, e.g. 80x48.')
 _FPS = flags.DEFINE_float('fps', 8.0, 'Frame rate clips are resampled to.')

@@ -9,6 +9,13 @@ records the Moving Digits world uses (``videos-*.array_record``).
 A bad row never stops the import and never costs the good ones: a missing, empty,
 corrupt, unreadable or too-short file, an empty caption, a URL or a path that escapes
 the manifest's folder is skipped and counted in ``import_report.json`` with its reason.
+
+Only plain local media files are read: the file's extension must name a container in
+:data:`CONTAINERS`, and ffmpeg is told to use exactly that demuxer (``-f``, and
+``-format_whitelist`` for any it might open inside) over the ``file`` protocol alone
+(``-protocol_whitelist file``). So a playlist (``.m3u8``), a concat list, an image
+sequence pattern or a network URL is never followed, even when renamed to ``.mp4``: it
+is skipped (``unsupported_format`` or ``unreadable``), never imported.
 """
 
 from __future__ import annotations
@@ -18,8 +25,10 @@ import concurrent.futures
 import csv
 import dataclasses
 import json
+import logging
 import os
 import re
+import shutil
 import subprocess
 import time
 from collections.abc import Iterator
@@ -29,6 +38,26 @@ import numpy as np
 from imagen_video_jax.data import records
 
 REPORT_FILE = 'import_report.json'
+_OWNER_FILE = '.import_owner'  # in a staging folder: the pid of the import writing it
+
+# Extension -> the one ffmpeg demuxer that may read it (no playlists, concat lists,
+# image sequences or anything else that makes ffmpeg open further inputs).
+CONTAINERS = {
+  '.mp4': 'mov',
+  '.m4v': 'mov',
+  '.mov': 'mov',
+  '.3gp': 'mov',
+  '.mkv': 'matroska',
+  '.webm': 'matroska',
+  '.avi': 'avi',
+  '.mpg': 'mpeg',
+  '.mpeg': 'mpeg',
+  '.ts': 'mpegts',
+  '.flv': 'flv',
+  '.ogv': 'ogg',
+  '.wmv': 'asf',
+  '.gif': 'gif',
+}
 
 
 class ImportSetupError(ValueError):
@@ -136,6 +165,19 @@ def resolve(root: str, rel: str) -> str:
   return path
 
 
+def demuxer(path: str) -> str:
+  """The ffmpeg demuxer for ``path``'s container; SkipError if it is not one we read."""
+  ext = os.path.splitext(path)[1].lower()
+  if ext not in CONTAINERS:
+    raise SkipError(
+      'unsupported_format',
+      f'{os.path.basename(path)}: {ext or "no extension"} is not a video container this '
+      f'importer reads ({" ".join(sorted(CONTAINERS))}); playlists (.m3u8), concat lists '
+      'and other files that point at further inputs are refused',
+    )
+  return CONTAINERS[ext]
+
+
 def _ffmpeg_command(path: str, config: ImportConfig) -> list[str]:
   import imageio_ffmpeg  # ships a static ffmpeg binary: nothing to install
 
@@ -152,8 +194,17 @@ def _ffmpeg_command(path: str, config: ImportConfig) -> list[str]:
     '-nostdin',
     '-v',
     'error',
+    # Local files only, read by the one demuxer the extension names: ffmpeg never
+    # probes for (or follows) a playlist, concat list or URL, and 'file:' keeps a name
+    # with a colon from being read as a protocol.
+    '-protocol_whitelist',
+    'file',
+    '-format_whitelist',
+    demuxer(path),
+    '-f',
+    demuxer(path),
     '-i',
-    path,
+    'file:' + os.path.abspath(path),
     '-map',
     '0:v:0',
     '-an',
@@ -199,6 +250,7 @@ def cut_clips(frames: np.ndarray, config: ImportConfig) -> list[np.ndarray]:
 
 def _load(root: str, row: Row, config: ImportConfig) -> list[np.ndarray]:
   path = resolve(root, row.path)
+  demuxer(path)
   if not row.caption:
     raise SkipError('empty_caption', f'{row.path} has no caption')
   frames = decode(path, config)
@@ -235,70 +287,175 @@ def _results(root: str, rows: list[Row], config: ImportConfig) -> Iterator[tuple
       yield pending.popleft().result()
 
 
+def staging_folder(output: str) -> str:
+  """Where an import into ``output`` is written until it is complete (a hidden sibling)."""
+  output = os.path.abspath(output)
+  return os.path.join(os.path.dirname(output), f'.{os.path.basename(output)}.importing')
+
+
+def _pid_alive(pid: int) -> bool:
+  try:
+    os.kill(pid, 0)
+  except ProcessLookupError:
+    return False
+  except PermissionError:
+    return True
+  return True
+
+
+def _prepare(output: str) -> str:
+  """Checks ``output`` is new or empty and returns a fresh staging folder for it.
+
+  The staging folder of an import that was interrupted (killed, crashed) is removed, so
+  re-running the same command starts over; one that a live import is writing is not.
+  """
+  if os.path.exists(output):
+    if not os.path.isdir(output):
+      raise ImportSetupError(f'--output {output} is a file, not a folder')
+    held = sorted(os.listdir(output))
+    if held:
+      shown = ', '.join(held[:3]) + (' ...' if len(held) > 3 else '')
+      raise ImportSetupError(
+        f'--output {output} already holds {shown}; choose a new or empty folder '
+        '(nothing there was changed)'
+      )
+  staging = staging_folder(output)
+  if os.path.exists(staging):
+    try:
+      with open(os.path.join(staging, _OWNER_FILE)) as f:
+        pid = int(f.read().strip() or 0)
+    except (OSError, ValueError):
+      raise ImportSetupError(
+        f'{staging} exists but is not an unfinished import of ours; remove it or choose '
+        'another --output'
+      ) from None
+    if pid != os.getpid() and _pid_alive(pid):
+      raise ImportSetupError(
+        f'another import (pid {pid}) is writing {output} in {staging}; if that process is '
+        'not an import, remove the folder and run again'
+      )
+    logging.warning('removing the unfinished import left at %s; starting over', staging)
+    shutil.rmtree(staging)
+  os.makedirs(staging)
+  with open(os.path.join(staging, _OWNER_FILE), 'w') as f:
+    f.write(f'{os.getpid()}\n')
+  return staging
+
+
+def _write_json(path: str, obj: dict) -> None:
+  with open(path, 'w') as f:
+    json.dump(obj, f, indent=2)
+    f.write('\n')
+
+
+def duplicate_rows(rows: list[Row]) -> list[dict]:
+  """Rows repeating an earlier row's video path and caption (each would be imported twice)."""
+  first, dups = {}, []
+  for row in rows:
+    if not row.path:
+      continue  # skipped as a bad row anyway
+    key = (os.path.normpath(row.path), row.caption)
+    if key in first:
+      dups.append({'line': row.line, 'first_line': first[key], 'path': row.path})
+    else:
+      first[key] = row.line
+  return dups
+
+
 def import_videos(manifest: str, output: str, config: ImportConfig, progress: bool = True) -> dict:
   """Imports every usable row of ``manifest`` into ``output``; returns the report.
 
   The report (also written to ``{output}/import_report.json``) counts rows, usable
-  videos, clips and skipped rows, with every skipped row's line, path and reason.
+  videos, clips and skipped rows, with every skipped row's line, path and reason, and
+  lists duplicate rows (same path and caption; imported as listed, with a warning).
   Raises ImportSetupError for problems with the manifest or the output folder as a whole.
+
+  ``output`` must be new or empty, and appears only once the import is complete: the
+  shards are written into :func:`staging_folder` (``.{name}.importing`` next to it),
+  which is renamed to ``output`` at the end. An import that fails leaves its staging
+  folder with a report saying so; one that is killed leaves it without; either way,
+  running the same command again removes it and imports afresh.
   """
   from tqdm import tqdm
 
   rows = read_manifest(manifest)
   if not rows:
     raise ImportSetupError(f'{manifest} lists no videos')
+  output = os.path.abspath(output)
+  dups = duplicate_rows(rows)
+  if dups:
+    d = dups[0]
+    logging.warning(
+      '%s: %d duplicate row(s) (same path and caption; each is imported again), e.g. '
+      'line %d repeats line %d (%s)',
+      manifest,
+      len(dups),
+      d['line'],
+      d['first_line'],
+      d['path'],
+    )
   root = os.path.dirname(os.path.abspath(manifest))
   start = time.time()
   skipped, reasons = [], collections.Counter()
   videos_ok = 0
+  staging = _prepare(output)
+  writer = records.ShardedWriter(staging, records.VIDEO_PREFIX, config.per_shard)
+
+  def report(status: str) -> dict:
+    return {
+      'status': status,
+      'manifest': os.path.abspath(manifest),
+      'output': output,
+      'settings': dataclasses.asdict(config),
+      'rows': len(rows),
+      'videos_ok': videos_ok,
+      'clips': writer.count,
+      'skipped': len(skipped),
+      'reasons': dict(sorted(reasons.items())),
+      'skipped_rows': skipped,
+      'duplicate_rows': dups,
+      'shards': [os.path.basename(p) for p in writer.paths],
+      'seconds': round(time.time() - start, 2),
+    }
+
   try:
-    writer = records.ShardedWriter(output, records.VIDEO_PREFIX, config.per_shard)
-  except FileExistsError as e:
-    raise ImportSetupError(str(e)) from None
-  with writer:
-    for row, result in tqdm(
-      _results(root, rows, config),
-      total=len(rows),
-      disable=not progress,
-      desc='importing',
-      unit='video',
-    ):
-      if isinstance(result, SkipError):
-        skipped.append(
-          {'line': row.line, 'path': row.path, 'reason': result.reason, 'detail': result.detail}
-        )
-        reasons[result.reason] += 1
-        continue
-      videos_ok += 1
-      for j, clip in enumerate(result):
-        writer.write(
-          records.Example(
-            video=clip,
-            caption=row.caption,
-            fps=config.fps,
-            meta={
-              'source': row.path,
-              'line': row.line,
-              'clip': j,
-              'start_s': j * config.frames / config.fps,
-            },
+    with writer:
+      for row, result in tqdm(
+        _results(root, rows, config),
+        total=len(rows),
+        disable=not progress,
+        desc='importing',
+        unit='video',
+      ):
+        if isinstance(result, SkipError):
+          skipped.append(
+            {'line': row.line, 'path': row.path, 'reason': result.reason, 'detail': result.detail}
           )
-        )
-  report = {
-    'manifest': os.path.abspath(manifest),
-    'output': os.path.abspath(output),
-    'settings': dataclasses.asdict(config),
-    'rows': len(rows),
-    'videos_ok': videos_ok,
-    'clips': writer.count,
-    'skipped': len(skipped),
-    'reasons': dict(sorted(reasons.items())),
-    'skipped_rows': skipped,
-    'shards': [os.path.basename(p) for p in writer.paths],
-    'seconds': round(time.time() - start, 2),
-  }
+          reasons[result.reason] += 1
+          continue
+        videos_ok += 1
+        for j, clip in enumerate(result):
+          writer.write(
+            records.Example(
+              video=clip,
+              caption=row.caption,
+              fps=config.fps,
+              meta={
+                'source': row.path,
+                'line': row.line,
+                'clip': j,
+                'start_s': j * config.frames / config.fps,
+              },
+            )
+          )
+  except BaseException as e:  # KeyboardInterrupt too: say what was left behind
+    failed = report('interrupted')
+    failed['error'] = f'{type(e).__name__}: {e}'
+    _write_json(os.path.join(staging, REPORT_FILE), failed)
+    raise
+  done = report('complete')
   records.write_info(
-    output,
+    staging,
     {
       'world': 'imported',
       'frames': config.frames,
@@ -307,10 +464,10 @@ def import_videos(manifest: str, output: str, config: ImportConfig, progress: bo
       'fps': config.fps,
       'num_videos': writer.count,
       'num_images': 0,
-      'shards': {'videos': report['shards']},
+      'shards': {'videos': done['shards']},
     },
   )
-  with open(os.path.join(output, REPORT_FILE), 'w') as f:
-    json.dump(report, f, indent=2)
-    f.write('\n')
-  return report
+  _write_json(os.path.join(staging, REPORT_FILE), done)
+  os.remove(os.path.join(staging, _OWNER_FILE))
+  os.replace(staging, output)  # onto a new or empty folder: all or nothing
+  return done

@@ -73,6 +73,10 @@ class PipelineConfig:
     num_threads: grain read threads; prefetch_rows: rows read ahead (bounds memory);
     worker_count: grain worker processes (0 = none).
     shard_index, shard_count: this process's data shard (default: the JAX process).
+    skip_bad_records: skip a record (or shard) that cannot be read or decoded instead of
+      stopping with an error naming its shard file and record index; each skip is
+      counted (``records.skipped_records()``) and logged. A skipped record shifts the
+      rows after it, so batches then differ from those of the intact data.
   """
 
   batch_size: int
@@ -87,6 +91,7 @@ class PipelineConfig:
   worker_count: int = 0
   shard_index: int | None = None
   shard_count: int | None = None
+  skip_bad_records: bool = False
 
   def __post_init__(self):
     if self.batch_size < 1:
@@ -248,7 +253,8 @@ class _PackImages(grain.transforms.Map):
     self.stage = stage
 
   def map(self, elements):
-    return pack_images(elements, self.stage)
+    # A skipped bad record (None) leaves its frame as padding.
+    return pack_images([e for e in elements if e is not None], self.stage)
 
 
 def _pair(out: Any, first: str) -> tuple[np.ndarray, np.ndarray]:
@@ -295,15 +301,18 @@ class _AttachText(grain.transforms.Map):
 Source = str | os.PathLike | Sequence[str] | grain.sources.RandomAccessDataSource
 
 
-def _source(spec: Any, prefix: str) -> Any:
-  """A random-access source from a folder / glob / file list, or a ready source."""
+def _source(spec: Any, prefix: str, skip_bad: bool = False) -> Any:
+  """A random-access source from a folder / glob / file list, or a ready source.
+
+  Shards are read by ``records.ShardSource``: a bad record's error names its file.
+  """
   if (
     hasattr(spec, '__getitem__')
     and hasattr(spec, '__len__')
     and not isinstance(spec, (str, list, tuple))
   ):
     return spec  # e.g. tfds.data_source(...)["videos"] or an ArrayRecordDataSource
-  return grain.sources.ArrayRecordDataSource(records.shard_paths(spec, prefix))
+  return records.ShardSource(records.shard_paths(spec, prefix), skip_bad=skip_bad)
 
 
 class _ProcessRows(grain.MapDataset):
@@ -402,7 +411,7 @@ def make_pipeline(
   parts, weights = [], []
 
   def read(spec, prefix, salt):
-    ds = grain.MapDataset.source(_source(spec, prefix))
+    ds = grain.MapDataset.source(_source(spec, prefix, config.skip_bad_records))
     if config.shuffle:  # anew every epoch
       ds = ds.shuffle(seed=seed + salt)
     return ds.repeat(config.num_epochs)

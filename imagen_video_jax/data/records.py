@@ -18,11 +18,14 @@ Files are named ``{prefix}-{index:05d}.array_record`` (prefix ``videos``, ``imag
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
 import glob
 import json
+import logging
 import os
 import struct
+import threading
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -98,6 +101,8 @@ def decode(record: bytes) -> Example:
       record, dtype=dtype, count=count, offset=base + spec['offset']
     ).reshape(spec['shape'])
   video = arrays.pop('video')
+  if video.dtype != np.uint8 or video.ndim != 4 or video.shape[-1] != 3:
+    raise ValueError(f'the video is not uint8 [T, H, W, 3]: {video.dtype} {video.shape}')
   return Example(
     video=video, caption=header['caption'], fps=header['fps'], meta=header['meta'], arrays=arrays
   )
@@ -180,13 +185,14 @@ def shard_paths(
   """Resolves a folder, a glob pattern, one file or a list of files into shard paths.
 
   A folder means ``{folder}/{prefix}-*.array_record``, sorted, so that every process and
-  every restart sees the same order.
+  every restart sees the same order. A folder's name is taken literally (``dat[x]`` is a
+  folder, not a pattern); only a path that is not a folder is read as a glob.
   """
   if isinstance(folder_or_paths, (list, tuple)):
     return [os.fspath(p) for p in folder_or_paths]
   path = os.fspath(folder_or_paths)
   if os.path.isdir(path):
-    found = sorted(glob.glob(os.path.join(path, f'{prefix}-*.array_record')))
+    found = sorted(glob.glob(os.path.join(glob.escape(path), f'{prefix}-*.array_record')))
   elif any(c in path for c in '*?['):
     found = sorted(glob.glob(path))
   else:
@@ -194,6 +200,100 @@ def shard_paths(
   if not found and not missing_ok:
     raise FileNotFoundError(f'no {prefix} ArrayRecord shards at {path!r}')
   return found
+
+
+class BadRecordError(ValueError):
+  """A stored record, or a whole shard, cannot be read; the message names the file."""
+
+
+_skipped = {'records': 0, 'shards': 0}
+_skipped_lock = threading.Lock()
+
+
+def skipped_records() -> dict[str, int]:
+  """How many bad records and unreadable shards :class:`ShardSource` skipped so far.
+
+  Counts this process's reads (grain worker processes count their own, and log each
+  skip themselves).
+  """
+  with _skipped_lock:
+    return dict(_skipped)
+
+
+def _skip(kind: str, error: BadRecordError) -> None:
+  with _skipped_lock:
+    _skipped[kind] += 1
+    n = _skipped[kind]
+  if n <= 10 or n % 100 == 0:
+    logging.warning('skipping a bad %s (%d skipped so far): %s', kind[:-1], n, error)
+
+
+class ShardSource:
+  """Random access to the examples stored in ArrayRecord shards (grain's data source).
+
+  Items are decoded :class:`Example` s. A record that cannot be read or decoded raises
+  :class:`BadRecordError` naming its shard file and its index in that shard, and a
+  shard that cannot be opened (truncated, not an ArrayRecord file) one naming the
+  shard. With ``skip_bad=True`` such a record reads as ``None`` instead (grain drops
+  it) and an unreadable shard is left out; either way it is counted
+  (:func:`skipped_records`) and logged as a warning, never skipped silently.
+  """
+
+  def __init__(self, paths: Sequence[str], skip_bad: bool = False):
+    self._skip_bad = skip_bad
+    self.paths = [os.fspath(p) for p in paths]
+    try:
+      self._source = self._open(self.paths)
+    except Exception:  # find the shard(s) at fault, and name them
+      good = []
+      for path in self.paths:
+        try:
+          self._open([path])
+          good.append(path)
+        except Exception as e:
+          err = BadRecordError(
+            f'{path}: cannot open this ArrayRecord shard (truncated or corrupt?): '
+            f'{type(e).__name__}: {e}'
+          )
+          if not skip_bad:
+            raise err from e
+          _skip('shards', err)
+      if not good:
+        raise BadRecordError(f'none of the shards can be read: {self.paths}') from None
+      self.paths = good
+      self._source = self._open(good)
+    self._starts = None  # first index of every shard, computed on the first error
+
+  @staticmethod
+  def _open(paths):
+    import grain
+
+    return grain.sources.ArrayRecordDataSource(paths)
+
+  def __len__(self) -> int:
+    return len(self._source)
+
+  def locate(self, index: int) -> tuple[str, int]:
+    """(shard file, index in that shard) of record ``index``."""
+    if self._starts is None:
+      sizes = [len(self._open([p])) for p in self.paths]
+      self._starts = np.cumsum([0] + sizes[:-1]).tolist()
+    k = bisect.bisect_right(self._starts, index) - 1
+    return self.paths[k], index - self._starts[k]
+
+  def __getitem__(self, index: int) -> Example | None:
+    try:
+      return decode(self._source[index])
+    except Exception as e:
+      path, i = self.locate(index)
+      err = BadRecordError(f'{path}: record {i}: {type(e).__name__}: {e}')
+      if not self._skip_bad:
+        raise err from e
+      _skip('records', err)
+      return None
+
+  def __repr__(self) -> str:
+    return f'ShardSource({len(self.paths)} shards, skip_bad={self._skip_bad})'
 
 
 def write_info(folder: str | os.PathLike, info: Mapping[str, Any]) -> str:

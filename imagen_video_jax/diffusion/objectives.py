@@ -151,16 +151,42 @@ def diffusion_loss(
 
 
 def drop_text(
-  key: jax.Array, text_emb: jax.Array, text_mask: jax.Array, p_uncond: float
+  key: jax.Array,
+  text_emb: jax.Array,
+  text_mask: jax.Array,
+  p_uncond: float,
+  frame_ids: jax.Array | None = None,
 ) -> tuple[jax.Array, jax.Array]:
   """Classifier-free-guidance dropout: with probability p_uncond a caption becomes null.
 
   The null text is an all-False mask (and zero embeddings), exactly what the
-  sampler feeds for the unconditional half. Works on per-row [B, L(, D)] and
-  per-frame [B, T, L(, D)] text; each caption is dropped independently.
+  sampler feeds for the unconditional half.
+
+  Per-row text (mask [B, L], emb [B, L, D]): each row is dropped independently.
+  Per-frame text (mask [B, T, L], emb [B, T, L, D]) is dropped per clip, never per
+  frame, so no clip is ever partly captioned: frames with the same `frame_ids [B, T]`
+  in a row share one draw (the rule of the training step: a video row is one clip, a
+  row packed with images has one clip per image; padding frames, id < 0, follow clip
+  0 and carry an all-False mask anyway). Without `frame_ids`, each row of per-frame
+  text is one clip (a video batch).
   """
-  keep = jax.random.uniform(key, text_mask.shape[:-1]) >= p_uncond
-  mask = text_mask.astype(bool) & keep[..., None]
+  mask = text_mask.astype(bool)
+  if mask.ndim == 3:
+    b, t = mask.shape[:2]
+    if frame_ids is None:
+      frame_ids = jnp.zeros((b, t), jnp.int32)
+    if frame_ids.shape != (b, t):
+      raise ValueError(f'frame_ids must be [B, T] = {(b, t)}, got {frame_ids.shape}')
+    u = jax.random.uniform(key, (b, t))
+    # Frame ids index the row's draws: every frame of clip k takes draw k.
+    u = jnp.take_along_axis(u, jnp.clip(frame_ids, 0, t - 1), axis=1)
+  elif mask.ndim == 2:
+    if frame_ids is not None:
+      raise ValueError('frame_ids only apply to per-frame text (mask [B, T, L])')
+    u = jax.random.uniform(key, mask.shape[:1])
+  else:
+    raise ValueError(f'text_mask must be [B, L] or [B, T, L], got shape {text_mask.shape}')
+  mask = mask & (u >= p_uncond)[..., None]
   emb = text_emb * mask[..., None].astype(text_emb.dtype)
   return emb, mask
 

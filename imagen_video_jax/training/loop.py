@@ -154,6 +154,7 @@ def make_data(config, spec, data_dir, tokenizer, embedder):
     num_threads=int(d.num_threads),
     prefetch_rows=int(d.prefetch_rows),
     worker_count=int(d.worker_count),
+    skip_bad_records=bool(d.get('skip_bad_records', False)),
   )
   f = pcfg.image_fraction
   return pipeline_lib.make_pipeline(
