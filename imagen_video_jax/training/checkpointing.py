@@ -39,6 +39,7 @@ RESUMABLE_FIELDS = (
   'data.num_threads',
   'data.prefetch_rows',
   'data.worker_count',
+  'data.skip_bad_records',  # what to do with a bad record, not what the data is
   'sample.*',
   'text.tokenizer',
   'name',
