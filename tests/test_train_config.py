@@ -104,3 +104,16 @@ def test_data_only_makes_the_world_or_says_why_not(tmp_path):
   assert res.returncode == 1 and 'Traceback' not in res.stderr
   assert 'holds no Moving Digits shards' in res.stderr.strip().splitlines()[-1]
   assert os.listdir(other) == ['notes.txt'] and (other / 'notes.txt').read_text() == 'mine'
+
+
+def test_skipping_bad_records_may_change_on_resume():
+  """`data.skip_bad_records` says how to treat bad records, not what the data is: a run
+  may switch it on when it resumes, and a run saved before the field existed resumes."""
+  c = digits_config.get_config('stage=base,tiny=True')
+  saved = c.to_dict()
+  del saved['data']['skip_bad_records']
+  for value in (False, True):
+    c.data.skip_bad_records = value
+    assert checkpointing.config_differences(saved, c) == []
+  c.data.clip_size = 16  # what the data is may not change
+  assert checkpointing.config_differences(saved, c) == ['data.clip_size: checkpoint 32, now 16']
