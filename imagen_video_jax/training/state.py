@@ -50,6 +50,14 @@ class TrainState:
     )
 
 
+def all_finite(tree) -> jax.Array:
+  """Whether every float value of `tree` is finite (a scalar bool)."""
+  leaves = [
+    jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.inexact)
+  ]
+  return jnp.all(jnp.stack(leaves)) if leaves else jnp.array(True)
+
+
 def make_schedule(optim) -> optax.Schedule:
   """Linear warm-up to `lr`, then constant (decay_steps=0) or cosine to lr*end_lr_fraction."""
   lr, warmup, decay = float(optim.lr), int(optim.warmup_steps), int(optim.decay_steps)

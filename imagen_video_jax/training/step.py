@@ -2,7 +2,7 @@
 
 One step: text (T5 on the batch's tokens, or cached `text_emb`) -> classifier-free
 guidance dropout -> SR noise-conditioning augmentation -> diffusion loss and grads ->
-a non-finite guard -> AdamW -> EMA. Its key is `fold_in(train_key, state.step)`, so a
+AdamW -> a non-finite guard (loss, gradients, new weights and optimizer state) -> EMA. Its key is `fold_in(train_key, state.step)`, so a
 resumed run draws exactly what an uninterrupted one would.
 
 Joint image-video batches: a row's `frame_ids` say which frames form one clip. Caption
@@ -25,7 +25,7 @@ from imagen_video_jax.diffusion import objectives
 from imagen_video_jax.models import t5 as t5_lib
 from imagen_video_jax.models import unet as unet_lib
 from imagen_video_jax.stage import Stage
-from imagen_video_jax.training.state import TrainState, ema_update
+from imagen_video_jax.training.state import TrainState, all_finite, ema_update
 
 
 def per_clip(u_BT: jax.Array, frame_ids: jax.Array) -> jax.Array:
@@ -113,10 +113,12 @@ def make_train_step(
 
     (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     grad_norm = optax.tree.norm(grads)
-    ok = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
     applied = state.step - state.nonfinite_total  # updates applied so far
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
+    # Finite loss and gradients can still make non-finite weights (an infinite or huge
+    # learning rate, an overflowing moment): those updates are skipped too.
+    ok = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & all_finite((params, opt_state))
     ema = ema_update(state.ema_params, params, ema_decay, applied, warmup=ema_warmup)
     keep_new = lambda new, old: jax.tree.map(lambda n, o: jnp.where(ok, n, o), new, old)
     bad = jnp.logical_not(ok).astype(jnp.int32)
