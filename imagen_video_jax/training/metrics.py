@@ -52,18 +52,51 @@ def format_eta(seconds: float) -> str:
   return f'{h}h{m:02d}m' if h else f'{m}m{s:02d}s'
 
 
-class MetricWriter:
-  """Scalars and GIFs to TensorBoard (tensorboardX) and metrics.jsonl under workdir."""
+def truncate_jsonl(path: str, last_step: int) -> int:
+  """Drops the rows of `path` after `last_step` (and a torn last line); returns how many.
 
-  def __init__(self, workdir: str, enabled: bool = True):
+  Atomic (a new file replaces the old), so a crash meanwhile loses no row.
+  """
+  if not os.path.isfile(path):
+    return 0
+  with open(path) as f:
+    lines = f.read().splitlines(keepends=True)
+  keep = []
+  for line in lines:
+    try:
+      row = json.loads(line)
+    except ValueError:
+      continue  # a line torn by a kill mid-write
+    if isinstance(row, dict) and int(row.get('step', 0)) <= last_step:
+      keep.append(line if line.endswith('\n') else line + '\n')
+  if len(keep) == len(lines):
+    return 0
+  tmp = path + '.tmp'
+  with open(tmp, 'w') as f:
+    f.writelines(keep)
+  os.replace(tmp, path)
+  return len(lines) - len(keep)
+
+
+class MetricWriter:
+  """Scalars and GIFs to TensorBoard (tensorboardX) and metrics.jsonl under workdir.
+
+  `from_step`: the step the run starts (or resumes) at; metrics.jsonl rows after it,
+  written by an earlier attempt whose steps are now redone, are dropped.
+  """
+
+  def __init__(self, workdir: str, enabled: bool = True, from_step: int | None = None):
     self.enabled = enabled
     self.workdir = workdir
     self._tb = None
     if enabled:
       from tensorboardX import SummaryWriter
 
+      path = os.path.join(workdir, 'metrics.jsonl')
+      if from_step is not None:
+        truncate_jsonl(path, from_step)
       self._tb = SummaryWriter(os.path.join(workdir, 'tensorboard'))
-      self._jsonl = open(os.path.join(workdir, 'metrics.jsonl'), 'a')
+      self._jsonl = open(path, 'a')
 
   def scalars(self, step: int, values: dict) -> None:
     if not self.enabled:
