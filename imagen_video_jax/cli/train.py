@@ -65,6 +65,7 @@ def main(argv):
     training.ConfigMismatchError,
     training.NonFiniteError,
     training.NonFiniteCheckpointError,
+    training.DataError,
     FileNotFoundError,
   ) as e:
     raise SystemExit(f'train: {e}') from None

@@ -12,6 +12,7 @@ _EXPORTS = {
   'NonFiniteCheckpointError': 'checkpointing',
   'config_differences': 'checkpointing',
   'ConfigError': 'loop',
+  'DataError': 'loop',
   'NonFiniteError': 'loop',
   'TrainResult': 'loop',
   'train_and_evaluate': 'loop',

@@ -41,6 +41,10 @@ class NonFiniteError(RuntimeError):
   """Too many consecutive steps had a non-finite loss or gradients."""
 
 
+class DataError(ValueError):
+  """A batch the model cannot take (the message says which values and why)."""
+
+
 @dataclasses.dataclass
 class TrainResult:
   """What `train_and_evaluate` returns: the final state, its step, the logged metrics,
@@ -198,7 +202,23 @@ def _started_as(config, saved: dict):
   return config
 
 
+def check_frame_ids(batch: dict) -> None:
+  """Raises DataError unless every frame id is -1 (padding) or a frame index < T."""
+  if 'frame_ids' not in batch:
+    return
+  fids, t = np.asarray(batch['frame_ids']), np.shape(batch['video'])[1]
+  bad = (fids < -1) | (fids >= t)
+  if bad.any():
+    values = sorted({int(v) for v in fids[bad]})
+    raise DataError(
+      f'a batch has frame_ids {values[:10]} outside [-1, {t - 1}] (T={t} frames, -1 = '
+      f'padding) at rows {sorted({int(r) for r in np.nonzero(bad)[0]})[:10]}: frames with '
+      'out-of-range ids would share noise levels. Check the data pipeline.'
+    )
+
+
 def _place(batch: dict, sharding) -> dict:
+  check_frame_ids(batch)
   out = {}
   for k, v in batch.items():
     if k == 'captions':
