@@ -20,9 +20,10 @@ from typing import Any, Iterable
 
 import grain
 import jax
-import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
+
+from imagen_video_jax.training import state as state_lib
 
 # Fields a resumed run may change: how long it runs and how it reports, not what it learns.
 RESUMABLE_FIELDS = (
@@ -118,12 +119,7 @@ def config_differences(
   return diffs
 
 
-@jax.jit
-def _all_finite(tree) -> jax.Array:
-  leaves = [
-    jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.inexact)
-  ]
-  return jnp.all(jnp.stack(leaves)) if leaves else jnp.array(True)
+_all_finite = jax.jit(state_lib.all_finite)
 
 
 class Checkpointer:

@@ -345,7 +345,8 @@ def _loop(
   num_steps = int(config.num_steps)
   step = int(state.step)
   nan_steps = {int(s) for s in (config.debug_nan_steps or ())}
-  writer = metrics_lib.MetricWriter(workdir, enabled=is_main)
+  # A resumed run redoes the steps after its checkpoint: their old rows go.
+  writer = metrics_lib.MetricWriter(workdir, enabled=is_main, from_step=step)
   progress = metrics_lib.Progress(step, num_steps, int(config.data.batch_size))
   history, preempted, last_save = [], False, time.monotonic()
   # stop_after_secs: this invocation's wall-clock budget (a lease, a Colab session);

@@ -2,8 +2,9 @@
 
 One step: text (T5 on the batch's tokens, or cached `text_emb`) -> classifier-free
 guidance dropout -> SR noise-conditioning augmentation -> diffusion loss and grads ->
-AdamW -> a non-finite guard (loss, gradients, new weights and optimizer state) -> EMA. Its key is `fold_in(train_key, state.step)`, so a
-resumed run draws exactly what an uninterrupted one would.
+AdamW -> a non-finite guard (loss, gradients, new weights and optimizer state) -> EMA.
+Its key is `fold_in(train_key, state.step)`, so a resumed run draws exactly what an
+uninterrupted one would.
 
 Joint image-video batches: a row's `frame_ids` say which frames form one clip. Caption
 dropout and the diffusion time are drawn per clip (a video row: one draw for the row;
