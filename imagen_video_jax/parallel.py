@@ -413,3 +413,32 @@ def initialize_distributed(
     jax.device_count(),
   )
   return plan
+
+
+_barriers = 0  # barrier ids must be unique per job: every process counts them alike
+
+
+def barrier(name: str, timeout_s: float = 1800.0) -> None:
+  """Waits until every process of a multi-process job has reached this point (a no-op in
+  one process). Meets through the coordination service, not through the devices: it waits
+  as long as `timeout_s`, where a first collective on CPU gives up after 30 s."""
+  global _barriers
+  if jax.process_count() == 1:
+    return
+  from jax._src import distributed  # the client jax.distributed.initialize made
+
+  _barriers += 1
+  distributed.global_state.client.wait_at_barrier(f'ivj/{_barriers}/{name}', int(timeout_s * 1000))
+
+
+def compiled_together(fn: Callable, *args, name: str) -> Callable:
+  """`fn` (a jitted function) compiled for `args`; in a multi-process job every process
+  then waits at a `barrier` until all have compiled, so that none starts the program's
+  collectives long before another. Processes can compile at very different speeds: one
+  may read the program from JAX's persistent compilation cache while another compiles it,
+  and a CPU collective waits only 30 s for its peers. One process: `fn` itself."""
+  if jax.process_count() == 1:
+    return fn
+  compiled = fn.lower(*args).compile()
+  barrier(f'compiled {name}')
+  return compiled

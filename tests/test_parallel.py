@@ -233,18 +233,35 @@ def test_param_bytes_per_device_on_an_abstract_pod():
 
 
 _DIST_SCRIPT = """
+import sys, time
 from imagen_video_jax import parallel
 plan = parallel.initialize_distributed()
 import jax
+import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec
 mesh = parallel.make_mesh(data=-1, fsdp=2)
 print('RESULT', plan.mode, jax.process_index(), jax.process_count(), jax.local_device_count(),
       jax.device_count(), mesh.devices.shape, flush=True)
+# A program whose collective spans both processes, reached 40 s later by process 1 (as
+# when it compiles what process 0 read from the compilation cache): a CPU collective
+# waits 30 s for its peers, so only a meeting after compiling lets it run.
+x = jax.make_array_from_callback(
+  (4,), NamedSharding(mesh, PartitionSpec(('data', 'fsdp'))),
+  lambda index: np.arange(1, 5, dtype=np.float32)[index])
+total = jax.jit(lambda a: a.sum(), out_shardings=NamedSharding(mesh, PartitionSpec()))
+if jax.process_index() == 1:
+  time.sleep(float(sys.argv[1]))
+start = time.monotonic()
+fn = parallel.compiled_together(total, x, name='sum')
+print('SUM', float(fn(x)), round(time.monotonic() - start), flush=True)
 """
+_SKEW_S = 40
 
 
 @pytest.mark.multiprocess  # run alone: see tests/test_distributed_training.py
 def test_two_processes_on_localhost_form_one_job(tmp_path):
-  """Also when the coordinator's port is taken: distributed_util starts the job again."""
+  """Also when the coordinator's port is taken: distributed_util starts the job again.
+  A process that compiles long after the other still meets it (parallel.compiled_together)."""
   script = tmp_path / 'dist.py'
   script.write_text(_DIST_SCRIPT)
 
@@ -263,12 +280,19 @@ def test_two_processes_on_localhost_form_one_job(tmp_path):
     taken.bind(('', 0))
     port = taken.getsockname()[1]
     with distributed_util.local_job(
-      [sys.executable, str(script)], env, tmp_path / 'dist', cwd=ROOT, first_port=port
+      [sys.executable, str(script), str(_SKEW_S)],
+      env,
+      tmp_path / 'dist',
+      cwd=ROOT,
+      first_port=port,
     ) as job:
-      outs = job.finish(timeout=120)
+      outs = job.finish(timeout=120 + _SKEW_S)
   assert job.tries == 2 and job.port != port
   for i, out in enumerate(outs):
     assert f'RESULT explicit {i} 2 2 4 (2, 2, 1)' in out, out[-3000:]
+    assert 'SUM 10.0' in out, out[-3000:]  # 1+2+3+4, one number per device
+  waited = int(outs[0].split('SUM 10.0 ', 1)[1].split()[0])
+  assert waited >= _SKEW_S - 10, waited  # process 0 waited for process 1 before running
 
 
 # ---------------------------------------------------------------------------------

@@ -24,7 +24,7 @@ import numpy as np
 from flax import linen as nn
 from jax.sharding import NamedSharding, PartitionSpec
 
-from imagen_video_jax import stage as stage_lib
+from imagen_video_jax import parallel, stage as stage_lib
 from imagen_video_jax.data import pipeline as pipeline_lib
 from imagen_video_jax.data import prepare
 from imagen_video_jax.models import t5 as t5_lib
@@ -97,8 +97,6 @@ def validate(config) -> stage_lib.Stage:
 # ------------------------------------------------------------------------------- mesh
 def make_mesh(mesh_cfg):
   """(mesh, logical rules, batch sharding) from the config's `mesh` section."""
-  from imagen_video_jax import parallel
-
   try:
     mesh = parallel.mesh_from_config(
       {k: v for k, v in dict(mesh_cfg).items() if k != 'constrain_activations'}
@@ -286,8 +284,6 @@ def _run(config, workdir, stage, mesh, rules, batch_sharding, ckpt, is_main) -> 
   # Trace under the logical rules; with mesh.constrain_activations also under the mesh,
   # so the models' activation constraints apply (else XLA propagates the shardings of
   # the state and the batch-sharded inputs).
-  from imagen_video_jax import parallel
-
   with parallel.mesh_context(
     mesh, rules, constrain_activations=bool(config.mesh.get('constrain_activations', False))
   ):
@@ -386,12 +382,16 @@ def _loop(
       f'Training {config.get("name", config.stage)} in {workdir}: step {step} -> {num_steps}.',
       flush=True,
     )
+  step_fn = sample_once = None  # train_step and sample_fn, compiled on first use
   try:
     while step < num_steps:
       batch = next(data_iter)
       if step + 1 in nan_steps:  # test hook: poison this step's batch
         batch = dict(batch, video=np.full_like(batch['video'], np.nan))
-      state, m = train_step(state, _place(batch, batch_sharding), t5_params)
+      placed = _place(batch, batch_sharding)
+      if step_fn is None:  # (multi-process: every process compiles before any runs it)
+        step_fn = parallel.compiled_together(train_step, state, placed, t5_params, name='step')
+      state, m = step_fn(state, placed, t5_params)
       step += 1
       if config.debug_sleep_secs:
         time.sleep(float(config.debug_sleep_secs))
@@ -412,9 +412,10 @@ def _loop(
           print(progress.line(step, values), flush=True)
       if sample_fn is not None and step % int(config.sample_every) == 0:
         key = jax.random.fold_in(jax.random.key(int(config.seed) + 1), step)
-        videos = np.asarray(
-          jax.device_get(sample_fn(state.ema_params, _place(batch, batch_sharding), t5_params, key))
-        )
+        args = (state.ema_params, _place(batch, batch_sharding), t5_params, key)
+        if sample_once is None:
+          sample_once = parallel.compiled_together(sample_fn, *args, name='sample')
+        videos = np.asarray(jax.device_get(sample_once(*args)))
         # SR stages: the low-resolution conditioning under the samples.
         below = np.asarray(batch['cond'][: len(videos)]) if 'cond' in batch else None
         if below is not None and below.shape != videos.shape:
