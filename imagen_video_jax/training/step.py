@@ -2,7 +2,7 @@
 
 One step: text (T5 on the batch's tokens, or cached `text_emb`) -> classifier-free
 guidance dropout -> SR noise-conditioning augmentation -> diffusion loss and grads ->
-AdamW -> a non-finite guard (loss, gradients, new weights and optimizer state) -> EMA.
+AdamW -> a non-finite guard (loss, gradients and the update) -> EMA.
 Its key is `fold_in(train_key, state.step)`, so a resumed run draws exactly what an
 uninterrupted one would.
 
@@ -26,7 +26,7 @@ from imagen_video_jax.diffusion import objectives
 from imagen_video_jax.models import t5 as t5_lib
 from imagen_video_jax.models import unet as unet_lib
 from imagen_video_jax.stage import Stage
-from imagen_video_jax.training.state import TrainState, all_finite, ema_update
+from imagen_video_jax.training.state import TrainState, ema_update
 
 
 def per_clip(u_BT: jax.Array, frame_ids: jax.Array) -> jax.Array:
@@ -117,9 +117,11 @@ def make_train_step(
     applied = state.step - state.nonfinite_total  # updates applied so far
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    # Finite loss and gradients can still make non-finite weights (an infinite or huge
-    # learning rate, an overflowing moment): those updates are skipped too.
-    ok = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & all_finite((params, opt_state))
+    # Finite loss and gradients can still make a non-finite update (an infinite or NaN
+    # learning rate): skipped too. A finite update norm (a sum of squares, like grad_norm:
+    # the same reduction, so no new cross-device pattern) means finite new weights, and
+    # finite gradients whose squares sum finitely mean finite Adam moments.
+    ok = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & jnp.isfinite(optax.tree.norm(updates))
     ema = ema_update(state.ema_params, params, ema_decay, applied, warmup=ema_warmup)
     keep_new = lambda new, old: jax.tree.map(lambda n, o: jnp.where(ok, n, o), new, old)
     bad = jnp.logical_not(ok).astype(jnp.int32)
