@@ -66,6 +66,7 @@ def main(argv):
     training.NonFiniteError,
     training.NonFiniteCheckpointError,
     training.DataError,
+    training.CheckpointError,
     FileNotFoundError,
   ) as e:
     raise SystemExit(f'train: {e}') from None

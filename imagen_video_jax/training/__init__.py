@@ -7,6 +7,7 @@ Names resolve lazily, as in the top-level package: importing one module of this 
 from imagen_video_jax import _lazy
 
 _EXPORTS = {
+  'CheckpointError': 'checkpointing',
   'Checkpointer': 'checkpointing',
   'ConfigMismatchError': 'checkpointing',
   'NonFiniteCheckpointError': 'checkpointing',

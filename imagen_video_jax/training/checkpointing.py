@@ -6,16 +6,33 @@ One `CheckpointManager` under `<workdir>/checkpoints`, one composite item per st
           into the shardings of the running job (abstract targets with shardings)
   data    the grain iterator's position (grain's own checkpoint handler)
   config  the run's config as JSON; a resume compares it with the new run's config
+  run     fingerprints (sha256) of what the config names but does not hold: the
+          tokenizer's spiece.model and the data's dataset_info.json; a resume with
+          different files is refused
 
 Saves are asynchronous (the state is copied to host before `save` returns, so the
 train step may donate its buffers right away); `keep` checkpoints are kept. A state
 with a non-finite value is never saved.
+
+Integrity: once a save has committed (at the next save, `wait` or `close`; orbax's
+next save waits for it anyway), process 0 writes `<step>/integrity.json`: the size
+and sha256 of every file of the step directory, whichever process wrote it. Orbax's
+multi-process saving already needs the directory to be visible to process 0 (which
+finalizes every save), so this covers the shards of all processes, on any mesh and
+process count. Before a resume, process 0 checks the newest checkpoint against its
+record (a changed, truncated or missing file, or a missing record, is damage), and
+every process restores the step it chose. A damaged checkpoint is reported by step
+and cause and moved to `<workdir>/checkpoints.damaged/`, and the next older one is
+tried; none good is a `CheckpointError`. Checkpoints saved before records existed (no
+`run` item) restore unverified, with a warning.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import shutil
 from typing import Any, Iterable
 
 import grain
@@ -57,6 +74,60 @@ class ConfigMismatchError(ValueError):
 
 class NonFiniteCheckpointError(RuntimeError):
   """Refused to save a state holding NaN or Inf."""
+
+
+class CheckpointError(RuntimeError):
+  """The workdir holds checkpoints, but none of them passed verification and restored."""
+
+
+INTEGRITY_FILE = 'integrity.json'  # in each step directory (see the module doc)
+DAMAGED_DIR = 'checkpoints.damaged'  # next to `checkpoints`: damaged steps are moved here
+
+
+def sha256_file(path: str) -> str:
+  h = hashlib.sha256()
+  with open(path, 'rb') as f:
+    for block in iter(lambda: f.read(1 << 20), b''):
+      h.update(block)
+  return h.hexdigest()
+
+
+def fingerprint(path: str | None) -> dict | None:
+  """{'path', 'sha256'} of a file, or None if there is none."""
+  if not path or not os.path.isfile(path):
+    return None
+  return {'path': os.path.abspath(path), 'sha256': sha256_file(path)}
+
+
+def file_digests(directory: str) -> dict[str, list]:
+  """{relative path: [size, sha256]} of every file under `directory` but the record."""
+  out = {}
+  for root, _, files in os.walk(directory):
+    for name in files:
+      path = os.path.join(root, name)
+      rel = os.path.relpath(path, directory)
+      if rel != INTEGRITY_FILE:
+        out[rel] = [os.path.getsize(path), sha256_file(path)]
+  return out
+
+
+def _canonical(record: dict) -> str:
+  """The one text a record is written as: any changed byte is detected."""
+  return json.dumps(record, sort_keys=True, separators=(',', ':'))
+
+
+def damage(directory: str, record: dict) -> list[str]:
+  """What differs between the files under `directory` and their record (empty: none)."""
+  problems = []
+  for rel, (size, digest) in sorted(record.items()):
+    path = os.path.join(directory, rel)
+    if not os.path.isfile(path):
+      problems.append(f'{rel} is missing')
+    elif os.path.getsize(path) != size:
+      problems.append(f'{rel} has {os.path.getsize(path)} bytes, {size} when saved')
+    elif sha256_file(path) != digest:
+      problems.append(f'{rel} differs from what was saved (sha256 mismatch)')
+  return problems
 
 
 def flatten(d: Any, prefix: str = '') -> dict[str, Any]:
@@ -136,8 +207,120 @@ class Checkpointer:
         'state': ocp.StandardCheckpointHandler(),
         'data': grain.checkpoint.CheckpointHandler(),
         'config': ocp.JsonCheckpointHandler(),
+        'run': ocp.JsonCheckpointHandler(),
       },
     )
+    self._unrecorded: list[int] = []  # saved steps whose integrity record is not written
+    self.finite_steps: set[int] = set()  # steps this process saw finite (saved or restored)
+
+  def step_dir(self, step: int) -> str:
+    return os.path.join(self.directory, str(step))
+
+  def _record_saved(self) -> None:
+    """Writes the integrity record of every committed save that lacks one (process 0)."""
+    if not self._unrecorded:
+      return
+    self.manager.wait_until_finished()
+    if jax.process_index() == 0:
+      for step in self._unrecorded:
+        d = self.step_dir(step)
+        if os.path.isdir(d):  # (not removed by keep_checkpoints meanwhile)
+          text = _canonical({'format': 1, 'files': file_digests(d)})
+          tmp = os.path.join(d, INTEGRITY_FILE + '.tmp')
+          with open(tmp, 'w') as f:
+            f.write(text)
+          os.replace(tmp, os.path.join(d, INTEGRITY_FILE))
+    self._unrecorded = []
+
+  def verify(self, step: int) -> list[str]:
+    """What is wrong with checkpoint `step` (empty: it matches its integrity record)."""
+    d = self.step_dir(step)
+    record_path = os.path.join(d, INTEGRITY_FILE)
+    if not os.path.isfile(record_path):
+      if not os.path.isdir(os.path.join(d, 'run')):  # saved before records existed
+        print(
+          f'Checkpoint step {step} in {self.directory} has no integrity record (saved by '
+          'an older version): restoring it unverified.',
+          flush=True,
+        )
+        return []
+      return [f'its integrity record {INTEGRITY_FILE} is missing']
+    try:
+      with open(record_path) as f:
+        text = f.read()
+      record = json.loads(text)
+      if _canonical(record) != text:  # e.g. changed whitespace: the record itself is damaged
+        raise ValueError('not as written')
+      record = record['files']
+    except (OSError, ValueError, KeyError, TypeError) as e:
+      return [f'its integrity record {INTEGRITY_FILE} is unreadable ({e})']
+    return damage(d, record)
+
+  def set_aside(self, step: int, why: str) -> None:
+    """Reports a damaged checkpoint and moves it to DAMAGED_DIR (on process 0; the
+    caller syncs the processes and reloads the manager)."""
+    if jax.process_index() != 0:
+      return
+    dest = os.path.join(os.path.dirname(self.directory), DAMAGED_DIR, str(step))
+    n = 1
+    while os.path.exists(dest):
+      dest, n = os.path.join(os.path.dirname(dest), f'{step}.{n}'), n + 1
+    print(
+      f'Checkpoint step {step} in {self.directory} is damaged: {why}. Moved it to {dest}.',
+      flush=True,
+    )
+    os.makedirs(os.path.dirname(dest), exist_ok=True)
+    shutil.move(self.step_dir(step), dest)
+
+  def newest_good_step(self) -> int | None:
+    """The newest checkpoint that matches its integrity record; damaged newer ones are
+    reported and set aside. None without checkpoints; CheckpointError if none is good.
+
+    Process 0 verifies and decides; every process gets its answer.
+    """
+    self.manager.reload()
+    steps = sorted(self.all_steps(), reverse=True)
+    if not steps:
+      return None
+    step = -1
+    if jax.process_index() == 0:
+      for s in steps:
+        problems = self.verify(s)
+        if not problems:
+          step = s
+          break
+        self.set_aside(s, '; '.join(problems[:3]) + (' ...' if len(problems) > 3 else ''))
+    step = _agree(step)  # (a collective: the moves are done when it returns)
+    self.manager.reload()
+    if step < 0:
+      raise CheckpointError(
+        f'no checkpoint in {self.directory} is intact (steps {steps}, now in '
+        f'{DAMAGED_DIR}/). Use a new --workdir, or put good checkpoints back.'
+      )
+    return step
+
+  def fingerprints(self, step: int) -> dict:
+    """The fingerprints checkpoint `step` was saved with ({} if it predates them)."""
+    if not os.path.isdir(os.path.join(self.step_dir(step), 'run')):
+      return {}
+    out = self.manager.restore(step, args=ocp.args.Composite(run=ocp.args.JsonRestore()))
+    return out['run'].get('fingerprints', {})
+
+  def check_fingerprints(self, step: int, current: dict) -> None:
+    """Raises ConfigMismatchError if a file the run was trained with has changed."""
+    diffs = []
+    for name, saved in sorted(self.fingerprints(step).items()):
+      now = current.get(name)
+      if saved and now and saved['sha256'] != now['sha256']:
+        diffs.append(
+          f'the {name} differs: checkpoint {saved["path"]} (sha256 {saved["sha256"]}), '
+          f'now {now["path"]} (sha256 {now["sha256"]})'
+        )
+    if diffs:
+      raise ConfigMismatchError(
+        f'{os.path.dirname(self.directory)} holds a run (checkpoint step {step}) trained '
+        'with other files; refusing to resume: ' + '; '.join(diffs) + '.'
+      )
 
   def latest_step(self) -> int | None:
     return self.manager.latest_step()
@@ -160,26 +343,40 @@ class Checkpointer:
         + ". Use a new --workdir, or the checkpoint's values."
       )
 
-  def save(self, step: int, state, data_iter, config, *, force: bool = False) -> bool:
-    """Starts an asynchronous save of step `step`; refuses a non-finite state."""
+  def save(
+    self, step: int, state, data_iter, config, *, fingerprints=None, force: bool = False
+  ) -> bool:
+    """Starts an asynchronous save of step `step`; refuses a non-finite state.
+
+    `fingerprints`: {name: fingerprint(path)} of the files the run depends on.
+    """
     if not bool(_all_finite(state)):
       raise NonFiniteCheckpointError(
         f'the train state at step {step} holds NaN or Inf; not saving it'
       )
+    self.finite_steps.add(step)
     args = {
       'state': ocp.args.StandardSave(state),
       'config': ocp.args.JsonSave(config_to_dict(config)),
+      'run': ocp.args.JsonSave({'format': 1, 'fingerprints': dict(fingerprints or {})}),
     }
     if data_iter is not None:
       args['data'] = grain.checkpoint.CheckpointSave(data_iter)
-    return self.manager.save(step, args=ocp.args.Composite(**args), force=force)
+    self._record_saved()
+    saved = self.manager.save(step, args=ocp.args.Composite(**args), force=force)
+    if saved:
+      self._unrecorded.append(step)
+    return saved
 
   def restore(self, step: int, abstract_state, data_iter=None):
     """The state at `step`, in `abstract_state`'s shardings; sets data_iter's position."""
     args = {'state': ocp.args.StandardRestore(abstract_state)}
     if data_iter is not None:
       args['data'] = grain.checkpoint.CheckpointRestore(data_iter)
-    return self.manager.restore(step, args=ocp.args.Composite(**args))['state']
+    state = self.manager.restore(step, args=ocp.args.Composite(**args))['state']
+    if bool(_all_finite(state)):
+      self.finite_steps.add(step)
+    return state
 
   def restore_to_host(self, step: int) -> dict:
     """The state at `step` as numpy arrays, whatever mesh or process count saved it.
@@ -198,6 +395,25 @@ class Checkpointer:
 
   def wait(self) -> None:
     self.manager.wait_until_finished()
+    self._record_saved()
 
   def close(self) -> None:
+    self._record_saved()
     self.manager.close()
+
+
+def _agree(value: int) -> int:
+  """Process 0's value, on every process."""
+  if jax.process_count() == 1:
+    return value
+  from jax.experimental import multihost_utils
+
+  return int(multihost_utils.broadcast_one_to_all(np.int32(value)))
+
+
+def sync(name: str) -> None:
+  """Waits for every process (a no-op in a one-process job)."""
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+
+    multihost_utils.sync_global_devices(name)

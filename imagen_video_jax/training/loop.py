@@ -38,7 +38,7 @@ class ConfigError(ValueError):
 
 
 class NonFiniteError(RuntimeError):
-  """Too many consecutive steps had a non-finite loss or gradients."""
+  """Too many consecutive steps had a non-finite loss, gradients or update."""
 
 
 class DataError(ValueError):
@@ -117,6 +117,26 @@ def prepare_data(config, workdir: str) -> str:
     raise ConfigError(str(e)) from None
 
 
+def tokenizer_path(config, data_dir: str) -> str | None:
+  """The spiece.model the job tokenizes with (None: no text, or cached embeddings)."""
+  t = config.text
+  if config.model.text_dim is None or t.source == 'cache':
+    return None
+  if t.source == 't5':
+    return t.tokenizer or os.path.join(t.t5_dir, 'spiece.model')
+  return t.tokenizer or os.path.join(data_dir, prepare.VOCAB_FILE)
+
+
+def fingerprints(config, data_dir: str) -> dict:
+  """sha256 of the files the config names but does not hold (checkpointed; a resume
+  with other files is refused): the tokenizer, and the data's dataset_info.json."""
+  out = {
+    'tokenizer': checkpointing.fingerprint(tokenizer_path(config, data_dir)),
+    'data': checkpointing.fingerprint(os.path.join(data_dir or '', 'dataset_info.json')),
+  }
+  return {k: v for k, v in out.items() if v is not None}
+
+
 def make_text(config, data_dir: str, mesh):
   """(tokenizer for the pipeline, embedder for the pipeline, T5 module, T5 params)."""
   from imagen_video_jax.text.tokenizer import Tokenizer
@@ -132,12 +152,11 @@ def make_text(config, data_dir: str, mesh):
     from imagen_video_jax.text import checkpoints
 
     t5_cfg, params = checkpoints.load_t5(t.t5_dir, mesh=mesh)
-    path = t.tokenizer or os.path.join(t.t5_dir, 'spiece.model')
   else:  # t5_random: the tiny frozen random T5 of the Moving Digits world
     t5_cfg = stage_lib.text_from_config(t)
     params = nn.unbox(t5_lib.init_params(t5_cfg, int(t.init_seed)))
     params = jax.device_put(params, NamedSharding(mesh, PartitionSpec()))
-    path = t.tokenizer or os.path.join(data_dir, prepare.VOCAB_FILE)
+  path = tokenizer_path(config, data_dir)
   tok = Tokenizer(path)
   if tok.vocab_size > t5_cfg.vocab_size:
     raise ConfigError(
@@ -244,7 +263,7 @@ def train_and_evaluate(config, workdir: str) -> TrainResult:
 
 def _run(config, workdir, stage, mesh, rules, batch_sharding, ckpt, is_main) -> TrainResult:
   replicated = NamedSharding(mesh, PartitionSpec())
-  latest = ckpt.latest_step()
+  latest = ckpt.newest_good_step()  # damaged newer ones are reported and set aside
   if latest is not None:  # refuse a different run before doing any work
     ckpt.check_config(latest, config)
     config = _started_as(config, ckpt.saved_config(latest))
@@ -252,6 +271,9 @@ def _run(config, workdir, stage, mesh, rules, batch_sharding, ckpt, is_main) -> 
   # ---- data and text
   model_cfg, spec = stage.unet, stage.spec
   data_dir = prepare_data(config, workdir)
+  prints = fingerprints(config, data_dir)
+  if latest is not None:
+    ckpt.check_fingerprints(latest, prints)
   tokenizer, embedder, t5_model, t5_params = make_text(config, data_dir, mesh)
   data_iter = iter(make_data(config, spec, data_dir, tokenizer, embedder))
 
@@ -265,7 +287,7 @@ def _run(config, workdir, stage, mesh, rules, batch_sharding, ckpt, is_main) -> 
   init_key, train_key = jax.random.split(jax.random.key(int(config.seed)))
   abstract, shardings = state_lib.state_shardings(boxed_init, tx, mesh, rules)
   if latest is not None:
-    state = ckpt.restore(latest, abstract, data_iter)
+    state, latest = _restore(ckpt, latest, abstract, data_iter, config, prints)
     if is_main:
       print(f'Resumed from {ckpt.directory} at step {latest}.', flush=True)
   else:
@@ -322,7 +344,26 @@ def _run(config, workdir, stage, mesh, rules, batch_sharding, ckpt, is_main) -> 
       batch_sharding,
       stage,
       is_main,
+      prints,
     )
+
+
+def _restore(ckpt, step, abstract, data_iter, config, prints):
+  """(state, step) of the newest checkpoint that restores: one that fails although it
+  matched its record (or had none) is reported, set aside, and the next one tried."""
+  while True:
+    try:
+      return ckpt.restore(step, abstract, data_iter), step
+    except (jax.errors.JaxRuntimeError, MemoryError):
+      raise  # the device, not the files
+    except Exception as e:  # noqa: BLE001 (orbax and tensorstore raise many kinds)
+      why = f'it did not restore ({type(e).__name__}: {str(e).splitlines()[0][:300]})'
+    ckpt.set_aside(step, why)
+    step = ckpt.newest_good_step()
+    if step is None:
+      raise checkpointing.CheckpointError(f'no checkpoint in {ckpt.directory} restores')
+    ckpt.check_config(step, config)
+    ckpt.check_fingerprints(step, prints)
 
 
 def _loop(
@@ -337,6 +378,7 @@ def _loop(
   batch_sharding,
   stage,
   is_main,
+  prints,
 ) -> TrainResult:
   num_steps = int(config.num_steps)
   step = int(state.step)
@@ -374,7 +416,7 @@ def _loop(
     nonlocal last_save, last_saved_step
     if last_saved_step == s:
       return
-    ckpt.save(s, state, data_iter, config, force=force)
+    ckpt.save(s, state, data_iter, config, fingerprints=prints, force=force)
     last_save, last_saved_step = time.monotonic(), s
 
   if is_main:
@@ -397,11 +439,17 @@ def _loop(
         time.sleep(float(config.debug_sleep_secs))
       in_a_row = int(m['nonfinite_in_a_row'])
       if in_a_row >= int(config.max_nonfinite_in_a_row):
+        if last_saved_step is None:
+          last = 'No checkpoint was saved yet.'
+        elif last_saved_step in ckpt.finite_steps:  # checked when saved or restored
+          last = f'The last checkpoint (step {last_saved_step}) is finite.'
+        else:
+          last = f'The last checkpoint is step {last_saved_step}.'
         raise NonFiniteError(
           f'stopping at step {step}: {in_a_row} steps in a row (steps '
-          f'{step - in_a_row + 1}-{step}) had a non-finite loss or gradients; their updates '
-          f'were skipped. The last checkpoint (step {last_saved_step}) is finite. Check the '
-          'data, lower optim.lr or raise max_nonfinite_in_a_row.'
+          f'{step - in_a_row + 1}-{step}) had a non-finite loss, gradients or update; '
+          f'their updates were skipped. {last} Check the data, lower optim.lr or raise '
+          'max_nonfinite_in_a_row.'
         )
       if step % int(config.log_every) == 0 or step == num_steps:
         values = {k: float(v) for k, v in jax.device_get(m).items()}
