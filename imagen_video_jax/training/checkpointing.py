@@ -14,17 +14,18 @@ Saves are asynchronous (the state is copied to host before `save` returns, so th
 train step may donate its buffers right away); `keep` checkpoints are kept. A state
 with a non-finite value is never saved.
 
-Integrity: once a save has committed (at the next save, `wait` or `close`; orbax's
-next save waits for it anyway), process 0 writes `<step>/integrity.json`: the size
-and sha256 of every file of the step directory, whichever process wrote it. Orbax's
-multi-process saving already needs the directory to be visible to process 0 (which
-finalizes every save), so this covers the shards of all processes, on any mesh and
-process count. Before a resume, process 0 checks the newest checkpoint against its
-record (a changed, truncated or missing file, or a missing record, is damage), and
-every process restores the step it chose. A damaged checkpoint is reported by step
-and cause and moved to `<workdir>/checkpoints.damaged/`, and the next older one is
-tried; none good is a `CheckpointError`. Checkpoints saved before records existed (no
-`run` item) restore unverified, with a warning.
+Integrity: once a save has committed (the loop polls for that every step; at the
+latest at the next save, `wait` or `close`), process 0 writes `<step>/integrity.json`:
+the size and sha256 of every file of the step directory, whichever process wrote it.
+Orbax's multi-process saving already needs the directory to be visible to process 0
+(which finalizes every save), so this covers the shards of all processes, on any mesh
+and process count. Before a resume, process 0 checks the newest checkpoint against its
+record (a changed, truncated or missing file is damage), and every process restores
+the step it chose. A damaged checkpoint, or one that fails to restore, is reported by
+step and cause and moved to `<workdir>/checkpoints.damaged/`, and the next older one
+is tried; none good is a `CheckpointError`. A checkpoint without a record (saved
+before records existed, or by a job killed in the step between the commit and the
+record) restores unverified, with a warning.
 """
 
 from __future__ import annotations
@@ -232,19 +233,27 @@ class Checkpointer:
           os.replace(tmp, os.path.join(d, INTEGRITY_FILE))
     self._unrecorded = []
 
+  def record_finished(self) -> None:
+    """Writes the records of saves that have committed meanwhile (a cheap poll; call it
+    every step, so a job killed soon after a save leaves that save its record)."""
+    if self._unrecorded and jax.process_index() == 0 and not self.manager.is_saving_in_progress():
+      self._record_saved()
+
   def verify(self, step: int) -> list[str]:
     """What is wrong with checkpoint `step` (empty: it matches its integrity record)."""
     d = self.step_dir(step)
     record_path = os.path.join(d, INTEGRITY_FILE)
-    if not os.path.isfile(record_path):
-      if not os.path.isdir(os.path.join(d, 'run')):  # saved before records existed
-        print(
-          f'Checkpoint step {step} in {self.directory} has no integrity record (saved by '
-          'an older version): restoring it unverified.',
-          flush=True,
-        )
-        return []
-      return [f'its integrity record {INTEGRITY_FILE} is missing']
+    if not os.path.isfile(record_path):  # a restore failure is still caught (loop.py)
+      if os.path.isdir(os.path.join(d, 'run')):
+        why = 'the job stopped right after saving it, or the record was deleted'
+      else:
+        why = 'saved by an older version'
+      print(
+        f'Checkpoint step {step} in {self.directory} has no integrity record ({why}): '
+        'restoring it unverified.',
+        flush=True,
+      )
+      return []
     try:
       with open(record_path) as f:
         text = f.read()

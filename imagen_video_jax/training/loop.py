@@ -483,6 +483,7 @@ def _loop(
         or step == num_steps
       ):
         save(step, force=True)
+      ckpt.record_finished()
       if preempted or out_of_time:
         if is_main:
           why = 'Preempted' if preempted else f'Time budget ({budget:g} s) used'
