@@ -1,0 +1,262 @@
+"""Checkpoint integrity (damaged checkpoints are detected, reported and skipped), the
+files a run depends on (tokenizer, data), the non-finite guard on updated weights,
+metrics.jsonl on resume, and out-of-range frame ids.
+
+The tiny base stage of configs/digits.py, as in test_train_loop.py (whose helpers and
+compiled steps these runs share): one reference run of 6 steps with checkpoints at 2,
+4 and 6, copied per test and damaged there.
+"""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from imagen_video_jax import training
+from imagen_video_jax.training import checkpointing, loop as loop_lib
+from test_train_loop import ROOT, XLA_CACHE, _env, assert_states_equal, tiny_config
+
+STEPS, EVERY = 6, 2
+
+
+def config(data_dir, **overrides):
+  kw = dict(num_steps=STEPS, checkpoint_every_steps=EVERY, keep_checkpoints=3)
+  return tiny_config(data_dir, **{**kw, **overrides})
+
+
+@pytest.fixture(scope='module')
+def data_dir(tmp_path_factory):
+  return str(tmp_path_factory.mktemp('integrity') / 'digits_data')
+
+
+@pytest.fixture(scope='module')
+def ref(data_dir, tmp_path_factory):
+  """(workdir, result) of 6 uninterrupted steps."""
+  workdir = str(tmp_path_factory.mktemp('ref'))
+  return workdir, training.train_and_evaluate(config(data_dir), workdir)
+
+
+def copy_run(ref, dest) -> str:
+  shutil.copytree(ref[0], dest)
+  return str(dest)
+
+
+def files(step_dir):
+  return sorted(
+    os.path.relpath(os.path.join(r, f), step_dir) for r, _, fs in os.walk(step_dir) for f in fs
+  )
+
+
+def flip_byte(path, rng):
+  data = bytearray(open(path, 'rb').read())
+  i = int(rng.integers(len(data)))
+  data[i] ^= int(rng.integers(1, 256))
+  open(path, 'wb').write(bytes(data))
+
+
+def truncate(path, rng):
+  size = os.path.getsize(path)
+  os.truncate(path, int(rng.integers(size)))
+
+
+def damage_latest(workdir, how, rng):
+  """Damages one random file of the newest checkpoint; returns its relative path."""
+  step_dir = os.path.join(workdir, 'checkpoints', str(STEPS))
+  rel = files(step_dir)[int(rng.integers(len(files(step_dir))))]
+  how(os.path.join(step_dir, rel), rng)
+  return rel
+
+
+def steps_in_metrics(workdir):
+  lines = open(os.path.join(workdir, 'metrics.jsonl')).read().splitlines()
+  return [json.loads(line)['step'] for line in lines]
+
+
+def test_saved_checkpoints_carry_a_record_of_their_files(ref):
+  workdir, _ = ref
+  ckpt = checkpointing.Checkpointer(workdir)
+  assert ckpt.all_steps() == [2, 4, 6]
+  for step in ckpt.all_steps():
+    assert ckpt.verify(step) == []
+    record = json.load(open(os.path.join(ckpt.step_dir(step), checkpointing.INTEGRITY_FILE)))
+    assert sorted(record['files']) == [
+      f for f in files(ckpt.step_dir(step)) if f != checkpointing.INTEGRITY_FILE
+    ]
+  prints = ckpt.fingerprints(STEPS)
+  assert sorted(prints) == ['data', 'tokenizer']
+  assert prints['tokenizer']['path'].endswith('spiece.model')
+  ckpt.close()
+
+
+def _resume_cases(n):
+  rng = np.random.default_rng(0)
+  return [
+    (how, np.random.default_rng(rng.integers(1 << 31)))
+    for how in (flip_byte, truncate)
+    for _ in range(n)
+  ]
+
+
+@pytest.mark.parametrize('how', [flip_byte, truncate])
+def test_every_damaged_file_is_detected_and_reported(ref, tmp_path, capsys, how):
+  """10 random byte flips and 10 random truncations, each in a fresh copy of the run."""
+  rng = np.random.default_rng(1 if how is flip_byte else 2)
+  for i in range(10):
+    workdir = copy_run(ref, tmp_path / f'run{i}')
+    rel = damage_latest(workdir, how, rng)
+    ckpt = checkpointing.Checkpointer(workdir)
+    assert ckpt.newest_good_step() == STEPS - EVERY, rel
+    out = capsys.readouterr().out
+    assert f'Checkpoint step {STEPS} in' in out and 'is damaged' in out, (rel, out)
+    assert ckpt.all_steps() == [2, 4]  # moved aside: later saves of step 6 may happen
+    assert os.path.isdir(os.path.join(workdir, checkpointing.DAMAGED_DIR, str(STEPS)))
+    ckpt.close()
+
+
+def _resume_after_damage(ref, data_dir, workdir, capsys):
+  run = training.train_and_evaluate(config(data_dir), workdir)
+  out = capsys.readouterr().out
+  assert 'is damaged' in out and f'at step {STEPS - EVERY}.' in out, out
+  assert_states_equal(run.state, ref[1].state)
+  assert run.data_state == ref[1].data_state
+  # The redone steps' old rows were dropped: one row per step.
+  assert steps_in_metrics(workdir) == list(range(1, STEPS + 1))
+
+
+@pytest.mark.parametrize('how', [flip_byte, truncate])
+def test_a_damaged_latest_checkpoint_resumes_from_the_one_before_exactly(
+  ref, data_dir, tmp_path, capsys, how
+):
+  workdir = copy_run(ref, tmp_path / 'run')
+  damage_latest(workdir, how, np.random.default_rng(3))
+  _resume_after_damage(ref, data_dir, workdir, capsys)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('case', range(20))
+def test_every_damaged_checkpoint_resumes_exactly(ref, data_dir, tmp_path, capsys, case):
+  how, rng = _resume_cases(10)[case]
+  workdir = copy_run(ref, tmp_path / 'run')
+  damage_latest(workdir, how, rng)
+  _resume_after_damage(ref, data_dir, workdir, capsys)
+
+
+def test_a_deleted_manifest_falls_back_and_a_deleted_record_is_announced(ref, tmp_path, capsys):
+  workdir = copy_run(ref, tmp_path / 'run0')
+  os.remove(os.path.join(workdir, 'checkpoints', str(STEPS), 'state', 'manifest.ocdbt'))
+  ckpt = checkpointing.Checkpointer(workdir)
+  assert ckpt.newest_good_step() == STEPS - EVERY
+  assert 'state/manifest.ocdbt is missing' in capsys.readouterr().out
+  ckpt.close()
+  # Without its record (a job killed between a save's commit and its record), a
+  # checkpoint restores unverified, with a warning (a failed restore falls back: below).
+  workdir = copy_run(ref, tmp_path / 'run1')
+  os.remove(os.path.join(workdir, 'checkpoints', str(STEPS), checkpointing.INTEGRITY_FILE))
+  ckpt = checkpointing.Checkpointer(workdir)
+  assert ckpt.newest_good_step() == STEPS
+  assert 'has no integrity record' in capsys.readouterr().out
+  ckpt.close()
+
+
+def test_a_legacy_checkpoint_that_does_not_restore_falls_back(ref, data_dir, tmp_path, capsys):
+  """Checkpoints saved before records (no `run` item) resume unverified; one that fails
+  to restore is reported and set aside like a damaged one."""
+  workdir = copy_run(ref, tmp_path / 'run')
+  for step in (4, 6):
+    d = os.path.join(workdir, 'checkpoints', str(step))
+    os.remove(os.path.join(d, checkpointing.INTEGRITY_FILE))
+    shutil.rmtree(os.path.join(d, 'run'))
+  os.remove(os.path.join(workdir, 'checkpoints', '6', 'state', 'manifest.ocdbt'))
+  run = training.train_and_evaluate(config(data_dir), workdir)
+  out = capsys.readouterr().out
+  assert 'no integrity record' in out and 'did not restore' in out, out
+  assert 'at step 4.' in out
+  assert_states_equal(run.state, ref[1].state)
+
+
+def test_no_intact_checkpoint_is_one_clear_error_from_the_command(ref, data_dir, tmp_path):
+  workdir = copy_run(ref, tmp_path / 'run')
+  for step in (2, 4, 6):
+    os.remove(os.path.join(workdir, 'checkpoints', str(step), 'state', 'manifest.ocdbt'))
+  cmd = [
+    sys.executable,
+    '-m',
+    'imagen_video_jax.train',
+    '--config=configs/digits.py:stage=base,tiny=True',
+    f'--workdir={workdir}',
+    f'--config.data.dir={data_dir}',
+  ]
+  done = subprocess.run(cmd, cwd=ROOT, env=_env(XLA_CACHE), capture_output=True, text=True)
+  assert done.returncode == 1, done.stdout + done.stderr
+  assert 'Traceback' not in done.stderr
+  assert 'no checkpoint in' in done.stderr and 'is intact' in done.stderr, done.stderr
+  for step in (2, 4, 6):
+    assert f'Checkpoint step {step} in' in done.stdout
+
+
+def test_resuming_with_another_tokenizer_is_refused(ref, data_dir, tmp_path):
+  other = str(tmp_path / 'data')
+  shutil.copytree(data_dir, other)
+  with open(os.path.join(other, 'spiece.model'), 'ab') as f:
+    f.write(b'\0')
+  workdir = copy_run(ref, tmp_path / 'run')
+  with pytest.raises(training.ConfigMismatchError) as e:
+    training.train_and_evaluate(config(other, num_steps=8), workdir)
+  msg = str(e.value)
+  assert 'the tokenizer differs' in msg and 'data differs' not in msg
+  assert os.path.join(data_dir, 'spiece.model') in msg
+  assert os.path.join(other, 'spiece.model') in msg
+  assert msg.count('sha256') == 2
+
+
+def test_a_run_with_the_same_files_elsewhere_resumes(ref, data_dir, tmp_path):
+  other = str(tmp_path / 'data')
+  shutil.copytree(data_dir, other)
+  run = training.train_and_evaluate(config(other), copy_run(ref, tmp_path / 'run'))
+  assert run.step == STEPS
+
+
+def test_an_update_to_non_finite_weights_is_skipped_and_counted(data_dir, tmp_path):
+  """An infinite learning rate: loss and gradients are finite, the new weights not."""
+  run = training.train_and_evaluate(
+    config(data_dir, num_steps=2, **{'optim.lr': float('inf'), 'optim.warmup_steps': 0}),
+    str(tmp_path),
+  )
+  by_step = {h['step']: h for h in run.history}
+  assert np.isfinite(by_step[1]['loss']) and np.isfinite(by_step[1]['grad_norm'])
+  assert by_step[1]['nonfinite'] == 1 and by_step[2]['nonfinite_total'] == 2
+  assert checkpointing._all_finite(run.state)
+  # Nothing was applied: Adam's count is still 0.
+  assert max(int(x) for x in jax.tree.leaves(run.state.opt_state) if np.ndim(x) == 0) == 0
+
+
+def test_metrics_rows_after_the_resumed_step_are_dropped(tmp_path):
+  from imagen_video_jax.training import metrics as metrics_lib
+
+  path = tmp_path / 'metrics.jsonl'
+  rows = [json.dumps({'step': s, 'loss': 1.0}) + '\n' for s in (1, 2, 3, 4, 5)]
+  path.write_text(''.join(rows) + '{"step": 6, "lo')  # killed mid-write
+  writer = metrics_lib.MetricWriter(str(tmp_path), from_step=3)
+  writer.scalars(4, {'loss': 2.0})
+  writer.close()
+  assert [json.loads(line)['step'] for line in path.read_text().splitlines()] == [1, 2, 3, 4]
+  assert path.read_text().startswith(''.join(rows[:3]))
+
+
+def test_frame_ids_out_of_range_are_refused():
+  mesh = jax.sharding.Mesh(np.array(jax.devices()[:1]), ('data',))
+  sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec('data'))
+  video = np.zeros((2, 4, 8, 8, 3), np.float32)
+  good = np.array([[0, 1, 2, 3], [0, 0, 1, -1]], np.int32)
+  loop_lib._place({'video': video, 'frame_ids': good}, sharding)
+  for bad, named in ((4, '[4]'), (-2, '[-2]'), (9, '[9]')):
+    fids = good.copy()
+    fids[1, 2] = bad
+    with pytest.raises(training.DataError, match=r'frame_ids \S+ outside \[-1, 3\]') as e:
+      loop_lib._place({'video': video, 'frame_ids': fids}, sharding)
+    assert named in str(e.value) and 'rows [1]' in str(e.value)
