@@ -132,7 +132,7 @@ def fingerprints(config, data_dir: str) -> dict:
   with other files is refused): the tokenizer, and the data's dataset_info.json."""
   out = {
     'tokenizer': checkpointing.fingerprint(tokenizer_path(config, data_dir)),
-    'data': checkpointing.fingerprint(os.path.join(data_dir or '', 'dataset_info.json')),
+    'data': checkpointing.fingerprint(data_dir and os.path.join(data_dir, 'dataset_info.json')),
   }
   return {k: v for k, v in out.items() if v is not None}
 
