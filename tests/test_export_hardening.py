@@ -5,6 +5,7 @@ command-line programs refuse bad arguments in one line before loading anything."
 import hashlib
 import json
 import os
+import shutil
 
 import jax
 import numpy as np
@@ -109,11 +110,24 @@ def test_exports_without_digests_still_load(tmp_path, stage):
   del meta['digests']
   _write_meta(out, meta)
   assert export.load_cascade(str(out)).stages[0].name == 'base'
-  # The shipped cascade is such an export (its stage.json files are older still).
-  shipped = json.load(open(os.path.join(SHIPPED, 'cascade.json')))
-  assert 'digests' not in shipped
-  export.verify_digests(SHIPPED, shipped, export._files(SHIPPED, shipped, text=True))
+  # The shipped cascade's stage.json files are older still: they load too.
   assert export.load_stage(os.path.join(SHIPPED, 'base')).spec.frames == 8
+
+
+def test_the_shipped_cascade_carries_digests_of_every_file_it_loads(tmp_path):
+  shipped = json.load(open(os.path.join(SHIPPED, 'cascade.json')))
+  loaded = {k: v for k, v in _digests(SHIPPED).items() if '/' in k}  # stages' and text's
+  assert shipped['digests'] == loaded  # every file, each matching
+  export.verify_digests(SHIPPED, shipped, export._files(SHIPPED, shipped, text=True))
+  copy = tmp_path / 'digits'
+  shutil.copytree(SHIPPED, copy)
+  with open(copy / 'ssr' / 'params.safetensors', 'r+b') as f:  # one byte of the last stage
+    f.seek(-1, os.SEEK_END)
+    last = f.read(1)
+    f.seek(-1, os.SEEK_END)
+    f.write(bytes([last[0] ^ 1]))
+  with pytest.raises(export.ExportError, match=r'ssr/params.safetensors'):
+    export.load_cascade(str(copy))
 
 
 @pytest.mark.parametrize(
