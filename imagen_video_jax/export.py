@@ -22,7 +22,6 @@ the shapes the stage's U-Net has. Every refusal is an `ExportError` naming the f
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from typing import Any, Mapping
@@ -32,6 +31,7 @@ import numpy as np
 from imagen_video_jax import params_io
 from imagen_video_jax import stage as stage_lib
 from imagen_video_jax.cascade import CascadePipeline
+from imagen_video_jax.digests import sha256_file
 from imagen_video_jax.stage import Stage
 
 FORMAT = 'imagen_video_jax.cascade/1'
@@ -138,14 +138,6 @@ def load_stage(directory: str) -> Stage:
   return stage.with_params(params)
 
 
-def _sha256(path: str) -> str:
-  h = hashlib.sha256()
-  with open(path, 'rb') as f:
-    for block in iter(lambda: f.read(1 << 20), b''):
-      h.update(block)
-  return h.hexdigest()
-
-
 def _files(directory: str, meta: Mapping[str, Any], *, text: bool) -> list[str]:
   """The files (relative paths) loading reads: each stage's two files and, with `text`,
   every file under the text dir; each (and the text dir) checked to resolve inside
@@ -183,7 +175,7 @@ def save_cascade(
   }
   has_text = text_dir is not None and os.path.isdir(os.path.join(directory, text_dir))
   meta[DIGESTS] = {
-    rel: _sha256(os.path.join(directory, rel)) for rel in _files(directory, meta, text=has_text)
+    rel: sha256_file(os.path.join(directory, rel)) for rel in _files(directory, meta, text=has_text)
   }
   with open(os.path.join(directory, CASCADE_FILE), 'w') as f:
     json.dump(meta, f, indent=2)
@@ -223,7 +215,7 @@ def verify_digests(directory: str, meta: Mapping[str, Any], rels: list[str]) -> 
     path = _inside(directory, rel, f'{where}: the digested file')
     if not os.path.isfile(path):
       raise ExportError(f'{path} is missing (cascade.json lists its digest)')
-    if _sha256(path) != want:
+    if sha256_file(path) != want:
       raise ExportError(
         f'{path} does not match its sha256 in {where}: the file changed or is corrupt'
       )

@@ -30,7 +30,6 @@ record) restores unverified, with a warning.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -41,6 +40,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from imagen_video_jax.digests import sha256_file
 from imagen_video_jax.training import state as state_lib
 
 # Fields a resumed run may change: how long it runs and how it reports, not what it learns.
@@ -83,14 +83,6 @@ class CheckpointError(RuntimeError):
 
 INTEGRITY_FILE = 'integrity.json'  # in each step directory (see the module doc)
 DAMAGED_DIR = 'checkpoints.damaged'  # next to `checkpoints`: damaged steps are moved here
-
-
-def sha256_file(path: str) -> str:
-  h = hashlib.sha256()
-  with open(path, 'rb') as f:
-    for block in iter(lambda: f.read(1 << 20), b''):
-      h.update(block)
-  return h.hexdigest()
 
 
 def fingerprint(path: str | None) -> dict | None:
