@@ -171,7 +171,7 @@ def render() -> str:
     'Every field of the shipped training configs with its default for each stage. A job',
     'takes a config file and its argument, `--config=configs/digits.py:stage=base`, and',
     'any field can be overridden on the command line, `--config.optim.lr=1e-4`. The',
-    'explanations are the config files\' own comments; fields without one are named',
+    "explanations are the config files' own comments; fields without one are named",
     'after the library argument they set (see the docstrings of `imagen_video_jax.Stage`,',
     '`UNetConfig`, `DiffusionConfig`, `SamplerConfig` and `PipelineConfig`).',
     '',
