@@ -1,6 +1,7 @@
 # `make test`: create .venv if missing, install the pinned set, run the fast suite.
 # `make test-all`: the same plus the slow tests.   `make demo`: sample a video.
 # `make lint`: ruff's checks and format check (`make format` applies them).
+# `make docs`: regenerate docs/configuration.md from the config files.
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -14,7 +15,7 @@ PYTEST_FLAGS ?= -n 2
 PROMPT ?= a red 3 moving left
 DEMO_OUTPUT ?= outputs/demo.mp4
 
-.PHONY: install test test-all lint format demo clean
+.PHONY: install test test-all lint format demo docs clean
 
 $(VENV)/.installed: requirements/requirements.txt requirements/reference.txt setup.cfg pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -52,6 +53,10 @@ lint: $(VENV)/.installed
 format: $(VENV)/.installed
 	$(PY) -m ruff check --fix .
 	$(PY) -m ruff format .
+
+# The configuration reference, generated from configs/*.py (tests/test_docs.py checks it).
+docs: $(VENV)/.installed-run
+	$(PY) docs/gen_config_reference.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -11,8 +11,18 @@ import sys
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 CLI = ROOT / 'imagen_video_jax' / 'cli'
-# Where commands are documented: README, launch scripts, notebooks, benchmarks, configs, make.
-DOCS = ['README.md', 'Makefile', 'launch', 'notebooks', 'benchmarks', 'configs']
+# Where commands are documented: README, docs, the model card, launch scripts, notebooks,
+# benchmarks, configs, make.
+DOCS = [
+  'README.md',
+  'Makefile',
+  'launch',
+  'notebooks',
+  'benchmarks',
+  'configs',
+  'docs',
+  'checkpoints/digits/MODEL_CARD.md',
+]
 
 
 def _env(root=ROOT):

@@ -70,7 +70,8 @@ def adherence_report(
   ``per_combination`` counts so a failing combination can be found, and
   ``direction_errors``: how many wrong directions were the opposite of the prompt's
   (right axis, wrong sign: "left" drawn as "right") and how many perpendicular (wrong
-  axis). The two failures have different causes: see the README's Evaluation notes.
+  axis). The two failures have different causes: see the Evaluation notes in
+  checkpoints/digits/MODEL_CARD.md.
   """
   if len(prompts) != len(predicted):
     raise ValueError(f'{len(prompts)} prompts but {len(predicted)} predictions')
