@@ -24,7 +24,7 @@ while (($#)); do
 done
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 # Ours, and what they need that a JAX + CUDA image lacks.
-NAMES=(flax optax orbax-checkpoint chex grain array_record dm-tree portpicker
+NAMES=(flax optax orbax-checkpoint grain array_record dm-tree portpicker
        ml_collections tensorboardX)
 PINS=()
 for n in "${NAMES[@]}"; do

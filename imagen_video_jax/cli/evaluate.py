@@ -16,7 +16,7 @@ _MODE = flags.DEFINE_enum(
   'mode', 'adherence', ['adherence', 'fvd', 'judge_accuracy', 'train_judge'], 'What to evaluate.'
 )
 _CHECKPOINTS = flags.DEFINE_string(
-  'checkpoints', None, 'Exported cascade (adherence); default checkpoints/digits.'
+  'checkpoints', None, 'Exported cascade (adherence); default the shipped checkpoints/digits.'
 )
 _NUM_SAMPLES = flags.DEFINE_integer(
   'num_samples', 100, 'adherence: samples per group (training, held-out).'
@@ -153,10 +153,10 @@ def main(argv):
         'num_generated': len(sets[1]),
       }
     else:
-      from imagen_video_jax import export  # default: checkpoints/digits, beside the judge
+      from imagen_video_jax import export, shipped  # default: the shipped digits cascade
       from imagen_video_jax.cascade import CascadePipeline
 
-      pipe = export.load_cascade(_CHECKPOINTS.value or os.path.join(J.DEFAULT_DIR, '..', 'digits'))
+      pipe = export.load_cascade(_CHECKPOINTS.value or shipped.pretrained_dir('digits'))
       if not 0 <= _STAGES.value <= len(pipe.stages) or _STEPS.value < 0:
         raise ValueError(
           f'--stages={_STAGES.value} --steps={_STEPS.value}: the cascade has '

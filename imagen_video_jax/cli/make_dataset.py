@@ -89,7 +89,7 @@ def main(argv):
       progress=True,
       workers=_WORKERS.value,
     )
-  except (ValueError, OSError) as e:
+  except (ValueError, OSError, ImportError) as e:  # ImportError: pip install '...[tfds]'
     sys.exit(f'make_dataset: {e}')
   n = sum(len(v) for v in info['shards'].values())
   print(

@@ -4,7 +4,7 @@ r"""Sample videos from a prompt with an exported cascade.
         --prompt="a red 3 moving left" --output=outputs/demo.mp4 [--seed=0] \
         [--num_samples=1] [--steps=N] [--guidance=W] [--sampler=ddim|ancestral] [--scale=4]
 
---config=FILE samples the cascade that config file ships (its CASCADE_DIR);
+--config=FILE samples the cascade that config file ships (its CASCADE or CASCADE_DIR);
 --checkpoints=DIR a cascade of your own (`export_cascade` writes one). Writes OUTPUT (.mp4), and beside it the same stem as .gif and .png (contact sheet);
 with --num_samples > 1, stem_0.mp4, stem_1.mp4, ...
 """
@@ -27,8 +27,8 @@ _CONFIG = flags.DEFINE_string(
 _CHECKPOINTS = flags.DEFINE_string(
   'checkpoints',
   None,
-  'An exported cascade directory (cascade.json); '
-  'default: the shipped Moving Digits cascade, checkpoints/digits.',
+  'An exported cascade directory (cascade.json); default: the shipped Moving Digits '
+  "cascade, checkpoints/digits (wherever imagen_video_jax.pretrained_dir('digits') finds it).",
 )
 _PROMPT = flags.DEFINE_multi_string('prompt', None, 'Prompt(s); repeat the flag for several.')
 _NEGATIVE_PROMPT = flags.DEFINE_string('negative_prompt', None, 'Guide away from this text.')
@@ -43,15 +43,10 @@ _SCALE = flags.DEFINE_integer(
 )
 _PROGRESS = flags.DEFINE_bool('progress', True, 'Progress bars.')
 
-DEFAULT_CHECKPOINTS = os.path.join(
-  os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
-  'checkpoints',
-  'digits',
-)
-
 
 def cascade_dir_from_config(path: str) -> str:
-  """The directory of the cascade a config file ships (its module-level CASCADE_DIR)."""
+  """The directory of the cascade a config file ships: its module-level CASCADE (a name
+  `imagen_video_jax.pretrained_dir` finds) or CASCADE_DIR (a directory)."""
   import importlib.util
 
   if ':' in path and not os.path.exists(path):
@@ -61,6 +56,11 @@ def cascade_dir_from_config(path: str) -> str:
   spec = importlib.util.spec_from_file_location('_ivj_sample_config', path)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
+  name = getattr(module, 'CASCADE', None)
+  if name:
+    from imagen_video_jax import shipped
+
+    return shipped.pretrained_dir(name)
   cascade = getattr(module, 'CASCADE_DIR', None)
   if not cascade:
     raise ValueError(
@@ -127,22 +127,16 @@ def main(argv):
   if _CONFIG.value and _CHECKPOINTS.value:
     raise app.UsageError('give --config (a shipped cascade) or --checkpoints, not both')
   try:
-    path = (
-      cascade_dir_from_config(_CONFIG.value)
-      if _CONFIG.value
-      else _CHECKPOINTS.value or DEFAULT_CHECKPOINTS
-    )
+    if _CONFIG.value:
+      path = cascade_dir_from_config(_CONFIG.value)
+    elif _CHECKPOINTS.value:
+      path = _CHECKPOINTS.value
+    else:
+      from imagen_video_jax import shipped
+
+      path = shipped.pretrained_dir('digits')  # NotFoundError: says where to put a copy
     if not os.path.exists(path):
-      shipped = os.path.abspath(path) == DEFAULT_CHECKPOINTS
-      raise ValueError(
-        f'{path} does not exist'
-        + (
-          ': the Moving Digits cascade is not trained and shipped yet (README, Status); '
-          'train and export your own, then pass --checkpoints=DIR'
-          if shipped
-          else ''
-        )
-      )
+      raise ValueError(f'{path} does not exist')
     pipe = export.load_cascade(path)
   except (export.ExportError, FileNotFoundError, ValueError) as e:
     raise checks.Refusal(str(e)) from None

@@ -20,10 +20,12 @@ from __future__ import annotations
 import dataclasses
 
 import numpy as np
-import tensorflow_datasets as tfds
-from etils import epath
 
+from imagen_video_jax._optional import require
 from imagen_video_jax.data import digits
+
+tfds = require('tensorflow_datasets', 'tfds', 'The Moving Digits TFDS builder')
+from etils import epath  # noqa: E402  (tensorflow_datasets installs it)
 
 _SPLITS = {'videos': 'video', 'images': 'image', 'eval_videos': 'eval_video'}
 

@@ -40,6 +40,8 @@ DIRECTION_NAMES: tuple[str, ...] = tuple(digits.DIRECTIONS)
 PARAMS_FILE = 'params.safetensors'
 CONFIG_FILE = 'judge.json'
 FORMAT = 'imagen_video_jax.judge/1'
+# Where `evaluate --mode=train_judge` writes by default: the checkout's checkpoints/judge.
+# load_judge() reads the shipped judge wherever it lies (imagen_video_jax.shipped).
 DEFAULT_DIR = os.path.join(
   os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
   'checkpoints',
@@ -396,8 +398,12 @@ class Judge:
 
 
 def load_judge(directory: str | None = None) -> Judge:
-  """The judge stored in ``directory`` (default: the shipped ``checkpoints/judge``)."""
-  directory = directory or DEFAULT_DIR
+  """The judge stored in ``directory`` (default: the shipped judge, wherever
+  ``imagen_video_jax.pretrained_dir('judge')`` finds it: the installed package or a checkout)."""
+  if directory is None:
+    from imagen_video_jax.shipped import pretrained_dir
+
+    directory = pretrained_dir('judge')
   path = os.path.join(directory, CONFIG_FILE)
   if not os.path.isfile(path) or not os.path.isfile(os.path.join(directory, PARAMS_FILE)):
     raise FileNotFoundError(
