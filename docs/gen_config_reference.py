@@ -6,7 +6,7 @@ and the comment that explains it in the config files.
 
 (`make docs` runs the first.) The values come from each file's `get_config(arg)`; the
 explanations are the config files' own comments (a comment on a field's line, or the
-comment lines just above it) and the docstrings of configs/common.py's section helpers.
+comment lines just above it) and the docstrings of imagen_video_jax/configs/common.py's section helpers.
 `tests/test_docs.py` fails when the checked-in page differs from what this prints.
 """
 
@@ -19,12 +19,12 @@ import tokenize
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 OUTPUT = ROOT / 'docs' / 'configuration.md'
-COMMON = 'configs/common.py'
+COMMON = 'imagen_video_jax/configs/common.py'
 
 # (config file, what it is, [(column title, get_config argument)])
 CONFIGS = [
   (
-    'configs/digits.py',
+    'imagen_video_jax/configs/digits.py',
     'The Moving Digits cascade (the one shipped in `checkpoints/digits`) and its tiny variants.',
     [
       ('base', 'stage=base'),
@@ -36,7 +36,7 @@ CONFIGS = [
     ],
   ),
   (
-    'configs/imagen_video.py',
+    'imagen_video_jax/configs/imagen_video.py',
     "The seven stages of the paper's cascade.",
     [(s, f'stage={s}') for s in ('base', 'tsr1', 'ssr1', 'ssr2', 'tsr2', 'tsr3', 'ssr3')],
   ),

@@ -76,7 +76,7 @@ _EXPORTS = {
   'sample_stage': 'imagen_video_jax.sampling',
   'load_cascade': 'imagen_video_jax.export',
   'save_cascade': 'imagen_video_jax.export',
-  'pretrained': 'imagen_video_jax.shipped',
+  'pretrained': 'imagen_video_jax.pretrained_loader',
   'pretrained_dir': 'imagen_video_jax.shipped',
   # training
   'train_and_evaluate': 'imagen_video_jax.training.loop',
@@ -111,7 +111,8 @@ if _typing.TYPE_CHECKING:  # static analysers and IDEs see the real names
   from imagen_video_jax.export import load_cascade, save_cascade
   from imagen_video_jax.planning import MemoryPlan, plan_memory, smallest_fitting
   from imagen_video_jax.sampling import sample_stage
-  from imagen_video_jax.shipped import pretrained, pretrained_dir
+  from imagen_video_jax.pretrained_loader import pretrained
+  from imagen_video_jax.shipped import pretrained_dir
   from imagen_video_jax.stage import Stage, StageSpec
   from imagen_video_jax.parallel import (
     DEFAULT_RULES,

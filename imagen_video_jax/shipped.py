@@ -1,4 +1,6 @@
-"""The weights the project ships, found wherever a copy lies: after `pip install`, in a checkout.
+"""Where the weights the project ships lie: after `pip install`, in a checkout. (Loading them
+by name, `ivj.pretrained`, is imagen_video_jax/pretrained_loader.py: this module stays below
+the modules that load, which use it for their defaults.)
 
     import imagen_video_jax as ivj
     pipe = ivj.pretrained('digits')      # the Moving Digits cascade (an ivj.load_cascade pipeline)
@@ -67,18 +69,6 @@ def pretrained_dir(name: str) -> str:
     + ('' if home else f' (or set {HOME_ENV}=DIR and copy it to DIR/{name})')
     + ', or pass a directory of your own.'
   )
-
-
-def pretrained(name: str):
-  """The shipped `name`, loaded: 'digits' a cascade pipeline, 'judge' a Judge."""
-  path = pretrained_dir(name)
-  if name == 'judge':
-    from imagen_video_jax.evaluation.judge import load_judge
-
-    return load_judge(path)
-  from imagen_video_jax.export import load_cascade
-
-  return load_cascade(path)
 
 
 def _check(name: str) -> tuple:
