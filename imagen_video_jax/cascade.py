@@ -11,6 +11,7 @@ recompiling.
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from typing import Any, Callable, Mapping, Sequence
 
 import jax
@@ -27,6 +28,26 @@ TextEncoderFn = Callable[[Sequence[str]], tuple[Any, Any]]
 
 class NonFiniteSampleError(FloatingPointError):
   """A stage sampled NaN or inf: such a video is an error, not a black file."""
+
+
+class UnknownPromptError(ValueError):
+  """A prompt holds words the cascade was never trained on (`strict=True`)."""
+
+
+class UnknownPromptWarning(UserWarning):
+  """A prompt holds words the cascade was never trained on: its videos cannot follow them."""
+
+
+# Open vocabularies: warn when more than this fraction of a prompt's words are unknown.
+UNKNOWN_WORD_RATE = 0.25
+_LIST_AT_MOST = 40  # known words listed in full up to this many, else summarised
+
+
+def _known_words(vocabulary: Sequence[str]) -> str:
+  words = sorted(vocabulary, key=lambda w: (not w.isdigit(), w))
+  if len(words) <= _LIST_AT_MOST:
+    return f'it knows only these {len(words)} words: {" ".join(words)}'
+  return f'it knows {len(words)} words, e.g. {" ".join(words[:20])} ...'
 
 
 @dataclasses.dataclass
@@ -59,9 +80,24 @@ class CascadePipeline:
       the previous stage's output size.
     text_encoder: prompts -> (text_emb [B, L, D], text_mask [B, L]); e.g. a
       `text.encoder.TextEncoder`. May be None only if no stage reads text.
+    vocabulary: every word the stages' training captions use, for a cascade trained on a
+      closed caption set (the Moving Digits world's); None for an open vocabulary.
+
+  Prompts are checked before sampling (`check_prompts`): with a vocabulary, any word
+  outside it is reported; without one, when more than `UNKNOWN_WORD_RATE` of a prompt's
+  words are unknown to the text encoder's tokenizer (`Tokenizer.unknown_words`: words
+  that encode as <unk> or are spelled out in pieces of under two characters on
+  average). A report is an `UnknownPromptWarning`, or with `strict=True` an
+  `UnknownPromptError` before sampling.
   """
 
-  def __init__(self, stages: Sequence[Stage], text_encoder: TextEncoderFn | None):
+  def __init__(
+    self,
+    stages: Sequence[Stage],
+    text_encoder: TextEncoderFn | None,
+    *,
+    vocabulary: Sequence[str] | None = None,
+  ):
     if not stages:
       raise ValueError('a cascade needs at least one stage')
     if stages[0].spec.is_sr:
@@ -80,8 +116,45 @@ class CascadePipeline:
       raise ValueError('the stages read text: pass a text_encoder')
     self.stages = list(stages)
     self.text_encoder = text_encoder
+    self.vocabulary = None if vocabulary is None else frozenset(vocabulary)
     self._compiled: dict[tuple[int, SamplerConfig], Callable] = {}
     self._on_step: Callable[[Any], None] = lambda i: None
+
+  def check_prompts(self, prompts: str | Sequence[str]) -> str | None:
+    """What is wrong with `prompts` for this cascade (one message), or None.
+
+    With a recorded vocabulary: the words outside it, and the words it knows. Without
+    one: the prompts whose share of words the tokenizer does not know (see the class
+    doc) exceeds `UNKNOWN_WORD_RATE`. Prompts are split into words on whitespace.
+    """
+    prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+    if self.text_encoder is None or not any(s.unet.text_dim for s in self.stages):
+      return None
+    if self.vocabulary is not None:
+      bad = {p: [w for w in p.split() if w not in self.vocabulary] for p in prompts}
+      bad = {p: ws for p, ws in bad.items() if ws}
+      if not bad:
+        return None
+      words = sorted({w for ws in bad.values() for w in ws})
+      return (
+        f'this cascade was never trained on the word(s) {", ".join(map(repr, words))} (in '
+        f'{", ".join(map(repr, bad))}): its videos cannot follow them; '
+        f'{_known_words(self.vocabulary)}'
+      )
+    tokenizer = getattr(self.text_encoder, 'tokenizer', None)
+    if tokenizer is None or not hasattr(tokenizer, 'unknown_words'):
+      return None
+    reports = []
+    for p in prompts:
+      unknown, n = tokenizer.unknown_words(p), len(p.split())
+      if n and len(unknown) / n > UNKNOWN_WORD_RATE:
+        reports.append(f'{p!r} ({len(unknown)} of {n}: {", ".join(map(repr, unknown))})')
+    if not reports:
+      return None
+    return (
+      "the text encoder's vocabulary does not hold many of the prompt's words (they encode "
+      'as <unk> or are spelled out almost letter by letter): ' + '; '.join(reports)
+    )
 
   def _sampler(self, index: int, cfg: SamplerConfig) -> Callable:
     key = (index, cfg)
@@ -119,15 +192,23 @@ class CascadePipeline:
     samplers_by_stage: Mapping[str, SamplerConfig] | None = None,
     return_intermediates: bool = False,
     progress: bool = True,
+    strict: bool = False,
   ) -> CascadeOutput:
     """Samples `num_samples` videos per prompt; returns uint8 videos of the last stage.
 
     samplers_by_stage: per-stage SamplerConfig overrides (steps, guidance,
     oscillating guidance, thresholding, sampler), keyed by stage name.
+    strict: raise `UnknownPromptError` (before sampling) for prompts `check_prompts`
+      reports, instead of an `UnknownPromptWarning`.
     """
     prompts = [prompts] if isinstance(prompts, str) else list(prompts)
     if not prompts or num_samples < 1:
       raise ValueError('give at least one prompt and num_samples >= 1')
+    problem = self.check_prompts(prompts + ([negative_prompt] if negative_prompt else []))
+    if problem and strict:
+      raise UnknownPromptError(problem)
+    if problem:
+      warnings.warn(problem, UnknownPromptWarning, stacklevel=2)
     overrides = dict(samplers_by_stage or {})
     unknown = set(overrides) - {s.name for s in self.stages}
     if unknown:

@@ -3,11 +3,16 @@
 Layout of an exported cascade directory (e.g. `checkpoints/digits/`):
 
     cascade.json            {"format": ..., "stages": ["base", "tsr", "ssr"],
-                             "text": {"dir": "text", "max_length": 32}}
+                             "text": {"dir": "text", "max_length": 32,
+                                      "vocabulary": ["a", "red", ...]}}
     text/                   a converted T5 encoder + spiece.model (`text.checkpoints.save_t5`)
     base/stage.json         the stage: spec, U-Net config, fps, diffusion, default sampler
     base/params.safetensors its EMA parameters, one tensor per '/'-joined parameter path
     tsr/ ...  ssr/ ...
+
+"vocabulary" (optional) lists every word of the stages' training captions when they
+come from a closed set (the Moving Digits world's grammar); `CascadePipeline` reports
+prompts with other words. Without it the vocabulary is open and the tokenizer judges.
 
 safetensors holds only arrays (no code runs on load) and is small; the JSON is
 readable and diffable. Nothing here unpickles anything.
@@ -159,20 +164,30 @@ def _files(directory: str, meta: Mapping[str, Any], *, text: bool) -> list[str]:
   return rels
 
 
+def caption_words(captions) -> list[str]:
+  """The sorted set of words (split on whitespace) of `captions`."""
+  return sorted({w for c in captions for w in c.split()})
+
+
 def save_cascade(
-  directory: str, stages: list[Stage], *, text_dir: str | None = 'text', max_length: int = 32
+  directory: str,
+  stages: list[Stage],
+  *,
+  text_dir: str | None = 'text',
+  max_length: int = 32,
+  vocabulary: list[str] | None = None,
 ) -> str:
   """Writes every stage and cascade.json, with the sha256 of every file it loads. The
   text encoder (if any) is expected at `directory/text_dir`, written before this by
-  `text.checkpoints.save_t5(..., vocab=...)`."""
+  `text.checkpoints.save_t5(..., vocab=...)`. `vocabulary`: every word the training
+  captions use, when they come from a closed set (recorded in the "text" section)."""
   os.makedirs(directory, exist_ok=True)
   for st in stages:
     save_stage(os.path.join(directory, st.name), st)
-  meta = {
-    'format': FORMAT,
-    'stages': [s.name for s in stages],
-    'text': None if text_dir is None else {'dir': text_dir, 'max_length': max_length},
-  }
+  text = None if text_dir is None else {'dir': text_dir, 'max_length': max_length}
+  if text is not None and vocabulary is not None:
+    text['vocabulary'] = sorted(set(vocabulary))
+  meta = {'format': FORMAT, 'stages': [s.name for s in stages], 'text': text}
   has_text = text_dir is not None and os.path.isdir(os.path.join(directory, text_dir))
   meta[DIGESTS] = {
     rel: sha256_file(os.path.join(directory, rel)) for rel in _files(directory, meta, text=has_text)
@@ -195,6 +210,11 @@ def _check_cascade_meta(path: str, meta: Mapping[str, Any]) -> None:
       raise ExportError(
         f'{path}: "text" must be {{"dir": ..., "max_length": 1..4096}}; got {text!r}'
       )
+    words = text.get('vocabulary')
+    if words is not None and not (
+      isinstance(words, list) and words and all(isinstance(w, str) and w for w in words)
+    ):
+      raise ExportError(f'{path}: "text"."vocabulary" must be a non-empty list of words')
   digests = meta.get(DIGESTS)
   if digests is not None and not (
     isinstance(digests, dict) and all(isinstance(v, str) for v in digests.values())
@@ -246,7 +266,8 @@ def load_cascade(directory: str, *, text_encoder=None) -> CascadePipeline:
       max_length=meta['text']['max_length'],
       out_dtype=jnp.float32,
     )
-  return CascadePipeline(stages, text_encoder)
+  vocabulary = (meta.get('text') or {}).get('vocabulary')
+  return CascadePipeline(stages, text_encoder, vocabulary=vocabulary)
 
 
 # ---------------------------------------------------------------------------------
@@ -380,11 +401,29 @@ def check_cache_encoder(t5_dir: str, cache_dir: str | None, num: int = 8) -> int
   return length
 
 
-def export_training_runs(workdirs: list[str], output: str, *, t5_dir: str | None = None) -> str:
+def training_vocabulary(config: Mapping[str, Any]) -> list[str] | None:
+  """The words of a run's captions when they come from a closed set: every word the
+  Moving Digits world's captions use (`prepare.digits_captions`); None otherwise."""
+  if config.get('data', {}).get('world') != 'digits':
+    return None
+  from imagen_video_jax.data import prepare
+
+  return caption_words(prepare.digits_captions())
+
+
+def export_training_runs(
+  workdirs: list[str],
+  output: str,
+  *,
+  t5_dir: str | None = None,
+  vocabulary: list[str] | None = None,
+) -> str:
   """Exports trained stages (base first, then SR stages) as one sampling cascade.
 
   t5_dir: for runs trained on cached embeddings (`text.source='cache'`), the converted
   T5 that made the cache (checked against it), shipped as the cascade's text encoder.
+  vocabulary: the words of the training captions, recorded for prompt checks (default:
+  the Moving Digits world's words for digits runs; none for other data).
   """
   if os.path.exists(os.path.join(output, CASCADE_FILE)):
     raise ExportError(f'{output} already holds a cascade; choose an empty directory')
@@ -407,5 +446,6 @@ def export_training_runs(workdirs: list[str], output: str, *, t5_dir: str | None
     stages,
     text_dir=text_dir,
     max_length=length or int(config0['text'].get('max_length', 32)),
+    vocabulary=vocabulary if vocabulary is not None else training_vocabulary(config0),
   )
   return output

@@ -5,7 +5,9 @@
 #       [--output=checkpoints/digits] [--eval_samples=100] [--sequential]
 #       [--python=.venv/bin/python] [--tiny] [-- TRAIN_FLAGS...]
 #
-# 1. `train --data_only` makes the world and its vocabulary once (the stages share them);
+# 1. `train --data_only` makes the world and its vocabulary once, in RUNS/data/ (each
+#    stage gets --data_root=RUNS/data, so the three share it; a --config.data.dir in
+#    TRAIN_FLAGS names the world instead);
 # 2. the three stages train at once, each for --budget_secs of wall clock
 #    (`--config.stop_after_secs`; --sequential: one after the other, each its budget), with
 #    logs in RUNS/<stage>/train.log; on one GPU each process takes a third of its memory;
@@ -45,14 +47,19 @@ if [[ $DRY == 0 && -e "$OUTPUT/cascade.json" ]]; then
   exit 2
 fi
 
+ROOT=(--data_root="$RUNS/data")
+for a in "${EXTRA[@]}"; do
+  [[ "$a" == --config.data.dir=* ]] && ROOT=()
+done
+
 show() { printf '%q ' "$@" | sed 's/ $//'; echo; }
 stage_cmd() {  # CMD: the train command of one stage
   CMD=("$PY" -m imagen_video_jax.train "--config=configs/digits.py:stage=$1$TINY"
-       "--workdir=$RUNS/$1" "--config.stop_after_secs=$BUDGET" "${EXTRA[@]}")
+       "--workdir=$RUNS/$1" "${ROOT[@]}" "--config.stop_after_secs=$BUDGET" "${EXTRA[@]}")
 }
 
 DATA=("$PY" -m imagen_video_jax.train "--config=configs/digits.py:stage=base$TINY"
-      --workdir="$RUNS/base" --data_only "${EXTRA[@]}")
+      --workdir="$RUNS/base" "${ROOT[@]}" --data_only "${EXTRA[@]}")
 EXPORT=("$PY" -m imagen_video_jax.export_cascade --output="$OUTPUT"
         --run="$RUNS/base" --run="$RUNS/tsr" --run="$RUNS/ssr")
 EVALUATE=("$PY" -m imagen_video_jax.evaluate --mode=adherence --checkpoints="$OUTPUT"

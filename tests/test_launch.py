@@ -167,6 +167,7 @@ def test_digits_cascade_dry_run():
     'imagen_video_jax.train',
     '--config=configs/digits.py:stage=base',
     '--workdir=/r/base',
+    '--data_root=/r/data',  # the stages share one world, outside their workdirs
     '--data_only',
     '--config.data.batch_size=128',
   ]
@@ -177,6 +178,7 @@ def test_digits_cascade_dry_run():
       'imagen_video_jax.train',
       f'--config=configs/digits.py:stage={stage}',
       f'--workdir=/r/{stage}',
+      '--data_root=/r/data',
       '--config.stop_after_secs=300',
       '--config.data.batch_size=128',
     ]
@@ -204,6 +206,9 @@ def test_digits_cascade_dry_run():
   assert len(seq) == 5 and not any(l.endswith('&') or l == 'wait' for l in seq)
   assert '--config=configs/digits.py:stage=tsr,tiny=True' in shlex.split(seq[2])
   assert 'evaluate' not in ' '.join(seq)
+  own = run(['bash', 'launch/digits_cascade.sh', '--dry-run', '--', '--config.data.dir=/w'])
+  assert not any('--data_root' in l for l in own)  # an explicit world replaces the shared one
+  assert all('--config.data.dir=/w' in l for l in own[:4])
 
 
 def test_digits_cascade_refuses_bad_arguments_and_an_existing_cascade(tmp_path):

@@ -3,6 +3,7 @@
 import dataclasses
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -87,6 +88,8 @@ def test_sample_cli_writes_what_the_library_samples(exported, tmp_path):
   ]
   res = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
   assert res.returncode == 0, res.stderr[-3000:]
+  # Only the command's own lines: no absl/orbax/jax INFO logs unless --verbosity asks.
+  assert not re.search(r'^I\d{4} |INFO|Unable to initialize backend', res.stderr, re.M), res.stderr
 
   pipe = export.load_cascade(path)
   want = pipe(

@@ -381,3 +381,27 @@ def test_save_and_load_random_params(tmp_path):
   got_config, got = checkpoints.load_t5(str(tmp_path / 't5'))
   assert got_config == config
   jax.tree.map(np.testing.assert_array_equal, params, got)
+
+
+def test_encode_text_computes_in_the_weights_dtype_by_default(tmp_path):
+  """convert_t5 records bfloat16 activations by default, over float32 weights; encode_text
+  still computes in float32 unless told otherwise, so its embeddings are transformers'
+  up to the cache's own bfloat16 rounding (bfloat16 compute is several steps off)."""
+  model, hf = hf_model('a'), str(tmp_path / 'hf')
+  model.save_pretrained(hf)
+  t5, vocab = tmp_path / 't5', str(tmp_path / 'sp.model')
+  sp_model = Tokenizer(train_sentencepiece(CAPTIONS * 4, vocab, vocab_size=64))
+  proc = run_module('convert_t5', f'--source={hf}', f'--output={t5}', f'--vocab={vocab}')
+  assert proc.returncode == 0, proc.stderr
+  assert checkpoints.read_config(str(t5))[0].dtype == 'bfloat16'  # the recorded default
+  (tmp_path / 'captions.txt').write_text('\n'.join(CAPTIONS) + '\n')
+  args = [f'--t5={t5}', f'--captions={tmp_path / "captions.txt"}', '--max_length=40']
+  args += ['--print_npy=' + str(tmp_path / 'first.npy'), f'--print_count={len(CAPTIONS)}']
+  proc = run_module('encode_text', *args, f'--output={tmp_path / "cache"}', '--noprogress')
+  assert proc.returncode == 0, proc.stderr
+  got = np.load(tmp_path / 'first.npy')
+  t = sp_model(CAPTIONS, max_length=40)
+  want = reference(model, t.ids, t.mask)
+  rounded = np.asarray(jnp.asarray(want, jnp.bfloat16).astype(jnp.float32))
+  ulp = np.abs(want) * 2.0**-7 + 1e-6  # one bfloat16 step (8 significant bits)
+  assert np.all(np.abs(got - rounded)[t.mask] <= ulp[t.mask]), np.abs(got - want).max()

@@ -30,3 +30,14 @@ def check_writable_parent(flag: str, path: str) -> None:
       pass
   except OSError as e:
     raise Refusal(f'--{flag}={path}: cannot write in {parent} ({e.strerror})') from None
+
+
+def quiet_logs() -> None:
+  """Library logs (absl, orbax, jax: INFO lines such as "Unable to initialize backend
+  'tpu'") stay out of a command's output unless --verbosity asks for them: warnings and
+  errors still show. Call at the start of main(), before jax is imported."""
+  from absl import flags, logging
+
+  if not flags.FLAGS['verbosity'].present:
+    logging.set_verbosity(logging.WARNING)
+  os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')  # XLA's C++ INFO lines

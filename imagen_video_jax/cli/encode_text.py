@@ -7,6 +7,12 @@ r"""Precomputes T5 embeddings of captions into an ArrayRecord cache for training
 are sharded over the local devices. The output directory holds ArrayRecord shards of
 (caption, token ids, bfloat16 embeddings, mask) and metadata.json; the data pipeline
 reads it with `imagen_video_jax.text.cache.CacheReader`.
+
+The encoder computes in the dtype of its stored weights unless --compute_dtype says
+otherwise: float32 weights (convert_t5's default) run in float32, bfloat16 weights in
+bfloat16. The dtype recorded in the converted config (convert_t5 --compute_dtype) is
+not the default here: bfloat16 activations move a random T5's embeddings by several
+bfloat16 steps, far more than the cache's own bfloat16 rounding.
 """
 
 import os
@@ -27,7 +33,10 @@ _BATCH_SIZE = flags.DEFINE_integer(
 )
 _SHARD_SIZE = flags.DEFINE_integer('shard_size', 4096, 'Records per ArrayRecord shard.')
 _COMPUTE_DTYPE = flags.DEFINE_enum(
-  'compute_dtype', None, ['float32', 'bfloat16'], 'Activation dtype (default: as converted).'
+  'compute_dtype',
+  None,
+  ['float32', 'bfloat16'],
+  "Activation dtype (default: the stored weights' dtype, float32 for float32 weights).",
 )
 _SHARD_PARAMS = flags.DEFINE_bool(
   'shard_params', True, 'Shard T5 parameters over the devices (FSDP).'
@@ -35,6 +44,15 @@ _SHARD_PARAMS = flags.DEFINE_bool(
 _PRINT_NPY = flags.DEFINE_string('print_npy', None, 'Also save the first embeddings here (.npy).')
 _PRINT_COUNT = flags.DEFINE_integer('print_count', 8, 'How many captions --print_npy saves.')
 _PROGRESS = flags.DEFINE_bool('progress', True, 'Show a progress bar.')
+
+
+def weights_dtype(t5_dir: str) -> str:
+  """The dtype a converted encoder's parameters are stored in ('float32' if unrecorded)."""
+  from imagen_video_jax.text import checkpoints
+
+  _, meta = checkpoints.read_config(t5_dir)
+  dtype = str(meta.get('param_dtype', 'float32'))
+  return dtype if dtype in ('float32', 'bfloat16') else 'float32'
 
 
 def main(argv):
@@ -58,7 +76,7 @@ def main(argv):
       tokenizer=_TOKENIZER.value,
       max_length=_MAX_LENGTH.value,
       shard_params=_SHARD_PARAMS.value,
-      compute_dtype=_COMPUTE_DTYPE.value,
+      compute_dtype=_COMPUTE_DTYPE.value or weights_dtype(_T5.value),
     )
   except (OSError, ValueError, checkpoints.CheckpointError) as e:
     raise SystemExit(f'encode_text: {e}') from None

@@ -90,6 +90,9 @@ _PROGRESS = flags.DEFINE_bool('progress', True, 'Progress bars.')
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  from imagen_video_jax.cli import _checks
+
+  _checks.quiet_logs()  # library INFO logs only with --verbosity
   import dataclasses
   import os
   from imagen_video_jax.data import digits

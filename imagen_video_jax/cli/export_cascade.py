@@ -8,6 +8,11 @@ workdir of `python -m imagen_video_jax.train`, read at its latest checkpoint. Ru
 on cached T5 embeddings (`text.source='cache'`, the paper configs' default) also need
 `--t5=DIR`: the converted T5 that `encode_text` made the cache with (it is checked
 against the cache and shipped as the cascade's text encoder).
+
+The cascade records the words of its training captions when they come from a closed set
+(Moving Digits runs: the world's grammar), and sampling reports prompts with other words.
+--vocabulary=FILE records the words of FILE (captions or words, split on whitespace)
+instead.
 """
 
 import os
@@ -25,6 +30,26 @@ _T5 = flags.DEFINE_string(
   'the converted T5 that made the cache, shipped as the text encoder.',
 )
 
+_VOCABULARY = flags.DEFINE_string(
+  'vocabulary',
+  None,
+  'A UTF-8 text file of the training captions (or their words): every word in it is '
+  'recorded as what the cascade knows (default: the Moving Digits words for digits runs).',
+)
+
+
+def read_vocabulary(path: str) -> list[str]:
+  from imagen_video_jax.export import caption_words
+
+  try:
+    with open(path, encoding='utf-8') as f:
+      words = caption_words(f.read().splitlines())
+  except (OSError, UnicodeDecodeError) as e:
+    raise checks.Refusal(f'--vocabulary={path}: cannot read it as UTF-8 text ({e})') from None
+  if not words:
+    raise checks.Refusal(f'--vocabulary={path} holds no words')
+  return words
+
 
 def main(argv):
   if len(argv) > 1:
@@ -37,10 +62,13 @@ def main(argv):
   checks.check_writable_parent('output', os.path.join(_OUTPUT.value, 'cascade.json'))
   if not flags.FLAGS['verbosity'].present:
     logging.set_verbosity(logging.WARNING)  # keep orbax's INFO chatter out
+  vocabulary = read_vocabulary(_VOCABULARY.value) if _VOCABULARY.value else None
   from imagen_video_jax import export
 
   try:
-    path = export.export_training_runs(_RUN.value, _OUTPUT.value, t5_dir=_T5.value)
+    path = export.export_training_runs(
+      _RUN.value, _OUTPUT.value, t5_dir=_T5.value, vocabulary=vocabulary
+    )
     pipe = export.load_cascade(path)  # proves the export loads
   except (export.ExportError, ValueError, FileNotFoundError) as e:
     raise checks.Refusal(str(e)) from None

@@ -36,6 +36,9 @@ EXIT_NOTHING_USABLE = 2
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  from imagen_video_jax.cli import _checks
+
+  _checks.quiet_logs()  # library INFO logs only with --verbosity
   try:
     width, height = importer.parse_size(_SIZE.value)
     config = importer.ImportConfig(

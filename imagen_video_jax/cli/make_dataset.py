@@ -47,6 +47,9 @@ flags.mark_flag_as_required('output')
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  from imagen_video_jax.cli import _checks
+
+  _checks.quiet_logs()  # library INFO logs only with --verbosity
   try:
     held_out = (
       digits.DEFAULT_HELD_OUT if _HELD_OUT.value is None else digits.parse_held_out(_HELD_OUT.value)

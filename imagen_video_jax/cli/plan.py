@@ -51,6 +51,9 @@ _JSON = flags.DEFINE_bool('json', False, 'Also print each plan as one line: JSON
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  from imagen_video_jax.cli import _checks
+
+  _checks.quiet_logs()  # library INFO logs only with --verbosity
   if _CONFIG.value is None:
     raise app.UsageError('--config is required.')
   device_bytes = _DEVICE_MEMORY_GB.value * 1e9

@@ -7,6 +7,12 @@ r"""Sample videos from a prompt with an exported cascade.
 --config=FILE samples the cascade that config file ships (its CASCADE or CASCADE_DIR);
 --checkpoints=DIR a cascade of your own (`export_cascade` writes one). Writes OUTPUT (.mp4), and beside it the same stem as .gif and .png (contact sheet);
 with --num_samples > 1, stem_0.mp4, stem_1.mp4, ...
+
+A prompt with words the cascade was never trained on (the words its cascade.json
+records, e.g. the Moving Digits grammar; for an open vocabulary, a prompt whose words
+the tokenizer mostly does not know) is sampled with a warning naming them; --strict
+refuses it instead (exit 1, nothing written). Only this command's own lines are
+printed; --verbosity=0 (absl) shows the libraries' INFO logs too.
 """
 
 import os
@@ -42,6 +48,12 @@ _SCALE = flags.DEFINE_integer(
   'scale', 4, f'Enlarge the written files by this integer factor (1 to {MAX_SCALE}).'
 )
 _PROGRESS = flags.DEFINE_bool('progress', True, 'Progress bars.')
+_STRICT = flags.DEFINE_bool(
+  'strict',
+  False,
+  'Refuse prompts with words the cascade was never trained on (exit 1, nothing '
+  'written) instead of warning.',
+)
 
 
 def cascade_dir_from_config(path: str) -> str:
@@ -118,11 +130,13 @@ def check_flags() -> dict:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  checks.quiet_logs()
   overrides = check_flags()
   import dataclasses
   import time
+  import warnings
   from imagen_video_jax import export
-  from imagen_video_jax.cascade import NonFiniteSampleError
+  from imagen_video_jax.cascade import NonFiniteSampleError, UnknownPromptWarning
 
   if _CONFIG.value and _CHECKPOINTS.value:
     raise app.UsageError('give --config (a shipped cascade) or --checkpoints, not both')
@@ -144,16 +158,24 @@ def main(argv):
     per_stage = {s.name: dataclasses.replace(s.sampler, **overrides) for s in pipe.stages}
   except ValueError as e:
     raise checks.Refusal(str(e)) from None
+  negative = [_NEGATIVE_PROMPT.value] if _NEGATIVE_PROMPT.value else []
+  problem = pipe.check_prompts(_PROMPT.value + negative)
+  if problem and _STRICT.value:
+    raise checks.Refusal(f'{problem}. Nothing was written (--strict).')
+  if problem:
+    print(f'warning: {problem}', file=sys.stderr)
   start = time.time()
   try:
-    out = pipe(
-      _PROMPT.value,
-      negative_prompt=_NEGATIVE_PROMPT.value,
-      num_samples=_NUM_SAMPLES.value,
-      seed=_SEED.value,
-      samplers_by_stage=per_stage,
-      progress=_PROGRESS.value,
-    )
+    with warnings.catch_warnings():  # reported above, in one line
+      warnings.simplefilter('ignore', UnknownPromptWarning)
+      out = pipe(
+        _PROMPT.value,
+        negative_prompt=_NEGATIVE_PROMPT.value,
+        num_samples=_NUM_SAMPLES.value,
+        seed=_SEED.value,
+        samplers_by_stage=per_stage,
+        progress=_PROGRESS.value,
+      )
   except NonFiniteSampleError as e:
     raise checks.Refusal(f'{e}; nothing was written') from None
   paths = out.save(_OUTPUT.value[: -len('.mp4')], scale=_SCALE.value)

@@ -4,7 +4,10 @@ r"""Trains one stage of a cascade; re-running the same command resumes it.
   python -m imagen_video_jax.train --config=configs/digits.py:stage=base,tiny=True \
       --workdir=/tmp/tiny --config.num_steps=20 --config.log_every=5
 
---config.x=y overrides any field. SIGTERM (or a multi-host preemption notice) saves at
+The Moving Digits world (configs/digits.py) is made inside the workdir
+(<workdir>/data/digits-...) unless --config.data.dir=DIR names it, or --data_root=DIR
+names the folder it goes in (DIR/digits-...): the stages of one cascade share one world
+by passing the same --data_root. --config.x=y overrides any field. SIGTERM (or a multi-host preemption notice) saves at
 the next step boundary and exits 0. A workdir holding a run with a different config,
 a bad config value or too many non-finite steps in a row exit 1 with one line saying why.
 TensorBoard: `tensorboard --logdir=<workdir>/tensorboard`.
@@ -27,12 +30,35 @@ _DATA_ONLY = flags.DEFINE_bool(
   'Only make the Moving Digits world and its vocabulary '
   '(what the stages of one cascade share), then exit.',
 )
+_DATA_ROOT = flags.DEFINE_string(
+  'data_root',
+  None,
+  'Moving Digits runs: make (or reuse) the world in DATA_ROOT/digits-<settings> instead '
+  'of <workdir>/data/; give several stages the same DATA_ROOT to share one world.',
+)
 _DISTRIBUTED = flags.DEFINE_bool(
   'distributed',
   False,
   'Join a multi-host job first (TPU pods, SLURM, or '
   'IVJ_COORDINATOR/IVJ_NUM_PROCESSES/IVJ_PROCESS_ID; see parallel.py).',
 )
+
+
+def set_data_root(config, root: str) -> None:
+  """config.data.dir = ROOT/<world name> (refused with one line unless a digits run
+  without its own data.dir)."""
+  from imagen_video_jax.cli import _checks as checks
+  from imagen_video_jax.data import prepare
+
+  if config.data.world != 'digits':
+    raise checks.Refusal(
+      f'--data_root is for Moving Digits runs; this config reads data.dir={config.data.dir!r}'
+    )
+  if config.data.dir:
+    raise checks.Refusal(
+      f'give --data_root or --config.data.dir, not both (data.dir={config.data.dir!r})'
+    )
+  config.data.dir = os.path.join(os.path.abspath(root), prepare.digits_world_name(config.data))
 
 
 def main(argv):
@@ -42,6 +68,8 @@ def main(argv):
     raise app.UsageError('--config and --workdir are required.')
   if not flags.FLAGS['verbosity'].present:
     logging.set_verbosity(logging.WARNING)  # keep orbax/grain INFO chatter out
+  if _DATA_ROOT.value:
+    set_data_root(_CONFIG.value, _DATA_ROOT.value)
   if _DISTRIBUTED.value:
     from imagen_video_jax import parallel
 

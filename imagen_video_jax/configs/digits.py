@@ -10,7 +10,8 @@ r"""The embedded Moving Digits cascade: base 8x16x16 -> TSR x2 16x16x16 -> SSR x
 
 `get_config('stage=base|tsr|ssr[,tiny=True]')`. The job writes the Moving Digits world
 (ArrayRecord shards) and its SentencePiece vocabulary on first run into `data.dir`
-(default: `<workdir>/../data/digits-...`, shared by the three stages of one cascade).
+(default: `<workdir>/data/digits-...`; the three stages of one cascade share one world with
+`train --data_root=DIR` or the same `--config.data.dir`).
 Text goes through a tiny T5 v1.1 encoder with random frozen weights (numpy-seeded, so
 identical everywhere); the U-Nets learn to read it through cross-attention.
 Re-running the same command resumes from the last checkpoint in --workdir.

@@ -2,9 +2,11 @@
 
 A digits run (`config.data.world == 'digits'`) trains on shards of the Moving Digits
 world (`data.digits`) and tokenizes captions with a SentencePiece model trained on
-the world's caption set. Both are made once, into a directory the three stages of a
-cascade share (`<workdir>/../data/digits-...` unless `data.dir` names one), and
-reused by every later run with the same world settings.
+the world's caption set. Both are made once, inside the job's workdir
+(`<workdir>/data/digits-...`) unless `data.dir` names a directory, and reused when the
+job resumes. The stages of one cascade share one world by naming the same `data.dir`
+(or `train --data_root=DIR`, which names `DIR/digits-...`). A workdir whose run began
+when the default was `<workdir>/../data/digits-...` keeps reading the world there.
 """
 
 from __future__ import annotations
@@ -34,17 +36,37 @@ def digits_captions() -> list[str]:
   return out
 
 
+def digits_world_name(data: Mapping[str, Any]) -> str:
+  """The folder name of a world's settings, e.g. 'digits-20000v-20000i-16x32-seed0'."""
+  return (
+    f'digits-{data["num_videos"]}v-{data["num_images"]}i-{data["clip_frames"]}x'
+    f'{data["clip_size"]}-seed{data["seed"]}'
+  )
+
+
+def _holds_run(workdir: str) -> bool:
+  ckpts = os.path.join(workdir, 'checkpoints')
+  return os.path.isdir(ckpts) and bool(os.listdir(ckpts))
+
+
 def digits_data_dir(data: Mapping[str, Any], workdir: str) -> str:
-  """Where a digits run's shards and spiece.model live (shared by a cascade's stages).
+  """Where a digits run's shards and spiece.model live: `data.dir` if set, else
+  `<workdir>/data/<world name>`, inside the job's workdir.
+
+  A workdir that already holds checkpoints but no world of its own, beside a world at
+  `<workdir>/../data/<world name>` (the default before the world moved inside the
+  workdir), keeps that one: older runs resume and export as they were.
 
   data: the config's `data` section (a ConfigDict or the dict a checkpoint saved).
   """
-  return data['dir'] or os.path.join(
-    os.path.dirname(os.path.abspath(workdir)),
-    'data',
-    f'digits-{data["num_videos"]}v-{data["num_images"]}i-{data["clip_frames"]}x'
-    f'{data["clip_size"]}-seed{data["seed"]}',
-  )
+  if data['dir']:
+    return data['dir']
+  workdir = os.path.abspath(workdir)
+  inside = os.path.join(workdir, 'data', digits_world_name(data))
+  legacy = os.path.join(os.path.dirname(workdir), 'data', digits_world_name(data))
+  if not _has_world(inside) and _has_world(legacy) and _holds_run(workdir):
+    return legacy
+  return inside
 
 
 def _has_world(d: str) -> bool:

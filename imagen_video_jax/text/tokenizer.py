@@ -77,6 +77,22 @@ class Tokenizer:
     """Pieces of one prompt plus EOS, untruncated."""
     return list(self._sp.EncodeAsIds(prompt)) + [self.eos_id]
 
+  def unknown_words(self, prompt: str) -> list[str]:
+    """The words (split on whitespace) of `prompt` the vocabulary does not hold: a word
+    that encodes with the unknown piece, or one of two or more characters that it can
+    only spell out, in pieces of fewer than two characters on average (the word-start
+    marker not counted): a word of the vocabulary is one piece or a few long ones.
+    """
+    out = []
+    for word in prompt.split():
+      ids = self._sp.EncodeAsIds(word)
+      pieces = [p.replace('\u2581', '') for p in self._sp.EncodeAsPieces(word)]
+      pieces = [p for p in pieces if p]
+      spelled = len(word) > 1 and len(word) < 2 * len(pieces)
+      if spelled or (self.unk_id >= 0 and self.unk_id in ids):
+        out.append(word)
+    return out
+
   def decode(self, ids: Sequence[int]) -> str:
     """Text of `ids`, stopping at the first EOS and skipping padding."""
     out = []
