@@ -4,12 +4,13 @@ r"""What a second cascade call costs when the user changes steps, num_samples, g
         [--num_samples=3 --other_num_samples=4] [--save=out.npz] [--compare_to=before.npz]
 
 Samples the shipped Moving Digits cascade (checkpoints/digits), two prompts, in one
-process: a first call (compiles), the same shapes with another seed, then other steps,
-other num_samples (in the same power-of-two batch bucket), other (oscillating) guidance,
-the ancestral sampler (another program) and num_samples=1 (another bucket), and prints
-one JSON line per call with its wall time and its ratio to the same-shape call. `--save` writes every stage's
-float output of every call (before the uint8 conversion); `--compare_to` checks them bit
-for bit against a file an earlier version of the code saved.
+process: a first call (compiles), the same shapes with another seed, then other steps
+(twice), other num_samples (in the same power-of-two batch bucket), other (oscillating)
+guidance, the ancestral sampler (another program) and num_samples=1 (another bucket),
+and prints one JSON line per call with its wall time and its ratio to the same-shape
+call. `--save` writes every stage's float output of every call (before the uint8
+conversion); `--compare_to` checks them bit for bit against a file an earlier version
+of the code saved.
 """
 
 import argparse
@@ -56,6 +57,8 @@ def main():
     ('first call', dict(num_samples=n, seed=0, samplers_by_stage=samplers(steps=s))),
     ('same shape, other seed', dict(num_samples=n, seed=1, samplers_by_stage=samplers(steps=s))),
     ('other steps', dict(num_samples=n, seed=0, samplers_by_stage=samplers(steps=s2))),
+    # The same again: what those steps cost without compiling, in either version.
+    ('other steps, again', dict(num_samples=n, seed=1, samplers_by_stage=samplers(steps=s2))),
     ('other num_samples', dict(num_samples=n2, seed=0, samplers_by_stage=samplers(steps=s))),
     (
       'other guidance (oscillating)',
