@@ -3,9 +3,11 @@
 Each stage is sampled by `sampling.sample_stage` (the function training's sample
 videos use too): a super-resolution stage conditioned on the stage below exactly as
 in training, noised at its fixed `sample_cond_t`. Every stage samples in one jitted
-loop with cond and uncond in one batched forward; compiled samplers are cached per
-stage and sampler config, so a second prompt of the same batch size runs without
-recompiling.
+loop with cond and uncond in one batched forward. What users change often does not
+recompile: the compiled samplers are cached per stage and sampler kind and clipping,
+and take the step count, guidance and key as values; the batch (prompts x num_samples)
+is padded to a power of two (`batch_bucket`) and the padded rows dropped, so a few
+compiled shapes serve every batch size.
 """
 
 from __future__ import annotations
@@ -157,15 +159,18 @@ class CascadePipeline:
     )
 
   def _sampler(self, index: int, cfg: SamplerConfig) -> Callable:
-    key = (index, cfg)
+    """run(params, emb, mask, neg_emb, neg_mask, low, key, batch, cfg.traced()), jitted."""
+    key = (index, cfg.static())  # steps and guidance are run's argument, not its program
     if key not in self._compiled:
-      self._compiled[key] = jax.jit(self._make_sampler(self.stages[index], cfg), static_argnums=7)
+      self._compiled[key] = jax.jit(
+        self._make_sampler(self.stages[index], cfg.static()), static_argnums=7
+      )
     return self._compiled[key]
 
   def _make_sampler(self, stage: Stage, cfg: SamplerConfig) -> Callable:
     on_step = lambda i: self._on_step(i)  # stable identity: the jit cache is reused
 
-    def run(params, emb, mask, neg_emb, neg_mask, low, key, b):
+    def run(params, emb, mask, neg_emb, neg_mask, low, key, b, traced):
       return sample_stage(
         stage,
         params,
@@ -178,6 +183,7 @@ class CascadePipeline:
         low=low,
         sampler=cfg,
         on_step=on_step,
+        traced=traced,
       )
 
     return run
@@ -214,12 +220,16 @@ class CascadePipeline:
     if unknown:
       raise ValueError(f'no stage named {sorted(unknown)}; stages: {[s.name for s in self.stages]}')
     batch_prompts = [p for p in prompts for _ in range(num_samples)]
+    n = len(batch_prompts)
+    # Padded with copies of the last prompt; every row's noise is its own slice of one
+    # draw (threefry is partitionable), so a real row samples the same padded or not.
+    padded = batch_prompts + batch_prompts[-1:] * (batch_bucket(n) - n)
     emb = mask = neg_emb = neg_mask = None
     if self.text_encoder is not None:
-      emb, mask = (jnp.asarray(a) for a in self.text_encoder(batch_prompts))
+      emb, mask = (jnp.asarray(a) for a in self.text_encoder(padded))
       if negative_prompt is not None:
         neg_emb, neg_mask = (
-          jnp.asarray(a) for a in self.text_encoder([negative_prompt] * len(batch_prompts))
+          jnp.asarray(a) for a in self.text_encoder([negative_prompt] * len(padded))
         )
     key = jax.random.key(seed)
     video = None
@@ -237,25 +247,31 @@ class CascadePipeline:
           neg_mask,
           video,
           jax.random.fold_in(key, i),
-          len(batch_prompts),
+          len(padded),
+          cfg.traced(),
         )
         video = jax.block_until_ready(video)
       finally:
         self._on_step = lambda i: None
         bar.close()
-      if not bool(jnp.isfinite(video).all()):
+      if not bool(jnp.isfinite(video[:n]).all()):
         raise NonFiniteSampleError(
           f'stage {stage.name} sampled a video with non-finite values (NaN or inf): its '
           'weights or sampler settings are broken'
         )
       if return_intermediates:
-        intermediates[stage.name] = io.to_uint8(np.asarray(video))
+        intermediates[stage.name] = io.to_uint8(np.asarray(video[:n]))
     return CascadeOutput(
-      io.to_uint8(np.asarray(video)),
+      io.to_uint8(np.asarray(video[:n])),
       self.stages[-1].fps,
       batch_prompts,
       intermediates if return_intermediates else None,
     )
+
+
+def batch_bucket(n: int) -> int:
+  """The batch a cascade samples n videos in: the next power of two (at most 2n - 1)."""
+  return 1 << (n - 1).bit_length()
 
 
 def _progress(name: str, steps: int, enabled: bool):

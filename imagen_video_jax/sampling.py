@@ -53,6 +53,7 @@ def sample_stage(
   frame_ids: jax.Array | None = None,
   sampler: SamplerConfig | None = None,
   on_step: Callable[[Any], None] | None = None,
+  traced: samplers.Traced | None = None,
 ) -> jax.Array:
   """Samples `batch_size` clips of `stage` in [-1, 1], float32 [B, T, H, W, C]. Jit it.
 
@@ -66,6 +67,7 @@ def sample_stage(
       or `cond`: the conditioning already at this stage's size (training batches).
     frame_ids: [B, T] clip ids of packed image rows (None: every row one video).
     sampler: default `stage.sampler`.
+    traced: its steps and guidance as (traced) values, see `samplers.sample`.
   """
   spec, unet = stage.spec, stage.unet
   cfg = stage.sampler if sampler is None else sampler
@@ -106,4 +108,5 @@ def sample_stage(
     schedule=stage.diffusion.schedule,
     prediction=stage.diffusion.prediction,
     on_step=on_step,
+    traced=traced,
   )

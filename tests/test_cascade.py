@@ -150,3 +150,72 @@ def test_per_stage_sampler_overrides_and_errors(tmp_path):
     cascade.CascadePipeline([tsr], _fake_text_encoder)
   with pytest.raises(ValueError, match='pass a text_encoder'):
     cascade.CascadePipeline([base], None)
+
+
+def _spy_sample_stage(monkeypatch):
+  """Records (stage, batch) each time a cascade sampler is traced."""
+  traces, real = [], cascade.sample_stage
+
+  def spy(stage, params, key, batch_size, **kw):
+    traces.append((stage.name, batch_size))
+    return real(stage, params, key, batch_size, **kw)
+
+  monkeypatch.setattr(cascade, 'sample_stage', spy)
+  return traces
+
+
+def test_steps_guidance_seeds_and_num_samples_reuse_the_compiled_samplers(monkeypatch):
+  traces = _spy_sample_stage(monkeypatch)
+  pipe = cascade.CascadePipeline(_pipeline().stages, _fake_text_encoder)  # nothing compiled
+  prompts = ['a red 3 moving left', 'a blue 7']
+
+  def run(num_samples, seed, **changes):
+    per_stage = {s.name: dataclasses.replace(s.sampler, **changes) for s in pipe.stages}
+    kw = dict(num_samples=num_samples, seed=seed, samplers_by_stage=per_stage, progress=False)
+    return pipe(prompts, **kw).videos
+
+  first = run(2, 0)
+  assert sorted(traces) == [('base', 4), ('ssr', 4), ('tsr', 4)]
+  others = [run(2, 1), run(2, 0, steps=5), run(2, 0, guidance=6.0, guidance_low=1.0)]
+  batch3 = pipe(prompts + ['a green 1'], num_samples=1, seed=0, progress=False).videos  # 3 -> 4
+  assert len(traces) == 3, traces  # no call after the first traced a sampler again
+  assert len(pipe._compiled) == 3 and all(f._cache_size() == 1 for f in pipe._compiled.values())
+  assert batch3.shape[0] == 3
+  for other in others:
+    assert np.abs(other.astype(int) - first).max() > 0  # and each change did change the video
+  run(1, 0)  # batch 2: another bucket, compiled once more
+  assert sorted(traces[3:]) == [('base', 2), ('ssr', 2), ('tsr', 2)]
+
+
+def test_a_padded_batch_samples_each_row_as_the_unpadded_batch_does(monkeypatch):
+  assert [cascade.batch_bucket(n) for n in (1, 2, 3, 4, 5, 8, 9)] == [1, 2, 4, 4, 8, 8, 16]
+  traces = _spy_sample_stage(monkeypatch)
+  floats = []
+  to_uint8 = cascade.io.to_uint8
+  monkeypatch.setattr(cascade.io, 'to_uint8', lambda x: floats.append(np.array(x)) or to_uint8(x))
+  stages = _pipeline().stages
+  ancestral = {s.name: dataclasses.replace(s.sampler, sampler='ancestral') for s in stages}
+
+  def run():
+    floats.clear()
+    pipe = cascade.CascadePipeline(stages, _fake_text_encoder)
+    prompts = ['a red 3 moving left', 'a blue 7', 'a green 1']
+    for samplers_by_stage in (None, ancestral):  # noise of the start, and of every step
+      pipe(
+        prompts,
+        seed=4,
+        negative_prompt='zzz',
+        samplers_by_stage=samplers_by_stage,
+        progress=False,
+        return_intermediates=True,
+      )
+    return list(floats)
+
+  padded = run()
+  monkeypatch.setattr(cascade, 'batch_bucket', lambda n: n)
+  exact = run()
+  assert {b for _, b in traces} == {4, 3}  # 3 prompts ran padded to 4, then as 3
+  assert len(padded) == len(exact) == 8  # 3 stages and the output, twice
+  for got, want in zip(padded, exact):
+    assert got.shape[0] == 3
+    np.testing.assert_array_equal(got, want)

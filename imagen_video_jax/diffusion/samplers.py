@@ -6,6 +6,10 @@ the conditional and unconditional halves in a single batched forward and mixes
 them: out = w * cond + (1 - w) * uncond (w = 1 is plain conditional sampling).
 x-predictions are then clipped (static) or dynamically thresholded before the
 update, and eps is recomputed from the clipped x so the step stays consistent.
+
+The step count and guidance weights are values in the compiled loop (`Traced`), not
+constants: a sampler jitted with them as an argument serves every step count and
+guidance without recompiling. The sampler kind and the clipping shape the program.
 """
 
 from __future__ import annotations
@@ -13,10 +17,11 @@ from __future__ import annotations
 import dataclasses
 import math
 import numbers
-from typing import Callable, Literal
+from typing import Callable, Literal, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from imagen_video_jax.diffusion import objectives
 from imagen_video_jax.diffusion.schedules import CosineSchedule, alpha_sigma
@@ -74,16 +79,49 @@ class SamplerConfig:
     if not 0.0 <= self.gamma <= 1.0:
       raise ValueError(f'gamma must be in [0, 1]; got {self.gamma}')
 
+  def traced(self) -> Traced:
+    """The settings a compiled sampler takes as values (see `Traced`)."""
+    # Step i oscillates iff i < oscillate_until * steps, compared in float32 as a
+    # float32 step index against the float64 product rounded to float32.
+    osc = np.arange(self.steps, dtype=np.float32) < np.float32(self.oscillate_until * self.steps)
+    return Traced(
+      steps=np.int32(self.steps),
+      guidance=np.float32(self.guidance),
+      guidance_low=np.float32(self.guidance if self.guidance_low is None else self.guidance_low),
+      oscillating_steps=np.int32(0 if self.guidance_low is None else osc.sum()),
+    )
+
+  def static(self) -> SamplerConfig:
+    """This config with the `Traced` fields at their defaults: equal for every config
+    that one compiled sampler serves (a cache key)."""
+    return dataclasses.replace(
+      self, steps=SamplerConfig.steps, guidance=1.0, guidance_low=None, oscillate_until=1.0
+    )
+
   def guidance_weights(self) -> jax.Array:
     """[steps] guidance weight of each step (constant or oscillating)."""
-    w = jnp.full((self.steps,), self.guidance, jnp.float32)
-    if self.guidance_low is None:
-      return w
-    i = jnp.arange(self.steps)
-    osc = jnp.where(i % 2 == 0, self.guidance, self.guidance_low)
-    return jnp.where(i < self.oscillate_until * self.steps, osc, self.guidance_low).astype(
-      jnp.float32
-    )
+    return guidance_weight(self.traced(), jnp.arange(self.steps))
+
+
+class Traced(NamedTuple):
+  """The sampler settings that are traced values, not compile-time constants.
+
+  Users change them often (steps, guidance, oscillation), so a sampler jitted with
+  these as an argument runs any of them without recompiling. `SamplerConfig.traced()`
+  makes one; `guidance_low` equals `guidance` and `oscillating_steps` is 0 when the
+  guidance is constant.
+  """
+
+  steps: jax.Array  # int32 []
+  guidance: jax.Array  # float32 []: even steps while oscillating, else every step
+  guidance_low: jax.Array  # float32 []: odd steps while oscillating, then every step
+  oscillating_steps: jax.Array  # int32 []: steps i < this oscillate
+
+
+def guidance_weight(traced: Traced, i: jax.Array) -> jax.Array:
+  """The guidance weight of step(s) i."""
+  osc = jnp.where(i % 2 == 0, traced.guidance, traced.guidance_low)
+  return jnp.where(i < traced.oscillating_steps, osc, traced.guidance_low).astype(jnp.float32)
 
 
 def threshold(x: jax.Array, clip: str, percentile: float = 99.5) -> jax.Array:
@@ -123,11 +161,16 @@ def guided_denoiser(
   return fn
 
 
-def _step_logsnrs(schedule: CosineSchedule, steps: int) -> tuple[jax.Array, jax.Array]:
-  """(logsnr_t, logsnr_s) of every step: t = 1 - i/steps -> s = 1 - (i+1)/steps."""
-  ts = 1.0 - jnp.arange(steps + 1, dtype=jnp.float32) / steps
-  l = schedule.logsnr(ts)
-  return l[:-1], l[1:]
+def _logsnr_at(schedule: CosineSchedule, i: jax.Array, steps: jax.Array) -> jax.Array:
+  """logsnr at t = 1 - i/steps (i = 0 .. steps), steps traced.
+
+  The grid `1 - arange(steps + 1, float32) / steps` one point at a time. XLA computes
+  it at run time where a constant step count let it fold the grid when compiling, so
+  logsnr may differ in the last bit from a sampler compiled for one step count (the
+  samples by ~1e-6).
+  """
+  t = 1.0 - jnp.asarray(i).astype(jnp.float32) / jnp.asarray(steps).astype(jnp.float32)
+  return schedule.logsnr(t)
 
 
 def sample(
@@ -141,6 +184,7 @@ def sample(
   z_init: jax.Array | None = None,
   return_z: bool = False,
   on_step: Callable[[jax.Array], None] | None = None,
+  traced: Traced | None = None,
 ) -> jax.Array:
   """Runs the whole sampling loop (jit it, or call under jit: it is one fori_loop).
 
@@ -149,12 +193,14 @@ def sample(
   noise; ancestral also for each step's noise (fold_in(key, step)).
   `on_step(i)` is called on the host after each step (progress bars), through
   `jax.debug.callback`, so the loop stays one compiled program.
+  `traced`: the step count and guidance as values (`Traced`, e.g. arguments of the
+  jitted caller, so that changing them does not recompile); default `config.traced()`.
+  Given, it replaces config's steps, guidance, guidance_low and oscillate_until.
   """
+  traced = config.traced() if traced is None else traced
   k_init, k_steps = jax.random.split(key)
   z = jax.random.normal(k_init, shape, jnp.float32) if z_init is None else z_init
   b = shape[0]
-  l_t_all, l_s_all = _step_logsnrs(schedule, config.steps)
-  weights = config.guidance_weights()
 
   def x_eps(z, l_t, w):
     out = denoise(z, jnp.full((b,), l_t), w)
@@ -167,8 +213,8 @@ def sample(
 
   def body(i, carry):
     z, _ = carry
-    l_t, l_s = l_t_all[i], l_s_all[i]
-    x, eps = x_eps(z, l_t, weights[i])
+    l_t, l_s = _logsnr_at(schedule, i, traced.steps), _logsnr_at(schedule, i + 1, traced.steps)
+    x, eps = x_eps(z, l_t, guidance_weight(traced, i))
     a_t, s_t = alpha_sigma(l_t)
     a_s, s_s = alpha_sigma(l_s)
     if config.sampler == 'ddim':
@@ -187,5 +233,5 @@ def sample(
       jax.debug.callback(on_step, i)
     return z_s, x
 
-  z, x = jax.lax.fori_loop(0, config.steps, body, (z, jnp.zeros(shape, jnp.float32)))
+  z, x = jax.lax.fori_loop(0, traced.steps, body, (z, jnp.zeros(shape, jnp.float32)))
   return z if return_z else x
