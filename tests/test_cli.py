@@ -155,3 +155,46 @@ def test_config_files_load_by_path_from_any_directory(tmp_path):
   assert (
     "configs/imagen_video.py: unknown argument 'tiny'; use stage=base|tsr1|ssr1|ssr2|tsr2|tsr3|ssr3"
   ) in bad_key.stderr
+
+
+# absl's own flags, which every program accepts.
+_ABSL_FLAGS = {'help', 'helpfull', 'helpshort', 'verbosity', 'v', 'logtostderr', 'flagfile'}
+
+
+def _documented_flags():
+  """{tool: {flag: 'file: command'}} for every `python -m imagen_video_jax.<tool> ...` written
+  in the docs (continuation lines joined; `--config.x` overrides left to the configs)."""
+  found = {}
+  files = [
+    p
+    for d in DOCS
+    for p in ([ROOT / d] if (ROOT / d).is_file() else (ROOT / d).rglob('*'))
+    if p.is_file()
+  ]
+  for p in files:
+    text = p.read_text(errors='replace').replace('\\\\\n', ' ').replace('\\\n', ' ')
+    text = text.replace('\\\\n', '\n').replace('\\n', '\n')  # notebook JSON strings
+    for tool, rest in re.findall(r'-m[\'",\s]+imagen_video_jax\.(\w+)([^\n]*)', text):
+      rest = rest.split(' #', 1)[0].split('`', 1)[0]  # a comment or the end of inline code
+      for flag in re.findall(r'(?<![\w-])--([a-z][a-z0-9_]*)(?![\w.])', rest):
+        found.setdefault(tool, {})[flag] = f'{p.relative_to(ROOT)}: {rest.strip()[:120]}'
+  return found
+
+
+def test_every_flag_the_docs_use_exists():
+  """A documented command with a flag its program does not define would fail when a reader
+  runs it; every flag written after `python -m imagen_video_jax.<tool>` must be one of its
+  flags (`--helpfull`: its own and the modules' it uses) or absl's."""
+  documented = {t: f for t, f in _documented_flags().items() if t != 'cli'}
+  assert sum(len(f) for f in documented.values()) > 30  # the parser finds the commands
+  tools = sorted(documented)
+  results = _run_all([['-m', f'imagen_video_jax.{t}', '--helpfull'] for t in tools])
+  for tool, res in zip(tools, results):
+    known = set(re.findall(r'^\s+--(?:\[no\])?(\w+):', res.stdout, re.M)) | _ABSL_FLAGS
+    assert len(known) > len(_ABSL_FLAGS), (tool, res.stdout[-2000:], res.stderr[-2000:])
+    unknown = {
+      f: where
+      for f, where in documented[tool].items()
+      if f not in known and not (f.startswith('no') and f[2:] in known)
+    }
+    assert not unknown, (tool, unknown)
