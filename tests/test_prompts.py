@@ -8,15 +8,11 @@ import warnings
 import pytest
 from cli_util import run_module
 from test_cascade import _pipeline
-from test_sample_cli import CAPTIONS
+from test_sample_cli import export_test_cascade
 
 from imagen_video_jax import export
 from imagen_video_jax.cascade import UnknownPromptError, UnknownPromptWarning
 from imagen_video_jax.data import digits, prepare
-from imagen_video_jax.models.t5 import T5Config
-from imagen_video_jax.models.t5 import init_params as t5_init
-from imagen_video_jax.text import checkpoints as t5_checkpoints
-from imagen_video_jax.text.tokenizer import train_sentencepiece
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BAD = 'a purple cat dancing'
@@ -25,17 +21,12 @@ BAD = 'a purple cat dancing'
 @pytest.fixture(scope='module')
 def cascades(tmp_path_factory):
   """The test cascade exported twice with a tiny T5: with the digits words, and without."""
-  root = tmp_path_factory.mktemp('prompts')
-  stages = _pipeline().stages
-  vocab = train_sentencepiece(CAPTIONS, str(root / 'sp.model'), vocab_size=64)
-  t5 = T5Config(vocab_size=64, d_model=8, num_layers=1, num_heads=2, d_kv=4, d_ff=16)
   words = export.caption_words(prepare.digits_captions())
-  out = {}
-  for name, vocabulary in (('closed', words), ('open', None)):
-    t5_checkpoints.save_t5(str(root / name / 'text'), t5, t5_init(t5, 0), vocab=vocab)
-    export.save_cascade(str(root / name), stages, max_length=8, vocabulary=vocabulary)
-    out[name] = str(root / name)
-  return out
+  names = ('closed', 'open')
+  paths = export_test_cascade(
+    tmp_path_factory.mktemp('prompts'), _pipeline().stages, names, (words, None)
+  )
+  return dict(zip(names, paths))
 
 
 class Sampled(Exception):

@@ -30,16 +30,23 @@ CAPTIONS = [
 ]
 
 
+def export_test_cascade(root, stages, names=('digits',), vocabularies=(None,)) -> list[str]:
+  """The test cascade exported under root/<name> for each name, with a tiny real T5
+  (d_model 8, one SentencePiece vocabulary of CAPTIONS) and the given caption vocabulary."""
+  vocab = train_sentencepiece(CAPTIONS, str(root / 'sp.model'), vocab_size=64)
+  t5 = T5Config(vocab_size=64, d_model=8, num_layers=1, num_heads=2, d_kv=4, d_ff=16)
+  for name, vocabulary in zip(names, vocabularies):
+    t5_checkpoints.save_t5(str(root / name / 'text'), t5, t5_init(t5, 0), vocab=vocab)
+    export.save_cascade(str(root / name), stages, max_length=8, vocabulary=vocabulary)
+  return [str(root / name) for name in names]
+
+
 @pytest.fixture(scope='module')
 def exported(tmp_path_factory):
   """The test cascade (text width 8) exported with a tiny real T5 (d_model 8)."""
-  root = tmp_path_factory.mktemp('cascade')
   stages = _pipeline().stages
-  vocab = train_sentencepiece(CAPTIONS, str(root / 'sp.model'), vocab_size=64)
-  t5 = T5Config(vocab_size=64, d_model=8, num_layers=1, num_heads=2, d_kv=4, d_ff=16)
-  t5_checkpoints.save_t5(str(root / 'digits' / 'text'), t5, t5_init(t5, 0), vocab=vocab)
-  export.save_cascade(str(root / 'digits'), stages, max_length=8)
-  return str(root / 'digits'), stages
+  (path,) = export_test_cascade(tmp_path_factory.mktemp('cascade'), stages)
+  return path, stages
 
 
 def test_export_round_trips_params_and_configs(exported):
