@@ -75,6 +75,21 @@ def steps_in_metrics(workdir):
   return [json.loads(line)['step'] for line in lines]
 
 
+def test_sha256_file_is_the_digest_of_the_whole_file(tmp_path):
+  import hashlib
+
+  from imagen_video_jax.digests import sha256_file
+
+  data = np.random.default_rng(0).bytes((1 << 20) * 2 + 3)  # across the 1 MiB blocks
+  path = tmp_path / 'f'
+  path.write_bytes(data)
+  assert sha256_file(str(path)) == hashlib.sha256(data).hexdigest()
+  path.write_bytes(data[:-1] + bytes([data[-1] ^ 1]))  # the last byte of the last block
+  assert sha256_file(str(path)) != hashlib.sha256(data).hexdigest()
+  path.write_bytes(b'')
+  assert sha256_file(str(path)) == hashlib.sha256(b'').hexdigest()
+
+
 def test_saved_checkpoints_carry_a_record_of_their_files(ref):
   workdir, _ = ref
   ckpt = checkpointing.Checkpointer(workdir)

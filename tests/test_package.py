@@ -132,6 +132,47 @@ def test_in_a_checkout_the_shipped_weights_are_its_checkpoints(monkeypatch):
   assert ivj.load_judge().report == ivj.pretrained('judge').report
 
 
+def test_pretrained_loads_each_shipped_model_from_where_it_is_found(monkeypatch):
+  from imagen_video_jax import export, pretrained_loader, shipped
+  from imagen_video_jax.evaluation import judge
+
+  monkeypatch.delenv('IMAGEN_VIDEO_JAX_HOME', raising=False)
+  pipe = pretrained_loader.pretrained('digits')
+  want = export.load_cascade(shipped.pretrained_dir('digits'))
+  assert [s.name for s in pipe.stages] == ['base', 'tsr', 'ssr']
+  for a, b in zip(pipe.stages, want.stages):
+    assert a.spec == b.spec and a.unet == b.unet
+    assert all(np.array_equal(x, y) for x, y in zip(_leaves(a.params), _leaves(b.params)))
+  assert isinstance(pretrained_loader.pretrained('judge'), judge.Judge)
+  with pytest.raises(ValueError, match='use one of digits, judge'):
+    pretrained_loader.pretrained('mnist')
+
+
+def _leaves(tree):
+  import jax
+
+  return [np.asarray(x) for x in jax.tree.leaves(tree)]
+
+
+def test_require_imports_or_names_the_extra(tmp_path, monkeypatch):
+  from imagen_video_jax import _optional
+
+  assert _optional.require('json', 'tfds', 'x') is __import__('json')
+  with pytest.raises(_optional.MissingDependencyError) as e:
+    _optional.require('no_such_module_ivj', 'tfds', 'The TFDS builder')
+  assert str(e.value) == (
+    'The TFDS builder needs no_such_module_ivj, which is not installed: '
+    "pip install 'imagen_video_jax[tfds]'"
+  )
+  # Installed, but broken by a missing module of its own: that error, unchanged.
+  (tmp_path / 'half_installed_ivj.py').write_text('import no_such_dependency_ivj\n')
+  monkeypatch.syspath_prepend(str(tmp_path))
+  with pytest.raises(ModuleNotFoundError) as e:
+    _optional.require('half_installed_ivj', 'tfds', 'x')
+  assert not isinstance(e.value, _optional.MissingDependencyError)
+  assert e.value.name == 'no_such_dependency_ivj'
+
+
 def test_a_missing_optional_dependency_names_its_extra(tmp_path):
   # tensorflow_datasets made unimportable, as when the [tfds] extra is not installed
   code = (
