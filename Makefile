@@ -9,7 +9,8 @@ PY := $(VENV)/bin/python
 FIND_LINKS := $(if $(wildcard /opt/wheels),--find-links /opt/wheels,)
 PIP := $(PY) -m pip install -q --disable-pip-version-check $(FIND_LINKS)
 # Two workers: JAX compiles are single-threaded, so an idle 2-core machine runs `make test`
-# in 13.5 min (measured: 401 fast tests in 9.5 min, then 8 multi-process jobs in 3.8 min).
+# in 13.5 to 16 min (measured three times: 9.5 to 11 min for the fast tests, then 3.6 to 4.9 for
+# the 8 multi-process jobs).
 # PYTEST_FLAGS="-n 0" runs serially.
 PYTEST_FLAGS ?= -n 2
 
