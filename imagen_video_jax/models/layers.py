@@ -165,17 +165,28 @@ class FrameGroupNorm(nn.Module):
   def __call__(self, x_BTHWC: jax.Array) -> jax.Array:
     b, t, h, w, c = x_BTHWC.shape
     g = num_groups_for(c, self.max_groups)
-    x = x_BTHWC.reshape(b, t, h, w, g, c // g).astype(jnp.float32)
-    mean = x.mean(axis=(2, 3, 5), keepdims=True)
-    var = jnp.square(x - mean).mean(axis=(2, 3, 5), keepdims=True)
-    x = ((x - mean) * jax.lax.rsqrt(var + 1e-6)).reshape(b, t, h, w, c)
     scale = self.param(
       'scale', nn.with_logical_partitioning(nn.initializers.ones, ('embed',)), (c,), jnp.float32
     )
     bias = self.param(
       'bias', nn.with_logical_partitioning(nn.initializers.zeros, ('embed',)), (c,), jnp.float32
     )
-    return (x * scale + bias).astype(self.dtype)
+    x = x_BTHWC.astype(jnp.float32)
+    # Statistics as per-channel sums over H, W (a reduction over the outer axes, which
+    # vectorises along C), then summed within each group: reducing the [.., H, W, G, C/G]
+    # view over (H, W, C/G) directly made XLA's CPU backend transpose the activation and
+    # cost 28x as much, forward and backward (benchmarks/BENCHMARKS.md). Two passes (mean,
+    # then the centred square) keep the variance exact when |mean| >> std.
+    n = h * w * (c // g)
+
+    def per_group(sums_BTC):  # [B, T, C] -> [B, T, C]: each channel gets its group's mean
+      groups = sums_BTC.reshape(b, t, g, c // g).sum(-1) / n
+      return jnp.repeat(groups, c // g, axis=-1)
+
+    centred = x - per_group(x.sum(axis=(2, 3)))[:, :, None, None, :]
+    var = per_group(jnp.square(centred).sum(axis=(2, 3)))
+    gain = jax.lax.rsqrt(var + 1e-6) * scale  # [B, T, C]: one multiply-add per element
+    return (centred * gain[:, :, None, None, :] + bias).astype(self.dtype)
 
 
 class LayerNorm(nn.Module):
