@@ -12,9 +12,7 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
-from imagen_video_jax.models import layers
-
-_NEG_INF = -1e9  # large negative, finite: no NaN even if a softmax row were all masked
+from imagen_video_jax.models import attention_kernels, layers
 
 
 def attend(
@@ -24,20 +22,17 @@ def attend(
   *,
   bias: jax.Array | None = None,
   mask: jax.Array | None = None,
+  implementation: str = 'auto',
 ) -> jax.Array:
   """Scaled dot-product attention over leading batch axes.
 
   q [..., Q, N, K], k/v [..., S, N, K]; bias and mask broadcast to [..., N, Q, S].
-  Softmax runs in float32 whatever the compute dtype.
+  Softmax runs in float32 whatever the compute dtype. `implementation` picks the
+  kernel (`attention_kernels`: 'auto' chooses by backend); all compute the same values.
   """
-  scale = q.shape[-1] ** -0.5
-  logits = jnp.einsum('...qnk,...snk->...nqs', q, k).astype(jnp.float32) * scale
-  if bias is not None:
-    logits = logits + bias.astype(jnp.float32)
-  if mask is not None:
-    logits = jnp.where(mask, logits, _NEG_INF)
-  probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
-  return jnp.einsum('...nqs,...snk->...qnk', probs, v)
+  return attention_kernels.dot_product_attention(
+    q, k, v, bias=bias, mask=mask, implementation=implementation
+  )
 
 
 # Explicit kernels rather than nn.DenseGeneral: under a global mesh (jax.set_mesh) Flax
@@ -101,6 +96,7 @@ class MultiHeadAttention(nn.Module):
   out_features: int
   zero_out: bool = False
   dtype: layers.Dtype = jnp.float32
+  implementation: str = 'auto'  # attention_kernels: which kernel computes the attention
 
   def _proj(self, name: str) -> 'HeadsProjection':
     return HeadsProjection(self.num_heads, self.head_dim, dtype=self.dtype, name=name)
@@ -125,7 +121,7 @@ class MultiHeadAttention(nn.Module):
       v = jnp.concatenate([jnp.broadcast_to(ev.astype(v.dtype), shape), v], axis=-3)
       if mask is not None:
         mask = jnp.concatenate([jnp.ones(mask.shape[:-1] + (ek.shape[0],), bool), mask], axis=-1)
-    out = attend(q, k, v, bias=bias, mask=mask)
+    out = attend(q, k, v, bias=bias, mask=mask, implementation=self.implementation)
     return OutProjection(self.out_features, self.zero_out, dtype=self.dtype, name='out')(out)
 
 
@@ -138,6 +134,7 @@ class SpatialSelfAttention(nn.Module):
 
   head_dim: int = 64
   dtype: layers.Dtype = jnp.float32
+  attention: str = 'auto'  # the attention kernel (attention_kernels.IMPLEMENTATIONS)
 
   @nn.compact
   def __call__(self, x_BTHWC: jax.Array) -> jax.Array:
@@ -145,7 +142,12 @@ class SpatialSelfAttention(nn.Module):
     y = layers.FrameGroupNorm(dtype=self.dtype, name='norm')(x_BTHWC)
     y = y.reshape(b, t, h * w, c)
     y = MultiHeadAttention(
-      _heads(c, self.head_dim), self.head_dim, c, dtype=self.dtype, name='attn'
+      _heads(c, self.head_dim),
+      self.head_dim,
+      c,
+      dtype=self.dtype,
+      implementation=self.attention,
+      name='attn',
     )(y, y)
     return x_BTHWC + y.reshape(b, t, h, w, c)
 
@@ -172,6 +174,7 @@ class TextCrossAttention(nn.Module):
 
   head_dim: int = 64
   dtype: layers.Dtype = jnp.float32
+  attention: str = 'auto'  # the attention kernel (attention_kernels.IMPLEMENTATIONS)
 
   @nn.compact
   def __call__(self, x_BTHWC: jax.Array, text_BtLD: jax.Array, mask_BtL: jax.Array) -> jax.Array:
@@ -184,9 +187,9 @@ class TextCrossAttention(nn.Module):
     text = layers.LayerNorm(dtype=self.dtype, name='text_norm')(text_BtLD)
     null_k, null_v = null_key_value(self, n, self.head_dim)
     mask = mask_BtL[:, :, None, None, :]  # [B, t, heads, Q, L]
-    y = MultiHeadAttention(n, self.head_dim, c, dtype=self.dtype, name='attn')(
-      y, text, mask=mask, extra_kv=(null_k, null_v)
-    )
+    y = MultiHeadAttention(
+      n, self.head_dim, c, dtype=self.dtype, implementation=self.attention, name='attn'
+    )(y, text, mask=mask, extra_kv=(null_k, null_v))
     return x_BTHWC + y.reshape(b, t, h, w, c)
 
 
@@ -201,6 +204,7 @@ class TemporalSelfAttention(nn.Module):
   num_buckets: int = 32
   max_distance: int = 64
   dtype: layers.Dtype = jnp.float32
+  attention: str = 'auto'  # the attention kernel (attention_kernels.IMPLEMENTATIONS)
 
   @nn.compact
   def __call__(self, x_BTHWC: jax.Array, frame_ids_BT: jax.Array) -> jax.Array:
@@ -223,8 +227,14 @@ class TemporalSelfAttention(nn.Module):
     )
     bias = jnp.transpose(table[buckets], (2, 0, 1))  # [N, T, T]
     mask = layers.same_clip(frame_ids_BT)[:, None, None]  # [B, 1(HW), 1(N), T, T]
-    y = MultiHeadAttention(n, self.head_dim, c, zero_out=True, dtype=self.dtype, name='attn')(
-      y, y, bias=bias, mask=mask
-    )
+    y = MultiHeadAttention(
+      n,
+      self.head_dim,
+      c,
+      zero_out=True,
+      dtype=self.dtype,
+      implementation=self.attention,
+      name='attn',
+    )(y, y, bias=bias, mask=mask)
     y = jnp.transpose(y.reshape(b, h, w, t, c), (0, 3, 1, 2, 4))
     return x_BTHWC + y

@@ -74,6 +74,9 @@ class UNetConfig:
       leading 'layers' axis): one compiled block per level instead of one per block, so
       big models compile much faster. `scan_params`/`unscan_params` convert params
       between the two layouts; results are the same.
+    attention: the attention kernel ('auto' | 'reference' | 'chunked' | 'cudnn' | 'splash',
+      see models/attention_kernels.py). 'auto' picks by backend: the chunked kernel on a
+      one-device CPU, cuDNN on GPU, splash on TPU; all compute the same function.
   """
 
   levels: tuple[LevelConfig, ...]
@@ -90,6 +93,7 @@ class UNetConfig:
   dtype: str = 'float32'
   remat: str = 'none'
   scan_blocks: bool = False
+  attention: str = 'auto'
 
   def __post_init__(self):
     levels = tuple(l if isinstance(l, LevelConfig) else LevelConfig(**l) for l in self.levels)
@@ -111,6 +115,11 @@ class UNetConfig:
         problems.append(f'levels[{i}] has cross_attention but text_dim is None')
     if self.remat != 'none' and self.remat not in _REMAT_POLICIES:
       problems.append(f'remat {self.remat!r} is not one of {["none", *_REMAT_POLICIES]}')
+    if self.attention not in attention.attention_kernels.IMPLEMENTATIONS:
+      problems.append(
+        f'attention {self.attention!r} is not one of '
+        f'{list(attention.attention_kernels.IMPLEMENTATIONS)}'
+      )
     if self.dtype not in _DTYPES:
       problems.append(f'dtype {self.dtype!r} is not one of {sorted(_DTYPES)}')
     if self.head_dim <= 0 or self.emb_dim <= 0 or self.in_channels <= 0:
@@ -222,17 +231,20 @@ class Block(nn.Module):
     cfg, lv, dt = self.cfg, self.level, self.cfg.compute_dtype
     x = ResBlock(lv.channels, cfg.dropout, dtype=dt, name='res')(x, emb, train=self.train)
     if lv.spatial_attention:
-      x = attention.SpatialSelfAttention(cfg.head_dim, dtype=dt, name='spatial_attn')(x)
+      x = attention.SpatialSelfAttention(
+        cfg.head_dim, dtype=dt, attention=cfg.attention, name='spatial_attn'
+      )(x)
     if lv.cross_attention:
-      x = attention.TextCrossAttention(cfg.head_dim, dtype=dt, name='cross_attn')(
-        x, text, text_mask
-      )
+      x = attention.TextCrossAttention(
+        cfg.head_dim, dtype=dt, attention=cfg.attention, name='cross_attn'
+      )(x, text, text_mask)
     if lv.temporal == 'attention':
       x = attention.TemporalSelfAttention(
         cfg.head_dim,
         cfg.temporal_buckets,
         cfg.temporal_max_distance,
         dtype=dt,
+        attention=cfg.attention,
         name='temporal_attn',
       )(x, frame_ids)
     elif lv.temporal == 'conv':
