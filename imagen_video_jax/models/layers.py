@@ -113,6 +113,14 @@ class FrameConv(nn.Module):
       (self.features,),
       jnp.float32,
     )
+    if (kh, kw) == (1, 1) and tuple(self.strides) == (1, 1):
+      # A 1x1 convolution is a matmul over channels. Written as one, its kernel gradient is
+      # a matmul too: XLA's CPU backend ran the convolution's kernel gradient at ~3 GFLOP/s
+      # (the U-Net's 64->128 skip at 8x8, batch 256 frames: 30 ms forward+backward vs 10).
+      y = jnp.einsum(
+        '...c,cf->...f', x_BTHWC.astype(self.dtype), kernel[0, 0, 0].astype(self.dtype)
+      )
+      return y + bias.astype(self.dtype)
     y = jax.lax.conv_general_dilated(
       x_BTHWC.reshape(b * t, h, w, c).astype(self.dtype),
       kernel[0].astype(self.dtype),
