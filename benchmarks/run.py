@@ -114,9 +114,7 @@ def make_workload(name: str, suite: str, args) -> Workload:
 
     c = imagen_video.get_config('stage=base')
     if tiny:  # same layout and options, toy sizes
-      c.model.levels = tuple(
-        common.level(32 * m, b, True, 'attention', True) for m, b in ((1, 2),)
-      )
+      c.model.levels = tuple(common.level(32 * m, b, True, 'attention', True) for m, b in ((1, 2),))
       c.model.text_dim = c.text.d_model = 32
       c.model.emb_dim, c.model.head_dim = 32, 16
       c.text.max_length = 8
