@@ -1,17 +1,29 @@
 r"""Times our VideoUNet on the CPU, side by side with an imagen-pytorch Unet3D harness.
 
     .venv/bin/python benchmarks/unet_cpu.py --config=digits-base --iters=5 --warmup=2
+    .venv/bin/python benchmarks/unet_cpu.py --config_json='{"unet": {...}, "frames": 8,
+        "size": 16, "batch": 8}'       # any UNetConfig (UNetConfig.to_dict() form)
+    .venv/bin/python benchmarks/unet_cpu.py --config=digits-base --count_only
 
 Prints ONE JSON line: params, compile seconds, train step (forward + backward + AdamW,
 the project's diffusion_loss) and a classifier-free-guided denoiser call (cond + uncond
 as ONE forward at batch 2B, as our sampler does); median / min over --iters runs.
 The configs mirror the peer's reference runs (benchmarks/BENCHMARKS.md) in size; the
 architectures differ (see `CONFIGS`), so compare per-parameter and per-FLOP as well.
+`benchmarks/compare_peer.py` runs this with configurations matched to the peer's.
+
+Also reported: `fwd_flops_B`, XLA's cost analysis (HloCostAnalysis of the lowered,
+not yet optimised program) of ONE forward at batch B; `cfg_fwd_flops_2B`, the same of the
+compiled guided forward at 2B; peak RSS of the whole process (`ru_maxrss`, XLA's
+compiles included) after compiling, after the train-step runs and after the guided-forward
+runs; the glibc MALLOC_* variables in force. `--count_only` stops after params and
+`fwd_flops_B` (nothing is compiled or timed).
 """
 
 import argparse
 import json
 import os
+import resource
 import statistics
 import time
 
@@ -76,7 +88,30 @@ def _time(fn, warmup, iters):
     t = time.perf_counter()
     jax.block_until_ready(fn())
     ts.append(time.perf_counter() - t)
-  return {'median_s': statistics.median(ts), 'min_s': min(ts)}
+  return {
+    'median_s': statistics.median(ts),
+    'min_s': min(ts),
+    'n': iters,
+    'warmup': warmup,
+    'all_s': [round(x, 4) for x in ts],
+  }
+
+
+def _peak_rss_mb():
+  return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0, 1)
+
+
+def _load_config_json(text):
+  """--config_json: a JSON object, or @path of a file holding one.
+
+  Keys: 'unet' (UNetConfig.to_dict() form), 'frames', 'size', 'batch', optional 'label'.
+  """
+  if text.startswith('@'):
+    with open(text[1:]) as f:
+      text = f.read()
+  d = json.loads(text)
+  cfg = unet_lib.UNetConfig.from_dict(d['unet'])
+  return d.get('label', 'config_json'), (cfg, int(d['frames']), int(d['size']), int(d['batch']))
 
 
 def main():
@@ -85,8 +120,19 @@ def main():
   ap.add_argument('--warmup', type=int, default=2)
   ap.add_argument('--iters', type=int, default=5)
   ap.add_argument('--text-len', type=int, default=32)
+  ap.add_argument(
+    '--config_json',
+    default=None,
+    help='a UNetConfig and shape as JSON (or @file), instead of --config; see _load_config_json',
+  )
+  ap.add_argument(
+    '--count_only', action='store_true', help='params and fwd_flops_B only: no compile, no timing'
+  )
   args = ap.parse_args()
-  cfg, t, s, b = CONFIGS[args.config]
+  if args.config_json:
+    label, (cfg, t, s, b) = _load_config_json(args.config_json)
+  else:
+    label, (cfg, t, s, b) = args.config, CONFIGS[args.config]
   model = unet_lib.VideoUNet(cfg)
   params = nn.unbox(unet_lib.init_params(cfg, jax.random.key(0), frames=t, height=s, width=s))
   n_params = sum(p.size for p in jax.tree.leaves(params))
@@ -96,6 +142,30 @@ def main():
   mask = jnp.ones((b, args.text_len), bool) if cfg.text_dim else None
   cond = jax.random.normal(k[2], x.shape) if cfg.cond_channels else None
   cl = jnp.zeros((b,)) if cfg.cond_augment else None
+  fwd_flops_b = (
+    jax.jit(lambda p: model.apply({'params': p}, x, jnp.zeros((b,)), text, mask, None, cond, cl))
+    .lower(params)
+    .cost_analysis()
+    or {}
+  ).get('flops')
+  res = {
+    'harness': 'imagen_video_jax/benchmarks/unet_cpu.py',
+    'label': label,
+    'jax': jax.__version__,
+    'backend': jax.default_backend(),
+    'cpu_count': os.cpu_count(),
+    'frames': t,
+    'size': s,
+    'batch': b,
+    'text_len': args.text_len,
+    'params': int(n_params),
+    'fwd_flops_B': fwd_flops_b,
+    'unet': cfg.to_dict(),
+    'malloc_env': {k: v for k, v in os.environ.items() if k.startswith('MALLOC_')},
+  }
+  if args.count_only:
+    print(json.dumps(res))
+    return
   dcfg = objectives.DiffusionConfig()
   opt = optax.adamw(1e-4)
   opt_state = opt.init(params)
@@ -138,22 +208,13 @@ def main():
     state['p'], state['s'], loss = train_c(state['p'], state['s'], k[3])
     return loss
 
-  res = {
-    'harness': 'imagen_video_jax/benchmarks/unet_cpu.py',
-    'label': args.config,
-    'jax': jax.__version__,
-    'backend': jax.default_backend(),
-    'cpu_count': os.cpu_count(),
-    'frames': t,
-    'size': s,
-    'batch': b,
-    'params': int(n_params),
-    'cfg_fwd_flops_2B': flops,
-    'compile_train_s': compile_train,
-    'compile_cfg_s': compile_cfg,
-    'train_step': _time(one_train, args.warmup, args.iters),
-    'cfg_batched': _time(lambda: cfg_c(params), args.warmup, args.iters),
-  }
+  rss = {'after_compile': _peak_rss_mb()}
+  res.update(cfg_fwd_flops_2B=flops, compile_train_s=compile_train, compile_cfg_s=compile_cfg)
+  res['train_step'] = _time(one_train, args.warmup, args.iters)
+  rss['after_train'] = _peak_rss_mb()
+  res['cfg_batched'] = _time(lambda: cfg_c(params), args.warmup, args.iters)
+  rss['after_cfg'] = _peak_rss_mb()
+  res['peak_rss_mb'] = rss
   print(json.dumps(res))
 
 
