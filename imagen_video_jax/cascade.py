@@ -3,7 +3,8 @@
 Each stage is sampled by `sampling.sample_stage` (the function training's sample
 videos use too): a super-resolution stage conditioned on the stage below exactly as
 in training, noised at its fixed `sample_cond_t`. Every stage samples in one jitted
-loop with cond and uncond in one batched forward. What users change often does not
+loop with cond and uncond in one batched forward, its initial noise a donated argument
+(the output reuses that buffer). What users change often does not
 recompile: the compiled samplers are cached per stage and sampler kind and clipping,
 and take the step count, guidance and key as values; the batch (prompts x num_samples)
 is padded to a power of two (`batch_bucket`) and the padded rows dropped, so a few
@@ -22,7 +23,7 @@ import numpy as np
 
 from imagen_video_jax import io
 from imagen_video_jax.diffusion.samplers import SamplerConfig
-from imagen_video_jax.sampling import sample_stage
+from imagen_video_jax.sampling import initial_noise, noise_shape, sample_stage
 from imagen_video_jax.stage import Stage
 
 TextEncoderFn = Callable[[Sequence[str]], tuple[Any, Any]]
@@ -159,23 +160,28 @@ class CascadePipeline:
     )
 
   def _sampler(self, index: int, cfg: SamplerConfig) -> Callable:
-    """run(params, emb, mask, neg_emb, neg_mask, low, key, batch, cfg.traced()), jitted."""
+    """run(params, emb, mask, neg_emb, neg_mask, low, key, z_init, cfg.traced()), jitted."""
     key = (index, cfg.static())  # steps and guidance are run's argument, not its program
     if key not in self._compiled:
+      # z_init (the initial noise, `sampling.initial_noise`) is donated: the sampled
+      # video has its shape and dtype, so XLA writes the output into that buffer rather
+      # than allocating another. Nothing else can be: params and text serve the next
+      # stage and call, and `low` (the stage below) has another shape (JAX would warn
+      # that it is not usable).
       self._compiled[key] = jax.jit(
-        self._make_sampler(self.stages[index], cfg.static()), static_argnums=7
+        self._make_sampler(self.stages[index], cfg.static()), donate_argnums=7
       )
     return self._compiled[key]
 
   def _make_sampler(self, stage: Stage, cfg: SamplerConfig) -> Callable:
     on_step = lambda i: self._on_step(i)  # stable identity: the jit cache is reused
 
-    def run(params, emb, mask, neg_emb, neg_mask, low, key, b, traced):
+    def run(params, emb, mask, neg_emb, neg_mask, low, key, z_init, traced):
       return sample_stage(
         stage,
         params,
         key,
-        b,
+        z_init.shape[0],
         text_emb=emb,
         text_mask=mask,
         neg_text_emb=neg_emb,
@@ -184,6 +190,7 @@ class CascadePipeline:
         sampler=cfg,
         on_step=on_step,
         traced=traced,
+        z_init=z_init,
       )
 
     return run
@@ -238,6 +245,7 @@ class CascadePipeline:
       cfg = overrides.get(stage.name, stage.sampler)
       bar = _progress(stage.name, cfg.steps, progress)
       self._on_step = lambda _, bar=bar: bar.update(1)
+      key_i = jax.random.fold_in(key, i)
       try:
         video = self._sampler(i, cfg)(
           stage.params,
@@ -246,8 +254,8 @@ class CascadePipeline:
           neg_emb,
           neg_mask,
           video,
-          jax.random.fold_in(key, i),
-          len(padded),
+          key_i,
+          _initial_noise(key_i, noise_shape(stage, len(padded))),
           cfg.traced(),
         )
         video = jax.block_until_ready(video)
@@ -267,6 +275,11 @@ class CascadePipeline:
       batch_prompts,
       intermediates if return_intermediates else None,
     )
+
+
+# The initial noise, drawn before each stage's sampler so that the sampler can take it
+# as a donated argument; compiled once per shape, it equals what the sampler drew itself.
+_initial_noise = jax.jit(initial_noise, static_argnums=1)
 
 
 def batch_bucket(n: int) -> int:

@@ -38,6 +38,22 @@ def sr_conditioning(low_BTHWC: jax.Array, spec: StageSpec) -> jax.Array:
   raise ValueError(f'{spec.kind} is not a super-resolution stage')
 
 
+def noise_shape(stage: Stage, batch_size: int) -> tuple[int, ...]:
+  """The shape of a stage's samples (and of its initial noise): [B, T, H, W, C]."""
+  spec = stage.spec
+  return (batch_size, spec.frames, spec.height, spec.width, stage.unet.in_channels)
+
+
+def initial_noise(key: jax.Array, shape: tuple[int, ...]) -> jax.Array:
+  """The initial noise `sample_stage(..., key)` draws itself when given no `z_init`.
+
+  Drawn apart so that a caller can hand it to a jitted sampler as a donated argument
+  (`CascadePipeline` does): the output then reuses its buffer.
+  """
+  _, k_sample = jax.random.split(key)
+  return samplers.initial_noise(k_sample, shape)
+
+
 def sample_stage(
   stage: Stage,
   params: Any,
@@ -54,6 +70,7 @@ def sample_stage(
   sampler: SamplerConfig | None = None,
   on_step: Callable[[Any], None] | None = None,
   traced: samplers.Traced | None = None,
+  z_init: jax.Array | None = None,
 ) -> jax.Array:
   """Samples `batch_size` clips of `stage` in [-1, 1], float32 [B, T, H, W, C]. Jit it.
 
@@ -68,12 +85,14 @@ def sample_stage(
     frame_ids: [B, T] clip ids of packed image rows (None: every row one video).
     sampler: default `stage.sampler`.
     traced: its steps and guidance as (traced) values, see `samplers.sample`.
+    z_init: the initial noise, `initial_noise(key, noise_shape(stage, batch_size))`
+      (default: drawn here, the same).
   """
   spec, unet = stage.spec, stage.unet
   cfg = stage.sampler if sampler is None else sampler
   model = VideoUNet(unet)
-  shape = (batch_size, spec.frames, spec.height, spec.width, unet.in_channels)
-  k_aug, k_sample = jax.random.split(key)
+  shape = noise_shape(stage, batch_size)
+  k_aug, k_sample = jax.random.split(key)  # initial_noise splits the same way
   aug_logsnr = stage.diffusion.schedule.logsnr(stage.sample_cond_t)
   cond_logsnr = None
   if spec.is_sr:
@@ -107,6 +126,7 @@ def sample_stage(
     config=cfg,
     schedule=stage.diffusion.schedule,
     prediction=stage.diffusion.prediction,
+    z_init=z_init,
     on_step=on_step,
     traced=traced,
   )

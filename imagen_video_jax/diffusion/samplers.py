@@ -173,6 +173,12 @@ def _logsnr_at(schedule: CosineSchedule, i: jax.Array, steps: jax.Array) -> jax.
   return schedule.logsnr(t)
 
 
+def initial_noise(key: jax.Array, shape: tuple[int, ...]) -> jax.Array:
+  """The N(0, I) start `sample(..., key)` draws when given no z_init."""
+  k_init, _ = jax.random.split(key)
+  return jax.random.normal(k_init, shape, jnp.float32)
+
+
 def sample(
   denoise: Denoiser,
   shape: tuple[int, ...],
@@ -198,8 +204,8 @@ def sample(
   Given, it replaces config's steps, guidance, guidance_low and oscillate_until.
   """
   traced = config.traced() if traced is None else traced
-  k_init, k_steps = jax.random.split(key)
-  z = jax.random.normal(k_init, shape, jnp.float32) if z_init is None else z_init
+  _, k_steps = jax.random.split(key)
+  z = initial_noise(key, shape) if z_init is None else z_init
   b = shape[0]
 
   def x_eps(z, l_t, w):
