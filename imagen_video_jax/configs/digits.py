@@ -107,6 +107,8 @@ def get_config(arg: str = 'stage=base') -> ml_collections.ConfigDict:
       dtype='float32',
       remat='none',  # small models: neither remat nor scanned blocks pays
       scan_blocks=False,
+      # The attention kernel: 'auto' picks by backend (models/attention_kernels.py).
+      attention='auto',
     )
   )
 

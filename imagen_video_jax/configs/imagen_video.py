@@ -146,6 +146,8 @@ def get_config(arg: str = 'stage=base') -> ml_collections.ConfigDict:
       # recompute each block in the backward pass; scanned blocks also compile faster.
       remat='full',
       scan_blocks=True,
+      # The attention kernel: 'auto' picks by backend (models/attention_kernels.py).
+      attention='auto',
     )
   )
 
