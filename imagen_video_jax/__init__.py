@@ -12,7 +12,9 @@ import the data or text stacks until they are used.
 
 import typing as _typing
 
-from imagen_video_jax import _lazy
+from imagen_video_jax import _lazy, _xla_cpu
+
+_xla_cpu.apply()  # before JAX starts a backend: convolutions outside YNNPACK (see _xla_cpu)
 
 __version__ = '0.1.0'
 
