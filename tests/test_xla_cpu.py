@@ -69,5 +69,7 @@ def test_xla_accepts_the_flag_and_computes_the_same_gradients():
   assert FLAG in on['flags'] and FLAG not in off['flags']
   # it takes effect: the three convolutions (forward, input and kernel gradients) leave YNNPACK
   assert off['ynn'] >= 3 and on['ynn'] == 0, (on['ynn'], off['ynn'])
-  np.testing.assert_allclose(on['gx'], off['gx'], rtol=1e-5, atol=1e-5)
-  np.testing.assert_allclose(on['gw'], off['gw'], rtol=1e-5, atol=1e-5)
+  # the same numbers up to float32 summation order (the kernel gradient sums 16384 terms)
+  for name in ('gx', 'gw'):
+    scale = np.max(np.abs(off[name]))
+    np.testing.assert_allclose(on[name], off[name], rtol=0, atol=1e-5 * scale)
