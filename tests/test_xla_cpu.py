@@ -12,9 +12,9 @@ FLAG = f'--{_xla_cpu.OPTION}={_xla_cpu.VALUE}'
 
 
 def test_the_flag_is_added_to_the_users_flags():
-  env = {'XLA_FLAGS': '--xla_force_host_platform_device_count=8'}
+  env = {'XLA_FLAGS': '--xla_force_host_platform_device_count=1 --xla_cpu_enable_fast_math=false'}
   assert _xla_cpu.apply(env, jaxlib_version='0.10.2')
-  assert env['XLA_FLAGS'] == f'--xla_force_host_platform_device_count=8 {FLAG}'
+  assert env['XLA_FLAGS'].endswith(f'--xla_cpu_enable_fast_math=false {FLAG}')
   empty = {}
   assert _xla_cpu.apply(empty, jaxlib_version='0.10.2') and empty['XLA_FLAGS'] == FLAG
 
@@ -25,6 +25,10 @@ def test_the_users_choice_an_opt_out_and_an_untested_jaxlib_are_left_alone():
   assert own == {'XLA_FLAGS': f'--{_xla_cpu.OPTION}=dot'}
   opted_out = {_xla_cpu.OPT_OUT: '0'}
   assert not _xla_cpu.apply(opted_out, jaxlib_version='0.10.2') and 'XLA_FLAGS' not in opted_out
+  # a CPU split into fake devices (sharded programs failed to compile with it)
+  fake = {'XLA_FLAGS': '--xla_force_host_platform_device_count=8'}
+  assert not _xla_cpu.apply(fake, jaxlib_version='0.10.2')
+  assert fake == {'XLA_FLAGS': '--xla_force_host_platform_device_count=8'}
   # XLA aborts on a flag it does not know: another jaxlib gets nothing
   other = {}
   assert not _xla_cpu.apply(other, jaxlib_version='0.11.0') and 'XLA_FLAGS' not in other

@@ -11,8 +11,8 @@ gradients:
   the softmax's row max and sum and recomputes the probabilities. XLA's CPU backend runs the
   reference on [L, L] score temporaries for every batch row and head at once; those miss
   the caches (page-fault under glibc malloc at large L) and its backward pass differentiates
-  a separate max/exp/sum. Over 1024 tokens chunks sized to stay in cache run 2.3x faster
-  forward and 1.65x forward + backward; over the digits stages' 8 to 64 tokens the
+  a separate max/exp/sum. Over 1024 tokens chunks sized to stay in cache run 2.4x faster
+  forward and 1.8x forward + backward; over the digits stages' 8 to 64 tokens the
   reference is as fast or faster, so `auto` keeps it there (benchmarks/BENCHMARKS.md).
 - `cudnn` (chosen on GPU): `jax.nn.dot_product_attention`, cuDNN's fused flash kernel
   when the inputs allow it (16-bit compute, no per-row masks beyond its support), XLA's
@@ -47,9 +47,10 @@ NEG_INF = -1e9  # large negative, finite: no NaN even if a softmax row were all 
 CHUNK_BYTES = 1 << 20
 
 # `auto` on CPU keeps the reference below this many bytes of float32 scores per call: there
-# the scores stay in cache anyway and the chunked kernel's row layout and loop cost more
-# than they save (digits shapes: 0.6-1.1x; 256 tokens: 1.05x; 1024 tokens: 1.65x).
-CHUNKED_MIN_SCORE_BYTES = 32 << 20
+# the scores stay in cache anyway and the chunked kernel's row layout and loop cost as much
+# as they save (benchmarks/attention_cpu.py, forward + backward: 64 tokens x 256 frames,
+# 4 MB, 0.9x; 256 tokens x 64 frames, 16 MB, 1.5x; 1024 tokens x 64 rows, 256 MB, 1.8x).
+CHUNKED_MIN_SCORE_BYTES = 8 << 20
 
 
 def resolve(implementation: str = 'auto', score_bytes: int | None = None) -> str:

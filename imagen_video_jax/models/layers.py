@@ -183,7 +183,7 @@ class FrameGroupNorm(nn.Module):
     # Statistics as per-channel sums over H, W (a reduction over the outer axes, which
     # vectorises along C), then summed within each group: reducing the [.., H, W, G, C/G]
     # view over (H, W, C/G) directly made XLA's CPU backend transpose the activation and
-    # cost 28x as much, forward and backward (benchmarks/BENCHMARKS.md). Two passes (mean,
+    # cost 5-13x as much, forward and backward (benchmarks/BENCHMARKS.md). Two passes (mean,
     # then the centred square) keep the variance exact when |mean| >> std.
     n = h * w * (c // g)
 
