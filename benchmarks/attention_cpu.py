@@ -12,7 +12,6 @@ alternating. Prints a Markdown table (best of --iters, in ms) and the largest di
 import argparse
 import os
 import sys
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -21,6 +20,8 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 from imagen_video_jax.models import attention_kernels as ak  # noqa: E402
+
+from benchmarks._timing import best_ms  # noqa: E402
 
 # name -> (q shape, k/v shape, bias shape, mask shape): [..., L, heads, head_dim]
 CASES = {
@@ -55,16 +56,6 @@ CASES = {
 }
 
 
-def _best(f, args, iters):
-  jax.block_until_ready(f(*args))
-  times = []
-  for _ in range(iters):
-    t = time.perf_counter()
-    jax.block_until_ready(f(*args))
-    times.append(time.perf_counter() - t)
-  return min(times) * 1e3
-
-
 def main():
   ap = argparse.ArgumentParser()
   ap.add_argument('--iters', type=int, default=5)
@@ -94,8 +85,8 @@ def main():
         jax.grad(lambda q, k, v, b, f=fwd: jnp.sum(f(q, k, v, b) * dy), argnums=(0, 1, 2))
       )
       fwd = jax.jit(fwd)
-      a = _best(fwd, (q, k, v, bias), args.iters)
-      b = _best(grad, (q, k, v, bias), args.iters)
+      a = best_ms(fwd, (q, k, v, bias), args.iters)
+      b = best_ms(grad, (q, k, v, bias), args.iters)
       outs.append(fwd(q, k, v, bias))
       cells.append(f'{a:.1f} / {b:.1f}')
     diff = max(float(jnp.max(jnp.abs(o - outs[0]))) for o in outs)

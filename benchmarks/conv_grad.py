@@ -9,7 +9,6 @@ Shapes of the digits U-Nets (batch x frames as the 2-D batch): 256 frames of 16x
 
 import os
 import sys
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -19,19 +18,11 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 from jax import lax  # noqa: E402
 
+from benchmarks._timing import best_ms  # noqa: E402
+
 
 def conv(x, w):
   return lax.conv_general_dilated(x, w, (1, 1), 'SAME', dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
-
-
-def _best(f, args, iters=5):
-  jax.block_until_ready(f(*args))
-  times = []
-  for _ in range(iters):
-    t = time.perf_counter()
-    jax.block_until_ready(f(*args))
-    times.append(time.perf_counter() - t)
-  return min(times) * 1e3
 
 
 def main():
@@ -43,10 +34,10 @@ def main():
     dy = jnp.asarray(rng.standard_normal((n, h, h, c)), jnp.float32)
     dx = jax.jit(lambda x, w, dy: jax.vjp(lambda x: conv(x, w), x)[1](dy)[0])
     dw = jax.jit(lambda x, w, dy: jax.vjp(lambda w: conv(x, w), w)[1](dy)[0])
-    fwd = _best(jax.jit(conv), (x, w))
+    fwd = best_ms(jax.jit(conv), (x, w))
     print(
-      f'{n} x {h}x{h}x{c}: forward {fwd:.1f} ms, input gradient {_best(dx, (x, w, dy)):.1f} ms, '
-      f'kernel gradient {_best(dw, (x, w, dy)):.1f} ms',
+      f'{n} x {h}x{h}x{c}: forward {fwd:.1f} ms, input gradient {best_ms(dx, (x, w, dy)):.1f} ms, '
+      f'kernel gradient {best_ms(dw, (x, w, dy)):.1f} ms',
       flush=True,
     )
 

@@ -11,7 +11,6 @@ frames. Prints a Markdown table (best of --iters, ms) and the largest relative d
 import argparse
 import os
 import sys
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -20,6 +19,8 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 from imagen_video_jax.models import layers  # noqa: E402
+
+from benchmarks._timing import best_ms  # noqa: E402
 
 
 def grouped_view(x, scale, bias, groups):
@@ -33,16 +34,6 @@ def grouped_view(x, scale, bias, groups):
 def frame_group_norm(x, scale, bias, groups):
   del groups  # the layer picks the same count (layers.num_groups_for)
   return layers.FrameGroupNorm().apply({'params': {'scale': scale, 'bias': bias}}, x)
-
-
-def _best(f, args, iters):
-  jax.block_until_ready(f(*args))
-  times = []
-  for _ in range(iters):
-    t = time.perf_counter()
-    jax.block_until_ready(f(*args))
-    times.append(time.perf_counter() - t)
-  return min(times) * 1e3
 
 
 def main():
@@ -66,7 +57,7 @@ def main():
       grad = jax.jit(
         jax.grad(lambda x, s, b, fn=fn: jnp.sum(fn(x, s, b, groups) * dy), argnums=(0, 1, 2))
       )
-      a, g = _best(fwd, (x, scale, bias), args.iters), _best(grad, (x, scale, bias), args.iters)
+      a, g = best_ms(fwd, (x, scale, bias), args.iters), best_ms(grad, (x, scale, bias), args.iters)
       cells.append(f'{a:.1f} / {g:.1f}')
       outs.append(fwd(x, scale, bias))
     rel = float(jnp.max(jnp.abs(outs[0] - outs[1])) / jnp.max(jnp.abs(outs[0])))

@@ -15,24 +15,9 @@ from flax import linen as nn
 from imagen_video_jax.models import attention_kernels, layers
 
 
-def attend(
-  q: jax.Array,
-  k: jax.Array,
-  v: jax.Array,
-  *,
-  bias: jax.Array | None = None,
-  mask: jax.Array | None = None,
-  implementation: str = 'auto',
-) -> jax.Array:
-  """Scaled dot-product attention over leading batch axes.
-
-  q [..., Q, N, K], k/v [..., S, N, K]; bias and mask broadcast to [..., N, Q, S].
-  Softmax runs in float32 whatever the compute dtype. `implementation` picks the
-  kernel (`attention_kernels`: 'auto' chooses by backend); all compute the same values.
-  """
-  return attention_kernels.dot_product_attention(
-    q, k, v, bias=bias, mask=mask, implementation=implementation
-  )
+# Scaled dot-product attention over leading batch axes, q [..., Q, N, K], k/v [..., S, N, K];
+# `implementation` picks the kernel ('auto': by backend). Defined in attention_kernels.
+attend = attention_kernels.dot_product_attention
 
 
 # Explicit kernels rather than nn.DenseGeneral: under a global mesh (jax.set_mesh) Flax
