@@ -115,8 +115,9 @@ class FrameConv(nn.Module):
     )
     if (kh, kw) == (1, 1) and tuple(self.strides) == (1, 1):
       # A 1x1 convolution is a matmul over channels. Written as one, its kernel gradient is
-      # a matmul too: XLA's CPU backend ran the convolution's kernel gradient at ~3 GFLOP/s
-      # (the U-Net's 64->128 skip at 8x8, batch 256 frames: 30 ms forward+backward vs 10).
+      # a matmul too: with XLA's default (YNNPACK) convolutions, the kernel gradient ran at
+      # ~3 GFLOP/s (the U-Net's 64->128 skip at 8x8, 256 frames: 30 ms forward+backward vs
+      # 10 ms as a matmul; measured before imagen_video_jax._xla_cpu took convolutions out).
       y = jnp.einsum(
         '...c,cf->...f', x_BTHWC.astype(self.dtype), kernel[0, 0, 0].astype(self.dtype)
       )
