@@ -1,12 +1,21 @@
 """Scale-out: the device mesh, logical-axis rules, sharded init, multi-host start-up.
 
-One mesh with axes ``('data', 'fsdp', 'tensor')`` serves every job, from one CPU to a
-TPU pod (docs/design.md, 'Scale-out'):
+One mesh with axes ``('data', 'fsdp', 'time', 'space', 'tensor')`` serves every job, from
+one CPU to a TPU pod (docs/design.md, 'Scale-out'; docs/scaling.md):
 
 * ``data``   pure data parallelism: params replicated, the batch split;
 * ``fsdp``   the batch is split here too, and params are split over their ``embed`` /
              ``conv_in`` axis (ZeRO-3 / FSDP: gathered per layer by XLA);
+* ``time``   one example's frames are split (activation sharding: a clip too large for
+             one device is spread over several);
+* ``space``  one example's rows (height) are split, likewise;
 * ``tensor`` Megatron-style: ``mlp``, ``heads``, ``conv_out`` and ``vocab`` split.
+
+``time`` and ``space`` split activations only (params are replicated along them). The
+U-Net's convolutions over a split axis exchange halos (GSPMD), per-frame GroupNorm sums
+its statistics across the ``space`` devices, spatial attention gathers a frame's rows,
+and temporal attention swaps the split from frames to pixels for its attention (an
+all-to-all, as in sequence-parallel attention): every result is the one-device result.
 
 Models name their parameter and activation axes logically (``nn.with_logical_partitioning``,
 ``nn.with_logical_constraint``); `DEFAULT_RULES` maps those names onto the mesh. Typical use:
@@ -21,9 +30,11 @@ Models name their parameter and activation axes logically (``nn.with_logical_par
 Rules are a plain tuple of ``(logical_name, mesh_axes)`` pairs in order of priority (Flax
 semantics): an array's dimension takes the first rule whose mesh axes are still free for
 that array, so a mesh axis is used at most once per array. Activations are named
-``('batch', ..., 'embed')``: ``batch`` takes ``('data', 'fsdp')`` first, so ``embed`` finds
-``fsdp`` taken and stays replicated -- activations are batch-sharded, params are
-FSDP-sharded, from one rule set. A dimension that a mesh axis does not divide (a 3-channel
+``('batch', 'frames', 'height', 'width', 'embed')``: ``batch`` takes ``('data', 'fsdp')``
+first, so ``embed`` finds ``fsdp`` taken and stays replicated -- activations are
+batch-sharded (and split over ``time`` and ``space``), params are FSDP-sharded, from one
+rule set. Activation constraints apply only under `mesh_context(...,
+constrain_activations=True)`: without them XLA would keep a whole example per device. A dimension that a mesh axis does not divide (a 3-channel
 input conv, 5 heads on a 2-way tensor axis) is left replicated on that mesh axis instead of
 padded, so any config runs on any mesh.
 """
@@ -44,7 +55,7 @@ from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
 log = logging.getLogger(__name__)
 
-AXES = ('data', 'fsdp', 'tensor')
+AXES = ('data', 'fsdp', 'time', 'space', 'tensor')
 BATCH_AXES = ('data', 'fsdp')
 
 # Logical axis -> mesh axes, in order of priority. Covers every name the U-Net
@@ -52,9 +63,14 @@ BATCH_AXES = ('data', 'fsdp')
 DEFAULT_RULES: tuple[tuple[str, Any], ...] = (
   # activations
   ('batch', BATCH_AXES),
-  ('frames', None),
-  ('height', None),
+  ('frames', 'time'),
+  ('height', 'space'),
   ('width', None),
+  # temporal attention's rows [B, H*W, T, C]: the pixels take both activation axes, so
+  # that the attention over T runs whole on each device (models/attention.py)
+  ('pixels', ('space', 'time')),
+  # text cross-attention's queries when one caption serves all frames: [B, 1, T*H*W, C]
+  ('queries', ('time', 'space')),
   ('length', None),
   # parameters: FSDP on the model width, tensor parallel on the "fan-out" axes
   ('embed', 'fsdp'),
@@ -93,7 +109,7 @@ def _resolve_sizes(sizes: Mapping[str, int], total: int, what: str) -> tuple[int
   elif known != total:
     raise ValueError(
       f'{what}: mesh {_fmt(shape)} needs {known} devices but there are {total}. '
-      f'Make data*fsdp*tensor equal {total}, or set one axis to -1 to fill.'
+      f'Make {"*".join(AXES)} equal {total}, or set one axis to -1 to fill.'
     )
   return tuple(shape)
 
@@ -103,15 +119,22 @@ def _fmt(shape: Sequence[int]) -> str:
 
 
 def make_mesh(
-  data: int = -1, fsdp: int = 1, tensor: int = 1, devices: Sequence[Any] | None = None
+  data: int = -1,
+  fsdp: int = 1,
+  tensor: int = 1,
+  devices: Sequence[Any] | None = None,
+  *,
+  time: int = 1,
+  space: int = 1,
 ) -> Mesh:
-  """A ``('data', 'fsdp', 'tensor')`` mesh over `devices` (default: all), AxisType.Auto.
+  """A mesh with the axes `AXES` over `devices` (default: all), AxisType.Auto.
 
   One size may be -1: it takes the devices the others leave. Raises ValueError when
   the sizes do not fit the device count.
   """
   devices = list(jax.devices() if devices is None else devices)
-  shape = _resolve_sizes(dict(data=data, fsdp=fsdp, tensor=tensor), len(devices), 'make_mesh')
+  sizes = dict(data=data, fsdp=fsdp, time=time, space=space, tensor=tensor)
+  shape = _resolve_sizes(sizes, len(devices), 'make_mesh')
   axis_types = (AxisType.Auto,) * len(AXES)
   try:  # topology-aware device order on TPU/GPU
     return jax.make_mesh(shape, AXES, axis_types=axis_types, devices=devices)
@@ -142,7 +165,7 @@ def make_hybrid_mesh(
   )
   axis_types = (AxisType.Auto,) * len(AXES)
   if num_slices == 1:  # nothing crosses DCN: the ordinary mesh
-    return make_mesh(*ici_shape, devices=devices)
+    return make_mesh(**dict(zip(AXES, ici_shape)), devices=devices)
   from jax.experimental import mesh_utils
 
   arr = mesh_utils.create_hybrid_device_mesh(
@@ -154,8 +177,8 @@ def make_hybrid_mesh(
 def mesh_from_config(cfg: Mapping[str, Any] | None, devices: Sequence[Any] | None = None) -> Mesh:
   """Builds the mesh a config's ``mesh`` section asks for.
 
-  Keys: ``data``, ``fsdp``, ``tensor`` (defaults -1, 1, 1); optionally ``dcn_data``,
-  ``dcn_fsdp``, ``dcn_tensor`` for multi-slice (then the plain keys are per slice).
+  Keys: the axes of `AXES` (``data`` defaults to -1, the others to 1); optionally
+  ``dcn_data``, ``dcn_fsdp``, ... for multi-slice (then the plain keys are per slice).
   """
   cfg = dict(cfg or {})
   ici = {a: int(cfg.get(a, -1 if a == 'data' else 1)) for a in AXES}
@@ -166,14 +189,15 @@ def mesh_from_config(cfg: Mapping[str, Any] | None, devices: Sequence[Any] | Non
 
 
 def abstract_mesh(
-  num_devices: int, data: int = -1, fsdp: int = 1, tensor: int = 1
+  num_devices: int, data: int = -1, fsdp: int = 1, tensor: int = 1, *, time: int = 1, space: int = 1
 ) -> jax.sharding.AbstractMesh:
   """A mesh of `num_devices` that need not exist: for planning (shardings, bytes per device).
 
   ``param_bytes_per_device(abstract, logical_shardings(abstract, abstract_mesh(256, fsdp=-1)))``
   sizes a 256-chip job on a laptop.
   """
-  shape = _resolve_sizes(dict(data=data, fsdp=fsdp, tensor=tensor), num_devices, 'abstract_mesh')
+  sizes = dict(data=data, fsdp=fsdp, time=time, space=space, tensor=tensor)
+  shape = _resolve_sizes(sizes, num_devices, 'abstract_mesh')
   return jax.sharding.AbstractMesh(shape, AXES, axis_types=(AxisType.Auto,) * len(AXES))
 
 
@@ -200,6 +224,8 @@ def mesh_context(
   `nn.with_logical_constraint` in the model is applied. (Flax 0.12's DenseGeneral
   re-applies its 3-axis names to a flattened 2-D kernel in `apply`'s shape check under
   a global mesh and fails; attention.py must avoid DenseGeneral's boxed init for this.)
+  Meshes that split ``time`` or ``space`` need it: the constraints are what split an
+  example's activations.
   """
   with contextlib.ExitStack() as stack:
     if constrain_activations:
@@ -221,6 +247,28 @@ def _fit(spec: P, shape: Sequence[int], mesh: Mesh) -> P:
       axes.pop()
     out.append(None if not axes else axes[0] if len(axes) == 1 else tuple(axes))
   return P(*out)
+
+
+def constrain(x: jax.Array, names: Sequence[str | None]) -> jax.Array:
+  """Constrains an activation's sharding by logical axis names, under the global mesh.
+
+  Like `nn.with_logical_constraint`, a no-op unless a mesh is set (`mesh_context(...,
+  constrain_activations=True)`), but a mesh axis that does not divide its dimension is
+  dropped (`_fit`) rather than padded, so deep U-Net levels whose few rows the ``space``
+  axis does not divide simply keep them whole.
+  """
+  mesh = jax.sharding.get_abstract_mesh()
+  if mesh.empty:
+    return x
+  rules = nn.get_logical_axis_rules() or DEFAULT_RULES
+  spec = _fit(nn.logical_to_mesh_axes(tuple(names), rules), x.shape, mesh)
+  return jax.lax.with_sharding_constraint(x, spec)
+
+
+def splits_examples() -> bool:
+  """Whether the global mesh (if any) splits one example's frames or rows."""
+  mesh = jax.sharding.get_abstract_mesh()
+  return not mesh.empty and any(mesh.shape.get(a, 1) > 1 for a in ('time', 'space'))
 
 
 def _is_boxed(x) -> bool:

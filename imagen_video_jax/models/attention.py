@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
+from imagen_video_jax import parallel
 from imagen_video_jax.models import attention_kernels, layers
 
 
@@ -125,7 +126,8 @@ class SpatialSelfAttention(nn.Module):
   def __call__(self, x_BTHWC: jax.Array) -> jax.Array:
     b, t, h, w, c = x_BTHWC.shape
     y = layers.FrameGroupNorm(dtype=self.dtype, name='norm')(x_BTHWC)
-    y = y.reshape(b, t, h * w, c)
+    # Each frame attends over all its rows: gathered where the mesh splits them.
+    y = parallel.constrain(y.reshape(b, t, h * w, c), ('batch', 'frames', None, 'embed'))
     y = MultiHeadAttention(
       _heads(c, self.head_dim),
       self.head_dim,
@@ -134,6 +136,7 @@ class SpatialSelfAttention(nn.Module):
       implementation=self.attention,
       name='attn',
     )(y, y)
+    y = parallel.constrain(y, ('batch', 'frames', None, 'embed'))
     return x_BTHWC + y.reshape(b, t, h, w, c)
 
 
@@ -169,12 +172,16 @@ class TextCrossAttention(nn.Module):
     y = layers.FrameGroupNorm(dtype=self.dtype, name='norm')(x_BTHWC)
     # Queries of all frames that share one caption are attended in one go.
     y = y.reshape(b, tt, (t // tt) * h * w, c)
+    # Queries stay where the mesh split their frames and rows (the text is replicated).
+    names = ('batch', 'frames', 'height', 'embed') if tt == t else ('batch', None, 'queries', 'embed')
+    y = parallel.constrain(y, names)
     text = layers.LayerNorm(dtype=self.dtype, name='text_norm')(text_BtLD)
     null_k, null_v = null_key_value(self, n, self.head_dim)
     mask = mask_BtL[:, :, None, None, :]  # [B, t, heads, Q, L]
     y = MultiHeadAttention(
       n, self.head_dim, c, dtype=self.dtype, implementation=self.attention, name='attn'
     )(y, text, mask=mask, extra_kv=(null_k, null_v))
+    y = parallel.constrain(y, names)
     return x_BTHWC + y.reshape(b, t, h, w, c)
 
 
@@ -197,6 +204,10 @@ class TemporalSelfAttention(nn.Module):
     n = _heads(c, self.head_dim)
     y = layers.FrameGroupNorm(dtype=self.dtype, name='norm')(x_BTHWC)
     y = jnp.transpose(y, (0, 2, 3, 1, 4)).reshape(b, h * w, t, c)
+    # Each pixel attends over all frames: where the mesh splits frames (and rows), the
+    # split moves to the pixels for the attention (one all-to-all each way) instead of
+    # gathering every frame's keys and values onto every device.
+    y = parallel.constrain(y, ('batch', 'pixels', None, 'embed'))
     pos = jnp.arange(t)
     buckets = layers.relative_position_bucket(
       pos[None, :] - pos[:, None],
@@ -221,5 +232,10 @@ class TemporalSelfAttention(nn.Module):
       implementation=self.attention,
       name='attn',
     )(y, y, bias=bias, mask=mask)
+    y = parallel.constrain(y, ('batch', 'pixels', None, 'embed'))
     y = jnp.transpose(y.reshape(b, h, w, t, c), (0, 3, 1, 2, 4))
+    # ... and back, explicitly: left to propagation, the backward pass reached this
+    # layout by a full gather that XLA (jaxlib 0.10) got wrong on a mesh that also splits
+    # the batch (tests/test_activation_sharding.py).
+    y = parallel.constrain(y, ('batch', 'frames', 'height', 'width', 'embed'))
     return x_BTHWC + y

@@ -13,6 +13,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import linen as nn
 
+from imagen_video_jax import parallel
+
 
 def relative_position_bucket(
   relative_position: jax.Array,
@@ -120,6 +122,18 @@ class FrameConv(nn.Module):
       # 10 ms as a matmul; measured before imagen_video_jax._xla_cpu took convolutions out).
       y = jnp.einsum(
         '...c,cf->...f', x_BTHWC.astype(self.dtype), kernel[0, 0, 0].astype(self.dtype)
+      )
+      return y + bias.astype(self.dtype)
+    if parallel.splits_examples():
+      # Frames and rows split over the mesh: a 3-D convolution. XLA's SPMD partitioner
+      # (jaxlib 0.10) gets the kernel gradient of the 2-D form below wrong when both the
+      # merged B*T axis (split by frames) and H are split (tests/test_activation_sharding).
+      y = jax.lax.conv_general_dilated(
+        x_BTHWC.astype(self.dtype),
+        kernel.astype(self.dtype),
+        window_strides=(1, *self.strides),
+        padding='SAME',
+        dimension_numbers=('NDHWC', 'DHWIO', 'NDHWC'),
       )
       return y + bias.astype(self.dtype)
     y = jax.lax.conv_general_dilated(

@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
+from imagen_video_jax import parallel
 from imagen_video_jax.models import attention, layers
 
 TemporalMixing = Literal['attention', 'conv', 'none']
@@ -185,6 +186,15 @@ class UNetConfig:
         raise ValueError(f'text_emb width {text_shape[-1]} != config text_dim {self.text_dim}')
 
 
+def upsample_nearest(x_BTHWC: jax.Array) -> jax.Array:
+  """Doubles H and W by repeating each pixel 2x2: `jax.image.resize(..., 'nearest')`'s
+  values, written as a broadcast and a reshape, which GSPMD keeps split over the rows
+  (the resize is a gather, which it would gather onto every device first)."""
+  b, t, h, w, c = x_BTHWC.shape
+  x = jnp.broadcast_to(x_BTHWC[:, :, :, None, :, None, :], (b, t, h, 2, w, 2, c))
+  return x.reshape(b, t, 2 * h, 2 * w, c)
+
+
 class ResBlock(nn.Module):
   """GroupNorm-SiLU-conv(1x3x3), FiLM from the conditioning, GroupNorm-SiLU-conv."""
 
@@ -229,15 +239,23 @@ class Block(nn.Module):
   @nn.compact
   def __call__(self, x, emb, text, text_mask, frame_ids):
     cfg, lv, dt = self.cfg, self.level, self.cfg.compute_dtype
-    x = ResBlock(lv.channels, cfg.dropout, dtype=dt, name='res')(x, emb, train=self.train)
+    # Each layer's output pinned to the activation layout: with frames or rows split,
+    # layouts left to propagation drifted into reshards that XLA (jaxlib 0.10) computed
+    # wrongly on meshes that also split the batch (tests/test_activation_sharding.py).
+    pin = lambda y: parallel.constrain(y, _ACT_AXES)
+    x = pin(ResBlock(lv.channels, cfg.dropout, dtype=dt, name='res')(x, emb, train=self.train))
     if lv.spatial_attention:
-      x = attention.SpatialSelfAttention(
-        cfg.head_dim, dtype=dt, attention=cfg.attention, name='spatial_attn'
-      )(x)
+      x = pin(
+        attention.SpatialSelfAttention(
+          cfg.head_dim, dtype=dt, attention=cfg.attention, name='spatial_attn'
+        )(x)
+      )
     if lv.cross_attention:
-      x = attention.TextCrossAttention(
-        cfg.head_dim, dtype=dt, attention=cfg.attention, name='cross_attn'
-      )(x, text, text_mask)
+      x = pin(
+        attention.TextCrossAttention(
+          cfg.head_dim, dtype=dt, attention=cfg.attention, name='cross_attn'
+        )(x, text, text_mask)
+      )
     if lv.temporal == 'attention':
       x = attention.TemporalSelfAttention(
         cfg.head_dim,
@@ -249,7 +267,7 @@ class Block(nn.Module):
       )(x, frame_ids)
     elif lv.temporal == 'conv':
       x = TemporalConvBlock(dtype=dt, name='temporal_conv')(x, frame_ids)
-    return nn.with_logical_constraint(x, _ACT_AXES)
+    return pin(x)
 
 
 class _ScanBlock(Block):
@@ -384,7 +402,9 @@ class VideoUNet(nn.Module):
     if cfg.cond_channels:
       h = jnp.concatenate([h, cond.astype(dt)], axis=-1)
     h = layers.conv(cfg.levels[0].channels, (1, 3, 3), dtype=dt, name='conv_in')(h)
-    h = nn.with_logical_constraint(h, _ACT_AXES)
+    # Pins the activations' layout (batch; frames and rows split over the mesh's `time`
+    # and `space` axes where it has them); a no-op without a global mesh.
+    h = parallel.constrain(h, _ACT_AXES)
 
     def remat(cls):
       if cfg.remat == 'none':
@@ -416,6 +436,7 @@ class VideoUNet(nn.Module):
     for i, lv in enumerate(cfg.levels):
       if i > 0:  # Efficient U-Net: downsample before the level's blocks
         h = layers.conv(lv.channels, (1, 3, 3), strides=(2, 2), dtype=dt, name=f'down{i}_sample')(h)
+        h = parallel.constrain(h, _ACT_AXES)
       h = blocks(h, lv, 'down', i, 0)
       skips.append(h)
 
@@ -427,9 +448,9 @@ class VideoUNet(nn.Module):
       h = remat(Block)(cfg, lv, train=train, name=f'up{i}_block0')(h, emb, text, mask, frame_ids)
       h = blocks(h, lv, 'up', i, 1)
       if i > 0:  # ... and upsample after them
-        bt, tt, hh, ww, cc = h.shape
-        h = jax.image.resize(h, (bt, tt, hh * 2, ww * 2, cc), 'nearest')
+        h = upsample_nearest(h)
         h = layers.conv(cfg.levels[i - 1].channels, (1, 3, 3), dtype=dt, name=f'up{i}_sample')(h)
+        h = parallel.constrain(h, _ACT_AXES)
 
     h = nn.silu(layers.FrameGroupNorm(dtype=dt, name='norm_out')(h))
     out = layers.conv(cfg.in_channels, (1, 3, 3), dtype=dt, zero=True, name='conv_out')(h)
