@@ -48,6 +48,12 @@ def noise_shards(tmp_path_factory):
   return str(out)
 
 
+def _tokenize(captions):
+  """A stand-in tokenizer: one id per caption (a hash of it)."""
+  ids = np.array([[1 + sum(map(ord, c)) % 997] for c in captions], np.int32)
+  return ids, np.ones(ids.shape, bool)
+
+
 def _batches(shards, stage, n, crop=P.Crop(), seed=0):
   cfg = P.PipelineConfig(
     batch_size=4,
@@ -58,7 +64,7 @@ def _batches(shards, stage, n, crop=P.Crop(), seed=0):
     shard_count=1,
     crop=crop,
   )
-  it = iter(P.make_pipeline(STAGES[stage], cfg, shards, shards))
+  it = iter(P.make_pipeline(STAGES[stage], cfg, shards, shards, tokenizer=_tokenize))
   return [next(it) for _ in range(n)]
 
 
@@ -92,11 +98,12 @@ def _check_rows(full, cropped, size, spec):
     ids = full['frame_ids'][b][t0 : t0 + size[0]]
     np.testing.assert_array_equal(cropped['frame_ids'][b], P.renumber_frame_ids(ids))
     assert list(cropped['captions'][b]) == list(full['captions'][b][t0 : t0 + size[0]])
-    # Per-frame text follows the cropped frames (padding frames have no text).
-    np.testing.assert_array_equal(
-      cropped['text_mask'][b].any(-1) if 'text_mask' in cropped else cropped['frame_ids'][b] >= 0,
-      cropped['frame_ids'][b] >= 0,
-    )
+    # Per-frame text follows the cropped frames (padding frames have none).
+    real = cropped['frame_ids'][b] >= 0
+    want, _ = _tokenize(list(cropped['captions'][b]))
+    np.testing.assert_array_equal(cropped['text_mask'][b][:, 0], real)
+    np.testing.assert_array_equal(cropped['tokens'][b][real], want[real])
+    np.testing.assert_array_equal(cropped['tokens'][b], full['tokens'][b][t0 : t0 + size[0]])
     assert spec.temporal_factor == 1 or t0 % spec.factor == 0
     assert spec.spatial_factor == 1 or (y0 % spec.factor == 0 and x0 % spec.factor == 0)
   return offsets
