@@ -185,11 +185,14 @@ def _shard_bytes(abstract: Any, shardings: Any) -> int:
 
 
 def abstract_batch(config, model_cfg, spec, sharding) -> dict:
-  """The batch `make_pipeline` yields for this config, as sharded ShapeDtypeStructs."""
+  """The batch `make_pipeline` yields for this config (crop-sized with `data.crop`), as
+  sharded ShapeDtypeStructs."""
   import jax
   import jax.numpy as jnp
 
-  b, t, h, w = int(config.data.batch_size), spec.frames, spec.height, spec.width
+  from imagen_video_jax.training import loop as loop_lib
+
+  b, (t, h, w) = int(config.data.batch_size), loop_lib.train_clip_size(config, spec)
   sds = lambda shape, dtype: jax.ShapeDtypeStruct(shape, dtype, sharding=sharding)
   batch = {'video': sds((b, t, h, w, 3), jnp.float32), 'frame_ids': sds((b, t), jnp.int32)}
   if model_cfg.cond_channels:

@@ -167,6 +167,15 @@ def get_config(arg: str = 'stage=base') -> ml_collections.ConfigDict:
       worker_count=8,
       # Skip (count and log) records that cannot be read instead of stopping.
       skip_bad_records=False,
+      # A random training crop of every clip (0 = the stage's full size on that axis):
+      # frames, height, width of the window cut from the video, its SR conditioning
+      # (made at full size first) and its frame ids and captions. For SSR the spatial
+      # and for TSR the temporal crop (and offset) are multiples of the stage's factor.
+      # A spatial crop trains the same function as full size only for a model fully
+      # convolutional in space (no spatial attention; GroupNorm's per-frame statistics
+      # still see only the crop). Training-time sample videos are crop-sized; the
+      # exported stage samples at full size. See docs/training.md, 'Training on crops'.
+      crop=ml_collections.ConfigDict(dict(frames=0, height=0, width=0)),
     )
   )
 

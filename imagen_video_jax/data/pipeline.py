@@ -16,6 +16,13 @@ Batch layout (``B`` rows per process, ``T`` = ``stage.frames``)::
   text_emb   [B, T, L, D] + text_mask [B, T, L] bool  (given an embedder; its dtype)
   captions   [B, T] str      (only with ``PipelineConfig.keep_captions``)
 
+With a training crop (``PipelineConfig.crop``, see :class:`Crop`) every row is cut to
+the crop's window and ``T, H, W`` above are the crop's sizes, not the stage's: each row
+is made at the stage's full size (the SR conditioning too), then one random window is
+taken from ``video``, ``cond``, ``frame_ids`` and the per-frame captions alike, before
+text is attached. The ids that remain after a temporal crop are renumbered 0..k-1 in
+order of first appearance (a video row stays all 0, padding stays -1).
+
 Text is per frame because a batch mixes video rows (one caption, repeated on every
 frame) and packed image rows (one caption per frame) and must have one shape.
 
@@ -27,6 +34,7 @@ everything random is drawn from the seed and the element index, so it is determi
 from __future__ import annotations
 
 import dataclasses
+import numbers
 import os
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -56,6 +64,74 @@ DIGITS_STAGES: Mapping[str, StageSpec] = {
 
 
 @dataclasses.dataclass(frozen=True)
+class Crop:
+  """A random training crop of each clip: frames x height x width (0 = the full axis).
+
+  Fully convolutional stages (Imagen's largest SR model) can be trained on crops and
+  sampled at full size. Each row is made at the stage's full size, then one window is
+  cut from the video, the SR conditioning (computed at full size first, so the model
+  sees exactly the conditioning it sees at full size in that region), the frame ids
+  and the captions. Offsets: for an SSR stage the spatial offsets, for a TSR stage the
+  temporal offset, are multiples of ``spec.factor``, so the low-resolution conditioning
+  keeps its full-size phase; other offsets are free.
+
+  A crop trains the same function as full-size training only where the network is
+  local: per-frame convolutions and temporal convolutions are (away from the window's
+  edges, within their receptive field), but GroupNorm statistics (per whole frame) and
+  spatial self-attention (over the whole frame) change with a spatial crop, and
+  temporal attention with a temporal crop. Training-time sample videos are made at the
+  crop's size; the exported stage samples at full size.
+  """
+
+  frames: int = 0
+  height: int = 0
+  width: int = 0
+
+  def __post_init__(self):
+    for name in ('frames', 'height', 'width'):
+      v = getattr(self, name)
+      if isinstance(v, bool) or not isinstance(v, numbers.Integral):
+        raise ValueError(f'data.crop.{name} must be an integer (0 = full size); got {v!r}')
+
+  @property
+  def is_full(self) -> bool:
+    """True when nothing is cropped on any axis (all three are 0)."""
+    return not (self.frames or self.height or self.width)
+
+  def problems(self, spec: StageSpec) -> list[str]:
+    """Why this crop does not fit the stage (empty: it fits)."""
+    out = []
+    full = {'frames': spec.frames, 'height': spec.height, 'width': spec.width}
+    aligned = {'tsr': ('frames',), 'ssr': ('height', 'width')}.get(spec.kind, ())
+    for name, size in full.items():
+      v = getattr(self, name)
+      if v == 0:
+        continue
+      if not 1 <= v <= size:
+        out.append(
+          f'data.crop.{name}={v} is outside [1, {size}] (the {spec.kind} stage has {size} '
+          f'{name}); use a value in that range, or 0 for the full {name}'
+        )
+      elif name in aligned and v % spec.factor:
+        out.append(
+          f'data.crop.{name}={v} is not a multiple of the {spec.kind} factor {spec.factor}, '
+          f'so the low-resolution conditioning would lose its phase; use a multiple of '
+          f'{spec.factor} (e.g. {max(spec.factor, v - v % spec.factor)}) or 0'
+        )
+    return out
+
+  def size(self, spec: StageSpec) -> tuple[int, int, int]:
+    """The training clip's (frames, height, width): each 0 is the stage's full size.
+
+    Raises ValueError (naming field, value, limit and fix) if the crop does not fit.
+    """
+    problems = self.problems(spec)
+    if problems:
+      raise ValueError('; '.join(problems))
+    return (self.frames or spec.frames, self.height or spec.height, self.width or spec.width)
+
+
+@dataclasses.dataclass(frozen=True)
 class PipelineConfig:
   """How batches are drawn (the stage decides what an example is).
 
@@ -68,6 +144,7 @@ class PipelineConfig:
     shuffle: shuffle the records (each epoch differently).
     random_offset: random temporal offset into source clips longer than a stage needs
       (else the clip's start).
+    crop: a random training crop of every row (default: none), see :class:`Crop`.
     keep_captions: also emit the caption strings (``captions [B, T]``; keep them out of
       ``jax.device_put``).
     num_threads: grain read threads; prefetch_rows: rows read ahead (bounds memory);
@@ -92,6 +169,7 @@ class PipelineConfig:
   shard_index: int | None = None
   shard_count: int | None = None
   skip_bad_records: bool = False
+  crop: Crop = Crop()
 
   def __post_init__(self):
     if self.batch_size < 1:
@@ -255,6 +333,52 @@ class _PackImages(grain.transforms.Map):
   def map(self, elements):
     # A skipped bad record (None) leaves its frame as padding.
     return pack_images([e for e in elements if e is not None], self.stage)
+
+
+def renumber_frame_ids(frame_ids: np.ndarray) -> np.ndarray:
+  """Maps the non-negative ids to 0..k-1 in order of first appearance; -1 stays -1."""
+  ids = np.asarray(frame_ids)
+  out = np.full(ids.shape, PAD_ID, np.int32)
+  seen: dict[int, int] = {}
+  for i, v in enumerate(ids.tolist()):
+    if v >= 0:
+      out[i] = seen.setdefault(v, len(seen))
+  return out
+
+
+def crop_window(
+  spec: StageSpec, size: tuple[int, int, int], rng: np.random.Generator
+) -> tuple[int, int, int]:
+  """A random (frame, top, left) offset of a ``size`` window in a clip of ``spec``.
+
+  The SR conditioning's axis (time for TSR, space for SSR) moves in steps of
+  ``spec.factor`` so the window keeps the conditioning's full-size phase.
+  """
+  steps = (spec.temporal_factor, spec.spatial_factor, spec.spatial_factor)
+  out = []
+  for full, n, step in zip((spec.frames, spec.height, spec.width), size, steps):
+    out.append(step * int(rng.integers((full - n) // step + 1)))
+  return tuple(out)
+
+
+def crop_row(row: dict, offset: tuple[int, int, int], size: tuple[int, int, int]) -> dict:
+  """The ``size`` window at ``offset`` of one row (before text is attached)."""
+  (t0, y0, x0), (t, h, w) = offset, size
+  out = dict(row)
+  for key in ('video', 'cond'):
+    if key in row:
+      out[key] = np.ascontiguousarray(row[key][t0 : t0 + t, y0 : y0 + h, x0 : x0 + w])
+  out['frame_ids'] = renumber_frame_ids(row['frame_ids'][t0 : t0 + t])
+  out['captions'] = list(row['captions'][t0 : t0 + t])
+  return out
+
+
+class _RandomCrop(grain.transforms.RandomMap):
+  def __init__(self, stage: StageSpec, crop: Crop):
+    self.stage, self.size = stage, crop.size(stage)
+
+  def random_map(self, row, rng: np.random.Generator):
+    return crop_row(row, crop_window(self.stage, self.size, rng), self.size)
 
 
 def _pair(out: Any, first: str) -> tuple[np.ndarray, np.ndarray]:
@@ -431,6 +555,9 @@ def make_pipeline(
     parts.append(rows)
     weights.append(f)
   rows = parts[0] if len(parts) == 1 else grain.MapDataset.mix(parts, weights)
+  if config.crop.size(stage) != (stage.frames, stage.height, stage.width):
+    # After the conditioning is made at full size; before text, so captions follow frames.
+    rows = rows.random_map(_RandomCrop(stage, config.crop), seed=seed + 3)
   rows = rows.map(_AttachText(tokenizer, embedder, config.keep_captions))
   if count > 1:
     rows = _ProcessRows(rows, index, count, config.batch_size)

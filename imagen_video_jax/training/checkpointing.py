@@ -149,18 +149,22 @@ def _allowed(name: str, allowed: Iterable[str]) -> bool:
 
 
 def _added_field_defaults() -> dict[str, Any]:
-  """model.* fields added since runs were first saved, with the value older runs had.
+  """model.* and data.crop.* fields added since runs were first saved, with the value
+  older runs had.
 
   A checkpoint without such a field resumes under a config that holds its default.
   """
   import dataclasses
+  from imagen_video_jax.data.pipeline import Crop
   from imagen_video_jax.models.unet import UNetConfig
 
-  return {
+  out = {
     f'model.{f.name}': f.default
     for f in dataclasses.fields(UNetConfig)
     if f.default is not dataclasses.MISSING
   }
+  out.update({f'data.crop.{f.name}': f.default for f in dataclasses.fields(Crop)})
+  return out
 
 
 def config_differences(

@@ -66,10 +66,20 @@ def validate(config) -> stage_lib.Stage:
     pipeline_lib.PipelineConfig(
       batch_size=int(config.data.batch_size), image_fraction=float(config.data.image_fraction)
     )
+    crop = data_crop(config)
   except (TypeError, ValueError, KeyError, AttributeError) as e:
     raise ConfigError(f'invalid config: {e}') from None
   model, spec = stage.unet, stage.spec
-  problems = []
+  problems = crop.problems(spec)
+  if not problems:
+    _, h, w = crop.size(spec)
+    f = model.downsample_factor
+    if (h, w) != (spec.height, spec.width) and (h % f or w % f):
+      problems.append(
+        f"data.crop height x width {h}x{w} is not divisible by {f}, the U-Net's "
+        f'downsample factor ({len(model.levels)} levels); use crop sizes that are '
+        f'multiples of {f}'
+      )
   if config.num_steps < 1:
     problems.append(f'num_steps must be >= 1, got {config.num_steps}')
   if config.log_every < 1 or config.checkpoint_every_steps < 1:
@@ -92,6 +102,17 @@ def validate(config) -> stage_lib.Stage:
   if problems:
     raise ConfigError('invalid config: ' + '; '.join(problems))
   return stage
+
+
+def data_crop(config) -> pipeline_lib.Crop:
+  """The training crop `config.data.crop` asks for (absent: none)."""
+  crop = config.data.get('crop')
+  return pipeline_lib.Crop() if crop is None else pipeline_lib.Crop(**dict(crop))
+
+
+def train_clip_size(config, spec: stage_lib.StageSpec) -> tuple[int, int, int]:
+  """(frames, height, width) of the clips the train step sees: the stage's, or its crop's."""
+  return data_crop(config).size(spec)
 
 
 # ------------------------------------------------------------------------------- mesh
@@ -176,6 +197,7 @@ def make_data(config, spec, data_dir, tokenizer, embedder):
     prefetch_rows=int(d.prefetch_rows),
     worker_count=int(d.worker_count),
     skip_bad_records=bool(d.get('skip_bad_records', False)),
+    crop=data_crop(config),
   )
   f = pcfg.image_fraction
   return pipeline_lib.make_pipeline(

@@ -14,6 +14,7 @@ level (`per_frame_time`) while a video shares one.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import jax
@@ -152,16 +153,24 @@ def make_sample_fn(stage: Stage, t5_model, n: int):
 
   `sampling.sample_stage` (what the cascade runs) with the stage's default sampler
   (`config.sample`), on the text, frame ids and (SR stages) low-resolution
-  conditioning of the first n rows of a training batch.
+  conditioning of the first n rows of a training batch, at the batch's clip size: a
+  stage trained on crops (`data.crop`) samples crop-sized videos here.
   """
 
   def sample(params, batch, t5_params, key):
     rows = jax.tree.map(lambda x: x[:n], batch)
+    t, h, w = rows['video'].shape[1:4]
+    spec = stage.spec
+    at_size = stage
+    if (t, h, w) != (spec.frames, spec.height, spec.width):
+      at_size = dataclasses.replace(
+        stage, spec=dataclasses.replace(spec, frames=t, height=h, width=w)
+      )
     text_emb = text_mask = None
     if stage.unet.text_dim is not None:
       text_emb, text_mask = encode_text(rows, t5_model, t5_params)
     return sampling.sample_stage(
-      stage,
+      at_size,
       params,
       key,
       n,
