@@ -30,6 +30,7 @@ OPTION = 'xla_cpu_experimental_ynn_fusion_type'
 VALUE = 'dot,eltwise,reduce,individual_dot'
 TESTED_JAXLIB = ('0.10.',)
 OPT_OUT = 'IMAGEN_VIDEO_JAX_XLA_DEFAULTS'
+applied = False  # whether `apply` added the flag in this process (planning takes it out)
 
 
 def _forced_host_devices(flags: str) -> int:
@@ -56,4 +57,6 @@ def apply(
   if not jaxlib_version.startswith(TESTED_JAXLIB):
     return False
   environ['XLA_FLAGS'] = f'{flags} --{OPTION}={VALUE}'.strip()
+  global applied
+  applied = environ is os.environ
   return True

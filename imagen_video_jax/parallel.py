@@ -224,11 +224,13 @@ def mesh_context(
   `nn.with_logical_constraint` in the model is applied. (Flax 0.12's DenseGeneral
   re-applies its 3-axis names to a flattened 2-D kernel in `apply`'s shape check under
   a global mesh and fails; attention.py must avoid DenseGeneral's boxed init for this.)
-  Meshes that split ``time`` or ``space`` need it: the constraints are what split an
-  example's activations.
+  Meshes that split ``time`` or ``space`` always get it: the constraints are what split
+  an example's activations.
   """
+  # A mesh that splits examples is useless without the constraints: always on there.
+  splits = any(mesh.shape.get(a, 1) > 1 for a in ('time', 'space'))
   with contextlib.ExitStack() as stack:
-    if constrain_activations:
+    if constrain_activations or splits:
       stack.enter_context(jax.set_mesh(mesh))
     stack.enter_context(nn.logical_axis_rules(DEFAULT_RULES if rules is None else rules))
     yield

@@ -9,6 +9,15 @@ does it), and reads XLA's compiled memory analysis (per device: the program is S
 the model is allocated: parameters, optimizer state, EMA and the batch exist only as
 shapes.
 
+The mesh may split one example's frames (``time``) and rows (``space``) over devices
+(activation sharding, imagen_video_jax.parallel), and the stage may train on crops
+(``data.crop``); `search` tries meshes and crops in order and returns the first plan that
+fits. The ``data`` axis only replicates the state and splits the batch, so a plan compiles
+one data-parallel group (``data:1`` and ``batch / data`` examples): every device of the
+full mesh holds what a device of that group holds (the gradient all-reduce over ``data``
+adds no buffers beyond the gradients the group already holds). Fake devices are then
+``fsdp * time * space * tensor``, not the whole pod.
+
 Caveat: the memory analysis is the CPU backend's. It stands in for a TPU or GPU, whose
 compilers fuse, schedule and (TPU) rematerialise differently; treat "fits" as an
 estimate with the headroom in mind, and confirm with a real step on the target.
@@ -25,11 +34,13 @@ from typing import Any, Mapping
 # Named device memories (bytes) for tables and defaults.
 DEVICES = {'tpu_v5p': 95e9, 'h100': 80e9}
 
-_AXES = ('data', 'fsdp', 'tensor')
+# The mesh axes, as imagen_video_jax.parallel.AXES (this module imports no jax: the plan
+# program sets XLA_FLAGS first; tests/test_plan.py checks the two agree).
+_AXES = ('data', 'fsdp', 'time', 'space', 'tensor')
 
 
 def parse_mesh(text: str) -> dict[str, int]:
-  """'data:16,fsdp:16' -> {'data': 16, 'fsdp': 16, 'tensor': 1}; ValueError if malformed."""
+  """'data:16,fsdp:16' -> {'data': 16, 'fsdp': 16, 'time': 1, ...}; ValueError if malformed."""
   sizes = {a: 1 for a in _AXES}
   for part in filter(None, (p.strip() for p in (text or '').split(','))):
     m = re.fullmatch(r'(\w+)\s*[:=]\s*(\d+)', part)
@@ -48,6 +59,42 @@ def num_devices(sizes: Mapping[str, int]) -> int:
   return math.prod(int(sizes.get(a, 1)) for a in _AXES)
 
 
+def compiled_devices(sizes: Mapping[str, int]) -> int:
+  """The fake devices a plan compiles on: one data-parallel group (all axes but data)."""
+  return num_devices({**sizes, 'data': 1})
+
+
+def parse_crop(text: str) -> dict[str, int] | None:
+  """'full' -> None (the config's own crop); 'FRAMESxHxW' (0: the stage's size on that
+  axis) -> {'frames': .., 'height': .., 'width': ..}; ValueError if malformed."""
+  text = (text or '').strip()
+  if text in ('', 'config'):
+    return None
+  if text == 'full':
+    return dict(frames=0, height=0, width=0)
+  m = re.fullmatch(r'(\d+)x(\d+)x(\d+)', text)
+  if not m:
+    raise ValueError(
+      f"--crops: bad entry {text!r}; use FRAMESxHEIGHTxWIDTH (0 = the stage's size), "
+      "'full' or 'config', e.g. 0x192x320"
+    )
+  return dict(zip(('frames', 'height', 'width'), map(int, m.groups())))
+
+
+def parse_search(text: str) -> list[dict[str, int]]:
+  """--search: 'N,M,..' (pure FSDP device counts) or meshes separated by ';'
+  ('fsdp:256;fsdp:256,time:2'); ValueError if malformed."""
+  text = (text or '').strip()
+  if ':' in text:
+    return [parse_mesh(m) for m in text.split(';') if m.strip()]
+  try:
+    return [parse_mesh(f'fsdp:{int(n)}') for n in text.split(',') if n.strip()]
+  except ValueError:
+    raise ValueError(
+      f'--search: {text!r} is neither device counts (8,16,32) nor meshes (fsdp:256;fsdp:256,time:2)'
+    ) from None
+
+
 def ensure_fake_devices(n: int, environ: dict | None = None) -> dict:
   """Sets XLA_FLAGS (and JAX_PLATFORMS=cpu) in `environ` for `n` fake CPU devices.
 
@@ -56,6 +103,12 @@ def ensure_fake_devices(n: int, environ: dict | None = None) -> dict:
   """
   env = os.environ if environ is None else environ
   flags = re.sub(r'--xla_force_host_platform_device_count=\d+', '', env.get('XLA_FLAGS', ''))
+  # The package's own CPU default (imagen_video_jax._xla_cpu, set on import) is not for
+  # fake-device meshes: sharded programs failed to compile with it. The user's is kept.
+  from imagen_video_jax import _xla_cpu
+
+  if _xla_cpu.applied:
+    flags = flags.replace(f'--{_xla_cpu.OPTION}={_xla_cpu.VALUE}', '')
   extra = ''
   if '--xla_backend_optimization_level' not in flags:
     # LLVM codegen at -O0: the plan needs buffer assignment, not fast code (several x
@@ -67,8 +120,8 @@ def ensure_fake_devices(n: int, environ: dict | None = None) -> dict:
 
 
 def devices_from_argv(argv) -> int:
-  """The fake devices a plan command line needs: the largest of --mesh and --search
-  (at least 8, the default mesh's)."""
+  """The fake devices a plan command line needs: the most any mesh of --mesh or --search
+  compiles on (`compiled_devices`; at least 8, the default mesh's)."""
   n = 8
   for i, a in enumerate(argv):
     for name in ('--mesh', '--search'):
@@ -80,12 +133,8 @@ def devices_from_argv(argv) -> int:
       if value is None:
         continue
       try:
-        n = max(
-          n,
-          num_devices(parse_mesh(value))
-          if name == '--mesh'
-          else max(int(v) for v in value.split(',') if v.strip()),
-        )
+        meshes = [parse_mesh(value)] if name == '--mesh' else parse_search(value)
+        n = max([n] + [compiled_devices(m) for m in meshes])
       except ValueError:
         pass  # the flag's own parser reports it
   return n
@@ -103,6 +152,8 @@ class MemoryPlan:
   opt_state_per_device: int
   ema_per_device: int
   batch_per_device: int  # bytes of one batch's shard
+  clip: tuple = ()  # (frames, height, width) the train step sees (a crop, or the stage's)
+  crop: bool = False  # whether `clip` is a crop of the stage's size
   t5_per_device: int = 0  # frozen T5 params run in the step (text.source != 'cache')
   argument_bytes: int = 0  # XLA compiled memory analysis of the train step (per device)
   output_bytes: int = 0
@@ -129,15 +180,26 @@ class MemoryPlan:
     return self.peak_bytes <= device_bytes
 
 
+def mesh_text(sizes: Mapping[str, int]) -> str:
+  """{'fsdp': 256, 'time': 4, ...} -> 'fsdp:256,time:4' (axes of size 1 left out)."""
+  return ','.join(f'{a}:{sizes[a]}' for a in _AXES if sizes.get(a, 1) > 1) or 'one device'
+
+
 def _gb(b: float) -> str:
   return f'{b / 1e9:8.2f} GB'
 
 
 def report(p: MemoryPlan, device_bytes: float | None = None) -> str:
-  mesh = ','.join(f'{a}:{p.mesh[a]}' for a in _AXES)
+  mesh = mesh_text(p.mesh)
+  split = p.mesh.get('time', 1) * p.mesh.get('space', 1)
+  per_group = p.batch_size / (p.mesh.get('data', 1) * p.mesh.get('fsdp', 1))
+  clip = 'x'.join(map(str, p.clip))
   lines = [
     f'stage {p.stage}: mesh {mesh} ({p.devices} devices), global batch {p.batch_size} '
-    f'({p.batch_size / p.devices:g} per device)',
+    f'({per_group:g} per data x fsdp shard'
+    + (f', each split over {split} devices' if split > 1 else '')
+    + f'), clips {clip}'
+    + (' (a crop; sampling is full size)' if p.crop else ''),
     f'parameters            {p.param_count:,} ({p.param_count / 1e9:.3f}B), '
     f'{_gb(p.param_bytes).strip()} in float32',
     'per device (fullest device, from the shardings):',
@@ -149,9 +211,12 @@ def report(p: MemoryPlan, device_bytes: float | None = None) -> str:
   if p.t5_per_device:
     lines.append(f'  frozen T5 params    {_gb(p.t5_per_device)}   (replicated)')
   if p.compiled:
+    group = compiled_devices(p.mesh)
     lines += [
       'XLA compiled memory analysis of the train step, per device (CPU backend standing '
-      'in for TPU/GPU: an estimate):',
+      'in for TPU/GPU: an estimate'
+      + (f'; compiled for one data-parallel group of {group} devices' if group < p.devices else '')
+      + '):',
       f'  arguments           {_gb(p.argument_bytes)}',
       f'  outputs             {_gb(p.output_bytes)}',
       f'  aliased (donated)   {_gb(p.alias_bytes)}',
@@ -184,7 +249,7 @@ def _shard_bytes(abstract: Any, shardings: Any) -> int:
   )
 
 
-def abstract_batch(config, model_cfg, spec, sharding) -> dict:
+def abstract_batch(config, model_cfg, spec, sharding, batch_size: int | None = None) -> dict:
   """The batch `make_pipeline` yields for this config (crop-sized with `data.crop`), as
   sharded ShapeDtypeStructs."""
   import jax
@@ -192,7 +257,8 @@ def abstract_batch(config, model_cfg, spec, sharding) -> dict:
 
   from imagen_video_jax.training import loop as loop_lib
 
-  b, (t, h, w) = int(config.data.batch_size), loop_lib.train_clip_size(config, spec)
+  b = int(config.data.batch_size if batch_size is None else batch_size)
+  t, h, w = loop_lib.train_clip_size(config, spec)
   sds = lambda shape, dtype: jax.ShapeDtypeStruct(shape, dtype, sharding=sharding)
   batch = {'video': sds((b, t, h, w, 3), jnp.float32), 'frame_ids': sds((b, t), jnp.int32)}
   if model_cfg.cond_channels:
@@ -208,19 +274,28 @@ def abstract_batch(config, model_cfg, spec, sharding) -> dict:
 
 
 def plan_memory(
-  config, mesh_sizes: Mapping[str, int], *, compile: bool = True, devices=None
+  config,
+  mesh_sizes: Mapping[str, int],
+  *,
+  compile: bool = True,
+  devices=None,
+  crop: Mapping[str, int] | None = None,
 ) -> MemoryPlan:
   """Plans one stage's training step on a mesh of (fake) devices; allocates no model.
 
-  `mesh_sizes` e.g. {'data': 16, 'fsdp': 16}; the first prod(sizes) of `devices`
-  (default jax.devices(): set XLA_FLAGS for fake CPU devices first) form the mesh.
-  compile=False: only the shardings' arithmetic (fast), no activations.
+  `mesh_sizes` e.g. {'data': 16, 'fsdp': 16, 'time': 2}; the step is compiled for one
+  data-parallel group (every axis but ``data``, and ``batch / data`` examples; see the
+  module docstring) on the first `compiled_devices(mesh_sizes)` of `devices` (default
+  jax.devices(): set XLA_FLAGS for fake CPU devices first).
+  crop: {'frames', 'height', 'width'} in place of the config's `data.crop` (None: the
+  config's). compile=False: only the shardings' arithmetic (fast), no activations.
   Text: as the config says: cached embeddings in the batch (the paper configs), or
   token ids and the frozen T5 (replicated, as the job places it) run in the step.
   """
   import time
 
   import jax
+  import ml_collections
   from jax.sharding import NamedSharding, PartitionSpec
 
   from imagen_video_jax import parallel
@@ -230,18 +305,24 @@ def plan_memory(
   from imagen_video_jax.training import step as step_lib
 
   jax.config.update('jax_threefry_partitionable', True)
+  if crop is not None:
+    config = ml_collections.ConfigDict(config.to_dict())
+    config.data.crop = ml_collections.ConfigDict(dict(crop))
   stage = loop_lib.validate(config)
   model_cfg, spec = stage.unet, stage.spec
+  clip = loop_lib.train_clip_size(config, spec)
   sizes = {a: int(mesh_sizes.get(a, 1)) for a in _AXES}
   n = num_devices(sizes)
+  group = {**sizes, 'data': 1}
+  n_group = compiled_devices(sizes)
   devices = list(jax.devices() if devices is None else devices)
-  if len(devices) < n:
+  if len(devices) < n_group:
     raise ValueError(
-      f'mesh {sizes} needs {n} devices; this process has {len(devices)}. '
-      f'Set XLA_FLAGS=--xla_force_host_platform_device_count={n} before jax '
-      'starts (python -m imagen_video_jax.plan does).'
+      f'mesh {sizes} compiles on {n_group} devices (one data-parallel group); this process '
+      f'has {len(devices)}. Set XLA_FLAGS=--xla_force_host_platform_device_count={n_group} '
+      'before jax starts (python -m imagen_video_jax.plan does).'
     )
-  mesh = parallel.make_mesh(**sizes, devices=devices[:n])
+  mesh = parallel.make_mesh(**group, devices=devices[:n_group])
   rules = parallel.DEFAULT_RULES
   batch_size = int(config.data.batch_size)
   if batch_size % (sizes['data'] * sizes['fsdp']):
@@ -249,6 +330,12 @@ def plan_memory(
       f'data.batch_size {batch_size} is not divisible by data*fsdp = '
       f'{sizes["data"] * sizes["fsdp"]}'
     )
+  for axis, size, length in (('time', sizes['time'], clip[0]), ('space', sizes['space'], clip[1])):
+    if length % size:
+      raise ValueError(
+        f"the {axis} axis ({size}) does not divide the clips' "
+        f'{"frames" if axis == "time" else "height"} ({length}): choose a divisor'
+      )
 
   model = unet_lib.VideoUNet(model_cfg)
   tx, schedule = state_lib.make_optimizer(config.optim)
@@ -262,7 +349,7 @@ def plan_memory(
   param_count = sum(math.prod(p.shape) for p in param_leaves)
   param_bytes = sum(math.prod(p.shape) * p.dtype.itemsize for p in param_leaves)
   batch_sh = parallel.batch_sharding(mesh)
-  batch = abstract_batch(config, model_cfg, spec, batch_sh)
+  batch = abstract_batch(config, model_cfg, spec, batch_sh, batch_size // sizes['data'])
   plan = MemoryPlan(
     stage=str(config.get('stage', config.get('name', '?'))),
     mesh=sizes,
@@ -274,6 +361,8 @@ def plan_memory(
     opt_state_per_device=_shard_bytes(abstract.opt_state, shardings.opt_state),
     ema_per_device=_shard_bytes(abstract.ema_params, shardings.ema_params),
     batch_per_device=_shard_bytes(batch, jax.tree.map(lambda x: x.sharding, batch)),
+    clip=tuple(clip),
+    crop=tuple(clip) != (spec.frames, spec.height, spec.width),
   )
   replicated = NamedSharding(mesh, PartitionSpec())
   t5_model = t5_params = None
@@ -324,15 +413,25 @@ def to_json(p: MemoryPlan, device_bytes: float | None = None) -> str:
   return json.dumps(d)
 
 
-def smallest_fitting(config, candidates, device_bytes: float, **kw):
-  """The first mesh in `candidates` (ascending size) whose plan fits; (mesh, plans tried).
+def search(config, candidates, device_bytes: float, crops=(None,), **kw):
+  """The first plan that fits: each crop of `crops` in order (None: the config's), each
+  mesh of `candidates` in order. Returns (the fitting plan or None, every plan tried).
 
-  Assumes fitting is monotone in the device count, so it stops at the first fit.
+  Assumes fitting is monotone along `candidates` (put them in ascending memory order):
+  it moves to the next crop at the first fit, and stops there.
   """
   tried = []
-  for sizes in candidates:
-    p = plan_memory(config, sizes, **kw)
-    tried.append(p)
-    if p.fits(device_bytes):
-      return sizes, tried
+  for crop in crops:
+    for sizes in candidates:
+      p = plan_memory(config, sizes, crop=crop, **kw)
+      tried.append(p)
+      if p.fits(device_bytes):
+        return p, tried
   return None, tried
+
+
+def smallest_fitting(config, candidates, device_bytes: float, **kw):
+  """The first mesh in `candidates` (ascending size) whose plan fits; (mesh, plans tried).
+  `search` with the config's own crop."""
+  p, tried = search(config, candidates, device_bytes, **kw)
+  return (p.mesh if p else None), tried

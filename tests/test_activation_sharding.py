@@ -78,9 +78,7 @@ def _grads_and_loss(mesh):
   # Non-zero temporal and output layers (they start at zero): every path carries gradient.
   leaves, tree = jax.tree.flatten(params)
   keys = jax.random.split(jax.random.key(2), len(leaves))
-  params = tree.unflatten(
-    [p + 0.05 * jax.random.normal(k, p.shape) for p, k in zip(leaves, keys)]
-  )
+  params = tree.unflatten([p + 0.05 * jax.random.normal(k, p.shape) for p, k in zip(leaves, keys)])
   tx = optax.sgd(1.0)
   state = state_lib.TrainState.create(params, tx)
   step = step_lib.make_train_step(config, model, None, tx, lambda n: 1.0, jax.random.key(3))
@@ -179,8 +177,18 @@ def test_on_eight_fake_devices():
     XLA_FLAGS='--xla_force_host_platform_device_count=8 --xla_backend_optimization_level=0',
   )
   proc = subprocess.run(
-    [sys.executable, '-m', 'pytest', '-q', '-x', '-p', 'no:cacheprovider', __file__, '-k',
-     'matches_one_device'],
+    [
+      sys.executable,
+      '-m',
+      'pytest',
+      '-q',
+      '-x',
+      '-p',
+      'no:cacheprovider',
+      __file__,
+      '-k',
+      'matches_one_device',
+    ],
     env=env,
     capture_output=True,
     text=True,

@@ -441,14 +441,24 @@ def test_runs_saved_before_crops_existed_resume_without_one():
   assert config_differences(saved, now) == ['data.crop.height: checkpoint "<absent>", now 16']
 
 
-def test_shipped_configs_crop_nothing():
+def test_shipped_configs_crop_only_the_fully_convolutional_paper_stage():
   from imagen_video_jax.configs import imagen_video
+  from imagen_video_jax.training import loop
 
   for module, stages in (
     (digits_config, digits_config.STAGES),
     (imagen_video, imagen_video.STAGES),
   ):
     for s in stages:
-      crop = module.get_config(f'stage={s}').data.crop
+      config = module.get_config(f'stage={s}')
+      crop = config.data.crop
       assert isinstance(crop, ml_collections.ConfigDict)
-      assert dict(crop) == {'frames': 0, 'height': 0, 'width': 0}, (module.__name__, s)
+      if (module, s) == (imagen_video, 'ssr3'):
+        # spatial crops only: the stage has no attention, so no layer but GroupNorm sees
+        # beyond a pixel's neighbourhood
+        assert dict(crop) == {'frames': 128, 'height': 192, 'width': 320}
+        stage = loop.validate(config)  # a valid crop (factor, downsampling)
+        assert not any(l.spatial_attention or l.cross_attention for l in stage.unet.levels)
+        assert (stage.spec.height, stage.spec.width) == (768, 1280)  # samples at full size
+      else:
+        assert dict(crop) == {'frames': 0, 'height': 0, 'width': 0}, (module.__name__, s)

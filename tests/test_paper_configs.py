@@ -51,7 +51,12 @@ def test_stage_config_is_valid(stage):
     assert not any(l.spatial_attention for l in levels)
   if stage == 'ssr3':
     assert not any(l.cross_attention for l in levels)  # fully convolutional
-  assert c.mesh.to_dict() == {'data': 1, 'fsdp': -1, 'tensor': 1, 'constrain_activations': True}
+  mesh = c.mesh.to_dict()
+  assert mesh['fsdp'] == -1 and mesh['tensor'] == 1 and mesh['constrain_activations']
+  # The frames split over `time` divide every level's frames (the U-Net never halves T).
+  assert c.frames % mesh['time'] == 0 and c.height % mesh['space'] == 0
+  # The clip is split where it is large: the three 64/128-frame 192x320+ stages.
+  assert (mesh['time'] * mesh['space'] > 1) == (stage in ('ssr2', 'tsr2', 'tsr3', 'ssr3'))
 
 
 def test_stages_chain_into_one_cascade():

@@ -55,18 +55,25 @@ def _init_fn(cfg):
 def test_make_mesh_single_device():
   mesh = parallel.make_mesh()
   assert mesh.axis_names == parallel.AXES
-  assert dict(mesh.shape) == {'data': jax.device_count(), 'fsdp': 1, 'tensor': 1}
+  assert dict(mesh.shape) == {
+    'data': jax.device_count(),
+    'fsdp': 1,
+    'time': 1,
+    'space': 1,
+    'tensor': 1,
+  }
   assert all(t == jax.sharding.AxisType.Auto for t in mesh.axis_types)
 
 
 @pytest.mark.parametrize(
   'sizes, total, expected',
   [
-    (dict(data=-1), 8, (8, 1, 1)),
-    (dict(data=-1, fsdp=2, tensor=2), 8, (2, 2, 2)),
-    (dict(data=2, fsdp=-1), 8, (2, 4, 1)),
-    (dict(data=1, fsdp=1, tensor=-1), 4, (1, 1, 4)),
-    (dict(data=2, fsdp=2, tensor=2), 8, (2, 2, 2)),
+    (dict(data=-1), 8, (8, 1, 1, 1, 1)),
+    (dict(data=-1, fsdp=2, tensor=2), 8, (2, 2, 1, 1, 2)),
+    (dict(data=2, fsdp=-1), 8, (2, 4, 1, 1, 1)),
+    (dict(data=1, fsdp=1, tensor=-1), 4, (1, 1, 1, 1, 4)),
+    (dict(data=2, fsdp=2, tensor=2), 8, (2, 2, 1, 1, 2)),
+    (dict(data=2, time=-1, space=2), 16, (2, 1, 4, 2, 1)),
   ],
 )
 def test_mesh_sizes_fill(sizes, total, expected):
@@ -88,18 +95,18 @@ def test_mesh_size_errors(sizes, total, match):
 
 
 def test_make_mesh_error_names_the_problem():
-  with pytest.raises(ValueError, match=r'make_mesh: .*data\*fsdp\*tensor'):
+  with pytest.raises(ValueError, match=r'make_mesh: .*data\*fsdp\*time\*space\*tensor'):
     parallel.make_mesh(data=jax.device_count() + 1)
 
 
 def test_hybrid_mesh_single_slice_and_errors():
   mesh = parallel.make_hybrid_mesh(ici={'data': -1}, dcn={})
-  assert mesh.devices.shape == (jax.device_count(), 1, 1)
+  assert mesh.devices.shape == (jax.device_count(), 1, 1, 1, 1)
   with pytest.raises(ValueError, match='dcn'):  # CPU devices are all one slice
     parallel.make_hybrid_mesh(ici={'fsdp': -1}, dcn={'data': 2})
   with pytest.raises(ValueError, match='unknown axes'):
     parallel.make_hybrid_mesh(ici={'model': 2}, dcn={})
-  assert parallel.mesh_from_config({'data': -1}).devices.shape == (jax.device_count(), 1, 1)
+  assert parallel.mesh_from_config({'data': -1}).devices.shape == (jax.device_count(), 1, 1, 1, 1)
 
 
 def test_rules_give_valid_specs_for_every_named_axis_combination():
@@ -113,9 +120,13 @@ def test_rules_give_valid_specs_for_every_named_axis_combination():
   assert spec(('vocab', 'embed')) == P('tensor', 'fsdp')
   assert spec(('heads', None)) == P('tensor', None)
   # Activations: batch takes data+fsdp, so embed is left replicated (a mesh axis is
-  # used once per array).
+  # used once per array); one example's frames and rows split over time and space.
   assert spec(('batch', 'frames', 'height', 'width', 'embed')) == P(
-    ('data', 'fsdp'), None, None, None, None
+    ('data', 'fsdp'), 'time', 'space', None, None
+  )
+  # Temporal attention's rows: the pixels take both (rows major, as H is in H*W).
+  assert spec(('batch', 'pixels', None, 'embed')) == P(
+    ('data', 'fsdp'), ('space', 'time'), None, None
   )
   assert spec(('batch', None, 'embed')) == P(('data', 'fsdp'), None, None)
 
@@ -227,7 +238,7 @@ def test_param_bytes_per_device_on_an_abstract_pod():
   boxed = jax.eval_shape(_init_fn(_cfg()), jax.random.key(0))
   total = sum(x.size * 4 for x in jax.tree.leaves(nn.unbox(boxed)))
   mesh = parallel.abstract_mesh(64, data=8, fsdp=-1, tensor=2)
-  assert dict(mesh.shape) == {'data': 8, 'fsdp': 4, 'tensor': 2}
+  assert dict(mesh.shape) == {'data': 8, 'fsdp': 4, 'time': 1, 'space': 1, 'tensor': 2}
   per_device = parallel.param_bytes_per_device(boxed, parallel.logical_shardings(boxed, mesh))
   assert total / 8.5 < per_device < total / 4
 
@@ -289,7 +300,7 @@ def test_two_processes_on_localhost_form_one_job(tmp_path):
       outs = job.finish(timeout=120 + _SKEW_S)
   assert job.tries == 2 and job.port != port
   for i, out in enumerate(outs):
-    assert f'RESULT explicit {i} 2 2 4 (2, 2, 1)' in out, out[-3000:]
+    assert f'RESULT explicit {i} 2 2 4 (2, 2, 1, 1, 1)' in out, out[-3000:]
     assert 'SUM 10.0' in out, out[-3000:]  # 1+2+3+4, one number per device
   waited = int(outs[0].split('SUM 10.0 ', 1)[1].split()[0])
   assert waited >= _SKEW_S - 10, waited  # process 0 waited for process 1 before running
@@ -300,14 +311,22 @@ def test_two_processes_on_localhost_form_one_job(tmp_path):
 # ---------------------------------------------------------------------------------
 @multidevice
 def test_mesh_shapes_on_eight():
-  assert parallel.make_mesh(-1, 2, 2).devices.shape == (2, 2, 2)
-  assert parallel.make_mesh(fsdp=8, data=1).devices.shape == (1, 8, 1)
-  assert parallel.make_mesh(devices=jax.devices()[:4], tensor=2).devices.shape == (2, 1, 2)
+  assert parallel.make_mesh(-1, 2, 2).devices.shape == (2, 2, 1, 1, 2)
+  assert parallel.make_mesh(fsdp=8, data=1).devices.shape == (1, 8, 1, 1, 1)
+  assert parallel.make_mesh(data=2, time=2, space=2).devices.shape == (2, 1, 2, 2, 1)
+  assert parallel.make_mesh(devices=jax.devices()[:4], tensor=2).devices.shape == (2, 1, 1, 1, 2)
   with pytest.raises(ValueError, match='do not divide 8'):
     parallel.make_mesh(fsdp=3)
   hybrid = parallel.make_hybrid_mesh(ici={'data': 2, 'fsdp': -1}, dcn={'data': 1})
-  assert hybrid.devices.shape == (2, 4, 1)
-  assert parallel.mesh_from_config({'data': 2, 'fsdp': 2, 'tensor': 2}).devices.shape == (2, 2, 2)
+  assert hybrid.devices.shape == (2, 4, 1, 1, 1)
+  assert parallel.mesh_from_config({'data': 2, 'fsdp': 2, 'tensor': 2}).devices.shape == (
+    2,
+    2,
+    1,
+    1,
+    2,
+  )
+  assert parallel.mesh_from_config({'data': 2, 'time': 4}).devices.shape == (2, 1, 4, 1, 1)
 
 
 @multidevice

@@ -40,12 +40,38 @@ def run_plan(*args, timeout=600):
 
 
 def test_parse_mesh_and_device_flags():
-  assert planning.parse_mesh('data:16,fsdp:16') == {'data': 16, 'fsdp': 16, 'tensor': 1}
+  from imagen_video_jax import parallel
+
+  assert planning._AXES == parallel.AXES  # one list of mesh axes, kept in two modules
+  assert planning.parse_mesh('data:16,fsdp:16') == {
+    'data': 16,
+    'fsdp': 16,
+    'time': 1,
+    'space': 1,
+    'tensor': 1,
+  }
   assert planning.num_devices(planning.parse_mesh('data:2,fsdp:4,tensor:2')) == 16
+  # A plan compiles one data-parallel group: every axis but data.
+  mesh = planning.parse_mesh('data:8,fsdp:32,time:4,space:2')
+  assert planning.num_devices(mesh) == 2048 and planning.compiled_devices(mesh) == 256
+  assert planning.devices_from_argv(['--search=data:8,fsdp:4,time:4;fsdp:2']) == 16
+  assert planning.parse_search('4,8') == [
+    planning.parse_mesh('fsdp:4'),
+    planning.parse_mesh('fsdp:8'),
+  ]
+  assert planning.parse_search('fsdp:2;fsdp:2,space:2')[1]['space'] == 2
+  with pytest.raises(ValueError, match='neither device counts'):
+    planning.parse_search('4,x')
+  assert planning.parse_crop('config') is None
+  assert planning.parse_crop('full') == {'frames': 0, 'height': 0, 'width': 0}
+  assert planning.parse_crop('0x192x320') == {'frames': 0, 'height': 192, 'width': 320}
+  with pytest.raises(ValueError, match='FRAMESxHEIGHTxWIDTH'):
+    planning.parse_crop('192x320')
   for bad in ('batch:4', 'fsdp:0', 'fsdp'):
     with pytest.raises(ValueError):
       planning.parse_mesh(bad)
-  assert planning.devices_from_argv(['--mesh=data:16,fsdp:16']) == 256
+  assert planning.devices_from_argv(['--mesh=data:16,fsdp:16']) == 16  # one data group
+  assert planning.devices_from_argv(['--mesh=fsdp:64,time:2']) == 128
   assert planning.devices_from_argv(['--mesh', 'fsdp:4']) == 8  # at least the default's 8
   assert planning.devices_from_argv(['--search=8,16,64']) == 64
   env = planning.ensure_fake_devices(
@@ -54,6 +80,19 @@ def test_parse_mesh_and_device_flags():
   assert env['XLA_FLAGS'].count('device_count') == 1
   assert '--xla_force_host_platform_device_count=32' in env['XLA_FLAGS']
   assert '--xla_foo=1' in env['XLA_FLAGS'] and env['JAX_PLATFORMS'] == 'cpu'
+
+
+def test_fake_devices_drop_the_packages_cpu_default(monkeypatch):
+  """The package's YNN setting is not for fake-device meshes; a user's own is kept."""
+  from imagen_video_jax import _xla_cpu
+
+  ours = f'--{_xla_cpu.OPTION}={_xla_cpu.VALUE}'
+  monkeypatch.setattr(_xla_cpu, 'applied', True)
+  env = planning.ensure_fake_devices(8, {'XLA_FLAGS': f'--xla_foo=1 {ours}'})
+  assert _xla_cpu.OPTION not in env['XLA_FLAGS'] and '--xla_foo=1' in env['XLA_FLAGS']
+  monkeypatch.setattr(_xla_cpu, 'applied', False)
+  env = planning.ensure_fake_devices(8, {'XLA_FLAGS': ours})
+  assert ours in env['XLA_FLAGS']
 
 
 def test_peak_arithmetic():
@@ -128,7 +167,36 @@ def test_search_stops_at_first_fit():
     '--nocompile',
   )
   assert len(plans) == 1 and plans[0]['devices'] == 2
-  assert "smallest mesh that fits: {'fsdp': 2}" in stdout
+  assert 'first plan that fits: mesh fsdp:2, clips 8x16x16' in stdout
+
+
+def test_splitting_frames_and_rows_divides_the_activations():
+  """Compiled plans of one SR step: the same data-parallel group with each clip's frames
+  and rows split over 2 x 2 devices holds far less per device (activations split)."""
+  _, plans, _ = run_plan(
+    '--config=configs/digits.py:stage=ssr,tiny=True',
+    '--search=data:2;data:2,time:2,space:2',
+    '--config.data.batch_size=4',
+    '--device_memory_gb=1e-9',  # fits nowhere: both meshes are compiled
+  )
+  whole, split = plans
+  assert (whole['devices'], split['devices']) == (2, 8)
+  assert split['params_per_device'] == whole['params_per_device']  # replicated on time, space
+  assert split['temp_bytes'] < 0.5 * whole['temp_bytes'], (split, whole)
+
+
+def test_search_moves_to_a_crop_when_no_mesh_fits_the_full_clip():
+  config = ('--config=configs/digits.py:stage=ssr,tiny=True', '--config.data.batch_size=64')
+  _, (full,), _ = run_plan(*config, '--mesh=fsdp:2', '--crops=full', '--nocompile')
+  _, (crop,), _ = run_plan(*config, '--mesh=fsdp:2', '--crops=0x16x16', '--nocompile')
+  assert crop['clip'] == [16, 16, 16] and crop['crop'] and not full['crop']
+  assert crop['batch_per_device'] < 0.3 * full['batch_per_device']  # a quarter of the pixels
+  gb = (full['peak_bytes'] + crop['peak_bytes']) / 2 / 1e9  # between the two
+  stdout, plans, _ = run_plan(
+    *config, '--search=1,2', '--crops=full,0x16x16', '--nocompile', f'--device_memory_gb={gb}'
+  )
+  assert [(p['devices'], p['crop']) for p in plans] == [(1, False), (2, False), (1, True)]
+  assert 'first plan that fits: mesh one device, clips 16x16x16 (crop)' in stdout
 
 
 def test_bad_mesh_is_one_line():

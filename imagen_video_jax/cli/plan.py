@@ -2,8 +2,11 @@ r"""Does a stage's training step fit a mesh? Abstract arrays and fake CPU device
 
   python -m imagen_video_jax.plan --config=configs/imagen_video.py:stage=base \
       --mesh=data:16,fsdp:16 [--device_memory_gb=95] [--nocompile]
-  python -m imagen_video_jax.plan --config=configs/imagen_video.py:stage=tsr3 \
+  python -m imagen_video_jax.plan --config=configs/imagen_video.py:stage=ssr1 \
       --search=8,16,32,64,128,256 --device_memory_gb=80    # smallest pure-FSDP mesh
+  # meshes that split each example's frames (time) and rows (space), and crops
+  python -m imagen_video_jax.plan --config=configs/imagen_video.py:stage=ssr3 \
+      --search='fsdp:256,time:4;fsdp:256,time:8' --crops=full,128x192x320
 
 Prints the parameter count, per-device bytes of params, optimizer state and EMA, XLA's
 compiled memory analysis of the train step on that mesh, and whether it fits.
@@ -33,8 +36,16 @@ _MESH = flags.DEFINE_string('mesh', 'fsdp:8', 'Mesh sizes, e.g. data:16,fsdp:16 
 _SEARCH = flags.DEFINE_string(
   'search',
   '',
-  'Instead of --mesh: pure-FSDP device counts to try in '
-  'order, e.g. 8,16,32,64,128,256; prints the smallest that fits.',
+  'Instead of --mesh: meshes to try in order, as pure-FSDP device counts (8,16,32) or '
+  "meshes separated by ';' (fsdp:256;fsdp:256,time:2;fsdp:256,time:2,space:2); prints "
+  'the first that fits.',
+)
+_CROPS = flags.DEFINE_string(
+  'crops',
+  'config',
+  "Training crops to try, in order, with every mesh of --search (or with --mesh): 'config' "
+  "(the config's data.crop), 'full', or FRAMESxHEIGHTxWIDTH (0: the stage's size), e.g. "
+  'full,128x192x320.',
 )
 _DEVICE_MEMORY_GB = flags.DEFINE_float(
   'device_memory_gb', 95.0, 'Memory per device in GB (1e9 bytes): TPU v5p 95, H100 80.'
@@ -58,25 +69,33 @@ def main(argv):
     raise app.UsageError('--config is required.')
   device_bytes = _DEVICE_MEMORY_GB.value * 1e9
   try:
-    if _SEARCH.value:
-      candidates = [{'fsdp': int(n)} for n in _SEARCH.value.split(',') if n.strip()]
-      best, tried = planning.smallest_fitting(
-        _CONFIG.value, candidates, device_bytes, compile=_COMPILE.value
+    crops = [planning.parse_crop(c) for c in _CROPS.value.split(',')]
+    candidates = (
+      planning.parse_search(_SEARCH.value) if _SEARCH.value else [planning.parse_mesh(_MESH.value)]
+    )
+
+    def show(p):
+      print(planning.report(p, device_bytes), end='\n\n', flush=True)
+      if _JSON.value:
+        print('JSON', planning.to_json(p, device_bytes), flush=True)
+
+    if not _SEARCH.value and len(crops) == 1:
+      show(
+        planning.plan_memory(_CONFIG.value, candidates[0], compile=_COMPILE.value, crop=crops[0])
       )
-      for p in tried:
-        print(planning.report(p, device_bytes), end='\n\n', flush=True)
-        if _JSON.value:
-          print('JSON', planning.to_json(p, device_bytes))
-      print(f'smallest mesh that fits: {best}' if best else 'no candidate mesh fits')
       return
-    plan = planning.plan_memory(
-      _CONFIG.value, planning.parse_mesh(_MESH.value), compile=_COMPILE.value
+    best, tried = planning.search(
+      _CONFIG.value, candidates, device_bytes, crops=crops, compile=_COMPILE.value
     )
   except ValueError as e:
     raise SystemExit(f'plan: {e}') from None
-  print(planning.report(plan, device_bytes), flush=True)
-  if _JSON.value:
-    print('JSON', planning.to_json(plan, device_bytes))
+  for p in tried:
+    show(p)
+  if best is None:
+    print('no candidate mesh fits')
+  else:
+    clip = 'x'.join(map(str, best.clip)) + (' (crop)' if best.crop else '')
+    print(f'first plan that fits: mesh {planning.mesh_text(best.mesh)}, clips {clip}')
 
 
 if __name__ == '__main__':

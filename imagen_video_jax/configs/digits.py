@@ -150,5 +150,7 @@ def get_config(arg: str = 'stage=base') -> ml_collections.ConfigDict:
   c.sample = ml_collections.ConfigDict(
     dict(steps=8 if tiny else 32, guidance=3.0, num=4, clip='static')
   )
-  c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1, constrain_activations=False))
+  c.mesh = ml_collections.ConfigDict(
+    dict(data=-1, fsdp=1, time=1, space=1, tensor=1, constrain_activations=False)
+  )
   return c

@@ -64,6 +64,20 @@ def _unet(base, mults, blocks, *, spatial=(), cross=(), temporal='conv'):
   )
 
 
+# How each stage trains on a pod (benchmarks/BENCHMARKS.md, 'Memory plan'): data-parallel
+# groups, and how many devices split one example's frames (time) and rows (space); fsdp
+# takes the rest of the devices. ssr3 trains on crops of 128 x 192 x 320 (it is fully
+# convolutional: no attention) and samples at full size.
+_PARALLEL = {  # stage: (data, time, space, crop frames x height x width or None)
+  'base': (1, 1, 1, None),
+  'tsr1': (2, 1, 1, None),
+  'ssr1': (1, 1, 1, None),
+  'ssr2': (8, 2, 1, None),
+  'tsr2': (8, 4, 1, None),
+  'tsr3': (8, 8, 1, None),
+  'ssr3': (8, 8, 1, (128, 192, 320)),
+}
+
 # stage: (frames, height, width, fps, kind, factor, levels)
 # fmt: off
 _STAGES = {
@@ -94,6 +108,7 @@ _STAGES = {
 def get_config(arg: str = 'stage=base') -> ml_collections.ConfigDict:
   stage = _common.parse_arg(arg, 'configs/imagen_video.py', stage=STAGES)['stage']
   frames, height, width, fps, kind, factor, levels = _STAGES[stage]
+  data, time, space, crop = _PARALLEL[stage]
   # StageSpec validates the sizes and factors.
   spec = StageSpec(frames, height, width, SOURCE_FPS // fps, kind, factor)
   is_sr = kind != 'base'
@@ -175,7 +190,7 @@ def get_config(arg: str = 'stage=base') -> ml_collections.ConfigDict:
       # convolutional in space (no spatial attention; GroupNorm's per-frame statistics
       # still see only the crop). Training-time sample videos are crop-sized; the
       # exported stage samples at full size. See docs/training.md, 'Training on crops'.
-      crop=ml_collections.ConfigDict(dict(frames=0, height=0, width=0)),
+      crop=ml_collections.ConfigDict(dict(zip(('frames', 'height', 'width'), crop or (0, 0, 0)))),
     )
   )
 
@@ -183,10 +198,13 @@ def get_config(arg: str = 'stage=base') -> ml_collections.ConfigDict:
     dict(steps=64, guidance=6.0 if stage == 'base' else 3.0, num=4, clip='dynamic')
   )
 
-  # Pure FSDP over every device by default (fits any device count); e.g.
-  # --config.mesh.data=4 --config.mesh.fsdp=-1 for data parallel across 4 groups, and
-  # dcn_data=NUM_SLICES for multi-slice TPU (see imagen_video_jax.parallel).
-  c.mesh = ml_collections.ConfigDict(dict(data=1, fsdp=-1, tensor=1, constrain_activations=True))
+  # FSDP over the devices the other axes leave (_PARALLEL above); e.g.
+  # --config.mesh.data=4 for data parallel across 4 groups, --config.mesh.time=2 to split
+  # each clip's frames over 2 devices, and dcn_data=NUM_SLICES for multi-slice TPU (see
+  # imagen_video_jax.parallel). The activation constraints are what split an example.
+  c.mesh = ml_collections.ConfigDict(
+    dict(data=data, fsdp=-1, time=time, space=space, tensor=1, constrain_activations=True)
+  )
   return c
 
 

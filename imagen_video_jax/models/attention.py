@@ -173,7 +173,9 @@ class TextCrossAttention(nn.Module):
     # Queries of all frames that share one caption are attended in one go.
     y = y.reshape(b, tt, (t // tt) * h * w, c)
     # Queries stay where the mesh split their frames and rows (the text is replicated).
-    names = ('batch', 'frames', 'height', 'embed') if tt == t else ('batch', None, 'queries', 'embed')
+    names = (
+      ('batch', 'frames', 'height', 'embed') if tt == t else ('batch', None, 'queries', 'embed')
+    )
     y = parallel.constrain(y, names)
     text = layers.LayerNorm(dtype=self.dtype, name='text_norm')(text_BtLD)
     null_k, null_v = null_key_value(self, n, self.head_dim)
