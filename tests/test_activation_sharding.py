@@ -197,3 +197,38 @@ def test_on_eight_fake_devices():
   )
   assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-3000:]
   assert '2 passed' in proc.stdout, proc.stdout[-3000:]
+
+
+@pytest.mark.slow
+def test_the_train_program_runs_with_frames_and_rows_split(tmp_path):
+  """`python -m imagen_video_jax.train` on a 2x2x2 (data, time, space) mesh of fake
+  devices: trains, checkpoints and writes a sample video (~60 s)."""
+  env = dict(os.environ, JAX_PLATFORMS='cpu', XLA_FLAGS='--xla_force_host_platform_device_count=8')
+  workdir = tmp_path / 'run'
+  proc = subprocess.run(
+    [
+      sys.executable,
+      '-m',
+      'imagen_video_jax.train',
+      '--config=configs/digits.py:stage=ssr,tiny=True',
+      f'--workdir={workdir}',
+      '--config.num_steps=3',
+      '--config.log_every=1',
+      '--config.data.batch_size=2',
+      '--config.mesh.data=2',
+      '--config.mesh.time=2',
+      '--config.mesh.space=2',
+      '--config.sample_every=3',
+      '--config.sample.num=2',
+      '--config.sample.steps=2',
+    ],
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=600,
+    cwd=ROOT,
+  )
+  assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+  assert 'step 3/3' in proc.stdout
+  assert (workdir / 'checkpoints' / '3').is_dir()
+  assert (workdir / 'samples' / 'step_00000003.gif').stat().st_size > 1000

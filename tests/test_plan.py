@@ -199,6 +199,18 @@ def test_search_moves_to_a_crop_when_no_mesh_fits_the_full_clip():
   assert 'first plan that fits: mesh one device, clips 16x16x16 (crop)' in stdout
 
 
+def test_the_paper_ssr3_plan_splits_frames_and_trains_on_crops():
+  """The configured ssr3 mesh (2048 devices) is planned on one data-parallel group."""
+  stdout, (p,), _ = run_plan(
+    '--config=configs/imagen_video.py:stage=ssr3', '--mesh=data:8,fsdp:32,time:8', '--nocompile'
+  )
+  assert p['devices'] == 2048 and p['clip'] == [128, 192, 320] and p['crop']
+  assert 'each split over 8 devices' in stdout and '(a crop; sampling is full size)' in stdout
+  # The whole-clip batch would hold 16x the pixels: the planned batch is the crop's.
+  pixels = 2 * 128 * 192 * 320 * 3 * 4  # video + cond, float32, one example
+  assert pixels <= p['batch_per_device'] < 2 * pixels
+
+
 def test_bad_mesh_is_one_line():
   env = {k: v for k, v in os.environ.items() if k not in ('XLA_FLAGS', 'JAX_PLATFORMS')}
   out = subprocess.run(

@@ -151,6 +151,13 @@ def get_config(arg: str = 'stage=base') -> ml_collections.ConfigDict:
     dict(steps=8 if tiny else 32, guidance=3.0, num=4, clip='static')
   )
   c.mesh = ml_collections.ConfigDict(
-    dict(data=-1, fsdp=1, time=1, space=1, tensor=1, constrain_activations=False)
+    dict(
+      data=-1,
+      fsdp=1,
+      time=1,  # devices that split each clip's frames (activation sharding)
+      space=1,  # devices that split each clip's rows (activation sharding)
+      tensor=1,
+      constrain_activations=False,
+    )
   )
   return c

@@ -198,12 +198,19 @@ def get_config(arg: str = 'stage=base') -> ml_collections.ConfigDict:
     dict(steps=64, guidance=6.0 if stage == 'base' else 3.0, num=4, clip='dynamic')
   )
 
-  # FSDP over the devices the other axes leave (_PARALLEL above); e.g.
-  # --config.mesh.data=4 for data parallel across 4 groups, --config.mesh.time=2 to split
-  # each clip's frames over 2 devices, and dcn_data=NUM_SLICES for multi-slice TPU (see
-  # imagen_video_jax.parallel). The activation constraints are what split an example.
+  # Per stage: data-parallel groups and the devices that split one clip (the planned
+  # meshes of benchmarks/BENCHMARKS.md); FSDP over the devices they leave. E.g.
+  # --config.mesh.data=4 for 4 data-parallel groups, and dcn_data=NUM_SLICES for
+  # multi-slice TPU (see imagen_video_jax.parallel).
   c.mesh = ml_collections.ConfigDict(
-    dict(data=data, fsdp=-1, time=time, space=space, tensor=1, constrain_activations=True)
+    dict(
+      data=data,
+      fsdp=-1,
+      time=time,  # devices that split each clip's frames (activation sharding)
+      space=space,  # devices that split each clip's rows (activation sharding)
+      tensor=1,
+      constrain_activations=True,
+    )
   )
   return c
 
