@@ -188,8 +188,9 @@ class UNetConfig:
 
 def upsample_nearest(x_BTHWC: jax.Array) -> jax.Array:
   """Doubles H and W by repeating each pixel 2x2: `jax.image.resize(..., 'nearest')`'s
-  values, written as a broadcast and a reshape, which GSPMD keeps split over the rows
-  (the resize is a gather, which it would gather onto every device first)."""
+  values, written as a broadcast and a reshape, which stay split over the rows where the
+  mesh splits them (the resize indexes the rows with an index array: a gather, which a
+  partitioner cannot in general keep split)."""
   b, t, h, w, c = x_BTHWC.shape
   x = jnp.broadcast_to(x_BTHWC[:, :, :, None, :, None, :], (b, t, h, 2, w, 2, c))
   return x.reshape(b, t, 2 * h, 2 * w, c)
