@@ -95,7 +95,7 @@ def _grads_and_loss(mesh):
 @multidevice
 def test_train_step_with_frames_and_rows_split_matches_one_device():
   one = parallel.make_mesh(devices=jax.devices()[:1])
-  loss1, grads1, _ = _grads_and_loss(one)
+  loss1, grads1, compiled1 = _grads_and_loss(one)
   mesh = parallel.make_mesh(data=2, time=2, space=2)
   assert dict(mesh.shape) == {'data': 2, 'fsdp': 1, 'time': 2, 'space': 2, 'tensor': 1}
   loss8, grads8, compiled = _grads_and_loss(mesh)
@@ -104,15 +104,13 @@ def test_train_step_with_frames_and_rows_split_matches_one_device():
   assert max(np.abs(g).max() for g in flat1) > 1e-3  # gradients to compare
   for g1, g8 in zip(flat1, flat8):
     np.testing.assert_allclose(g8, g1, atol=1e-5, rtol=1e-5)
-  # Really split: the step exchanges halos (collective-permute) and the activations one
-  # device holds shrink to about a quarter of the data-parallel step's.
-  text = compiled.as_text()
-  assert 'collective-permute' in text
-  _, _, data_only = _grads_and_loss(parallel.make_mesh(devices=jax.devices()[:2], data=2))
+  # Really split: the step exchanges halos (collective-permute), and one device holds an
+  # eighth of the one-device step's activations (half an example's quarter), about.
+  assert 'collective-permute' in compiled.as_text()
   ratio = compiled.memory_analysis().temp_size_in_bytes / max(
-    1, data_only.memory_analysis().temp_size_in_bytes
+    1, compiled1.memory_analysis().temp_size_in_bytes
   )
-  assert ratio < 0.5, ratio
+  assert ratio < 0.25, ratio
 
 
 def _temporal_attention():

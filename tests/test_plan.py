@@ -170,6 +170,7 @@ def test_search_stops_at_first_fit():
   assert 'first plan that fits: mesh fsdp:2, clips 8x16x16' in stdout
 
 
+@pytest.mark.slow  # the same split is measured in tests/test_activation_sharding.py
 def test_splitting_frames_and_rows_divides_the_activations():
   """Compiled plans of one SR step: the same data-parallel group with each clip's frames
   and rows split over 2 x 2 devices holds far less per device (activations split)."""
