@@ -1,5 +1,6 @@
-"""Test helpers: multi-process jax.distributed jobs on localhost, work shared by the
-pytest-xdist workers of one session, and hooks into a training run.
+"""Test helpers: multi-process jax.distributed jobs on localhost, a test file's tests re-run
+on fake devices, work shared by the pytest-xdist workers of one session, and hooks into a
+training run.
 
 The coordinator's port. A port found by binding port 0 and releasing it may be taken
 before the coordinator binds it (by another test's job, or as the local end of any
@@ -20,6 +21,7 @@ import pathlib
 import shutil
 import socket
 import subprocess
+import sys
 import time
 from typing import Callable, Sequence
 
@@ -147,6 +149,26 @@ def local_job(
         return
       finally:
         job.kill()
+
+
+def rerun_on_fake_devices(test_file: str, select: str, passed: int, devices: int = 8) -> None:
+  """Runs `test_file`'s tests matching `-k select` in a subprocess with `devices` fake CPU
+  devices (XLA_FLAGS must be set before jax starts, so a test cannot set it for itself),
+  and asserts that exactly `passed` of them passed. LLVM's optimisations off: they are
+  most of the compile time and change no numbers."""
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  env = dict(
+    os.environ,
+    JAX_PLATFORMS='cpu',
+    XLA_FLAGS=f'--xla_force_host_platform_device_count={devices} '
+    '--xla_backend_optimization_level=0',
+  )
+  cmd = [sys.executable, '-m', 'pytest', '-q', '-x', '-p', 'no:cacheprovider', test_file]
+  proc = subprocess.run(
+    [*cmd, '-k', select], env=env, capture_output=True, text=True, timeout=600, cwd=root
+  )
+  assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-3000:]
+  assert f'{passed} passed' in proc.stdout, proc.stdout[-3000:]
 
 
 def shared_dir(tmp_path_factory, name: str) -> pathlib.Path:

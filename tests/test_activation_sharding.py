@@ -24,6 +24,8 @@ from imagen_video_jax.models.unet import LevelConfig, UNetConfig, VideoUNet, ini
 from imagen_video_jax.training import state as state_lib
 from imagen_video_jax.training import step as step_lib
 
+import distributed_util
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EIGHT = jax.device_count() >= 8
 multidevice = pytest.mark.skipif(not EIGHT, reason='needs 8 devices (test_on_eight_fake_devices)')
@@ -169,32 +171,7 @@ def test_upsample_nearest_is_jax_image_resize_nearest():
 def test_on_eight_fake_devices():
   if EIGHT:
     pytest.skip('already on 8 devices: the multidevice tests run directly')
-  env = dict(
-    os.environ,
-    JAX_PLATFORMS='cpu',
-    XLA_FLAGS='--xla_force_host_platform_device_count=8 --xla_backend_optimization_level=0',
-  )
-  proc = subprocess.run(
-    [
-      sys.executable,
-      '-m',
-      'pytest',
-      '-q',
-      '-x',
-      '-p',
-      'no:cacheprovider',
-      __file__,
-      '-k',
-      'matches_one_device',
-    ],
-    env=env,
-    capture_output=True,
-    text=True,
-    timeout=600,
-    cwd=ROOT,
-  )
-  assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-3000:]
-  assert '2 passed' in proc.stdout, proc.stdout[-3000:]
+  distributed_util.rerun_on_fake_devices(__file__, 'matches_one_device', passed=2)
 
 
 @pytest.mark.slow

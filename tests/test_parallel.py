@@ -8,7 +8,6 @@ imported, so it cannot be set here).
 
 import os
 import socket
-import subprocess
 import sys
 
 import flax.linen as nn
@@ -383,31 +382,4 @@ def test_sharded_init_and_forward_match_single_device():
 def test_on_eight_fake_devices():
   if EIGHT:
     pytest.skip('already on 8 devices: the multidevice tests run directly')
-  # LLVM's optimisations off: they are most of these tests' compile time, and change no
-  # numbers (no fast-math); sharding and partitioning are XLA's as ever.
-  env = dict(
-    os.environ,
-    JAX_PLATFORMS='cpu',
-    XLA_FLAGS='--xla_force_host_platform_device_count=8 --xla_backend_optimization_level=0',
-  )
-  proc = subprocess.run(
-    [
-      sys.executable,
-      '-m',
-      'pytest',
-      '-q',
-      '-x',
-      '-p',
-      'no:cacheprovider',
-      __file__,
-      '-k',
-      'on_eight or match_single_device',
-    ],
-    env=env,
-    capture_output=True,
-    text=True,
-    timeout=300,
-    cwd=ROOT,
-  )
-  assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-3000:]
-  assert '2 passed' in proc.stdout, proc.stdout[-3000:]
+  distributed_util.rerun_on_fake_devices(__file__, 'on_eight or match_single_device', passed=2)
