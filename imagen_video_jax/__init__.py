@@ -98,6 +98,7 @@ _EXPORTS = {
   'plan_memory': 'imagen_video_jax.planning',
   'smallest_fitting': 'imagen_video_jax.planning',
   'search': 'imagen_video_jax.planning',
+  'plan_sampling': 'imagen_video_jax.planning',
 }
 
 __all__ = sorted(_EXPORTS)
@@ -112,7 +113,13 @@ if _typing.TYPE_CHECKING:  # static analysers and IDEs see the real names
   from imagen_video_jax.evaluation.judge import Judge, JudgeConfig, load_judge, train_judge
   from imagen_video_jax.evaluation.metrics import frechet_distance
   from imagen_video_jax.export import load_cascade, save_cascade
-  from imagen_video_jax.planning import MemoryPlan, plan_memory, search, smallest_fitting
+  from imagen_video_jax.planning import (
+    MemoryPlan,
+    plan_memory,
+    plan_sampling,
+    search,
+    smallest_fitting,
+  )
   from imagen_video_jax.sampling import sample_stage
   from imagen_video_jax.pretrained_loader import pretrained
   from imagen_video_jax.shipped import pretrained_dir

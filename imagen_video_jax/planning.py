@@ -121,8 +121,10 @@ def ensure_fake_devices(n: int, environ: dict | None = None) -> dict:
 
 def devices_from_argv(argv) -> int:
   """The fake devices a plan command line needs: the most any mesh of --mesh or --search
-  compiles on (`compiled_devices`; at least 8, the default mesh's)."""
+  compiles on (`compiled_devices`; the whole mesh with --sample; at least 8, the default
+  mesh's)."""
   n = 8
+  count = num_devices if any(a in ('--sample', '--sample=true') for a in argv) else compiled_devices
   for i, a in enumerate(argv):
     for name in ('--mesh', '--search'):
       value = (
@@ -134,7 +136,7 @@ def devices_from_argv(argv) -> int:
         continue
       try:
         meshes = [parse_mesh(value)] if name == '--mesh' else parse_search(value)
-        n = max([n] + [compiled_devices(m) for m in meshes])
+        n = max([n] + [count(m) for m in meshes])
       except ValueError:
         pass  # the flag's own parser reports it
   return n
@@ -154,6 +156,7 @@ class MemoryPlan:
   batch_per_device: int  # bytes of one batch's shard
   clip: tuple = ()  # (frames, height, width) the train step sees (a crop, or the stage's)
   crop: bool = False  # whether `clip` is a crop of the stage's size
+  kind: str = 'train'  # 'train': the train step; 'sample': the sampler (plan_sampling)
   t5_per_device: int = 0  # frozen T5 params run in the step (text.source != 'cache')
   argument_bytes: int = 0  # XLA compiled memory analysis of the train step (per device)
   output_bytes: int = 0
@@ -194,9 +197,11 @@ def report(p: MemoryPlan, device_bytes: float | None = None) -> str:
   split = p.mesh.get('time', 1) * p.mesh.get('space', 1)
   per_group = p.batch_size / (p.mesh.get('data', 1) * p.mesh.get('fsdp', 1))
   clip = 'x'.join(map(str, p.clip))
+  train = p.kind == 'train'
   lines = [
-    f'stage {p.stage}: mesh {mesh} ({p.devices} devices), global batch {p.batch_size} '
-    f'({per_group:g} per data x fsdp shard'
+    f'stage {p.stage}: mesh {mesh} ({p.devices} devices), '
+    + (f'global batch {p.batch_size} ' if train else f'sampling {p.batch_size} clip(s) ')
+    + f'({per_group:g} per data x fsdp shard'
     + (f', each split over {split} devices' if split > 1 else '')
     + f'), clips {clip}'
     + (' (a crop; sampling is full size)' if p.crop else ''),
@@ -204,17 +209,20 @@ def report(p: MemoryPlan, device_bytes: float | None = None) -> str:
     f'{_gb(p.param_bytes).strip()} in float32',
     'per device (fullest device, from the shardings):',
     f'  params              {_gb(p.params_per_device)}',
-    f'  optimizer state     {_gb(p.opt_state_per_device)}',
-    f'  EMA params          {_gb(p.ema_per_device)}',
-    f'  batch               {_gb(p.batch_per_device)}',
   ]
+  if train:
+    lines += [
+      f'  optimizer state     {_gb(p.opt_state_per_device)}',
+      f'  EMA params          {_gb(p.ema_per_device)}',
+    ]
+  lines.append(f'  {"batch" if train else "inputs":20s}{_gb(p.batch_per_device)}')
   if p.t5_per_device:
     lines.append(f'  frozen T5 params    {_gb(p.t5_per_device)}   (replicated)')
   if p.compiled:
-    group = compiled_devices(p.mesh)
+    group = compiled_devices(p.mesh) if train else p.devices
     lines += [
-      'XLA compiled memory analysis of the train step, per device (CPU backend standing '
-      'in for TPU/GPU: an estimate'
+      f'XLA compiled memory analysis of the {"train step" if train else "sampler"}, per '
+      'device (CPU backend standing in for TPU/GPU: an estimate'
       + (f'; compiled for one data-parallel group of {group} devices' if group < p.devices else '')
       + '):',
       f'  arguments           {_gb(p.argument_bytes)}',
@@ -392,6 +400,93 @@ def plan_memory(
       .lower(abstract, batch, t5_params)
       .compile()
     )
+  plan.compile_seconds = time.perf_counter() - t0
+  ma = compiled.memory_analysis()
+  plan.argument_bytes = int(ma.argument_size_in_bytes)
+  plan.output_bytes = int(ma.output_size_in_bytes)
+  plan.alias_bytes = int(ma.alias_size_in_bytes)
+  plan.temp_bytes = int(ma.temp_size_in_bytes)
+  plan.code_bytes = int(ma.generated_code_size_in_bytes)
+  plan.compiled = True
+  return plan
+
+
+def plan_sampling(
+  config, mesh_sizes: Mapping[str, int], *, num: int = 1, devices=None
+) -> MemoryPlan:
+  """Plans sampling `num` full-size clips of a stage (its configured sampler, guided when
+  it reads text) on a mesh of (fake) devices: the EMA weights as the train state shards
+  them, the inputs the cascade passes (text embeddings; the video below for an SR
+  stage). Sampling is one forward pass per step, but at the stage's full size, crops or
+  not: a clip too large for one device is split over ``time`` and ``space`` as in
+  training. The whole mesh is compiled (no data-parallel folding)."""
+  import time
+
+  import jax
+  import jax.numpy as jnp
+
+  from imagen_video_jax import parallel, sampling
+  from imagen_video_jax import stage as stage_lib
+  from imagen_video_jax.models import unet as unet_lib
+  from imagen_video_jax.training import loop as loop_lib
+
+  jax.config.update('jax_threefry_partitionable', True)
+  loop_lib.validate(config)
+  stage = stage_lib.from_config(config)
+  spec, model_cfg = stage.spec, stage.unet
+  sizes = {a: int(mesh_sizes.get(a, 1)) for a in _AXES}
+  n = num_devices(sizes)
+  devices = list(jax.devices() if devices is None else devices)
+  if len(devices) < n:
+    raise ValueError(
+      f'mesh {sizes} needs {n} devices; this process has {len(devices)}. Set '
+      f'XLA_FLAGS=--xla_force_host_platform_device_count={n} before jax starts '
+      '(python -m imagen_video_jax.plan does).'
+    )
+  if num % (sizes['data'] * sizes['fsdp']):
+    raise ValueError(
+      f'{num} clips are not divisible by data*fsdp = {sizes["data"] * sizes["fsdp"]}'
+    )
+  mesh = parallel.make_mesh(**sizes, devices=devices[:n])
+  text_len = int(config.text.max_length)
+  boxed = unet_lib.init_fn(
+    model_cfg, frames=spec.frames, height=spec.height, width=spec.width, text_len=text_len
+  )
+  abstract = jax.eval_shape(boxed, jax.random.key(0))
+  shardings = parallel.logical_shardings(abstract, mesh)
+  params = jax.tree.map(
+    lambda x, sh: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sh),
+    parallel._values(abstract),
+    shardings,
+  )
+  sds = lambda shape, dtype: jax.ShapeDtypeStruct(
+    shape, dtype, sharding=parallel.batch_sharding(mesh)
+  )
+  inputs = {}
+  if model_cfg.text_dim is not None:
+    inputs['text_emb'] = sds((num, text_len, model_cfg.text_dim), jnp.float32)
+    inputs['text_mask'] = sds((num, text_len), jnp.bool_)
+  if spec.is_sr:
+    inputs['low'] = sds((num, spec.cond_frames, spec.cond_height, spec.cond_width, 3), jnp.float32)
+  leaves = jax.tree.leaves(params)
+  plan = MemoryPlan(
+    stage=str(config.get('stage', config.get('name', '?'))),
+    mesh=sizes,
+    devices=n,
+    batch_size=num,
+    param_count=sum(math.prod(x.shape) for x in leaves),
+    param_bytes=sum(math.prod(x.shape) * x.dtype.itemsize for x in leaves),
+    params_per_device=_shard_bytes(params, shardings),
+    opt_state_per_device=0,
+    ema_per_device=0,
+    batch_per_device=_shard_bytes(inputs, jax.tree.map(lambda x: x.sharding, inputs)),
+    clip=(spec.frames, spec.height, spec.width),
+    kind='sample',
+  )
+  t0 = time.perf_counter()
+  sample = lambda p, kw: sampling.sample_stage(stage, p, jax.random.key(0), num, **kw)
+  with parallel.mesh_context(mesh, constrain_activations=True):
+    compiled = jax.jit(sample).lower(params, inputs).compile()
   plan.compile_seconds = time.perf_counter() - t0
   ma = compiled.memory_analysis()
   plan.argument_bytes = int(ma.argument_size_in_bytes)

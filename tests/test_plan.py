@@ -212,6 +212,25 @@ def test_the_paper_ssr3_plan_splits_frames_and_trains_on_crops():
   assert pixels <= p['batch_per_device'] < 2 * pixels
 
 
+def test_sampling_plan_is_full_size_and_split_by_the_mesh():
+  """--sample plans the stage's sampler at full size (a training crop does not apply);
+  splitting each clip over time x space shrinks what one device holds."""
+  stdout, (one, split), _ = run_plan(
+    '--config=configs/digits.py:stage=ssr,tiny=True',
+    '--config.data.crop.height=16',
+    '--config.data.crop.width=16',
+    '--sample',
+    '--search=data:1;time:2,space:2',
+  )
+  for p in (one, split):
+    assert p['kind'] == 'sample' and p['clip'] == [16, 32, 32] and not p['crop']
+    assert p['opt_state_per_device'] == p['ema_per_device'] == 0 and p['compiled']
+  assert (one['devices'], split['devices']) == (1, 4)
+  assert split['temp_bytes'] < 0.5 * one['temp_bytes'], (split, one)
+  assert 'XLA compiled memory analysis of the sampler' in stdout
+  assert 'sampling 1 clip(s)' in stdout
+
+
 def test_bad_mesh_is_one_line():
   env = {k: v for k, v in os.environ.items() if k not in ('XLA_FLAGS', 'JAX_PLATFORMS')}
   out = subprocess.run(

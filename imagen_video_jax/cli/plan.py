@@ -7,6 +7,9 @@ r"""Does a stage's training step fit a mesh? Abstract arrays and fake CPU device
   # meshes that split each example's frames (time) and rows (space), and crops
   python -m imagen_video_jax.plan --config=configs/imagen_video.py:stage=ssr3 \
       --search='fsdp:256,time:4;fsdp:256,time:8' --crops=full,128x192x320
+  # sampling a full-size clip (one forward pass a step, guided)
+  python -m imagen_video_jax.plan --config=configs/imagen_video.py:stage=ssr3 \
+      --sample --mesh=time:8,space:4
 
 Prints the parameter count, per-device bytes of params, optimizer state and EMA, XLA's
 compiled memory analysis of the train step on that mesh, and whether it fits.
@@ -57,6 +60,13 @@ _COMPILE = flags.DEFINE_bool(
   "--nocompile: only the shardings' arithmetic (seconds).",
 )
 _JSON = flags.DEFINE_bool('json', False, 'Also print each plan as one line: JSON {...}.')
+_SAMPLE = flags.DEFINE_bool(
+  'sample',
+  False,
+  "Plan sampling instead of training: --num_samples full-size clips with the stage's "
+  'sampler (crops do not apply), on the whole mesh.',
+)
+_NUM_SAMPLES = flags.DEFINE_integer('num_samples', 1, 'With --sample: clips sampled at once.')
 
 
 def main(argv):
@@ -79,6 +89,13 @@ def main(argv):
       if _JSON.value:
         print('JSON', planning.to_json(p, device_bytes), flush=True)
 
+    if _SAMPLE.value:
+      if _CROPS.value != 'config':
+        raise ValueError('--crops does not apply to --sample: sampling is at full size')
+      plans = [planning.plan_sampling(_CONFIG.value, m, num=_NUM_SAMPLES.value) for m in candidates]
+      for p in plans:
+        show(p)
+      return
     if not _SEARCH.value and len(crops) == 1:
       show(
         planning.plan_memory(_CONFIG.value, candidates[0], compile=_COMPILE.value, crop=crops[0])
