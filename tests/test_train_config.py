@@ -52,6 +52,20 @@ def test_bad_values_give_config_errors():
     loop.validate(c)
 
 
+def test_a_mesh_that_cannot_split_the_clips_is_a_config_error():
+  c = digits_config.get_config('stage=ssr,tiny=True')  # 16 frames of 32x32
+  c.mesh.time, c.mesh.space = 4, 8
+  loop.validate(c)  # divisors: fine
+  c.mesh.time = 3
+  with pytest.raises(loop.ConfigError, match=r'mesh.time=3 does not divide .* 16 frames'):
+    loop.validate(c)
+  c.mesh.time, c.mesh.space, c.data.crop.height, c.data.crop.width = 1, 8, 16, 16
+  loop.validate(c)
+  c.mesh.space = 32  # divides the stage's 32 rows, not the 16 of its crop
+  with pytest.raises(loop.ConfigError, match=r'mesh.space=32 .* 16 rows'):
+    loop.validate(c)
+
+
 def test_config_differences_allow_resumable_fields():
   a = digits_config.get_config('stage=base,tiny=True')
   b = digits_config.get_config('stage=base,tiny=True')
