@@ -94,7 +94,9 @@ def _check_rows(full, cropped, size, spec):
     offsets.append(off)
     win = np.s_[t0 : t0 + size[0], y0 : y0 + size[1], x0 : x0 + size[2]]
     # The conditioning is the full-size conditioning's window, not the crop's own.
-    np.testing.assert_array_equal(cropped['cond'][b], full['cond'][b][win])
+    # (The window's conditioning comes from the source through composed resize weights:
+    # the full-size path's values up to float32 rounding.)
+    np.testing.assert_allclose(cropped['cond'][b], full['cond'][b][win], atol=1e-5)
     ids = full['frame_ids'][b][t0 : t0 + size[0]]
     np.testing.assert_array_equal(cropped['frame_ids'][b], P.renumber_frame_ids(ids))
     assert list(cropped['captions'][b]) == list(full['captions'][b][t0 : t0 + size[0]])
@@ -132,8 +134,8 @@ def test_ssr_crop_is_the_full_size_rows_window_random_and_seeded(noise_shards):
     for ids, caps in zip(c['frame_ids'], c['captions']):
       real = ids[ids >= 0]
       if caps[0].startswith('image'):
+        # (captions need not differ: an image can recur where the images' epochs meet)
         assert real.tolist() == list(range(len(real)))
-        assert len(set(caps)) == len(caps)
       else:
         assert set(real.tolist()) == {0}
 
@@ -462,3 +464,30 @@ def test_shipped_configs_crop_only_the_fully_convolutional_paper_stage():
         assert (stage.spec.height, stage.spec.width) == (768, 1280)  # samples at full size
       else:
         assert dict(crop) == {'frames': 0, 'height': 0, 'width': 0}, (module.__name__, s)
+
+
+@pytest.mark.parametrize('stage', ['ssr', 'tsr', 'base'])
+def test_a_windowed_row_is_the_full_rows_window(noise_shards, stage):
+  """The pipeline makes cropped rows without the full-size row: the same video bit for
+  bit, the conditioning up to float32 rounding, the same ids and captions."""
+  spec = STAGES[stage]
+  size = {'ssr': (8, 16, 16), 'tsr': (8, 16, 16), 'base': (4, 8, 8)}[stage]
+  clips = P._source(noise_shards, records.VIDEO_PREFIX)
+  images = P._source(noise_shards, records.IMAGE_PREFIX)
+  rng = np.random.default_rng(5)
+  for i in range(4):
+    off = P.crop_window(spec, size, rng)
+    for full, part in (
+      (P.stage_example(clips[i], spec), P.stage_example(clips[i], spec, 0, (off, size))),
+      (
+        P.pack_images([images[j] for j in range(i, i + 5)], spec),  # 5 images, then padding
+        P.pack_images([images[j] for j in range(i, i + 5)], spec, (off, size)),
+      ),
+    ):
+      want = P.crop_row(full, off, size)
+      np.testing.assert_array_equal(part['video'], want['video'])
+      np.testing.assert_array_equal(part['frame_ids'], want['frame_ids'])
+      assert list(part['captions']) == list(want['captions'])
+      assert ('cond' in part) == ('cond' in want) == spec.is_sr
+      if spec.is_sr:
+        np.testing.assert_allclose(part['cond'], want['cond'], atol=1e-5)

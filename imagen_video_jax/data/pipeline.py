@@ -16,12 +16,13 @@ Batch layout (``B`` rows per process, ``T`` = ``stage.frames``)::
   text_emb   [B, T, L, D] + text_mask [B, T, L] bool  (given an embedder; its dtype)
   captions   [B, T] str      (only with ``PipelineConfig.keep_captions``)
 
-With a training crop (``PipelineConfig.crop``, see :class:`Crop`) every row is cut to
-the crop's window and ``T, H, W`` above are the crop's sizes, not the stage's: each row
-is made at the stage's full size (the SR conditioning too), then one random window is
-taken from ``video``, ``cond``, ``frame_ids`` and the per-frame captions alike, before
-text is attached. The ids that remain after a temporal crop are renumbered 0..k-1 in
-order of first appearance (a video row stays all 0, padding stays -1).
+With a training crop (``PipelineConfig.crop``, see :class:`Crop`) every row is one
+random window of the row the stage would make, and ``T, H, W`` above are the crop's
+sizes, not the stage's: the same window of ``video``, ``cond`` (the full-size
+conditioning's window), ``frame_ids`` and the per-frame captions, before text is
+attached. Rows are computed in the window only (`stage_example` / `pack_images` with a
+``window``), never at full size. The ids that remain after a temporal crop are
+renumbered 0..k-1 in order of first appearance (a video row stays all 0, padding -1).
 
 Text is per frame because a batch mixes video rows (one caption, repeated on every
 frame) and packed image rows (one caption per frame) and must have one shape.
@@ -68,10 +69,10 @@ class Crop:
   """A random training crop of each clip: frames x height x width (0 = the full axis).
 
   Fully convolutional stages (Imagen's largest SR model) can be trained on crops and
-  sampled at full size. Each row is made at the stage's full size, then one window is
-  cut from the video, the SR conditioning (computed at full size first, so the model
-  sees exactly the conditioning it sees at full size in that region), the frame ids
-  and the captions. Offsets: for an SSR stage the spatial offsets, for a TSR stage the
+  sampled at full size. Each row is one window of the row the stage would make: of the
+  video, the SR conditioning (the full-size conditioning's window, so the model sees
+  exactly the conditioning it sees at full size in that region), the frame ids and the
+  captions; computed in the window only. Offsets: for an SSR stage the spatial offsets, for a TSR stage the
   temporal offset, are multiples of ``spec.factor``, so the low-resolution conditioning
   keeps its full-size phase; other offsets are free.
 
@@ -280,59 +281,159 @@ def _fit(frames_uint8: np.ndarray, stage: StageSpec) -> np.ndarray:
   return resize_frames(to_model_range(x), stage.height, stage.width)
 
 
-def stage_example(element: Any, stage: StageSpec, offset: int = 0) -> dict[str, np.ndarray]:
+Window = tuple[tuple[int, int, int], tuple[int, int, int]]  # ((t0, y0, x0), (t, h, w))
+
+
+def _rows(x: np.ndarray, w: np.ndarray | None, axis: int) -> np.ndarray:
+  """Applies [out, in] weights along `axis` (-3: rows, -2: columns); None: as it is."""
+  if w is None:
+    return x
+  spec = 'oh,...hwc->...owc' if axis == -3 else 'ow,...hwc->...hoc'
+  return np.einsum(spec, w, x)
+
+
+def _fit_window(frames_uint8: np.ndarray, stage: StageSpec, window: Window):
+  """`_fit`'s frames in the window's rows and columns, and for an SSR stage the window of
+  `sr_condition`'s conditioning; computed without the full-size frames.
+
+  A row of a resize is one row of its weight matrix, so the window's frames are those of
+  the full-size frames. The conditioning's low-resolution frames come from the source
+  through the two resizes' composed weights (float64, then float32), so they equal the
+  full-size path's up to float32 rounding (~1e-6).
+  """
+  (_, y0, x0), (_, h, w) = window
+  x = to_model_range(centre_crop(frames_uint8, stage.height, stage.width))
+  sh, sw = x.shape[-3:-1]
+
+  def weights(n_in, n_out, lo=0, hi=None, antialias=True):
+    if n_in == n_out:
+      return np.eye(n_in, dtype=np.float32)[lo:hi]
+    return _resize_weights(n_in, n_out, antialias)[lo:hi]
+
+  wy, wx = weights(sh, stage.height), weights(sw, stage.width)
+  frames = _rows(_rows(x, wy[y0 : y0 + h], -3), wx[x0 : x0 + w], -2)
+  if stage.spatial_factor == 1:
+    return frames, None
+  compose = lambda down, full: (down.astype(np.float64) @ full.astype(np.float64)).astype(
+    np.float32
+  )
+  low = _rows(x, compose(weights(stage.height, stage.cond_height), wy), -3)
+  low = _rows(low, compose(weights(stage.width, stage.cond_width), wx), -2)
+  up_y = weights(stage.cond_height, stage.height, y0, y0 + h, antialias=False)
+  up_x = weights(stage.cond_width, stage.width, x0, x0 + w, antialias=False)
+  return frames, _rows(_rows(low, up_y, -3), up_x, -2)
+
+
+def _with_cond(row: dict, stage: StageSpec, cond_ssr) -> dict:
+  """Adds an SR row's conditioning: the SSR window's (computed by `_fit_window`), or
+  `sr_condition` of the (temporally windowed) frames for TSR. A TSR window starts at a
+  multiple of the factor within clips that start at 0, so its frames' sources lie inside
+  it and `sr_condition` on the window is the full row's conditioning, windowed."""
+  if not stage.is_sr:
+    return row
+  ids = row['frame_ids']
+  if cond_ssr is None:
+    row['cond'] = sr_condition(row['video'], ids, stage)
+  else:
+    row['cond'] = np.where((ids < 0)[:, None, None, None], 0.0, cond_ssr).astype(np.float32)
+  return row
+
+
+def stage_example(
+  element: Any, stage: StageSpec, offset: int = 0, window: Window | None = None
+) -> dict[str, np.ndarray]:
   """One stage's video row from one stored clip.
 
   Takes frames ``offset, offset + stride, ...``; a clip too short for the stage is
-  padded with padding frames (id -1, zeros) rather than dropped.
+  padded with padding frames (id -1, zeros) rather than dropped. `window`
+  (``((t0, y0, x0), (t, h, w))``, see `crop_window`): only that window of the row,
+  computed without making the full-size row (`crop_row` of the full row, up to float32
+  rounding of an SSR conditioning).
   """
   ex = _as_example(element)
   idx = offset + stage.frame_stride * np.arange(stage.frames)
+  if window is None:
+    valid = idx < ex.video.shape[0]
+    frames = np.zeros((stage.frames, stage.height, stage.width, 3), np.float32)
+    frames[valid] = _fit(ex.video[idx[valid]], stage)
+    ids = np.where(valid, 0, PAD_ID).astype(np.int32)
+    row = {'video': frames, 'frame_ids': ids, 'captions': [ex.caption] * stage.frames}
+    if stage.is_sr:
+      row['cond'] = sr_condition(frames, ids, stage)
+    return row
+  (t0, _, _), (t, h, w) = window
+  idx = idx[t0 : t0 + t]
   valid = idx < ex.video.shape[0]
-  frames = np.zeros((stage.frames, stage.height, stage.width, 3), np.float32)
-  frames[valid] = _fit(ex.video[idx[valid]], stage)
-  ids = np.where(valid, 0, PAD_ID).astype(np.int32)
-  row = {'video': frames, 'frame_ids': ids, 'captions': [ex.caption] * stage.frames}
-  if stage.is_sr:
-    row['cond'] = sr_condition(frames, ids, stage)
-  return row
+  frames = np.zeros((t, h, w, 3), np.float32)
+  cond = np.zeros((t, h, w, 3), np.float32) if stage.spatial_factor > 1 else None
+  if valid.any():
+    frames[valid], c = _fit_window(ex.video[idx[valid]], stage, window)
+    if cond is not None:
+      cond[valid] = c
+  ids = np.where(valid, 0, PAD_ID).astype(np.int32)  # one clip: nothing to renumber
+  row = {'video': frames, 'frame_ids': ids, 'captions': [ex.caption] * t}
+  return _with_cond(row, stage, cond)
 
 
-def pack_images(elements: Sequence[Any], stage: StageSpec) -> dict[str, np.ndarray]:
-  """Packs up to ``stage.frames`` still images into one row with distinct frame ids."""
+def pack_images(
+  elements: Sequence[Any], stage: StageSpec, window: Window | None = None
+) -> dict[str, np.ndarray]:
+  """Packs up to ``stage.frames`` still images into one row with distinct frame ids
+  (`window`: only that window of the row, as in `stage_example`)."""
   if len(elements) > stage.frames:
     raise ValueError(f'{len(elements)} images do not fit in {stage.frames} frames')
-  frames = np.zeros((stage.frames, stage.height, stage.width, 3), np.float32)
-  ids = np.full((stage.frames,), PAD_ID, np.int32)
-  captions = [''] * stage.frames
-  for i, element in enumerate(elements):
+  if window is None:
+    frames = np.zeros((stage.frames, stage.height, stage.width, 3), np.float32)
+    ids = np.full((stage.frames,), PAD_ID, np.int32)
+    captions = [''] * stage.frames
+    for i, element in enumerate(elements):
+      ex = _as_example(element)
+      frames[i] = _fit(ex.video[:1], stage)[0]
+      ids[i], captions[i] = i, ex.caption
+    row = {'video': frames, 'frame_ids': ids, 'captions': captions}
+    if stage.is_sr:
+      row['cond'] = sr_condition(frames, ids, stage)
+    return row
+  (t0, _, _), (t, h, w) = window
+  frames = np.zeros((t, h, w, 3), np.float32)
+  cond = np.zeros((t, h, w, 3), np.float32) if stage.spatial_factor > 1 else None
+  ids = np.full((t,), PAD_ID, np.int32)
+  captions = [''] * t
+  for i, element in enumerate(elements[t0 : t0 + t]):  # image t0 + i is the window's i
     ex = _as_example(element)
-    frames[i] = _fit(ex.video[:1], stage)[0]
-    ids[i], captions[i] = i, ex.caption
+    f, c = _fit_window(ex.video[:1], stage, window)
+    frames[i] = f[0]
+    if cond is not None:
+      cond[i] = c[0]
+    ids[i], captions[i] = i, ex.caption  # renumbered 0..k-1, as crop_row does
   row = {'video': frames, 'frame_ids': ids, 'captions': captions}
-  if stage.is_sr:
-    row['cond'] = sr_condition(frames, ids, stage)
-  return row
+  return _with_cond(row, stage, cond)
 
 
 class _VideoRow(grain.transforms.RandomMap):
-  def __init__(self, stage: StageSpec, random_offset: bool):
+  def __init__(self, stage: StageSpec, random_offset: bool, crop: Crop = Crop()):
     self.stage, self.random_offset = stage, random_offset
+    size = crop.size(stage)
+    self.size = None if size == (stage.frames, stage.height, stage.width) else size
 
   def random_map(self, element, rng: np.random.Generator):
     ex = _as_example(element)
     slack = ex.video.shape[0] - self.stage.source_span
     offset = int(rng.integers(slack + 1)) if self.random_offset and slack > 0 else 0
-    return stage_example(ex, self.stage, offset)
+    window = None if self.size is None else (crop_window(self.stage, self.size, rng), self.size)
+    return stage_example(ex, self.stage, offset, window)
 
 
-class _PackImages(grain.transforms.Map):
-  def __init__(self, stage: StageSpec):
+class _PackImages(grain.transforms.RandomMap):
+  def __init__(self, stage: StageSpec, crop: Crop = Crop()):
     self.stage = stage
+    size = crop.size(stage)
+    self.size = None if size == (stage.frames, stage.height, stage.width) else size
 
-  def map(self, elements):
+  def random_map(self, elements, rng: np.random.Generator):
+    window = None if self.size is None else (crop_window(self.stage, self.size, rng), self.size)
     # A skipped bad record (None) leaves its frame as padding.
-    return pack_images([e for e in elements if e is not None], self.stage)
+    return pack_images([e for e in elements if e is not None], self.stage, window)
 
 
 def renumber_frame_ids(frame_ids: np.ndarray) -> np.ndarray:
@@ -362,7 +463,9 @@ def crop_window(
 
 
 def crop_row(row: dict, offset: tuple[int, int, int], size: tuple[int, int, int]) -> dict:
-  """The ``size`` window at ``offset`` of one row (before text is attached)."""
+  """The ``size`` window at ``offset`` of one full-size row (before text is attached):
+  what the pipeline's cropped rows are (`stage_example` / `pack_images` with a window
+  compute them without the full-size row)."""
   (t0, y0, x0), (t, h, w) = offset, size
   out = dict(row)
   for key in ('video', 'cond'):
@@ -371,14 +474,6 @@ def crop_row(row: dict, offset: tuple[int, int, int], size: tuple[int, int, int]
   out['frame_ids'] = renumber_frame_ids(row['frame_ids'][t0 : t0 + t])
   out['captions'] = list(row['captions'][t0 : t0 + t])
   return out
-
-
-class _RandomCrop(grain.transforms.RandomMap):
-  def __init__(self, stage: StageSpec, crop: Crop):
-    self.stage, self.size = stage, crop.size(stage)
-
-  def random_map(self, row, rng: np.random.Generator):
-    return crop_row(row, crop_window(self.stage, self.size, rng), self.size)
 
 
 def _pair(out: Any, first: str) -> tuple[np.ndarray, np.ndarray]:
@@ -542,7 +637,7 @@ def make_pipeline(
 
   if f < 1:
     rows = read(videos, records.VIDEO_PREFIX, 0).random_map(
-      _VideoRow(stage, config.random_offset), seed=seed + 2
+      _VideoRow(stage, config.random_offset, config.crop), seed=seed + 2
     )
     parts.append(rows)
     weights.append(1.0 - f)
@@ -550,14 +645,11 @@ def make_pipeline(
     rows = (
       read(images, records.IMAGE_PREFIX, 1)
       .batch(stage.frames, batch_fn=list)
-      .map(_PackImages(stage))
+      .random_map(_PackImages(stage, config.crop), seed=seed + 3)
     )
     parts.append(rows)
     weights.append(f)
   rows = parts[0] if len(parts) == 1 else grain.MapDataset.mix(parts, weights)
-  if config.crop.size(stage) != (stage.frames, stage.height, stage.width):
-    # After the conditioning is made at full size; before text, so captions follow frames.
-    rows = rows.random_map(_RandomCrop(stage, config.crop), seed=seed + 3)
   rows = rows.map(_AttachText(tokenizer, embedder, config.keep_captions))
   if count > 1:
     rows = _ProcessRows(rows, index, count, config.batch_size)
