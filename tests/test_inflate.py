@@ -13,6 +13,7 @@ import sys
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 from flax import linen as nn
 
@@ -230,3 +231,48 @@ def test_runs_saved_before_optim_trainable_resume_training_everything():
   assert checkpointing.config_differences(saved, now) == [
     'optim.trainable: checkpoint "<absent>", now "temporal"'
   ]
+
+
+@pytest.mark.parametrize('trainable', ['all', 'temporal'])
+def test_optimizer_state_takes_its_parameters_shardings(trainable):
+  from imagen_video_jax import parallel
+  from imagen_video_jax.training import state as state_lib
+
+  c = _digits(**{'optim.trainable': trainable})
+  tx, _ = state_lib.make_optimizer(c.optim)
+  mesh = parallel.mesh_from_config({'data': 1, 'fsdp': -1})
+  boxed_init = unet_lib.init_fn(_video_cfg(), frames=T, height=H, width=W, text_len=L)
+  abstract, sh = state_lib.state_shardings(boxed_init, tx, mesh, parallel.DEFAULT_RULES)
+  is_sh = lambda x: isinstance(x, jax.sharding.NamedSharding)
+
+  def specs(tree):  # {dict keys joined: spec} of every array sharding
+    return {
+      '/'.join(str(k.key) for k in path if hasattr(k, 'key')): s.spec
+      for path, s in jax.tree_util.tree_flatten_with_path(tree, is_leaf=is_sh)[0]
+    }
+
+  params = specs(sh.params)
+  assert any(any(a is not None for a in s) for s in params.values())  # some are split
+  if trainable == 'all':  # what optax's own mapping gives
+    replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+    want = optax.tree_map_params(
+      tx,
+      lambda _, s: s,
+      abstract.opt_state,
+      sh.params,
+      transform_non_params=lambda _: replicated,
+      is_leaf=is_sh,
+    )
+    assert jax.tree.leaves(sh.opt_state, is_leaf=is_sh) == jax.tree.leaves(want, is_leaf=is_sh)
+  shapes = [a.ndim for a in jax.tree.leaves(abstract.opt_state)]
+  opt = jax.tree_util.tree_flatten_with_path(sh.opt_state, is_leaf=is_sh)[0]
+  moments = [
+    ('/'.join(str(k.key) for k in path if hasattr(k, 'key')), s.spec)
+    for (path, s), ndim in zip(opt, shapes)
+    if ndim > 0
+  ]
+  trained = [k for k in params if trainable == 'all' or unet_lib.is_temporal(k)]
+  assert len(moments) == 2 * len(trained)  # mu and nu of each trained parameter ...
+  for name, spec in moments:  # ... in its sharding
+    (param,) = [k for k in trained if name == k or name.endswith('/' + k)]
+    assert spec == params[param], name
