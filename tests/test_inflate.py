@@ -200,6 +200,16 @@ def test_temporal_fine_tuning_from_an_image_stage_leaves_the_image_weights_as_lo
   n_temporal = sum(unet_lib.is_temporal(k) for k in fresh)
   assert len(moments) == 2 * n_temporal
 
+  # A resume without init_from / init_inflate stays the inflated run it began as.
+  c.num_steps, c.init_from, c.init_inflate = 3, '', False
+  again = training.train_and_evaluate(c, str(tmp_path / 'run'))
+  assert again.step == 3
+  saved, ema, _ = export.read_training_run(str(tmp_path / 'run'))
+  assert saved['init_from'] == src and saved['init_inflate']
+  for tree in (jax.device_get(again.state.params), ema):
+    flat = params_io.flatten_params(tree)
+    assert all(np.array_equal(_bits(flat[k]), _bits(v)) for k, v in flat_image.items())
+
 
 def test_an_image_stage_without_init_inflate_is_refused(image_stage, tmp_path):
   src, _, _ = image_stage
@@ -210,6 +220,24 @@ def test_an_image_stage_without_init_inflate_is_refused(image_stage, tmp_path):
   assert 'does not fit' in msg and 'temporal' in msg and 'missing' in msg
   assert 'init_inflate=True' in msg
   assert not os.path.isdir(tmp_path / 'run' / 'checkpoints' / '1')
+
+
+def test_ema_keeps_frozen_parameters_and_warms_up_only_fresh_ones():
+  from imagen_video_jax.training.state import ema_update
+
+  ema = {'loaded': jnp.full(3, 0.3), 'fresh': jnp.full(3, 0.3), 'frozen': jnp.full(3, 0.3)}
+  params = {'loaded': jnp.ones(3), 'fresh': jnp.ones(3), 'frozen': jnp.full(3, 0.7)}
+  out = ema_update(
+    ema,
+    params,
+    0.999,
+    jnp.asarray(0),
+    warmup={'loaded': False, 'fresh': True, 'frozen': False},
+    frozen={'loaded': False, 'fresh': False, 'frozen': True},
+  )
+  np.testing.assert_allclose(out['loaded'], 0.999 * 0.3 + 0.001, rtol=1e-6)
+  np.testing.assert_allclose(out['fresh'], 0.1 * 0.3 + 0.9, rtol=1e-6)  # decay 1/10 at n=0
+  assert out['frozen'] is ema['frozen']
 
 
 # -------------------------------------------------------------------------- config
