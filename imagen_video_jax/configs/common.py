@@ -54,6 +54,7 @@ def run(c, **overrides) -> None:
   fields = dict(
     seed=0,
     init_from='',  # a trained stage to start from (training/warm_start.py); '': random
+    init_inflate=False,  # init_from may be this U-Net's image version: fresh temporal layers
     num_steps=100_000,
     log_every=100,
     checkpoint_every_steps=2000,
@@ -110,6 +111,7 @@ def optim(*, lr, warmup_steps, ema_decay, **overrides) -> ml_collections.ConfigD
       weight_decay=0.0,
       grad_clip=1.0,
       ema_decay=ema_decay,
+      trainable='all',  # 'all' or 'temporal' (only the temporal layers train, the rest frozen)
       **overrides,
     )
   )

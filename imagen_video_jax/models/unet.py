@@ -278,6 +278,27 @@ class _ScanBlock(Block):
     return super().__call__(x, emb, text, text_mask, frame_ids), None
 
 
+# The module names of the temporal layers (Block): all an image U-Net of the same
+# config but `temporal='none'` lacks, and what `optim.trainable='temporal'` trains.
+TEMPORAL_LAYERS = ('temporal_attn', 'temporal_conv')
+
+
+def is_temporal(path) -> bool:
+  """Whether a parameter (a '/'-joined name or a pytree key path) is in a temporal layer."""
+  keys = path.split('/') if isinstance(path, str) else [str(getattr(k, 'key', k)) for k in path]
+  return any(k in TEMPORAL_LAYERS for k in keys)
+
+
+def image_config(cfg: UNetConfig) -> UNetConfig:
+  """The image U-Net of the same family: `cfg` with every level's temporal='none'.
+
+  It runs each frame on its own; its parameters are `cfg`'s without the temporal layers
+  (whose fresh, zero-initialised values make the video U-Net compute exactly it).
+  """
+  levels = tuple(dataclasses.replace(lv, temporal='none') for lv in cfg.levels)
+  return dataclasses.replace(cfg, levels=levels)
+
+
 def _block_stacks(cfg: UNetConfig) -> list[tuple[str, list[str]]]:
   """Which blocks `scan_blocks` runs as one scan: (scanned name, the unscanned names).
 

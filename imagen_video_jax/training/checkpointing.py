@@ -66,6 +66,7 @@ RESUMABLE_FIELDS = (
   'model.remat',  # recomputation only; model.scan_blocks changes the params' layout
   'stop_after_secs',
   'init_from',  # read at step 0 only: a run that has begun resumes from its checkpoints
+  'init_inflate',  # (as init_from; both are kept as the run began: loop._started_as)
 )
 
 
@@ -149,8 +150,8 @@ def _allowed(name: str, allowed: Iterable[str]) -> bool:
 
 
 def _added_field_defaults() -> dict[str, Any]:
-  """model.* and data.crop.* fields added since runs were first saved, with the value
-  older runs had.
+  """Fields added since runs were first saved (model.*, data.crop.*, optim.trainable),
+  with the value older runs had.
 
   A checkpoint without such a field resumes under a config that holds its default.
   """
@@ -164,6 +165,7 @@ def _added_field_defaults() -> dict[str, Any]:
     if f.default is not dataclasses.MISSING
   }
   out.update({f'data.crop.{f.name}': f.default for f in dataclasses.fields(Crop)})
+  out['optim.trainable'] = 'all'
   return out
 
 

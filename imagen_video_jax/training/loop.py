@@ -109,6 +109,17 @@ def validate(config) -> stage_lib.Stage:
     and (model.text_dim != config.text.get('d_model', model.text_dim))
   ):
     problems.append(f'model.text_dim {model.text_dim} != text.d_model {config.text.d_model}')
+  trainable = config.optim.get('trainable', 'all')
+  if trainable not in state_lib.TRAINABLE:
+    problems.append(
+      f'optim.trainable {trainable!r}: use one of '
+      + ', '.join(repr(t) for t in state_lib.TRAINABLE)
+    )
+  elif trainable == 'temporal' and all(lv.temporal == 'none' for lv in model.levels):
+    problems.append(
+      "optim.trainable='temporal' trains only the temporal layers, but every level of "
+      "model.levels has temporal='none' (an image U-Net): nothing would train"
+    )
   if config.text.source not in ('t5_random', 't5', 'cache'):
     problems.append(f"text.source {config.text.source!r}: use 't5_random', 't5' or 'cache'")
   if problems:
@@ -234,22 +245,28 @@ def _key(kind: str, config, mesh) -> str:
   # Which weights a run started from does not change the programs, but whether it
   # started from trained ones does (a warm start's EMA has no warm-up: step.py).
   c['warm_started'] = bool(config.get('init_from'))
+  c['inflated'] = c['warm_started'] and bool(config.get('init_inflate', False))
   return json.dumps([kind, c, mesh.devices.shape, str(mesh.devices.flat[0])], sort_keys=True)
 
 
 def _started_as(config, saved: dict):
-  """The config with the `init_from` the run was started with (its checkpoints carry it).
+  """The config with the `init_from` (and `init_inflate`) the run was started with (its
+  checkpoints carry them).
 
   `init_from` is read at step 0 only, so a resumed run may drop or change it; but
-  whether the run began from trained weights decides its EMA warm-up for good, so a
-  resume keeps the original value (and saves it on).
+  whether the run began from trained weights (and which of them were fresh) decides its
+  EMA warm-up for good, so a resume keeps the original values (and saves them on).
   """
   origin = saved.get('init_from', '') or ''
-  if (config.get('init_from', '') or '') == origin:
+  inflate = bool(saved.get('init_inflate', False))
+  if (config.get('init_from', '') or '') == origin and bool(
+    config.get('init_inflate', False)
+  ) == inflate:
     return config
   config = config.copy_and_resolve_references()
   with config.unlocked():
     config.init_from = origin
+    config.init_inflate = inflate
   return config
 
 

@@ -70,8 +70,31 @@ def make_schedule(optim) -> optax.Schedule:
   return optax.constant_schedule(lr)
 
 
+TRAINABLE = ('all', 'temporal')  # optim.trainable: which parameters training updates
+
+
+def trainable_mask(params, trainable: str = 'all'):
+  """A pytree of Python bools over `params` (True: trained), or None when all are.
+
+  'temporal': only the U-Net's temporal layers (`unet.TEMPORAL_LAYERS`), e.g. to fine-tune
+  a video U-Net inflated from an image checkpoint while its image layers stay fixed.
+  """
+  from imagen_video_jax.models import unet as unet_lib
+
+  if trainable not in TRAINABLE:
+    raise ValueError(f'optim.trainable is {trainable!r}; use one of {", ".join(TRAINABLE)}')
+  if trainable == 'all':
+    return None
+  return jax.tree_util.tree_map_with_path(lambda path, _: unet_lib.is_temporal(path), params)
+
+
 def make_optimizer(optim) -> tuple[optax.GradientTransformation, optax.Schedule]:
-  """AdamW (no decay on biases and norm scales) after global-norm clipping."""
+  """AdamW (no decay on biases and norm scales) after global-norm clipping.
+
+  `optim.trainable='temporal'` (default 'all'): an optax partition; the other parameters
+  get exactly zero updates and no Adam moments, and the clipping norm is over the
+  trained parameters' gradients only.
+  """
   schedule = make_schedule(optim)
   decay_mask = lambda params: jax.tree.map(lambda p: p.ndim > 1, params)
   parts = []
@@ -87,21 +110,40 @@ def make_optimizer(optim) -> tuple[optax.GradientTransformation, optax.Schedule]
       mask=decay_mask,
     )
   )
-  return optax.chain(*parts), schedule
+  tx = optax.chain(*parts)
+  trainable = str(optim.get('trainable', 'all'))
+  if trainable != 'all':
+    labels = lambda params: jax.tree.map(
+      lambda t: 'train' if t else 'freeze', trainable_mask(params, trainable)
+    )
+    tx = optax.multi_transform({'train': tx, 'freeze': optax.set_to_zero()}, labels)
+  return tx, schedule
 
 
-def ema_update(ema, params, decay: float, num_updates: jax.Array, warmup: bool = True):
+def ema_update(ema, params, decay: float, num_updates: jax.Array, warmup=True, frozen=None):
   """EMA with warm-up: the decay is min(decay, (1 + n) / (10 + n)) after n updates,
   so early EMA weights are not dominated by the random init.
 
   `warmup=False` uses `decay` from the first update: for a warm start, whose EMA is
   already trained weights (the warm-up would replace 90% of it at the first step and
-  keep a window of ~n/9 steps for thousands of steps)."""
-  d = jnp.float32(decay)
-  if warmup:
-    n = num_updates.astype(jnp.float32)
-    d = jnp.minimum(d, (1.0 + n) / (10.0 + n))
-  return jax.tree.map(lambda e, p: (d * e + (1.0 - d) * p).astype(e.dtype), ema, params)
+  keep a window of ~n/9 steps for thousands of steps). `warmup` may also be a pytree
+  of bools over the params (an inflated warm start: only its fresh temporal layers).
+  `frozen`: a pytree of bools (or None); a frozen parameter's EMA is kept as it is
+  (bit for bit: d * e + (1 - d) * e need not equal e in floating point).
+  """
+  d_const = jnp.float32(decay)
+  n = num_updates.astype(jnp.float32)
+  d_warm = jnp.minimum(d_const, (1.0 + n) / (10.0 + n))
+  warm = jax.tree.map(lambda _: bool(warmup), ema) if isinstance(warmup, bool) else warmup
+  frozen = jax.tree.map(lambda _: False, ema) if frozen is None else frozen
+
+  def one(e, p, w, f):
+    if f:
+      return e
+    d = d_warm if w else d_const
+    return (d * e + (1.0 - d) * p).astype(e.dtype)
+
+  return jax.tree.map(one, ema, params, warm, frozen)
 
 
 def state_shardings(
@@ -118,14 +160,7 @@ def state_shardings(
   params = nn.unbox(boxed)
   abstract = jax.eval_shape(lambda p: TrainState.create(p, tx), params)
   replicated = NamedSharding(mesh, PartitionSpec())
-  opt_sh = optax.tree_map_params(
-    tx,
-    lambda _, s: s,
-    abstract.opt_state,
-    param_sh,
-    transform_non_params=lambda _: replicated,
-    is_leaf=lambda x: isinstance(x, NamedSharding),
-  )
+  opt_sh = _opt_state_shardings(abstract.opt_state, param_sh, replicated)
   shardings = TrainState(
     step=replicated,
     params=param_sh,
@@ -138,6 +173,36 @@ def state_shardings(
     lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings
   )
   return abstract, shardings
+
+
+def _opt_state_shardings(opt_state, param_sh, replicated):
+  """Each optimizer-state leaf in the sharding of the parameter it mirrors, others replicated.
+
+  A leaf mirrors a parameter when it is an array whose key path ends in the parameter's
+  path: the Adam moments (also inside the `optax.multi_transform` of
+  `optim.trainable`, whose frozen parameters have no moments), not the step counts.
+  """
+  by_path = {
+    tuple(_key(k) for k in path): sh
+    for path, sh in jax.tree_util.tree_flatten_with_path(
+      param_sh, is_leaf=lambda x: isinstance(x, NamedSharding)
+    )[0]
+  }
+  depths = sorted({len(p) for p in by_path}, reverse=True)
+
+  def one(path, leaf):
+    keys = tuple(_key(k) for k in path)
+    for n in depths:
+      sh = by_path.get(keys[-n:]) if len(keys) >= n else None
+      if sh is not None and getattr(leaf, 'ndim', 0) > 0:
+        return sh
+    return replicated
+
+  return jax.tree_util.tree_map_with_path(one, opt_state)
+
+
+def _key(k) -> str:
+  return str(getattr(k, 'key', getattr(k, 'name', getattr(k, 'idx', k))))
 
 
 def make_init_fn(

@@ -27,6 +27,7 @@ from imagen_video_jax.diffusion import objectives
 from imagen_video_jax.models import t5 as t5_lib
 from imagen_video_jax.models import unet as unet_lib
 from imagen_video_jax.stage import Stage
+from imagen_video_jax.training import state as state_lib
 from imagen_video_jax.training.state import TrainState, ema_update
 
 
@@ -51,6 +52,13 @@ def encode_text(batch: dict, t5_model, t5_params) -> tuple[jax.Array, jax.Array]
   return jnp.where(mask[..., None], emb, 0.0), mask
 
 
+def _select(tree, mask):
+  """The leaves of `tree` where `mask` (a pytree of bools) is True; all if mask is None."""
+  if mask is None:
+    return tree
+  return [x for x, m in zip(jax.tree.leaves(tree), jax.tree.leaves(mask)) if m]
+
+
 def make_train_step(
   config,
   model: unet_lib.VideoUNet,
@@ -67,7 +75,11 @@ def make_train_step(
   ema_decay = float(config.optim.ema_decay)
   # A warm start's EMA begins as trained weights, not a random init: no EMA warm-up.
   # (From the config alone, so a resumed run decides the same way.)
-  ema_warmup = not str(config.get('init_from', '') or '')
+  warm_started = bool(str(config.get('init_from', '') or ''))
+  ema_warmup = not warm_started
+  # An image U-Net inflated into this video U-Net: only the fresh temporal layers warm up.
+  inflated = warm_started and bool(config.get('init_inflate', False))
+  trainable = str(config.optim.get('trainable', 'all'))
 
   def step(state: TrainState, batch: dict, t5_params: Any):
     key = jax.random.fold_in(train_key, state.step)
@@ -114,16 +126,27 @@ def make_train_step(
       )
 
     (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-    grad_norm = optax.tree.norm(grads)
+    # optim.trainable: the frozen parameters' gradients are never used (XLA drops them),
+    # and the parameters and their EMA are carried over as they are, bit for bit.
+    trained = state_lib.trainable_mask(state.params, trainable)
+    frozen = None if trained is None else jax.tree.map(lambda t: not t, trained)
+    grad_norm = optax.tree.norm(_select(grads, trained))
     applied = state.step - state.nonfinite_total  # updates applied so far
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
+    if frozen is not None:
+      params = jax.tree.map(lambda f, n, o: o if f else n, frozen, params, state.params)
+    warmup = ema_warmup
+    if inflated:
+      warmup = jax.tree_util.tree_map_with_path(
+        lambda path, _: unet_lib.is_temporal(path), state.params
+      )
     # Finite loss and gradients can still make a non-finite update (an infinite or NaN
     # learning rate): skipped too. A finite update norm (a sum of squares, like grad_norm:
     # the same reduction, so no new cross-device pattern) means finite new weights, and
     # finite gradients whose squares sum finitely mean finite Adam moments.
     ok = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & jnp.isfinite(optax.tree.norm(updates))
-    ema = ema_update(state.ema_params, params, ema_decay, applied, warmup=ema_warmup)
+    ema = ema_update(state.ema_params, params, ema_decay, applied, warmup=warmup, frozen=frozen)
     keep_new = lambda new, old: jax.tree.map(lambda n, o: jnp.where(ok, n, o), new, old)
     bad = jnp.logical_not(ok).astype(jnp.int32)
     new_state = TrainState(

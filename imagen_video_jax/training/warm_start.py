@@ -14,6 +14,14 @@ It is read only when the workdir holds no checkpoint: a run that has begun resum
 from its own checkpoints (so `init_from` may change or go once a run has started).
 The source's U-Net must have this run's parameter shapes; a scanned or unscanned
 layout (`model.scan_blocks`) is converted.
+
+Inflation (`config.init_inflate=True`): the source may be the image U-Net of this run's
+video U-Net (`unet.image_config`: the same config with every level's temporal='none'),
+which lacks only the temporal layers. Every source parameter is loaded and the run's
+fresh temporal layers are kept; they start as the identity, so before any video
+training the video U-Net computes exactly the image U-Net on every frame. With
+`optim.trainable='temporal'` training then changes the temporal layers only.
+`inflate_params` does the same for params in memory (a notebook).
 """
 
 from __future__ import annotations
@@ -24,6 +32,7 @@ from typing import Any
 
 import jax
 import numpy as np
+from flax import linen as nn
 
 from imagen_video_jax import export, params_io
 from imagen_video_jax.models import unet as unet_lib
@@ -68,8 +77,14 @@ def fit_params(
   abstract_params: Any,
   model_cfg: unet_lib.UNetConfig,
   origin: str,
+  *,
+  inflate: bool = False,
 ) -> dict:
-  """`source` in the layout of `abstract_params`; raises WarmStartError naming misfits."""
+  """`source` in the layout of `abstract_params`; raises WarmStartError naming misfits.
+
+  inflate: the source may lack this model's temporal layers (an image U-Net of the same
+  family); those stay out of the result (see `fresh_names`), anything else is a misfit.
+  """
   if source_scanned != bool(model_cfg.scan_blocks):
     convert = unet_lib.scan_params if model_cfg.scan_blocks else unet_lib.unscan_params
     try:
@@ -79,11 +94,11 @@ def fit_params(
         f"init_from: {origin} does not have this model's blocks ({type(e).__name__}: {e})"
       ) from None
   have = params_io.flatten_params(source)
-  want = {
-    _name(path): leaf.shape
-    for path, leaf in jax.tree_util.tree_flatten_with_path(abstract_params)[0]
-  }
-  problems = [f'{k} missing' for k in sorted(set(want) - set(have))]
+  want = _shapes(abstract_params)
+  missing = sorted(set(want) - set(have))
+  if inflate:
+    missing = [k for k in missing if not unet_lib.is_temporal(k)]
+  problems = [f'{k} missing' for k in missing]
   problems += [f'{k} unexpected' for k in sorted(set(have) - set(want))]
   problems += [
     f'{k} has shape {tuple(have[k].shape)}, the model {tuple(want[k])}'
@@ -92,37 +107,117 @@ def fit_params(
   ]
   if problems:
     more = f' (and {len(problems) - 5} more)' if len(problems) > 5 else ''
+    hint = '. Use the same config.model as the run that made it'
+    if not inflate and all(p.endswith(' missing') and unet_lib.is_temporal(p) for p in problems):
+      hint = (
+        '. It looks like the image U-Net of this video U-Net (no temporal layers): '
+        'set config.init_inflate=True to load it with fresh (identity) temporal layers'
+      )
     raise WarmStartError(
       f"init_from: {origin} does not fit this run's model: "
       + '; '.join(problems[:5])
       + more
-      + '. Use the same config.model as the run that made it.'
+      + hint
+      + '.'
     )
   return params_io.unflatten_params(have)
 
 
-def place(params: dict, abstract_params: Any) -> Any:
+def _shapes(abstract_params: Any) -> dict[str, tuple]:
+  return {
+    _name(path): tuple(leaf.shape)
+    for path, leaf in jax.tree_util.tree_flatten_with_path(abstract_params)[0]
+  }
+
+
+def _layer(name: str) -> str:
+  """'up1_block0/temporal_attn/qkv/kernel' -> 'up1_block0/temporal_attn'."""
+  parts = name.split('/')
+  i = next((i for i, p in enumerate(parts) if p in unet_lib.TEMPORAL_LAYERS), len(parts) - 1)
+  return '/'.join(parts[: i + 1])
+
+
+def fresh_names(params: dict, abstract_params: Any) -> list[str]:
+  """The parameters of `abstract_params` that `params` (from `fit_params`) lacks."""
+  return sorted(set(_shapes(abstract_params)) - set(params_io.flatten_params(params)))
+
+
+def inflate_params(
+  image_params: Any,
+  video_cfg: unet_lib.UNetConfig,
+  key: jax.Array,
+  *,
+  frames: int,
+  height: int,
+  width: int,
+  text_len: int = 8,
+  image_scanned: bool | None = None,
+) -> dict:
+  """Video U-Net params from an image U-Net's: every image parameter, fresh temporal layers.
+
+  image_params: params of `unet.image_config(video_cfg)` (its layout, scanned or not,
+    is `image_scanned`; default: the same as `video_cfg.scan_blocks`).
+  key, frames, height, width, text_len: how the fresh temporal layers are initialised
+    (as `unet.init_params`; they start as the identity whatever the key).
+  Returns numpy params that make `VideoUNet(video_cfg)` compute the image U-Net on every
+  frame. Raises WarmStartError if `image_params` is not of that family.
+  """
+  init = unet_lib.init_fn(video_cfg, frames=frames, height=height, width=width, text_len=text_len)
+  fresh = jax.device_get(nn.unbox(jax.jit(init)(key)))
+  scanned = bool(video_cfg.scan_blocks) if image_scanned is None else bool(image_scanned)
+  source = jax.device_get(image_params)
+  loaded = fit_params(source, scanned, fresh, video_cfg, 'the image params', inflate=True)
+  out = params_io.flatten_params(fresh)
+  out.update(params_io.flatten_params(loaded))
+  return params_io.unflatten_params(out)
+
+
+def place(params: dict, abstract_params: Any, fresh: Any = None) -> Any:
   """Host arrays -> global arrays in the abstract params' shardings and dtypes.
 
   Every process holds the whole file and contributes the shards of its own devices,
-  so this works unchanged on a multi-host mesh.
+  so this works unchanged on a multi-host mesh. A parameter `params` lacks (an
+  inflation's temporal layers) is `fresh`'s, already placed.
   """
   flat = params_io.flatten_params(params)
+  fresh_flat = (
+    {}
+    if fresh is None
+    else dict((_name(p), x) for p, x in jax.tree_util.tree_flatten_with_path(fresh)[0])
+  )
 
   def one(path, a):
-    host = np.asarray(flat[_name(path)], a.dtype)
+    name = _name(path)
+    if name not in flat:
+      return fresh_flat[name]
+    host = np.asarray(flat[name], a.dtype)
     return jax.make_array_from_callback(a.shape, a.sharding, lambda idx: host[idx])
 
   return jax.tree_util.tree_map_with_path(one, abstract_params)
 
 
 def warm_start(state, abstract_state, config, model_cfg: unet_lib.UNetConfig):
-  """`state` (freshly initialised, step 0) with params and EMA from `config.init_from`."""
+  """`state` (freshly initialised, step 0) with params and EMA from `config.init_from`.
+
+  `config.init_inflate`: the source may be this U-Net's image version; the state's
+  fresh temporal layers (params and EMA) are kept.
+  """
+  inflate = bool(config.get('init_inflate', False))
   source, scanned, origin = read_source(str(config.init_from), str(config.stage))
-  params = fit_params(source, scanned, abstract_state.params, model_cfg, origin)
+  params = fit_params(source, scanned, abstract_state.params, model_cfg, origin, inflate=inflate)
+  fresh = fresh_names(params, abstract_state.params)
   if jax.process_index() == 0:
     print(f'Warm start: params and EMA from {origin}.', flush=True)
+    if inflate:
+      total = len(_shapes(abstract_state.params))
+      layers = {_layer(n) for n in fresh}
+      print(
+        f'Inflated: {total - len(fresh)} parameters loaded, {len(fresh)} temporal '
+        f'parameters fresh (identity) in {len(layers)} layers.',
+        flush=True,
+      )
   # Two placements, two buffers: params and EMA are donated to the step separately.
   return state.replace(
-    params=place(params, abstract_state.params), ema_params=place(params, abstract_state.ema_params)
+    params=place(params, abstract_state.params, state.params),
+    ema_params=place(params, abstract_state.ema_params, state.ema_params),
   )
