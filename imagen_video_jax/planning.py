@@ -281,6 +281,19 @@ def abstract_batch(config, model_cfg, spec, sharding, batch_size: int | None = N
   return batch
 
 
+def _with_analysis(plan: MemoryPlan, compiled, seconds: float) -> MemoryPlan:
+  """`plan` with XLA's compiled memory analysis of `compiled` and its compile time."""
+  ma = compiled.memory_analysis()
+  plan.argument_bytes = int(ma.argument_size_in_bytes)
+  plan.output_bytes = int(ma.output_size_in_bytes)
+  plan.alias_bytes = int(ma.alias_size_in_bytes)
+  plan.temp_bytes = int(ma.temp_size_in_bytes)
+  plan.code_bytes = int(ma.generated_code_size_in_bytes)
+  plan.compile_seconds = seconds
+  plan.compiled = True
+  return plan
+
+
 def plan_memory(
   config,
   mesh_sizes: Mapping[str, int],
@@ -400,15 +413,7 @@ def plan_memory(
       .lower(abstract, batch, t5_params)
       .compile()
     )
-  plan.compile_seconds = time.perf_counter() - t0
-  ma = compiled.memory_analysis()
-  plan.argument_bytes = int(ma.argument_size_in_bytes)
-  plan.output_bytes = int(ma.output_size_in_bytes)
-  plan.alias_bytes = int(ma.alias_size_in_bytes)
-  plan.temp_bytes = int(ma.temp_size_in_bytes)
-  plan.code_bytes = int(ma.generated_code_size_in_bytes)
-  plan.compiled = True
-  return plan
+  return _with_analysis(plan, compiled, time.perf_counter() - t0)
 
 
 def plan_sampling(
@@ -487,15 +492,7 @@ def plan_sampling(
   sample = lambda p, kw: sampling.sample_stage(stage, p, jax.random.key(0), num, **kw)
   with parallel.mesh_context(mesh, constrain_activations=True):
     compiled = jax.jit(sample).lower(params, inputs).compile()
-  plan.compile_seconds = time.perf_counter() - t0
-  ma = compiled.memory_analysis()
-  plan.argument_bytes = int(ma.argument_size_in_bytes)
-  plan.output_bytes = int(ma.output_size_in_bytes)
-  plan.alias_bytes = int(ma.alias_size_in_bytes)
-  plan.temp_bytes = int(ma.temp_size_in_bytes)
-  plan.code_bytes = int(ma.generated_code_size_in_bytes)
-  plan.compiled = True
-  return plan
+  return _with_analysis(plan, compiled, time.perf_counter() - t0)
 
 
 def to_json(p: MemoryPlan, device_bytes: float | None = None) -> str:

@@ -171,6 +171,17 @@ def rerun_on_fake_devices(test_file: str, select: str, passed: int, devices: int
   assert f'{passed} passed' in proc.stdout, proc.stdout[-3000:]
 
 
+def override(config, overrides: dict):
+  """Sets `config`'s dotted fields ({'data.dir': ..., 'optim.lr': ...}); returns it."""
+  for k, v in overrides.items():
+    node = config
+    *path, last = k.split('.')
+    for p in path:
+      node = node[p]
+    node[last] = v
+  return config
+
+
 def shared_dir(tmp_path_factory, name: str) -> pathlib.Path:
   """A directory that every xdist worker of this session sees (the session's own without)."""
   base = tmp_path_factory.getbasetemp()

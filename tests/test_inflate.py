@@ -23,6 +23,8 @@ from imagen_video_jax.models import unet as unet_lib
 from imagen_video_jax.models.unet import LevelConfig, UNetConfig
 from imagen_video_jax.training import checkpointing, loop as loop_lib, warm_start
 
+import distributed_util
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 from configs import digits as digits_config  # noqa: E402
@@ -128,13 +130,7 @@ def test_inflating_refuses_params_of_another_family():
 def _digits(**overrides):
   c = digits_config.get_config('stage=base,tiny=True')
   c.log_every = 1
-  for k, v in overrides.items():
-    node = c
-    *path, last = k.split('.')
-    for p in path:
-      node = node[p]
-    node[last] = v
-  return c
+  return distributed_util.override(c, overrides)
 
 
 @pytest.fixture(scope='module')

@@ -32,6 +32,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 from configs import digits as digits_config  # noqa: E402
 
+import distributed_util  # noqa: E402
+
 STEPS = 20
 # The run's persistent XLA cache (conftest.py): a subprocess here loads the executables
 # the in-process runs compiled (identical programs).
@@ -44,13 +46,7 @@ def tiny_config(data_dir, **overrides):
   c.log_every = 1
   c.checkpoint_every_steps = 10
   c.data.dir = data_dir
-  for k, v in overrides.items():
-    node = c
-    *path, last = k.split('.')
-    for p in path:
-      node = node[p]
-    node[last] = v
-  return c
+  return distributed_util.override(c, overrides)
 
 
 def leaves_equal(a, b):
