@@ -228,9 +228,8 @@ def mesh_context(
   an example's activations.
   """
   # A mesh that splits examples is useless without the constraints: always on there.
-  splits = any(mesh.shape.get(a, 1) > 1 for a in ('time', 'space'))
   with contextlib.ExitStack() as stack:
-    if constrain_activations or splits:
+    if constrain_activations or splits_examples(mesh):
       stack.enter_context(jax.set_mesh(mesh))
     stack.enter_context(nn.logical_axis_rules(DEFAULT_RULES if rules is None else rules))
     yield
@@ -267,9 +266,9 @@ def constrain(x: jax.Array, names: Sequence[str | None]) -> jax.Array:
   return jax.lax.with_sharding_constraint(x, spec)
 
 
-def splits_examples() -> bool:
-  """Whether the global mesh (if any) splits one example's frames or rows."""
-  mesh = jax.sharding.get_abstract_mesh()
+def splits_examples(mesh: Mesh | jax.sharding.AbstractMesh | None = None) -> bool:
+  """Whether `mesh` (default: the global mesh, if any) splits one example's frames or rows."""
+  mesh = jax.sharding.get_abstract_mesh() if mesh is None else mesh
   return not mesh.empty and any(mesh.shape.get(a, 1) > 1 for a in ('time', 'space'))
 
 

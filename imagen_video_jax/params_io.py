@@ -23,6 +23,12 @@ def flatten_params(params: Mapping[str, Any], prefix: str = '') -> dict[str, np.
   return flat
 
 
+def key_path_name(path) -> str:
+  """A pytree key path as the '/'-joined name `flatten_params` gives a parameter (dict
+  keys; attribute names and indices of optimizer states alike)."""
+  return '/'.join(str(getattr(k, 'key', getattr(k, 'name', getattr(k, 'idx', k)))) for k in path)
+
+
 def unflatten_params(flat: Mapping[str, np.ndarray]) -> dict[str, Any]:
   """The inverse of `flatten_params`."""
   tree: dict[str, Any] = {}

@@ -281,6 +281,24 @@ def abstract_batch(config, model_cfg, spec, sharding, batch_size: int | None = N
   return batch
 
 
+def _compile_mesh(sizes: Mapping[str, int], devices, what: str):
+  """The mesh of `sizes` over the first of `devices` (default: jax's); ValueError naming
+  how to get enough fake devices when there are too few."""
+  import jax
+
+  from imagen_video_jax import parallel
+
+  n = num_devices(sizes)
+  devices = list(jax.devices() if devices is None else devices)
+  if len(devices) < n:
+    raise ValueError(
+      f'{what} compiles on {n} devices; this process has {len(devices)}. Set '
+      f'XLA_FLAGS=--xla_force_host_platform_device_count={n} before jax starts '
+      '(python -m imagen_video_jax.plan does).'
+    )
+  return parallel.make_mesh(**sizes, devices=devices[:n])
+
+
 def _with_analysis(plan: MemoryPlan, compiled, seconds: float) -> MemoryPlan:
   """`plan` with XLA's compiled memory analysis of `compiled` and its compile time."""
   ma = compiled.memory_analysis()
@@ -334,16 +352,7 @@ def plan_memory(
   clip = loop_lib.train_clip_size(config, spec)
   sizes = {a: int(mesh_sizes.get(a, 1)) for a in _AXES}
   n = num_devices(sizes)
-  group = {**sizes, 'data': 1}
-  n_group = compiled_devices(sizes)
-  devices = list(jax.devices() if devices is None else devices)
-  if len(devices) < n_group:
-    raise ValueError(
-      f'mesh {sizes} compiles on {n_group} devices (one data-parallel group); this process '
-      f'has {len(devices)}. Set XLA_FLAGS=--xla_force_host_platform_device_count={n_group} '
-      'before jax starts (python -m imagen_video_jax.plan does).'
-    )
-  mesh = parallel.make_mesh(**group, devices=devices[:n_group])
+  mesh = _compile_mesh({**sizes, 'data': 1}, devices, f'mesh {sizes} (one data-parallel group)')
   rules = parallel.DEFAULT_RULES
   batch_size = int(config.data.batch_size)
   if batch_size % (sizes['data'] * sizes['fsdp']):
@@ -351,12 +360,9 @@ def plan_memory(
       f'data.batch_size {batch_size} is not divisible by data*fsdp = '
       f'{sizes["data"] * sizes["fsdp"]}'
     )
-  for axis, size, length in (('time', sizes['time'], clip[0]), ('space', sizes['space'], clip[1])):
-    if length % size:
-      raise ValueError(
-        f"the {axis} axis ({size}) does not divide the clips' "
-        f'{"frames" if axis == "time" else "height"} ({length}): choose a divisor'
-      )
+  problems = loop_lib.split_problems(sizes, clip)
+  if problems:
+    raise ValueError('; '.join(problems))
 
   model = unet_lib.VideoUNet(model_cfg)
   tx, schedule = state_lib.make_optimizer(config.optim)
@@ -431,28 +437,19 @@ def plan_sampling(
   import jax.numpy as jnp
 
   from imagen_video_jax import parallel, sampling
-  from imagen_video_jax import stage as stage_lib
   from imagen_video_jax.models import unet as unet_lib
   from imagen_video_jax.training import loop as loop_lib
 
   jax.config.update('jax_threefry_partitionable', True)
-  loop_lib.validate(config)
-  stage = stage_lib.from_config(config)
+  stage = loop_lib.validate(config)
   spec, model_cfg = stage.spec, stage.unet
   sizes = {a: int(mesh_sizes.get(a, 1)) for a in _AXES}
   n = num_devices(sizes)
-  devices = list(jax.devices() if devices is None else devices)
-  if len(devices) < n:
-    raise ValueError(
-      f'mesh {sizes} needs {n} devices; this process has {len(devices)}. Set '
-      f'XLA_FLAGS=--xla_force_host_platform_device_count={n} before jax starts '
-      '(python -m imagen_video_jax.plan does).'
-    )
   if num % (sizes['data'] * sizes['fsdp']):
     raise ValueError(
       f'{num} clips are not divisible by data*fsdp = {sizes["data"] * sizes["fsdp"]}'
     )
-  mesh = parallel.make_mesh(**sizes, devices=devices[:n])
+  mesh = _compile_mesh(sizes, devices, f'mesh {sizes}')
   text_len = int(config.text.max_length)
   boxed = unet_lib.init_fn(
     model_cfg, frames=spec.frames, height=spec.height, width=spec.width, text_len=text_len

@@ -324,18 +324,38 @@ def _fit_window(frames_uint8: np.ndarray, stage: StageSpec, window: Window):
   return frames, _rows(_rows(low, up_y, -3), up_x, -2)
 
 
-def _with_cond(row: dict, stage: StageSpec, cond_ssr) -> dict:
-  """Adds an SR row's conditioning: the SSR window's (computed by `_fit_window`), or
-  `sr_condition` of the (temporally windowed) frames for TSR. A TSR window starts at a
-  multiple of the factor within clips that start at 0, so its frames' sources lie inside
-  it and `sr_condition` on the window is the full row's conditioning, windowed."""
-  if not stage.is_sr:
-    return row
-  ids = row['frame_ids']
-  if cond_ssr is None:
-    row['cond'] = sr_condition(row['video'], ids, stage)
-  else:
-    row['cond'] = np.where((ids < 0)[:, None, None, None], 0.0, cond_ssr).astype(np.float32)
+def _frames(frames_uint8: np.ndarray, stage: StageSpec, window: Window | None):
+  """(frames, SSR conditioning or None) of source frames: the whole stage size
+  (`sr_condition` then makes the conditioning), or one window (`_fit_window`)."""
+  if window is None:
+    return _fit(frames_uint8, stage), None
+  return _fit_window(frames_uint8, stage, window)
+
+
+def _row(stage: StageSpec, window: Window | None, sources: list, captions: list) -> dict:
+  """One row from its frames' sources: `sources[i]` (uint8 frames of one clip, or None
+  for a padding frame) fills the window's frame i. Ids: one per distinct clip in order
+  (a video row: all 0; packed images: 0..k-1); -1 for padding."""
+  t, h, w = (stage.frames, stage.height, stage.width) if window is None else window[1]
+  frames = np.zeros((t, h, w, 3), np.float32)
+  cond = np.zeros((t, h, w, 3), np.float32) if window and stage.spatial_factor > 1 else None
+  ids = np.full((t,), PAD_ID, np.int32)
+  for clip_id, (pos, src) in enumerate(sources):
+    f, c = _frames(src, stage, window)
+    frames[pos], ids[pos] = f, clip_id
+    if cond is not None:
+      cond[pos] = c
+  row = {'video': frames, 'frame_ids': ids, 'captions': captions}
+  if stage.is_sr:
+    # SSR windows: the full-size conditioning's window (`_fit_window`). Otherwise
+    # `sr_condition` of the frames: a TSR window starts at a multiple of the factor within
+    # clips that start at 0, so its frames' sources lie inside it and the result is the
+    # full row's conditioning, windowed.
+    row['cond'] = (
+      sr_condition(frames, ids, stage)
+      if cond is None
+      else np.where((ids < 0)[:, None, None, None], 0.0, cond).astype(np.float32)
+    )
   return row
 
 
@@ -352,88 +372,55 @@ def stage_example(
   """
   ex = _as_example(element)
   idx = offset + stage.frame_stride * np.arange(stage.frames)
-  if window is None:
-    valid = idx < ex.video.shape[0]
-    frames = np.zeros((stage.frames, stage.height, stage.width, 3), np.float32)
-    frames[valid] = _fit(ex.video[idx[valid]], stage)
-    ids = np.where(valid, 0, PAD_ID).astype(np.int32)
-    row = {'video': frames, 'frame_ids': ids, 'captions': [ex.caption] * stage.frames}
-    if stage.is_sr:
-      row['cond'] = sr_condition(frames, ids, stage)
-    return row
-  (t0, _, _), (t, h, w) = window
-  idx = idx[t0 : t0 + t]
+  if window is not None:
+    (t0, _, _), (t, _, _) = window
+    idx = idx[t0 : t0 + t]
   valid = idx < ex.video.shape[0]
-  frames = np.zeros((t, h, w, 3), np.float32)
-  cond = np.zeros((t, h, w, 3), np.float32) if stage.spatial_factor > 1 else None
-  if valid.any():
-    frames[valid], c = _fit_window(ex.video[idx[valid]], stage, window)
-    if cond is not None:
-      cond[valid] = c
-  ids = np.where(valid, 0, PAD_ID).astype(np.int32)  # one clip: nothing to renumber
-  row = {'video': frames, 'frame_ids': ids, 'captions': [ex.caption] * t}
-  return _with_cond(row, stage, cond)
+  sources = [(valid, ex.video[idx[valid]])] if valid.any() else []
+  return _row(stage, window, sources, [ex.caption] * len(idx))
 
 
 def pack_images(
   elements: Sequence[Any], stage: StageSpec, window: Window | None = None
 ) -> dict[str, np.ndarray]:
   """Packs up to ``stage.frames`` still images into one row with distinct frame ids
-  (`window`: only that window of the row, as in `stage_example`)."""
+  (`window`: only that window of the row, as in `stage_example`; its images are
+  renumbered 0..k-1, as `crop_row` does)."""
   if len(elements) > stage.frames:
     raise ValueError(f'{len(elements)} images do not fit in {stage.frames} frames')
-  if window is None:
-    frames = np.zeros((stage.frames, stage.height, stage.width, 3), np.float32)
-    ids = np.full((stage.frames,), PAD_ID, np.int32)
-    captions = [''] * stage.frames
-    for i, element in enumerate(elements):
-      ex = _as_example(element)
-      frames[i] = _fit(ex.video[:1], stage)[0]
-      ids[i], captions[i] = i, ex.caption
-    row = {'video': frames, 'frame_ids': ids, 'captions': captions}
-    if stage.is_sr:
-      row['cond'] = sr_condition(frames, ids, stage)
-    return row
-  (t0, _, _), (t, h, w) = window
-  frames = np.zeros((t, h, w, 3), np.float32)
-  cond = np.zeros((t, h, w, 3), np.float32) if stage.spatial_factor > 1 else None
-  ids = np.full((t,), PAD_ID, np.int32)
-  captions = [''] * t
-  for i, element in enumerate(elements[t0 : t0 + t]):  # image t0 + i is the window's i
-    ex = _as_example(element)
-    f, c = _fit_window(ex.video[:1], stage, window)
-    frames[i] = f[0]
-    if cond is not None:
-      cond[i] = c[0]
-    ids[i], captions[i] = i, ex.caption  # renumbered 0..k-1, as crop_row does
-  row = {'video': frames, 'frame_ids': ids, 'captions': captions}
-  return _with_cond(row, stage, cond)
+  t0, t = (0, stage.frames) if window is None else (window[0][0], window[1][0])
+  examples = [_as_example(e) for e in elements[t0 : t0 + t]]
+  captions = [ex.caption for ex in examples] + [''] * (t - len(examples))
+  return _row(stage, window, [(i, ex.video[:1]) for i, ex in enumerate(examples)], captions)
 
 
-class _VideoRow(grain.transforms.RandomMap):
-  def __init__(self, stage: StageSpec, random_offset: bool, crop: Crop = Crop()):
-    self.stage, self.random_offset = stage, random_offset
-    size = crop.size(stage)
+class _Cropping(grain.transforms.RandomMap):
+  """A row maker that draws each row's crop window (none without a crop)."""
+
+  def __init__(self, stage: StageSpec, crop: Crop):
+    self.stage, size = stage, crop.size(stage)
     self.size = None if size == (stage.frames, stage.height, stage.width) else size
+
+  def window(self, rng: np.random.Generator) -> Window | None:
+    return None if self.size is None else (crop_window(self.stage, self.size, rng), self.size)
+
+
+class _VideoRow(_Cropping):
+  def __init__(self, stage: StageSpec, random_offset: bool, crop: Crop = Crop()):
+    super().__init__(stage, crop)
+    self.random_offset = random_offset
 
   def random_map(self, element, rng: np.random.Generator):
     ex = _as_example(element)
     slack = ex.video.shape[0] - self.stage.source_span
     offset = int(rng.integers(slack + 1)) if self.random_offset and slack > 0 else 0
-    window = None if self.size is None else (crop_window(self.stage, self.size, rng), self.size)
-    return stage_example(ex, self.stage, offset, window)
+    return stage_example(ex, self.stage, offset, self.window(rng))
 
 
-class _PackImages(grain.transforms.RandomMap):
-  def __init__(self, stage: StageSpec, crop: Crop = Crop()):
-    self.stage = stage
-    size = crop.size(stage)
-    self.size = None if size == (stage.frames, stage.height, stage.width) else size
-
+class _PackImages(_Cropping):
   def random_map(self, elements, rng: np.random.Generator):
-    window = None if self.size is None else (crop_window(self.stage, self.size, rng), self.size)
     # A skipped bad record (None) leaves its frame as padding.
-    return pack_images([e for e in elements if e is not None], self.stage, window)
+    return pack_images([e for e in elements if e is not None], self.stage, self.window(rng))
 
 
 def renumber_frame_ids(frame_ids: np.ndarray) -> np.ndarray:

@@ -283,10 +283,9 @@ class _ScanBlock(Block):
 TEMPORAL_LAYERS = ('temporal_attn', 'temporal_conv')
 
 
-def is_temporal(path) -> bool:
-  """Whether a parameter (a '/'-joined name or a pytree key path) is in a temporal layer."""
-  keys = path.split('/') if isinstance(path, str) else [str(getattr(k, 'key', k)) for k in path]
-  return any(k in TEMPORAL_LAYERS for k in keys)
+def is_temporal(name: str) -> bool:
+  """Whether a parameter, by its '/'-joined name, is in a temporal layer."""
+  return any(k in TEMPORAL_LAYERS for k in name.split('/'))
 
 
 def image_config(cfg: UNetConfig) -> UNetConfig:

@@ -80,18 +80,7 @@ def validate(config) -> stage_lib.Stage:
         f'downsample factor ({len(model.levels)} levels); use crop sizes that are '
         f'multiples of {f}'
       )
-    # The mesh's time axis splits every level's frames (the U-Net never halves them);
-    # space splits the rows of the top level at least (deeper levels keep theirs whole
-    # where it no longer divides them).
-    t, h, _ = crop.size(spec)
-    mesh = config.get('mesh') or {}
-    for axis, length, what in (('time', t, 'frames'), ('space', h, 'rows (height)')):
-      n = int(mesh.get(axis, 1))
-      if n > 1 and length % n:
-        problems.append(
-          f"mesh.{axis}={n} does not divide the training clips' {length} {what}; use a "
-          f'divisor of {length} (or 1)'
-        )
+    problems += split_problems(config.get('mesh') or {}, crop.size(spec))
   if config.num_steps < 1:
     problems.append(f'num_steps must be >= 1, got {config.num_steps}')
   if config.log_every < 1 or config.checkpoint_every_steps < 1:
@@ -125,6 +114,22 @@ def validate(config) -> stage_lib.Stage:
   if problems:
     raise ConfigError('invalid config: ' + '; '.join(problems))
   return stage
+
+
+def split_problems(mesh, clip: tuple[int, int, int]) -> list[str]:
+  """Why a mesh's `time` / `space` sizes cannot split training clips of `clip` (frames,
+  height, width). `time` splits every level's frames (the U-Net never halves them);
+  `space` the top level's rows at least (deeper levels keep theirs whole where it no
+  longer divides them)."""
+  problems = []
+  for axis, length, what in (('time', clip[0], 'frames'), ('space', clip[1], 'rows (height)')):
+    n = int(mesh.get(axis, 1))
+    if n > 1 and length % n:
+      problems.append(
+        f"mesh.{axis}={n} does not divide the training clips' {length} {what}; use a "
+        f'divisor of {length} (or 1)'
+      )
+  return problems
 
 
 def data_crop(config) -> pipeline_lib.Crop:

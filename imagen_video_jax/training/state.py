@@ -18,6 +18,8 @@ import optax
 from flax import linen as nn
 from jax.sharding import NamedSharding, PartitionSpec
 
+from imagen_video_jax import params_io
+
 
 @flax.struct.dataclass
 class TrainState:
@@ -85,7 +87,9 @@ def trainable_mask(params, trainable: str = 'all'):
     raise ValueError(f'optim.trainable is {trainable!r}; use one of {", ".join(TRAINABLE)}')
   if trainable == 'all':
     return None
-  return jax.tree_util.tree_map_with_path(lambda path, _: unet_lib.is_temporal(path), params)
+  return jax.tree_util.tree_map_with_path(
+    lambda path, _: unet_lib.is_temporal(params_io.key_path_name(path)), params
+  )
 
 
 def make_optimizer(optim) -> tuple[optax.GradientTransformation, optax.Schedule]:
@@ -183,7 +187,7 @@ def _opt_state_shardings(opt_state, param_sh, replicated):
   `optim.trainable`, whose frozen parameters have no moments), not the step counts.
   """
   by_path = {
-    tuple(_key(k) for k in path): sh
+    tuple(params_io.key_path_name(path).split('/')): sh
     for path, sh in jax.tree_util.tree_flatten_with_path(
       param_sh, is_leaf=lambda x: isinstance(x, NamedSharding)
     )[0]
@@ -191,7 +195,7 @@ def _opt_state_shardings(opt_state, param_sh, replicated):
   depths = sorted({len(p) for p in by_path}, reverse=True)
 
   def one(path, leaf):
-    keys = tuple(_key(k) for k in path)
+    keys = tuple(params_io.key_path_name(path).split('/'))
     for n in depths:
       sh = by_path.get(keys[-n:]) if len(keys) >= n else None
       if sh is not None and getattr(leaf, 'ndim', 0) > 0:
@@ -199,10 +203,6 @@ def _opt_state_shardings(opt_state, param_sh, replicated):
     return replicated
 
   return jax.tree_util.tree_map_with_path(one, opt_state)
-
-
-def _key(k) -> str:
-  return str(getattr(k, 'key', getattr(k, 'name', getattr(k, 'idx', k))))
 
 
 def make_init_fn(

@@ -136,11 +136,8 @@ def make_train_step(
     params = optax.apply_updates(state.params, updates)
     if frozen is not None:
       params = jax.tree.map(lambda f, n, o: o if f else n, frozen, params, state.params)
-    warmup = ema_warmup
-    if inflated:
-      warmup = jax.tree_util.tree_map_with_path(
-        lambda path, _: unet_lib.is_temporal(path), state.params
-      )
+    # An inflated run: only the fresh temporal layers' EMA warms up.
+    warmup = state_lib.trainable_mask(state.params, 'temporal') if inflated else ema_warmup
     # Finite loss and gradients can still make a non-finite update (an infinite or NaN
     # learning rate): skipped too. A finite update norm (a sum of squares, like grad_norm:
     # the same reduction, so no new cross-device pattern) means finite new weights, and

@@ -42,9 +42,7 @@ class WarmStartError(ValueError):
   """`init_from` names nothing loadable, or weights that do not fit this run's model."""
 
 
-def _name(path) -> str:
-  """A pytree key path as the '/'-joined name `params_io.flatten_params` gives it."""
-  return '/'.join(str(getattr(p, 'key', p)) for p in path)
+_name = params_io.key_path_name
 
 
 def read_source(path: str, stage: str) -> tuple[dict, bool, str]:
