@@ -121,6 +121,9 @@ def get_config(arg: str = 'stage=base') -> ml_collections.ConfigDict:
   c.data = ml_collections.ConfigDict(
     dict(
       world='digits',
+      # False: world v2 (one direction all clip long, as a person reads the caption);
+      # True: world v1, the bouncing world of runs and cascades made before v2.
+      bounce=False,
       dir='',
       batch_size=2 if tiny else 32,
       image_fraction=0.5 if tiny else 0.25,

@@ -1,8 +1,18 @@
 """Moving Digits: the offline world the embedded cascade is trained and judged on.
 
 A coloured handwritten digit (scikit-learn's bundled 8x8 digits, upscaled) moves left,
-right, up or down on black and bounces off the edges; captions read "a red 3 moving
-left". Still images of a digit ("a red 3") are made the same way. Every example is a
+right, up or down on black; captions read "a red 3 moving left". Still images of a digit
+("a red 3") are made the same way.
+
+Two versions of the motion (``DigitsConfig.bounce``, recorded as ``world_version`` in
+``dataset_info.json`` and in an exported cascade, so the two are never mixed):
+
+* world v2 (the default): the digit moves one way over the whole clip, covering between
+  a quarter and three eighths of the frame (``travel``), and stops short of the wall it
+  moves towards: where it ends is on the side the caption names, as a person reads it.
+* world v1 (``bounce=True``): a speed of ``speed`` frame-sizes per second, bouncing off
+  the walls; at 32x32 nearly every 2-second clip turns at a wall, so "moving left" may
+  end right of where it began. Every example is a
 pure function of ``(config, seed, stream, index)``, so shards can be generated in any
 order or in parallel and the same seed always gives the same bytes.
 
@@ -50,6 +60,7 @@ DEFAULT_HELD_OUT: tuple[tuple[int, str, str], ...] = (
   (7, 'yellow', 'down'),
   (9, 'white', 'left'),
 )
+WORLD_VERSIONS = {False: 2, True: 1}  # bounce -> version
 # Independent random streams, so videos, images and evaluation clips never share draws.
 _STREAMS = {'video': 0, 'image': 1, 'eval_video': 2}
 
@@ -64,9 +75,13 @@ class DigitsConfig:
     fps: frame rate the clips are stored at (speeds are per second, so a clip at another
       fps shows the same motion).
     digit_size: side of the rendered digit in pixels (default ``size // 2``).
-    speed: (min, max) speed in frame-sizes per second.
+    speed: world v1: (min, max) speed in frame-sizes per second.
     colours: colour names used (keys of ``COLOURS``).
     held_out: (digit, colour, direction) combinations that are never training videos.
+    bounce: True for world v1 (constant speed, bouncing off the walls); False for world
+      v2 (one direction all clip long, stopping short of the far wall).
+    travel: world v2: (min, max) distance the digit covers over the clip, as a fraction
+      of the frame (its speed is that over ``frames - 1`` frame steps).
   """
 
   frames: int = 16
@@ -76,6 +91,8 @@ class DigitsConfig:
   speed: tuple[float, float] = (0.2, 0.4)
   colours: tuple[str, ...] = tuple(COLOURS)
   held_out: tuple[tuple[int, str, str], ...] = DEFAULT_HELD_OUT
+  bounce: bool = False
+  travel: tuple[float, float] = (0.25, 0.375)
 
   def __post_init__(self):
     # Accept lists (from JSON or flags) but store hashable tuples.
@@ -84,6 +101,8 @@ class DigitsConfig:
     )
     object.__setattr__(self, 'colours', tuple(self.colours))
     object.__setattr__(self, 'speed', tuple(self.speed))
+    object.__setattr__(self, 'travel', tuple(float(t) for t in self.travel))
+    object.__setattr__(self, 'bounce', bool(self.bounce))
     if self.frames < 1 or self.size < 8 or self.fps < 1:
       raise ValueError(f'need frames >= 1, size >= 8, fps >= 1; got {self}')
     if not 4 <= self.sprite_size <= self.size - 2:
@@ -97,6 +116,26 @@ class DigitsConfig:
         raise ValueError(f'bad held-out combination {combo!r}: want (0-9, colour, direction)')
     if not self.train_combinations:
       raise ValueError('every combination is held out; nothing is left for training videos')
+    if not self.bounce:
+      lo, hi = self.travel
+      room = (self.free_space - 1.0) / self.size  # a pixel short of the far wall
+      if not 0.0 < lo <= hi <= room:
+        raise ValueError(
+          f'travel {self.travel} must satisfy 0 < min <= max <= {room:.3f} (the free space '
+          f'a {self.sprite_size}-pixel digit leaves in a {self.size}-pixel frame, less one '
+          'pixel); lower it, or make digit_size smaller'
+        )
+
+  @property
+  def world_version(self) -> int:
+    """2 for the default world (monotone motion), 1 for the bouncing world."""
+    return WORLD_VERSIONS[self.bounce]
+
+  @property
+  def free_space(self) -> float:
+    """How far the digit's top-left corner can move along an axis, in pixels (the
+    sub-pixel splat needs one pixel of room)."""
+    return float(self.size - self.sprite_size - 1)
 
   @property
   def sprite_size(self) -> int:
@@ -198,10 +237,20 @@ def _to_uint8(canvas: np.ndarray) -> np.ndarray:
 
 def _render_video(rng, config: DigitsConfig, digit: int, colour: str, direction: str):
   s, d = config.size, config.sprite_size
-  hi = float(s - d - 1)  # the sub-pixel splat needs one pixel of room
+  hi = config.free_space
   sprite = _sprite(rng, config, digit, colour)
   pos = rng.uniform(0.0, hi, size=2)
-  speed = rng.uniform(*config.speed) * s / config.fps  # pixels per frame
+  if config.bounce:
+    speed = rng.uniform(*config.speed) * s / config.fps  # pixels per frame
+  else:
+    # World v2: draw the distance covered, then a start that leaves the whole path (and
+    # one pixel before the far wall) inside the frame, so the motion never turns.
+    travel = rng.uniform(*config.travel) * s
+    speed = travel / max(config.frames - 1, 1)
+    axis = 0 if DIRECTIONS[direction][0] else 1
+    sign = DIRECTIONS[direction][axis]
+    start = rng.uniform(0.0, hi - 1.0 - travel)  # distance from the near wall
+    pos[axis] = start if sign > 0 else hi - start
   vel = np.asarray(DIRECTIONS[direction], np.float64) * speed
   canvas = np.zeros((config.frames, s, s, 3), np.float32)
   centres = np.zeros((config.frames, 2), np.float32)
@@ -209,6 +258,8 @@ def _render_video(rng, config: DigitsConfig, digit: int, colour: str, direction:
     _place(canvas[t], sprite, pos[0], pos[1])
     centres[t] = pos + d / 2.0
     pos = pos + vel
+    if not config.bounce:
+      continue
     for axis in range(2):  # bounce: reflect the position and the velocity
       if pos[axis] < 0.0:
         pos[axis], vel[axis] = -pos[axis], -vel[axis]
@@ -229,6 +280,7 @@ def _video_example(
     fps=config.fps,
     meta={
       'world': 'digits',
+      'world_version': config.world_version,
       'digit': int(digit),
       'colour': colour,
       'direction': direction,
@@ -386,6 +438,7 @@ def write_shards(
         f.result()
   info = {
     'world': 'digits',
+    'world_version': config.world_version,
     'seed': seed,
     'frames': config.frames,
     'size': config.size,
@@ -394,6 +447,8 @@ def write_shards(
     'num_images': num_images,
     'num_eval_videos': num_eval_videos,
     'held_out': [list(c) for c in config.held_out],
+    'travel': None if config.bounce else list(config.travel),
+    'speed': list(config.speed) if config.bounce else None,
     'shards': shards,
   }
   records.write_info(output, info)

@@ -36,12 +36,33 @@ def digits_captions() -> list[str]:
   return out
 
 
-def digits_world_name(data: Mapping[str, Any]) -> str:
-  """The folder name of a world's settings, e.g. 'digits-20000v-20000i-16x32-seed0'."""
-  return (
-    f'digits-{data["num_videos"]}v-{data["num_images"]}i-{data["clip_frames"]}x'
-    f'{data["clip_size"]}-seed{data["seed"]}'
+def world_config(data: Mapping[str, Any]) -> digits.DigitsConfig:
+  """The Moving Digits world a config's `data` section trains on (a section saved before
+  `data.bounce` existed means the bouncing world v1)."""
+  return digits.DigitsConfig(
+    frames=int(data['clip_frames']),
+    size=int(data['clip_size']),
+    fps=int(data['fps']),
+    bounce=bool(data.get('bounce', True)),
   )
+
+
+def digits_world_name(data: Mapping[str, Any]) -> str:
+  """The folder name of a world's settings, e.g. 'digits-v2-20000v-20000i-16x32-seed0'
+  (world v1's names have no version: they predate it)."""
+  version = world_config(data).world_version
+  return (
+    f'digits-{"" if version == 1 else f"v{version}-"}{data["num_videos"]}v-'
+    f'{data["num_images"]}i-{data["clip_frames"]}x{data["clip_size"]}-seed{data["seed"]}'
+  )
+
+
+def data_world_version(data_dir: str) -> int:
+  """The world version `data_dir`'s dataset_info.json records (none recorded: v1)."""
+  import json
+
+  with open(os.path.join(data_dir, 'dataset_info.json')) as f:
+    return int(json.load(f).get('world_version', 1))
 
 
 def _holds_run(workdir: str) -> bool:
@@ -86,6 +107,14 @@ def prepare_digits(config, workdir: str) -> str:
 
   d = config.data
   data_dir = digits_data_dir(d, workdir)
+  world = world_config(d)
+  if _has_world(data_dir) and data_world_version(data_dir) != world.world_version:
+    have = data_world_version(data_dir)
+    raise DataDirError(
+      f'{data_dir} holds Moving Digits world v{have}, but the config asks for '
+      f'v{world.world_version} (data.bounce={world.bounce}); set '
+      f'--config.data.bounce={have == 1} to train on it, or point data.dir elsewhere'
+    )
   if not _has_world(data_dir):
     if os.path.isdir(data_dir) and os.listdir(data_dir):
       raise DataDirError(
@@ -94,8 +123,7 @@ def prepare_digits(config, workdir: str) -> str:
       )
     if jax.process_index() == 0:
       tmp = f'{data_dir}.tmp{os.getpid()}'
-      print(f'Making the Moving Digits world in {data_dir} ...', flush=True)
-      world = digits.DigitsConfig(frames=int(d.clip_frames), size=int(d.clip_size), fps=int(d.fps))
+      print(f'Making Moving Digits world v{world.world_version} in {data_dir} ...', flush=True)
       digits.write_shards(
         world,
         int(d.seed),
