@@ -85,6 +85,8 @@ class CascadePipeline:
       `text.encoder.TextEncoder`. May be None only if no stage reads text.
     vocabulary: every word the stages' training captions use, for a cascade trained on a
       closed caption set (the Moving Digits world's); None for an open vocabulary.
+    world: the synthetic world the stages were trained on, e.g. ``{"name": "digits",
+      "version": 2}`` (an export records it); None when unknown.
 
   Prompts are checked before sampling (`check_prompts`): with a vocabulary, any word
   outside it is reported; without one, when more than `UNKNOWN_WORD_RATE` of a prompt's
@@ -100,6 +102,7 @@ class CascadePipeline:
     text_encoder: TextEncoderFn | None,
     *,
     vocabulary: Sequence[str] | None = None,
+    world: Mapping[str, Any] | None = None,
   ):
     if not stages:
       raise ValueError('a cascade needs at least one stage')
@@ -120,6 +123,9 @@ class CascadePipeline:
     self.stages = list(stages)
     self.text_encoder = text_encoder
     self.vocabulary = None if vocabulary is None else frozenset(vocabulary)
+    # The synthetic world the stages were trained on ({"name", "version"}; None: unknown),
+    # so an evaluation reads it with a judge of the same world.
+    self.world = None if world is None else dict(world)
     self._compiled: dict[tuple[int, SamplerConfig], Callable] = {}
     self._on_step: Callable[[Any], None] = lambda i: None
 

@@ -4,11 +4,16 @@ Layout of an exported cascade directory (e.g. `checkpoints/digits/`):
 
     cascade.json            {"format": ..., "stages": ["base", "tsr", "ssr"],
                              "text": {"dir": "text", "max_length": 32,
-                                      "vocabulary": ["a", "red", ...]}}
+                                      "vocabulary": ["a", "red", ...]},
+                             "world": {"name": "digits", "version": 2}}
     text/                   a converted T5 encoder + spiece.model (`text.checkpoints.save_t5`)
     base/stage.json         the stage: spec, U-Net config, fps, diffusion, default sampler
     base/params.safetensors its EMA parameters, one tensor per '/'-joined parameter path
     tsr/ ...  ssr/ ...
+
+"world" (optional) names the synthetic world the stages were trained on and its version
+(Moving Digits v1 bounces, v2 does not): an export refuses runs of different versions, and
+the evaluation refuses a judge of another version. Exports without it predate it.
 
 "vocabulary" (optional) lists every word of the stages' training captions when they
 come from a closed set (the Moving Digits world's grammar); `CascadePipeline` reports
@@ -176,11 +181,13 @@ def save_cascade(
   text_dir: str | None = 'text',
   max_length: int = 32,
   vocabulary: list[str] | None = None,
+  world: Mapping[str, Any] | None = None,
 ) -> str:
   """Writes every stage and cascade.json, with the sha256 of every file it loads. The
   text encoder (if any) is expected at `directory/text_dir`, written before this by
   `text.checkpoints.save_t5(..., vocab=...)`. `vocabulary`: every word the training
-  captions use, when they come from a closed set (recorded in the "text" section)."""
+  captions use, when they come from a closed set (recorded in the "text" section).
+  `world`: the synthetic world trained on, e.g. {"name": "digits", "version": 2}."""
   os.makedirs(directory, exist_ok=True)
   for st in stages:
     save_stage(os.path.join(directory, st.name), st)
@@ -188,6 +195,8 @@ def save_cascade(
   if text is not None and vocabulary is not None:
     text['vocabulary'] = sorted(set(vocabulary))
   meta = {'format': FORMAT, 'stages': [s.name for s in stages], 'text': text}
+  if world is not None:
+    meta['world'] = dict(world)
   has_text = text_dir is not None and os.path.isdir(os.path.join(directory, text_dir))
   meta[DIGESTS] = {
     rel: sha256_file(os.path.join(directory, rel)) for rel in _files(directory, meta, text=has_text)
@@ -215,6 +224,14 @@ def _check_cascade_meta(path: str, meta: Mapping[str, Any]) -> None:
       isinstance(words, list) and words and all(isinstance(w, str) and w for w in words)
     ):
       raise ExportError(f'{path}: "text"."vocabulary" must be a non-empty list of words')
+  world = meta.get('world')
+  if world is not None and not (
+    isinstance(world, dict)
+    and isinstance(world.get('name'), str)
+    and isinstance(world.get('version'), int)
+    and not isinstance(world.get('version'), bool)
+  ):
+    raise ExportError(f'{path}: "world" must be {{"name": str, "version": int}}; got {world!r}')
   digests = meta.get(DIGESTS)
   if digests is not None and not (
     isinstance(digests, dict) and all(isinstance(v, str) for v in digests.values())
@@ -267,7 +284,7 @@ def load_cascade(directory: str, *, text_encoder=None) -> CascadePipeline:
       out_dtype=jnp.float32,
     )
   vocabulary = (meta.get('text') or {}).get('vocabulary')
-  return CascadePipeline(stages, text_encoder, vocabulary=vocabulary)
+  return CascadePipeline(stages, text_encoder, vocabulary=vocabulary, world=meta.get('world'))
 
 
 # ---------------------------------------------------------------------------------
@@ -411,6 +428,28 @@ def training_vocabulary(config: Mapping[str, Any]) -> list[str] | None:
   return caption_words(prepare.digits_captions())
 
 
+def training_world(configs: list[Mapping[str, Any]]) -> dict[str, Any] | None:
+  """The synthetic world the runs trained on ({"name", "version"}), or None for other
+  data; refuses runs trained on different versions of one world."""
+  worlds = set()
+  for c in configs:
+    data = c.get('data', {})
+    if data.get('world') != 'digits':
+      worlds.add(None)
+      continue
+    from imagen_video_jax.data import prepare
+
+    worlds.add(('digits', prepare.world_config(data).world_version))
+  if len(worlds) > 1:
+    names = sorted(f'{w[0]} v{w[1]}' if w else 'other data' for w in worlds)
+    raise ExportError(
+      f"the runs were trained on different worlds ({', '.join(names)}); a cascade's stages "
+      'must share one: train the odd stage on the same world (data.bounce) first'
+    )
+  (world,) = worlds
+  return None if world is None else {'name': world[0], 'version': world[1]}
+
+
 def export_training_runs(
   workdirs: list[str],
   output: str,
@@ -435,6 +474,7 @@ def export_training_runs(
     raise ExportError(
       'the runs were trained with different text encoders (config.text); a cascade shares one'
     )
+  world = training_world([c for c, _, _ in runs])
   stages = [stage_lib.from_config(c, ema) for c, ema, _ in runs]
   config0 = runs[0][0]
   text_dir, length = None, None
@@ -447,5 +487,6 @@ def export_training_runs(
     text_dir=text_dir,
     max_length=length or int(config0['text'].get('max_length', 32)),
     vocabulary=vocabulary if vocabulary is not None else training_vocabulary(config0),
+    world=world,
   )
   return output

@@ -1,5 +1,6 @@
 """Moving Digits world and the record format."""
 
+import json
 import os
 
 import numpy as np
@@ -129,3 +130,89 @@ def test_shards_written_in_parallel_are_byte_identical(tmp_path):
     assert (serial / name).read_bytes() == (parallel / name).read_bytes(), name
   with pytest.raises(FileExistsError):  # an existing world is never overwritten
     digits.write_shards(CONFIG, 3, str(parallel), 7, 5, workers=2)
+
+
+def _intensity_centroids(video):
+  """(x, y) intensity centroid of every frame of a uint8 clip [T, H, W, 3]."""
+  w = video.max(-1).astype(np.float64)
+  total = w.sum((1, 2))
+  x = (w * (np.arange(w.shape[2]) + 0.5)).sum((1, 2)) / total
+  y = (w * (np.arange(w.shape[1]) + 0.5)[:, None]).sum((1, 2)) / total
+  return np.stack([x, y], -1)
+
+
+def _far_wall(video, direction):
+  """The frame's edge row or column the digit moves towards, every frame: [T, size]."""
+  return {
+    'left': video[:, :, 0],
+    'right': video[:, :, -1],
+    'up': video[:, 0],
+    'down': video[:, -1],
+  }[direction].max(-1)
+
+
+@pytest.mark.parametrize(
+  'config',
+  [digits.DigitsConfig(), digits.DigitsConfig(frames=8, fps=4), digits.DigitsConfig(size=16)],
+  ids=['16x32x32', 'base-8-frames', '16x16'],
+)
+def test_world_v2_motion_is_monotone_visible_and_never_reaches_the_far_wall(config):
+  assert config.world_version == 2 and not config.bounce
+  clips = [digits.make_video(config, 0, i) for i in range(200)]
+  clips += [digits.make_eval_video(config, 0, i) for i in range(40)]
+  seen = set()
+  for ex in clips:
+    direction = ex.meta['direction']
+    seen.add(direction)
+    assert ex.meta['world_version'] == 2
+    dx, dy = digits.DIRECTIONS[direction]
+    axis, sign = (0, dx) if dx else (1, dy)
+    c = _intensity_centroids(ex.video)
+    steps = np.diff(c[:, axis]) * sign
+    # The centroid moves the caption's way between every two frames ...
+    assert steps.min() > 0, (ex.caption, c[:, axis])
+    # ... by at least a quarter of the frame over the clip ...
+    assert (c[-1, axis] - c[0, axis]) * sign >= 0.25 * config.size - 0.5, ex.caption
+    # ... and not at all across it (bilinear splatting is exact in the drawn positions).
+    pos = ex.arrays['positions']
+    np.testing.assert_allclose(pos[:, 1 - axis], pos[0, 1 - axis])
+    # The digit never touches the wall it moves towards.
+    assert _far_wall(ex.video, direction).max() == 0, ex.caption
+  assert seen == set(digits.DIRECTIONS)
+
+
+def test_world_v1_bounces_and_world_v2_never_turns():
+  v1, v2 = digits.DigitsConfig(bounce=True), digits.DigitsConfig()
+  assert (v1.world_version, v2.world_version) == (1, 2)
+
+  def turns(config):
+    out = []
+    for i in range(100):
+      ex = digits.make_video(config, 0, i)
+      dx, dy = digits.DIRECTIONS[ex.meta['direction']]
+      steps = np.diff(ex.arrays['positions'][:, 0 if dx else 1])
+      out.append(bool(np.any(steps > 0)) and bool(np.any(steps < 0)))
+    return np.mean(out)
+
+  # The reason for v2: in v1 most 2-second clips turn at a wall.
+  assert turns(v1) > 0.7 and turns(v2) == 0.0
+  # Still images are the same in both worlds, byte for byte.
+  assert records.encode(digits.make_image(v1, 3, 5)) == records.encode(digits.make_image(v2, 3, 5))
+
+
+def test_world_v2_refuses_a_travel_that_cannot_fit():
+  with pytest.raises(ValueError, match='travel'):
+    digits.DigitsConfig(travel=(0.25, 0.5))  # a 16-pixel digit leaves 15 px of 32
+  with pytest.raises(ValueError, match='travel'):
+    digits.DigitsConfig(travel=(0.0, 0.3))
+  digits.DigitsConfig(travel=(0.5, 0.6), digit_size=8)  # a smaller digit has the room
+
+
+def test_dataset_info_records_the_world_version(tmp_path):
+  for bounce, version in ((False, 2), (True, 1)):
+    info = digits.write_shards(
+      digits.DigitsConfig(frames=4, bounce=bounce), 0, str(tmp_path / str(version)), 3, 2
+    )
+    assert info['world_version'] == version
+    with open(tmp_path / str(version) / records.INFO_FILE) as f:
+      assert json.load(f)['world_version'] == version

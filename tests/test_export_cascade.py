@@ -62,6 +62,8 @@ def test_export_training_run_and_sample(trained_base, tmp_path):
     samplers_by_stage={'base': stage.sampler.__class__(steps=2)},
   ).videos
   assert video.shape == (1, 8, 16, 16, 3)
+  # The export records the world the run trained on (the default: Moving Digits v2).
+  assert pipe.world == {'name': 'digits', 'version': 2}
   # Refusals: the output exists already; a directory that is no run.
   res = run_module('export_cascade', f'--run={workdir}', f'--output={out}')
   assert res.returncode != 0 and 'already holds a cascade' in res.stderr

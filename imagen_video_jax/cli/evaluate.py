@@ -167,7 +167,12 @@ def main(argv):
           "steps >= 1 (0: each stage's own)"
         )
       if _STAGES.value:
-        pipe = CascadePipeline(pipe.stages[: _STAGES.value], pipe.text_encoder)
+        pipe = CascadePipeline(
+          pipe.stages[: _STAGES.value],
+          pipe.text_encoder,
+          vocabulary=pipe.vocabulary,
+          world=pipe.world,
+        )
       samplers = (
         {s.name: dataclasses.replace(s.sampler, steps=_STEPS.value) for s in pipe.stages}
         if _STEPS.value

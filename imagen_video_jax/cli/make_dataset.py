@@ -25,6 +25,12 @@ _SEED = flags.DEFINE_integer('seed', 0, 'Data seed: equal seeds give equal bytes
 _FRAMES = flags.DEFINE_integer('frames', 16, 'Frames per clip.')
 _SIZE = flags.DEFINE_integer('size', 32, 'Frame height and width.')
 _FPS = flags.DEFINE_integer('fps', 8, 'Frame rate of the clips.')
+_BOUNCE = flags.DEFINE_bool(
+  'bounce',
+  False,
+  'World v1: digits bounce off the walls. Default: world v2, one direction all clip '
+  'long, stopping short of the far wall.',
+)
 _HELD_OUT = flags.DEFINE_string(
   'held_out',
   None,
@@ -55,7 +61,11 @@ def main(argv):
       digits.DEFAULT_HELD_OUT if _HELD_OUT.value is None else digits.parse_held_out(_HELD_OUT.value)
     )
     config = digits.DigitsConfig(
-      frames=_FRAMES.value, size=_SIZE.value, fps=_FPS.value, held_out=held_out
+      frames=_FRAMES.value,
+      size=_SIZE.value,
+      fps=_FPS.value,
+      held_out=held_out,
+      bounce=_BOUNCE.value,
     )
     if min(_NUM_VIDEOS.value, _NUM_IMAGES.value, _NUM_EVAL.value) < 0:
       raise ValueError('--num_videos, --num_images and --num_eval_videos must be >= 0')
@@ -73,6 +83,7 @@ def main(argv):
           size=config.size,
           fps=config.fps,
           held_out=held_out,
+          bounce=config.bounce,
         ),
         data_dir=_OUTPUT.value,
       )

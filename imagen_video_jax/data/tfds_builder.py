@@ -42,6 +42,7 @@ class MovingDigitsConfig(tfds.core.BuilderConfig):
   size: int = 32
   fps: int = 8
   held_out: tuple[tuple[int, str, str], ...] = digits.DEFAULT_HELD_OUT
+  bounce: bool = False
 
   @property
   def world(self) -> digits.DigitsConfig:
@@ -50,14 +51,18 @@ class MovingDigitsConfig(tfds.core.BuilderConfig):
       size=self.size,
       fps=self.fps,
       held_out=tuple(tuple(c) for c in self.held_out),
+      bounce=self.bounce,
     )
 
 
 class MovingDigits(tfds.core.GeneratorBasedBuilder):
   """Coloured handwritten digits moving on black, captioned "a red 3 moving left"."""
 
-  VERSION = tfds.core.Version('1.0.0')
-  RELEASE_NOTES = {'1.0.0': 'First release.'}
+  VERSION = tfds.core.Version('2.0.0')
+  RELEASE_NOTES = {
+    '1.0.0': 'First release.',
+    '2.0.0': 'World v2 by default: no bounces (bounce=True gives the v1 clips).',
+  }
   BUILDER_CONFIGS = [
     MovingDigitsConfig(name='default', description='10k clips, 10k images, 32x32.'),
     MovingDigitsConfig(

@@ -58,6 +58,23 @@ def frechet_distance(a: np.ndarray | tuple, b: np.ndarray | tuple, eps: float = 
   return float(max(diff @ diff + np.trace(s1) + np.trace(s2) - 2.0 * np.trace(covmean), 0.0))
 
 
+def wilson_interval(right: int, num: int, z: float = 1.959964) -> tuple[float, float]:
+  """The Wilson score interval (95% for the default z) of a proportion right / num.
+
+  Unlike the normal approximation it stays inside [0, 1] and is not empty at 0% or 100%,
+  which is where adherence figures of a good model lie.
+  """
+  if num <= 0:
+    raise ValueError(f'num must be > 0; got {num}')
+  if not 0 <= right <= num:
+    raise ValueError(f'right must be in [0, num={num}]; got {right}')
+  p = right / num
+  denom = 1.0 + z * z / num
+  centre = (p + z * z / (2 * num)) / denom
+  half = z * np.sqrt(p * (1 - p) / num + z * z / (4 * num * num)) / denom
+  return float(max(0.0, centre - half)), float(min(1.0, centre + half))
+
+
 def adherence_report(
   prompts: Sequence[str],
   predicted: Sequence[tuple[int, str, str]],
@@ -66,7 +83,8 @@ def adherence_report(
   """Per-attribute and all-three accuracy of ``predicted`` against ``prompts``.
 
   Returns ``{"train_combinations": {...}, "held_out_combinations": {...}}``, each with
-  ``num``, ``digit``, ``colour``, ``direction`` and ``all`` (fractions), plus
+  ``num``, ``digit``, ``colour``, ``direction`` and ``all`` (fractions), ``ci95``
+  (each of those four's 95% Wilson interval, ``[low, high]``), plus
   ``per_combination`` counts so a failing combination can be found, and
   ``direction_errors``: how many wrong directions were the opposite of the prompt's
   (right axis, wrong sign: "left" drawn as "right") and how many perpendicular (wrong
@@ -86,9 +104,13 @@ def adherence_report(
   report: dict[str, Any] = {}
   for name, pairs in groups.items():
     entry: dict[str, Any] = {'num': len(pairs)}
-    for k, attr in enumerate(ATTRIBUTES):
-      entry[attr] = float(np.mean([p[k] == t[k] for t, p in pairs])) if pairs else None
-    entry['all'] = float(np.mean([p == t for t, p in pairs])) if pairs else None
+    right = {a: sum(p[k] == t[k] for t, p in pairs) for k, a in enumerate(ATTRIBUTES)}
+    right['all'] = sum(p == t for t, p in pairs)
+    for attr, r in right.items():
+      entry[attr] = r / len(pairs) if pairs else None
+    entry['ci95'] = (
+      {a: list(wilson_interval(r, len(pairs))) for a, r in right.items()} if pairs else None
+    )
     per: dict[str, list[int]] = {}
     for t, p in pairs:
       c = per.setdefault(digits.caption_for(*t), [0, 0])
@@ -109,7 +131,8 @@ def _is_opposite(a: str, b: str) -> bool:
 
 
 def format_table(report: Mapping[str, Any]) -> str:
-  """A plain-text table of an adherence report (and any scalar metrics in it)."""
+  """A plain-text table of an adherence report (and any scalar metrics in it); each
+  group's second row holds the 95% intervals (reports that predate them have none)."""
   lines = [f'{"combinations":<24}{"n":>6}' + ''.join(f'{a:>11}' for a in (*ATTRIBUTES, 'all'))]
   for name in ('train_combinations', 'held_out_combinations'):
     entry = report.get(name)
@@ -126,6 +149,14 @@ def format_table(report: Mapping[str, Any]) -> str:
         f'{errors["perpendicular"]} perpendicular)'
       )
     lines.append(f'{name.replace("_combinations", ""):<24}{entry["num"]:>6}' + cells)
+    ci = entry.get('ci95')
+    if ci:
+      lines.append(
+        f'{"  95% interval":<30}'
+        + ''.join(
+          f'{f"{100 * ci[a][0]:.0f}-{100 * ci[a][1]:.0f}%":>11}' for a in (*ATTRIBUTES, 'all')
+        )
+      )
   for key, value in report.items():
     if isinstance(value, (int, float)):
       lines.append(f'{key}: {value:.4g}')
@@ -143,6 +174,17 @@ def sample_prompts(
     )
   rng = np.random.default_rng([seed, int(held_out)])
   return [digits.caption_for(*combos[i]) for i in rng.integers(len(combos), size=num)]
+
+
+def judge_for_cascade(pipe, judge):
+  """The judge reading the cascade's own Moving Digits world: digit and colour need no
+  change (the CNN learnt them from still images, the same in every version), direction is
+  read with that version's motion (v1 fits a bounce, v2 straight motion). A cascade that
+  records no world (an export that predates it) is read with ``judge`` as it is."""
+  world = getattr(pipe, 'world', None)
+  if not world or world.get('name') != 'digits':
+    return judge
+  return judge.for_world(int(world['version']))
 
 
 def evaluate_cascade(
@@ -164,8 +206,10 @@ def evaluate_cascade(
 
   Args:
     pipe: a ``CascadePipeline`` (``export.load_cascade(dir)``); pass
-      ``CascadePipeline(pipe.stages[:1], pipe.text_encoder)`` to score the base alone.
-    judge: a :class:`~imagen_video_jax.evaluation.judge.Judge`.
+      ``CascadePipeline(pipe.stages[:1], pipe.text_encoder, world=pipe.world)`` to score
+      the base alone.
+    judge: a :class:`~imagen_video_jax.evaluation.judge.Judge`; it reads direction with
+      the motion of the world version the cascade records (:func:`judge_for_cascade`).
     num_samples: samples per group (training combinations, held-out combinations).
     seed: prompt and sampling seed.
     world: the Moving Digits world the cascade was trained on (its held-out list).
@@ -179,6 +223,7 @@ def evaluate_cascade(
   """
   from tqdm.auto import tqdm
 
+  judge = judge_for_cascade(pipe, judge)
   prompts = sample_prompts(num_samples, seed, False, world) + sample_prompts(
     num_samples, seed, True, world
   )
