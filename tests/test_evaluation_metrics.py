@@ -79,3 +79,27 @@ def test_sample_prompts_draw_from_their_group_deterministically():
   train = metrics.sample_prompts(50, 0, False, world)
   assert not {digits.parse_caption(p) for p in train} & set(world.held_out)
   assert train == metrics.sample_prompts(50, 0, False, world)
+
+
+@pytest.mark.parametrize('right,num', [(81, 100), (0, 10), (200, 200), (1, 3), (173, 200)])
+def test_wilson_interval_matches_scipy(right, num):
+  from scipy.stats import binomtest
+
+  want = binomtest(right, num).proportion_ci(confidence_level=0.95, method='wilson')
+  lo, hi = metrics.wilson_interval(right, num)
+  np.testing.assert_allclose([lo, hi], [want.low, want.high], atol=1e-7)
+  assert lo <= right / num <= hi
+  with pytest.raises(ValueError):
+    metrics.wilson_interval(num + 1, num)
+
+
+def test_every_adherence_figure_has_its_interval_in_the_report_and_table():
+  prompts = ['a red 3 moving left'] * 90 + ['a red 0 moving left'] * 10
+  pred = [(3, 'red', 'left')] * 81 + [(3, 'red', 'right')] * 9 + [(0, 'red', 'left')] * 10
+  report = metrics.adherence_report(prompts, pred)
+  train = report['train_combinations']
+  np.testing.assert_allclose(train['ci95']['direction'], metrics.wilson_interval(81, 90))
+  assert train['ci95']['digit'] == list(metrics.wilson_interval(90, 90))
+  assert set(train['ci95']) == {'digit', 'colour', 'direction', 'all'}
+  lo, hi = metrics.wilson_interval(81, 90)
+  assert f'{100 * lo:.0f}-{100 * hi:.0f}%' in metrics.format_table(report)

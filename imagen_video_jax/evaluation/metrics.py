@@ -72,7 +72,10 @@ def wilson_interval(right: int, num: int, z: float = 1.959964) -> tuple[float, f
   denom = 1.0 + z * z / num
   centre = (p + z * z / (2 * num)) / denom
   half = z * np.sqrt(p * (1 - p) / num + z * z / (4 * num * num)) / denom
-  return float(max(0.0, centre - half)), float(min(1.0, centre + half))
+  # Exact ends at 0% and 100% (the formula reaches them only up to rounding).
+  lo = 0.0 if right == 0 else max(0.0, centre - half)
+  hi = 1.0 if right == num else min(1.0, centre + half)
+  return float(lo), float(hi)
 
 
 def adherence_report(
