@@ -310,3 +310,21 @@ def test_clip_seed_flag_chooses_the_clips_judge_accuracy_reads(tiny_judge, tmp_p
   assert json.loads(out.read_text()) == {
     k: J.accuracy(jd, 16, 99, degrade=k == 'degraded') for k in ('clean', 'degraded')
   }
+
+
+def test_judge_bounce_flag_trains_a_v1_judge_measured_on_the_bouncing_world(tmp_path):
+  out = str(tmp_path / 'v1')
+  r = _cli(
+    '--mode=train_judge',
+    f'--judge={out}',
+    '--judge_bounce',
+    '--judge_steps=2',
+    '--judge_frames=64',
+    '--num_clips=4',
+  )
+  assert r.returncode == 0, r.stderr[-3000:]
+  trained = J.load_judge(out)
+  assert trained.config == dataclasses.replace(J.JudgeConfig(), steps=2, bounce=True)
+  assert json.loads((tmp_path / 'v1' / J.CONFIG_FILE).read_text())['config']['bounce'] is True
+  # Its report was measured on world v1 clips (the direction read by the bouncing fit).
+  assert trained.report['clean'] == J.accuracy(trained, 4, 12_345)
