@@ -1,5 +1,7 @@
-"""The shipped Moving Digits judge reads fresh clips right; its files round-trip; the
-evaluate CLI trains a judge (refusing to replace one unasked) and reports its accuracy."""
+"""The shipped Moving Digits judge reads fresh clips right; it reads direction as a person
+does in world v2 (where the digit goes) and as the bouncing fit in world v1; its files
+round-trip (old ones as v1 judges); the evaluate CLI trains a judge (refusing to replace
+one unasked) and reports its accuracy."""
 
 import dataclasses
 import json
@@ -42,6 +44,79 @@ def test_direction_follows_the_frame_rate(judge):
   videos, truth = J.real_clips(judge.config, 60, 97, held_out=False)
   pred = judge.predict(videos[:, ::2], fps=4.0)
   assert np.mean([p == t[2] for p, t in zip(pred.direction, truth)]) >= 0.95
+
+
+def _base_view(videos):
+  """uint8 clips [N, 16, 32, 32, 3] at 8 fps as the base stage sees them: every other frame
+  (4 fps), resized (antialiased) to 16x16, as floats in [0, 1]."""
+  from imagen_video_jax.data import pipeline
+
+  return pipeline.resize_frames(videos[:, ::2].astype(np.float32) / 255.0, 16, 16)
+
+
+@pytest.mark.parametrize('size', ['full', 'base'])
+@pytest.mark.parametrize('degrade', [False, True], ids=['clean', 'degraded'])
+def test_v2_judge_reads_world_v2_direction(judge, size, degrade):
+  # The shipped judge judges world v2 (the default world): fresh clips of a seed no one
+  # trained or measured on, at 16x32x32 (8 fps) and at the base stage's 8x16x16 (4 fps),
+  # clean or degraded as a sample might be (at the size it is read at).
+  assert judge.config.world_version == 2 and not judge.config.bounce
+  videos, truth = J.real_clips(judge.config, 200, 8_642, held_out=False)
+  assert judge.config.world.world_version == 2
+  if size == 'full':
+    clips, fps = videos.astype(np.float32) / 255.0, 8.0
+  else:
+    clips, fps = _base_view(videos), 4.0
+  if degrade:
+    n, t = clips.shape[:2]
+    flat = J.augment(
+      clips.reshape(n * t, *clips.shape[2:]), np.random.default_rng(3), judge.config, t
+    )
+    clips = flat.reshape(clips.shape)
+  pred = judge.predict(clips, fps=fps).direction
+  assert np.mean([p == t[2] for p, t in zip(pred, truth)]) >= 0.99
+
+
+def _turning_clip():
+  """A red 3 that moves left for 6 frames (against the left wall by the 6th), then turns
+  and moves right for 10, ending right of where it began: world v1's "moving left" after a
+  bounce, and what a person reads as moving right."""
+  from imagen_video_jax.data import digits
+
+  world = digits.DigitsConfig()
+  sprite = digits._sprite(np.random.default_rng(0), world, 3, 'red')
+  xs = [5.0 - t if t < 6 else t - 5.0 for t in range(world.frames)]  # 5, 4, .., 0, 1, .., 10
+  canvas = np.zeros((world.frames, world.size, world.size, 3), np.float32)
+  for t, x in enumerate(xs):
+    digits._place(canvas[t], sprite, x, 8.0)
+  assert xs[-1] > xs[0] and xs.index(0.0) == 5
+  return digits._to_uint8(canvas)[None]
+
+
+def test_v2_judge_reads_where_the_digit_goes_v1_judge_the_bounce(judge):
+  clip = _turning_clip()
+  v2 = J.Judge(dataclasses.replace(judge.config, bounce=False), judge.params)
+  v1 = J.Judge(dataclasses.replace(judge.config, bounce=True), judge.params)
+  assert v2.predict(clip, fps=8.0).direction == ['right']
+  assert v1.predict(clip, fps=8.0).direction == ['left']
+  # The velocity in the features follows the reading (pixels per frame, x then y).
+  assert v2.features(clip)[0, -2] > 0 > v1.features(clip)[0, -2]
+
+
+def test_judge_json_without_bounce_loads_as_a_v1_judge(judge, tmp_path):
+  # judge.json files written before JudgeConfig.bounce existed judged the bouncing world.
+  judge.save(str(tmp_path / 'old'))
+  path = tmp_path / 'old' / J.CONFIG_FILE
+  meta = json.loads(path.read_text())
+  assert meta['config'].pop('bounce') is False
+  path.write_text(json.dumps(meta))
+  old = J.load_judge(str(tmp_path / 'old'))
+  assert old.config == dataclasses.replace(judge.config, bounce=True)
+  assert old.config.world_version == 1 and old.config.world.bounce
+  # It measures itself on the bouncing world's clips and reads them as before.
+  videos, truth = J.real_clips(old.config, 60, 4_321, held_out=False)
+  pred = old.predict(videos).direction
+  assert np.mean([p == t[2] for p, t in zip(pred, truth)]) >= 0.95
 
 
 def test_judge_fd_is_small_between_real_sets_and_grows_with_noise(judge):
@@ -235,3 +310,21 @@ def test_clip_seed_flag_chooses_the_clips_judge_accuracy_reads(tiny_judge, tmp_p
   assert json.loads(out.read_text()) == {
     k: J.accuracy(jd, 16, 99, degrade=k == 'degraded') for k in ('clean', 'degraded')
   }
+
+
+def test_judge_bounce_flag_trains_a_v1_judge_measured_on_the_bouncing_world(tmp_path):
+  out = str(tmp_path / 'v1')
+  r = _cli(
+    '--mode=train_judge',
+    f'--judge={out}',
+    '--judge_bounce',
+    '--judge_steps=2',
+    '--judge_frames=64',
+    '--num_clips=4',
+  )
+  assert r.returncode == 0, r.stderr[-3000:]
+  trained = J.load_judge(out)
+  assert trained.config == dataclasses.replace(J.JudgeConfig(), steps=2, bounce=True)
+  assert json.loads((tmp_path / 'v1' / J.CONFIG_FILE).read_text())['config']['bounce'] is True
+  # Its report was measured on world v1 clips (the direction read by the bouncing fit).
+  assert trained.report['clean'] == J.accuracy(trained, 4, 12_345)

@@ -81,7 +81,8 @@ def test_the_shipped_cascade_draws_the_prompted_digit_and_colour():
   )
   fewer = {s.name: dataclasses.replace(s.sampler, steps=STEPS) for s in pipe.stages}
   out = pipe(prompts, seed=0, samplers_by_stage=fewer, progress=False, return_intermediates=True)
-  judge = metrics.judge_for_cascade(pipe, judge_lib.load_judge())  # the cascade's world
+  # Read with the motion of the world the cascade records (cascade.json "world").
+  judge = metrics.judge_for_cascade(pipe, judge_lib.load_judge())
   # The first four samples of every stage as recorded (this seed and these prompts):
   # refactoring the sampling path must keep them. Recorded with XLA's default CPU
   # optimisation level; at level 0 they differ by at most 1 in 1 of ~16000 values.

@@ -74,3 +74,33 @@ def test_the_shipped_cascade_records_its_world():
   with open(os.path.join(ROOT, 'checkpoints', 'digits', export.CASCADE_FILE)) as f:
     world = json.load(f)['world']
   assert world['name'] == 'digits' and world['version'] in (1, 2)
+
+
+def test_the_evaluation_reads_a_cascade_with_its_own_worlds_motion():
+  import types
+
+  from imagen_video_jax.evaluation import judge as judge_lib, metrics
+
+  judge = judge_lib.load_judge()  # the shipped judge: world v2
+  assert judge.config.world_version == 2
+
+  def cascade(world):
+    return types.SimpleNamespace(world=world)
+
+  v1 = metrics.judge_for_cascade(cascade({'name': 'digits', 'version': 1}), judge)
+  assert v1.config.bounce and v1.params is judge.params  # the same network
+  assert metrics.judge_for_cascade(cascade({'name': 'digits', 'version': 2}), judge) is judge
+  assert metrics.judge_for_cascade(cascade(None), judge) is judge  # an export without "world"
+  with pytest.raises(ValueError, match='no Moving Digits world v3'):
+    metrics.judge_for_cascade(cascade({'name': 'digits', 'version': 3}), judge)
+  # What the fit changes: a clip that goes left, turns at the wall and ends right of its
+  # start is "left" in the bouncing world and "right" as a person (and world v2) reads it.
+  config = digits.DigitsConfig(bounce=True)
+  ex = next(
+    e
+    for e in (digits.make_video(config, 0, i) for i in range(200))
+    if e.meta['direction'] == 'left'
+    and e.arrays['positions'][-1, 0] > e.arrays['positions'][0, 0] + 2
+  )
+  assert v1.predict(ex.video[None]).direction == ['left']
+  assert judge.predict(ex.video[None]).direction == ['right']

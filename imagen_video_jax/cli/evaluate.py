@@ -83,6 +83,12 @@ _JUDGE_SEED = flags.DEFINE_integer(
   "train_judge: seed of the judge's initialisation and of its own "
   'training frames (default: JudgeConfig().seed).',
 )
+_JUDGE_BOUNCE = flags.DEFINE_bool(
+  'judge_bounce',
+  False,
+  'train_judge: judge the bouncing Moving Digits world v1 (direction read by fitting '
+  'the bounce) instead of world v2 (the default: direction read as where the digit goes).',
+)
 _OUTPUT = flags.DEFINE_string('output', None, 'Also write the report here as JSON.')
 _PROGRESS = flags.DEFINE_bool('progress', True, 'Progress bars.')
 
@@ -114,7 +120,7 @@ def main(argv):
           f'{directory} already holds a judge ({", ".join(existing)}); pass '
           '--judge=<a new directory>, or --overwrite to replace it'
         )
-      config = J.JudgeConfig()
+      config = J.JudgeConfig(bounce=_JUDGE_BOUNCE.value)
       if _JUDGE_STEPS.value is not None:
         config = dataclasses.replace(config, steps=_JUDGE_STEPS.value)
       if _JUDGE_SEED.value is not None:

@@ -8,18 +8,28 @@ A hybrid, because each attribute has a different robust reader:
   the Moving Digits generator makes from the judge's own seed (never the training
   data's), degraded afresh each step the ways a diffusion sample can be: noise, blur,
   a 2x down-and-up resampling (an SR stage's input), dimming and a grey background.
+  Still frames are the same in both worlds, so this part does not depend on the world.
 * direction: tracking, not learning. The digit's intensity-weighted centroid is found
-  in every frame, and the world's own motion model (constant speed from a start point,
-  reflected at the walls) is fitted for each of the four directions; the best fit wins.
-  Fitting the reflection is what gets clips right that bounce in their first frames
-  (where the first step points the "wrong" way); centroids are barely moved by noise
-  and blur. No training, so nothing to overfit.
+  in every frame, and a motion model of the judged world (``JudgeConfig.bounce``) is
+  fitted for each of the four directions; the best fit wins. Centroids are barely
+  moved by noise and blur. No training, so nothing to overfit.
+
+  - world v2 (``bounce=False``, the default): straight, monotone motion. Along the
+    direction's axis ``p(t) = a + sign * s * t`` with ``s >= 0`` (least squares in
+    closed form), across it a constant. A clip is read as going where the digit goes,
+    as a person reads it: one that wavers or turns is read by its overall trend.
+  - world v1 (``bounce=True``): the bouncing world's own model (constant speed in the
+    world's speed range from a start point, reflected at the walls). Fitting the
+    reflection is what gets clips right that bounce in their first frames (where the
+    first step points the "wrong" way), so a v1 judge reads a clip that turns at a
+    wall by its first leg.
 
 Features for the Fréchet distance (:meth:`Judge.features`): the CNN's penultimate layer
 averaged over frames, followed by the fitted start velocity (pixels per frame, x and y).
 
-Videos of any size are resized to the judge's frame size (32x32 by default); their frame
-rate (``fps``) sets the expected speed, so clips at other frame rates read correctly.
+Videos of any size are resized to the judge's frame size (32x32 by default). In world v1
+their frame rate (``fps``) sets the expected speed, so clips at other frame rates read
+correctly; world v2's fit leaves the speed free, so it needs no frame rate.
 """
 
 from __future__ import annotations
@@ -63,6 +73,9 @@ class JudgeConfig:
     seed: seed of the judge's own Moving Digits frames (differs from training data's 0).
     steps, batch_size, learning_rate: optax training.
     noise, blur: maximum Gaussian noise std (in [0, 1] units) and blur sigma (pixels).
+    bounce: the world judged: False for world v2 (monotone motion; direction read as
+      where the digit goes), True for world v1 (bouncing; direction read by fitting the
+      bounce). See :func:`direction_fit`.
   """
 
   size: int = 32
@@ -76,9 +89,11 @@ class JudgeConfig:
   learning_rate: float = 2e-3
   noise: float = 0.15
   blur: float = 1.2
+  bounce: bool = False
 
   def __post_init__(self):
     object.__setattr__(self, 'widths', tuple(int(w) for w in self.widths))
+    object.__setattr__(self, 'bounce', bool(self.bounce))
     if (
       self.size < 8
       or self.fps <= 0
@@ -91,7 +106,12 @@ class JudgeConfig:
 
   @property
   def world(self) -> digits.DigitsConfig:
-    return digits.DigitsConfig(size=self.size, fps=int(round(self.fps)))
+    return digits.DigitsConfig(size=self.size, fps=int(round(self.fps)), bounce=self.bounce)
+
+  @property
+  def world_version(self) -> int:
+    """The Moving Digits world version judged: 2 (monotone motion) or 1 (bouncing)."""
+    return digits.WORLD_VERSIONS[self.bounce]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -242,11 +262,24 @@ def _first_step_bounce(p0, sign, speed, hi):
 def direction_fit(
   tracks: np.ndarray, config: JudgeConfig, fps: float
 ) -> tuple[np.ndarray, np.ndarray]:
-  """Fits the bouncing motion for each direction: (cost [N, 4], start velocity [N, 2]).
+  """Fits the judged world's motion for each direction: (cost [N, 4], start velocity [N, 2]).
 
-  ``cost`` is the squared error of the best trajectory per direction (lower is better);
-  the start position, speed and the centroid's offset inside the digit are free.
+  ``tracks`` are centroid tracks ``[N, T, 2]`` (x, y) in pixels. ``cost`` is the squared
+  error of the best trajectory per direction (lower is better), the perpendicular axis's
+  squared deviation from its mean included; the velocity is the winning direction's, in
+  pixels per frame.
+
+  * world v2 (``config.bounce`` False): ``p(t) = a + sign * s * t`` along the direction's
+    axis with ``s >= 0``, by least squares in closed form (the centred regression's
+    slope, clipped at 0 in the direction's sense). The speed is free, so ``fps`` is not
+    used. Where the digit ends up decides: a clip that turns is read by its trend.
+  * world v1 (``config.bounce`` True): the world's bouncing motion (speed within the
+    world's range at ``fps``, reflected at the walls), fitted on a start x speed grid
+    refined once; the start position, speed and the centroid's offset inside the digit
+    are free.
   """
+  if not config.bounce:
+    return _monotone_fit(tracks)
   world = config.world
   hi = float(world.size - world.sprite_size - 1)
   lo_v, hi_v = (s * world.size / fps for s in world.speed)
@@ -300,6 +333,30 @@ def direction_fit(
   return costs, vel
 
 
+def _monotone_fit(tracks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+  """World v2's :func:`direction_fit`: straight motion at a free speed ``s >= 0``."""
+  n, frames = tracks.shape[:2]
+  t = np.arange(frames, dtype=np.float64)
+  t = t - t.mean()
+  tt = max(float((t**2).sum()), 1e-12)  # one frame: no slope, every direction ties
+  centred = tracks.astype(np.float64) - tracks.mean(1, keepdims=True)  # [N, T, 2]
+  sse = (centred**2).sum(1)  # [N, 2]: squared deviation about the mean, per axis
+  slope = (centred * t[:, None]).sum(1) / tt  # [N, 2]: least-squares pixels per frame
+  costs = np.zeros((n, 4))
+  speeds = np.zeros((n, 4))
+  for k, name in enumerate(DIRECTION_NAMES):
+    dx, dy = digits.DIRECTIONS[name]
+    axis, sign = (0, dx) if dx else (1, dy)
+    s = np.maximum(sign * slope[:, axis], 0.0)
+    # Residual of the best line with slope sign * s: what the slope leaves unexplained.
+    costs[:, k] = sse[:, axis] - s**2 * tt + sse[:, 1 - axis]
+    speeds[:, k] = s
+  costs = np.maximum(costs, 0.0)  # rounding on near-perfect lines
+  win = costs.argmin(1)
+  vel = np.asarray([digits.DIRECTIONS[m] for m in DIRECTION_NAMES], np.float64)[win]
+  return costs, vel * speeds[np.arange(n), win][:, None]
+
+
 # ----------------------------------------------------------------------------- the judge
 
 
@@ -320,6 +377,17 @@ class Judge:
     self.config, self.params, self.report = config, params, dict(report or {})
     net = _net(config)
     self._apply = jax.jit(lambda p, x: net.apply({'params': p}, x))
+
+  def for_world(self, version: int) -> 'Judge':
+    """This judge reading Moving Digits world ``version`` (1: bouncing, 2: straight
+    motion): the same network (digit and colour are learnt from still images, the same
+    in every version) with that version's direction fit."""
+    if version not in digits.WORLD_VERSIONS.values():
+      raise ValueError(f'no Moving Digits world v{version}; there are v1 and v2')
+    bounce = version == 1
+    if bounce == self.config.bounce:
+      return self
+    return Judge(dataclasses.replace(self.config, bounce=bounce), self.params)
 
   # -- input
 
@@ -415,7 +483,10 @@ def load_judge(directory: str | None = None) -> Judge:
   if meta.get('format') != FORMAT:
     raise ValueError(f'{path} has format {meta.get("format")!r}; this version reads {FORMAT!r}')
   params = params_io.load_params(os.path.join(directory, PARAMS_FILE))
-  return Judge(JudgeConfig(**meta['config']), params, meta.get('report'))
+  # A judge.json written before JudgeConfig.bounce existed judged the bouncing world v1
+  # (the only world then): it keeps reading direction that way.
+  config = {'bounce': True, **meta['config']}
+  return Judge(JudgeConfig(**config), params, meta.get('report'))
 
 
 # ----------------------------------------------------------------------------- training
