@@ -182,6 +182,20 @@ def test_evaluate_cli_scores_a_cascade_prefix_per_stage(exported, tmp_path):
   assert report['train_combinations']['num'] == 3
   assert report['held_out_combinations']['num'] == 3
   assert report['by_stage'][stages[0].name]['train_combinations'] == report['train_combinations']
+  assert report['samplers'][stages[0].name]['steps'] == 2
+  # Sampling settings to compare on the base alone: recorded in the report.
+  res = subprocess.run(
+    cmd + ['--stages=1', '--guidance=1.5', '--sampler=ancestral'],
+    capture_output=True,
+    text=True,
+    timeout=600,
+  )
+  assert res.returncode == 0, res.stderr[-3000:]
+  used = json.load(open(report_path))['samplers'][stages[0].name]
+  assert (used['guidance'], used['sampler'], used['steps']) == (1.5, 'ancestral', 2)
+  res = subprocess.run(cmd + ['--guidance=nan'], capture_output=True, text=True, timeout=300)
+  assert res.returncode != 0 and '--guidance=nan' in res.stderr
+  assert 'Traceback' not in res.stderr
   res = subprocess.run(
     cmd + [f'--stages={len(stages) + 1}'], capture_output=True, text=True, timeout=300
   )

@@ -3,6 +3,7 @@ r"""Evaluate videos: prompt adherence (the digits judge), FVD and the judge's FD
     python -m imagen_video_jax.evaluate --mode=adherence --checkpoints=checkpoints/digits \
         --num_samples=100 [--output=outputs/adherence.json] [--stages=1] [--steps=16]
     python -m imagen_video_jax.evaluate --mode=fvd --real=data/digits --generated=outputs/gen
+    python -m imagen_video_jax.evaluate --stages=1 --guidance=5 --sampler=ancestral  # base alone
     python -m imagen_video_jax.evaluate --mode=judge_accuracy     # the shipped judge, fresh clips
     python -m imagen_video_jax.evaluate --mode=train_judge --judge=outputs/judge
     python -m imagen_video_jax.evaluate --mode=train_judge --overwrite  # replace checkpoints/judge
@@ -29,6 +30,15 @@ _STAGES = flags.DEFINE_integer(
 )
 _STEPS = flags.DEFINE_integer(
   'steps', 0, "adherence: sampling steps for every stage (0: each stage's own)."
+)
+_GUIDANCE = flags.DEFINE_float(
+  'guidance', None, "adherence: guidance weight for every stage (default: each stage's own)."
+)
+_SAMPLER = flags.DEFINE_enum(
+  'sampler',
+  None,
+  ['ddim', 'ancestral'],
+  "adherence: sampler for every stage (default: each stage's own).",
 )
 _HELD_OUT = flags.DEFINE_string(
   'held_out',
@@ -179,9 +189,25 @@ def main(argv):
           vocabulary=pipe.vocabulary,
           world=pipe.world,
         )
+      from imagen_video_jax.diffusion.samplers import SamplerConfig
+
+      overrides = {
+        k: v
+        for k, v in (
+          ('steps', _STEPS.value or None),
+          ('guidance', _GUIDANCE.value),
+          ('sampler', _SAMPLER.value),
+        )
+        if v is not None
+      }
+      for k, v in overrides.items():
+        try:
+          SamplerConfig(**{k: v})  # the sampler's own validation, before sampling
+        except ValueError as e:
+          raise ValueError(f'--{k}={v}: {e}') from None
       samplers = (
-        {s.name: dataclasses.replace(s.sampler, steps=_STEPS.value) for s in pipe.stages}
-        if _STEPS.value
+        {s.name: dataclasses.replace(s.sampler, **overrides) for s in pipe.stages}
+        if overrides
         else None
       )
       report = metrics.evaluate_cascade(

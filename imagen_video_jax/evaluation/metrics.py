@@ -15,6 +15,7 @@ training combinations and the held-out ones (seen only as images in training).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import warnings
 from collections.abc import Mapping, Sequence
@@ -221,7 +222,7 @@ def evaluate_cascade(
       training combinations and this many fresh real clips (``fd_judge``).
   Returns:
     :func:`adherence_report` of the last stage's videos plus ``fps``, ``stages`` (the
-    stage names), ``by_stage`` (an adherence report of each stage's output, last
+    stage names), ``samplers`` (each stage's sampler settings), ``by_stage`` (an adherence report of each stage's output, last
     included) and, optionally, ``fd_judge``.
   """
   from tqdm.auto import tqdm
@@ -255,6 +256,11 @@ def evaluate_cascade(
   }
   videos, fps = np.concatenate(by_stage[names[-1]]), pipe.stages[-1].fps
   report = {**reports[names[-1]], 'by_stage': reports, 'stages': names, 'fps': float(fps)}
+  # The settings the figures were sampled with (each stage's own, or the overrides).
+  report['samplers'] = {
+    s.name: dataclasses.asdict((samplers_by_stage or {}).get(s.name, s.sampler))
+    for s in pipe.stages
+  }
   if real_fd_clips > 0:
     from imagen_video_jax.evaluation.judge import real_clips
 
