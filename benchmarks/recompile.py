@@ -65,7 +65,7 @@ def main():
       dict(
         num_samples=n,
         seed=2,
-        samplers_by_stage=samplers(steps=s, guidance=5.0, guidance_low=1.5, oscillate_until=0.5),
+        samplers_by_stage=samplers(steps=s, guidance=5.0, guidance_low=1.5, oscillate_from=0.5),
       ),
     ),
     (

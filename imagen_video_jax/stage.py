@@ -191,7 +191,7 @@ class Stage:
       params=params,
       fps=meta['fps'],
       diffusion=DiffusionConfig(**d),
-      sampler=SamplerConfig(**meta['sampler']),
+      sampler=sampler_from_json(meta['sampler']),
       sample_cond_t=float(cond_t),
       text=None if text is None else T5Config(**text),
     )
@@ -220,6 +220,22 @@ def diffusion_from_config(d: Mapping[str, Any]) -> DiffusionConfig:
     p_uncond=float(d['p_uncond']),
     schedule=CosineSchedule(float(d['logsnr_min']), float(d['logsnr_max']), float(d['shift'])),
   )
+
+
+def sampler_from_json(s: Mapping[str, Any]) -> SamplerConfig:
+  """A stage.json's sampler. Files written before the oscillation followed the paper
+  carry `oscillate_until` (steps that alternated, then the low weight); its default, 1.0,
+  means alternating throughout, which `oscillate_from=0` still does. Any other value
+  named a schedule the sampler no longer has: refused, naming the field to set."""
+  s = dict(s)
+  until = s.pop('oscillate_until', None)
+  if until is not None and (float(until) != 1.0 and s.get('guidance_low') is not None):
+    raise ValueError(
+      f'sampler.oscillate_until={until} (alternate, then the low weight) is no longer '
+      'supported: guidance now holds the high weight first and alternates after '
+      '`oscillate_from` of the steps; replace it in stage.json'
+    )
+  return SamplerConfig(**s)
 
 
 def sampler_from_config(s: Mapping[str, Any] | None) -> SamplerConfig:

@@ -103,11 +103,17 @@ def test_guidance_is_one_batched_forward_and_mixes_cond_and_uncond():
   )
 
 
-def test_oscillating_guidance_weights():
+def test_oscillating_guidance_weights_follow_the_paper():
+  # Imagen Video (section 2.5): a constant high weight for the first steps, then
+  # alternating between the high and the low weight.
   w = SamplerConfig(steps=6, guidance=15.0, guidance_low=1.0).guidance_weights()
   np.testing.assert_array_equal(w, [15, 1, 15, 1, 15, 1])
-  w = SamplerConfig(steps=6, guidance=15.0, guidance_low=1.0, oscillate_until=0.5)
-  np.testing.assert_array_equal(w.guidance_weights(), [15, 1, 15, 1, 1, 1])
+  w = SamplerConfig(steps=6, guidance=15.0, guidance_low=1.0, oscillate_from=0.5)
+  np.testing.assert_array_equal(w.guidance_weights(), [15, 15, 15, 1, 15, 1])
+  w = SamplerConfig(steps=7, guidance=15.0, guidance_low=1.0, oscillate_from=0.3)
+  np.testing.assert_array_equal(w.guidance_weights(), [15, 15, 15, 1, 15, 1, 15])
+  w = SamplerConfig(steps=4, guidance=15.0, guidance_low=1.0, oscillate_from=1.0)
+  np.testing.assert_array_equal(w.guidance_weights(), [15] * 4)
   np.testing.assert_array_equal(SamplerConfig(steps=3, guidance=4.0).guidance_weights(), [4, 4, 4])
 
 
@@ -160,7 +166,7 @@ def test_steps_guidance_and_seed_are_values_one_compiled_sampler_serves(sampler)
   configs = [
     dataclasses.replace(static, steps=8, guidance=1.0),
     dataclasses.replace(static, steps=13, guidance=3.0),
-    dataclasses.replace(static, steps=13, guidance=4.0, guidance_low=1.0, oscillate_until=0.3),
+    dataclasses.replace(static, steps=13, guidance=4.0, guidance_low=1.0, oscillate_from=0.3),
     dataclasses.replace(static, steps=100, guidance=2.5, guidance_low=0.5),
   ]
   outs = []
@@ -185,14 +191,14 @@ def test_traced_oscillating_guidance_reaches_every_step():
     jax.debug.callback(lambda w: seen.append(float(w)), w, ordered=True)
     return jnp.zeros_like(z)
 
-  cfg = SamplerConfig(steps=7, guidance=9.0, guidance_low=2.0, oscillate_until=0.5)
+  cfg = SamplerConfig(steps=7, guidance=9.0, guidance_low=2.0, oscillate_from=0.5)
   run = jax.jit(
     lambda t: samplers.sample(
       den, (1, 1, 1, 1, 1), jax.random.key(0), config=cfg.static(), traced=t
     )
   )
   run(cfg.traced()).block_until_ready()
-  assert seen == [9, 2, 9, 2, 2, 2, 2] == cfg.guidance_weights().tolist()
+  assert seen == [9, 9, 9, 9, 9, 2, 9] == cfg.guidance_weights().tolist()
   seen.clear()
   other = SamplerConfig(steps=5, guidance=6.0)
   run(other.traced()).block_until_ready()
@@ -201,8 +207,20 @@ def test_traced_oscillating_guidance_reaches_every_step():
 
 
 def test_static_config_keys_the_compiled_program():
-  a = SamplerConfig(steps=7, guidance=9.0, guidance_low=2.0, oscillate_until=0.5)
+  a = SamplerConfig(steps=7, guidance=9.0, guidance_low=2.0, oscillate_from=0.5)
   b = SamplerConfig(steps=64, guidance=1.0)
   assert a.static() == b.static() and hash(a.static()) == hash(b.static())
   for program in ({'sampler': 'ancestral'}, {'clip': 'none'}, {'gamma': 0.5}):
     assert dataclasses.replace(a, **program).static() != b.static()
+
+
+def test_stage_json_written_before_the_paper_schedule_loads_or_is_refused():
+  from imagen_video_jax.stage import sampler_from_json
+
+  old = dataclasses.asdict(SamplerConfig(steps=8, guidance=3.0))
+  del old['oscillate_from']
+  # Its default (alternate throughout, or constant guidance) means the same today.
+  assert sampler_from_json({**old, 'oscillate_until': 1.0}) == SamplerConfig(steps=8, guidance=3.0)
+  assert sampler_from_json({**old, 'oscillate_until': 0.5}).guidance_weights().tolist() == [3] * 8
+  with pytest.raises(ValueError, match='oscillate_until=0.5.*oscillate_from'):
+    sampler_from_json({**old, 'guidance_low': 1.0, 'oscillate_until': 0.5})

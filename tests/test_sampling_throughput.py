@@ -65,7 +65,7 @@ def test_other_seed_steps_and_guidance_compile_nothing(lowerings, monkeypatch):
     pipe(
       PROMPTS,
       num_samples=2,
-      samplers_by_stage=_samplers(pipe, guidance=6.0, guidance_low=1.0, oscillate_until=0.5),
+      samplers_by_stage=_samplers(pipe, guidance=6.0, guidance_low=1.0, oscillate_from=0.5),
       progress=False,
     ).videos,
   ]

@@ -39,10 +39,12 @@ class SamplerConfig:
     sampler: 'ddim' (deterministic given the initial noise) or 'ancestral'.
     steps: number of denoising steps.
     guidance: classifier-free guidance weight w (1 = none).
-    guidance_low: if set, the weight oscillates between `guidance` (even steps) and
-      `guidance_low` (odd steps), as Imagen Video does for its high guidance.
-    oscillate_until: fraction of the steps (from the start) that oscillate; later
-      steps use `guidance_low`. 1.0 oscillates throughout.
+    guidance_low: if set, oscillating guidance as Imagen Video uses it for high weights
+      (Ho et al. 2022, section 2.5): a constant high weight (`guidance`) for the first
+      `oscillate_from` of the steps, then alternating to the end: `guidance` on even
+      steps, `guidance_low` on odd ones.
+    oscillate_from: fraction of the steps (from the start) sampled at the constant high
+      weight before the alternation begins; 0.0 alternates from the first step.
     clip: 'none', 'static' (x in [-1, 1]) or 'dynamic' (Imagen's percentile thresholding).
     dynamic_percentile: percentile p of |x_hat| for dynamic thresholding.
     gamma: ancestral variance interpolation: sigma^2 = post_var^(1-gamma) * fwd_var^gamma.
@@ -52,7 +54,7 @@ class SamplerConfig:
   steps: int = 64
   guidance: float = 1.0
   guidance_low: float | None = None
-  oscillate_until: float = 1.0
+  oscillate_from: float = 0.0
   clip: Literal['none', 'static', 'dynamic'] = 'static'
   dynamic_percentile: float = 99.5
   gamma: float = 0.0
@@ -64,14 +66,14 @@ class SamplerConfig:
       raise ValueError(f'steps must be an integer; got {self.steps!r}')
     if not 1 <= self.steps <= MAX_STEPS:
       raise ValueError(f'steps must be in [1, {MAX_STEPS}]; got {self.steps}')
-    for name in ('guidance', 'guidance_low', 'oscillate_until', 'dynamic_percentile', 'gamma'):
+    for name in ('guidance', 'guidance_low', 'oscillate_from', 'dynamic_percentile', 'gamma'):
       value = getattr(self, name)
       if value is None and name == 'guidance_low':
         continue
       if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
         raise ValueError(f'{name} must be a finite number; got {value!r}')
-    if not 0.0 <= self.oscillate_until <= 1.0:
-      raise ValueError(f'oscillate_until must be in [0, 1]; got {self.oscillate_until}')
+    if not 0.0 <= self.oscillate_from <= 1.0:
+      raise ValueError(f'oscillate_from must be in [0, 1]; got {self.oscillate_from}')
     if self.clip not in ('none', 'static', 'dynamic'):
       raise ValueError(f"clip must be 'none', 'static' or 'dynamic'; got {self.clip!r}")
     if not 0.0 < self.dynamic_percentile <= 100.0:
@@ -81,21 +83,21 @@ class SamplerConfig:
 
   def traced(self) -> Traced:
     """The settings a compiled sampler takes as values (see `Traced`)."""
-    # Step i oscillates iff i < oscillate_until * steps, compared in float32 as a
-    # float32 step index against the float64 product rounded to float32.
-    osc = np.arange(self.steps, dtype=np.float32) < np.float32(self.oscillate_until * self.steps)
+    # Step i is in the constant phase iff i < oscillate_from * steps, compared in float32
+    # as a float32 step index against the float64 product rounded to float32.
+    const = np.arange(self.steps, dtype=np.float32) < np.float32(self.oscillate_from * self.steps)
     return Traced(
       steps=np.int32(self.steps),
       guidance=np.float32(self.guidance),
       guidance_low=np.float32(self.guidance if self.guidance_low is None else self.guidance_low),
-      oscillating_steps=np.int32(0 if self.guidance_low is None else osc.sum()),
+      constant_steps=np.int32(const.sum()),
     )
 
   def static(self) -> SamplerConfig:
     """This config with the `Traced` fields at their defaults: equal for every config
     that one compiled sampler serves (a cache key)."""
     return dataclasses.replace(
-      self, steps=SamplerConfig.steps, guidance=1.0, guidance_low=None, oscillate_until=1.0
+      self, steps=SamplerConfig.steps, guidance=1.0, guidance_low=None, oscillate_from=0.0
     )
 
   def guidance_weights(self) -> jax.Array:
@@ -108,20 +110,20 @@ class Traced(NamedTuple):
 
   Users change them often (steps, guidance, oscillation), so a sampler jitted with
   these as an argument runs any of them without recompiling. `SamplerConfig.traced()`
-  makes one; `guidance_low` equals `guidance` and `oscillating_steps` is 0 when the
-  guidance is constant.
+  makes one; `guidance_low` equals `guidance` when the guidance is constant.
   """
 
   steps: jax.Array  # int32 []
-  guidance: jax.Array  # float32 []: even steps while oscillating, else every step
-  guidance_low: jax.Array  # float32 []: odd steps while oscillating, then every step
-  oscillating_steps: jax.Array  # int32 []: steps i < this oscillate
+  guidance: jax.Array  # float32 []: the constant phase, then every other step
+  guidance_low: jax.Array  # float32 []: the other steps of the alternation
+  constant_steps: jax.Array  # int32 []: steps i < this use `guidance`, then it alternates
 
 
 def guidance_weight(traced: Traced, i: jax.Array) -> jax.Array:
-  """The guidance weight of step(s) i."""
+  """The guidance weight of step(s) i: high for the constant phase, then high on even
+  and low on odd steps."""
   osc = jnp.where(i % 2 == 0, traced.guidance, traced.guidance_low)
-  return jnp.where(i < traced.oscillating_steps, osc, traced.guidance_low).astype(jnp.float32)
+  return jnp.where(i < traced.constant_steps, traced.guidance, osc).astype(jnp.float32)
 
 
 def threshold(x: jax.Array, clip: str, percentile: float = 99.5) -> jax.Array:
@@ -201,7 +203,7 @@ def sample(
   `jax.debug.callback`, so the loop stays one compiled program.
   `traced`: the step count and guidance as values (`Traced`, e.g. arguments of the
   jitted caller, so that changing them does not recompile); default `config.traced()`.
-  Given, it replaces config's steps, guidance, guidance_low and oscillate_until.
+  Given, it replaces config's steps, guidance, guidance_low and oscillate_from.
   """
   traced = config.traced() if traced is None else traced
   _, k_steps = jax.random.split(key)
