@@ -311,6 +311,22 @@ def sinusoidal_embedding(x: jax.Array, dim: int, max_period: float = 10000.0) ->
   return emb
 
 
+class ScalarEmbedding(nn.Module):
+  """value [...] -> [..., dim]: sinusoidal features of value * scale and an MLP whose
+  last layer starts at zero, so a conditioning signal added to a trained network leaves
+  its output unchanged until it is trained (a distilled student's guidance weight)."""
+
+  dim: int
+  scale: float = 100.0
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, value: jax.Array) -> jax.Array:
+    h = sinusoidal_embedding(jnp.asarray(value, jnp.float32) * self.scale, self.dim)
+    h = nn.silu(dense(self.dim * 4, ('embed', 'mlp'), dtype=self.dtype, name='fc1')(h))
+    return dense(self.dim, ('mlp', 'embed'), dtype=self.dtype, zero=True, name='fc2')(h)
+
+
 class LogSNREmbedding(nn.Module):
   """logsnr [...] -> [..., dim] via sinusoidal features of the cosine time and an MLP."""
 

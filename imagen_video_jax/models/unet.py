@@ -78,6 +78,10 @@ class UNetConfig:
     attention: the attention kernel ('auto' | 'reference' | 'chunked' | 'cudnn' | 'splash',
       see models/attention_kernels.py). 'auto' picks by backend: the chunked kernel on a
       one-device CPU, cuDNN on GPU, splash on TPU; all compute the same function.
+    guidance_embed: the network also reads a classifier-free guidance weight `guidance`
+      [B] (an embedding added to the conditioning vector, zero at initialisation): the
+      student of guided distillation (`diffusion/distill.py`), which computes in one
+      forward what the guided teacher computes in two.
   """
 
   levels: tuple[LevelConfig, ...]
@@ -95,6 +99,7 @@ class UNetConfig:
   remat: str = 'none'
   scan_blocks: bool = False
   attention: str = 'auto'
+  guidance_embed: bool = False
 
   def __post_init__(self):
     levels = tuple(l if isinstance(l, LevelConfig) else LevelConfig(**l) for l in self.levels)
@@ -371,6 +376,7 @@ class VideoUNet(nn.Module):
     frame_ids: [B, T] int32 clip id of each frame (negative: padding); default all 0.
     cond: [B, T, H, W, Cc] low-res video at the output size (super-resolution stages).
     cond_logsnr: [B] noise-augmentation level of `cond`.
+    guidance: [B] guidance weight (only with `guidance_embed`).
   Returns [B, T, H, W, C] float32.
   """
 
@@ -387,6 +393,7 @@ class VideoUNet(nn.Module):
     cond=None,
     cond_logsnr=None,
     *,
+    guidance=None,
     train: bool = False,
   ):
     cfg = self.config
@@ -418,6 +425,14 @@ class VideoUNet(nn.Module):
       emb = emb + layers.LogSNREmbedding(cfg.emb_dim, dtype=dt, name='cond_logsnr_emb')(
         jnp.asarray(cond_logsnr, jnp.float32)[:, None]
       )
+
+    if cfg.guidance_embed:
+      if guidance is None:
+        raise ValueError('guidance_embed=True: pass guidance [B] (the guidance weight)')
+      w = jnp.broadcast_to(jnp.asarray(guidance, jnp.float32), (b,))
+      emb = emb + layers.ScalarEmbedding(cfg.emb_dim, dtype=dt, name='guidance_emb')(w[:, None])
+    elif guidance is not None:
+      raise ValueError('guidance given, but this U-Net has no guidance_embed')
 
     h = x.astype(dt)
     if cfg.cond_channels:
