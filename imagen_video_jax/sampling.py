@@ -6,7 +6,8 @@ repeated `factor` times, an SSR stage on the video below resized bilinearly to i
 output size; the conditioning is noised at the stage's fixed `sample_cond_t` and the
 network is told that level (`cond_logsnr`). With text, the conditional and
 unconditional (null text or negative prompt) halves run in one batched forward
-(`diffusion.samplers.guided_denoiser`).
+(`diffusion.samplers.guided_denoiser`); a guidance-distilled stage (`unet.guidance_embed`,
+`diffusion/distill.py`) reads the weight itself and runs one forward of the batch.
 """
 
 from __future__ import annotations
@@ -109,9 +110,21 @@ def sample_stage(
     def denoise(z, logsnr, w):
       del w
       return model.apply({'params': params}, z, logsnr, None, None, frame_ids, cond, cond_logsnr)
+  elif text_emb is None:
+    raise ValueError(f'stage {stage.name} reads text: pass text_emb and text_mask')
+  elif unet.guidance_embed:
+    if neg_text_emb is not None:
+      raise ValueError(
+        f'stage {stage.name} is guidance-distilled: its unconditional half is the null '
+        'text, folded into its one forward; it takes no negative prompt'
+      )
+
+    def denoise(z, logsnr, w):
+      w = jnp.full((z.shape[0],), w, jnp.float32)
+      return model.apply(
+        {'params': params}, z, logsnr, text_emb, text_mask, frame_ids, cond, cond_logsnr, guidance=w
+      )
   else:
-    if text_emb is None:
-      raise ValueError(f'stage {stage.name} reads text: pass text_emb and text_mask')
     double = lambda a: None if a is None else jnp.concatenate([a, a])  # cond + uncond halves
     cond2, cond_logsnr2, frame_ids2 = double(cond), double(cond_logsnr), double(frame_ids)
 

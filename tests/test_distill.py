@@ -201,3 +201,52 @@ def test_two_step_target_is_exact_for_a_linear_teacher():
   np.testing.assert_allclose(got, x0, atol=1e-5)
   with pytest.raises(ValueError):
     dataclasses.replace(distill.DistillConfig(), w_min=2.0, w_max=1.0)
+
+
+def test_a_guidance_distilled_stage_samples_in_one_forward_of_the_batch(teacher, monkeypatch):
+  """`sampling.sample_stage` runs a guidance-embedded stage as one forward of batch B per
+  step, the step's weight fed to the network (not cond and uncond at 2B)."""
+  from flax import linen as nn
+
+  from imagen_video_jax import sampling
+  from imagen_video_jax.stage import Stage, StageSpec
+
+  _, params, text, mask = teacher
+  s_model, s_params = _student(params, jax.random.key(3))
+  s_params = _perturbed(s_params, jax.random.key(4), 0.05)  # w matters to its output
+  stage = Stage(
+    name='student',
+    spec=StageSpec(frames=T, height=H, width=W),
+    unet=s_model.config,
+    params=s_params,
+    fps=4.0,
+    sampler=SamplerConfig(steps=3, guidance=2.0),
+  )
+  batches, real_apply = [], nn.Module.apply
+
+  def apply(self, variables, z, *args, **kw):
+    batches.append((z.shape[0], kw['guidance'].shape))
+    return real_apply(self, variables, z, *args, **kw)
+
+  key = jax.random.key(5)
+  got = sampling.sample_stage(stage, s_params, key, B, text_emb=text, text_mask=mask)
+  monkeypatch.setattr(unet_lib.VideoUNet, 'apply', apply, raising=False)
+  sampling.sample_stage(stage, s_params, key, B, text_emb=text, text_mask=mask)
+  assert batches == [(B, (B,))], batches  # the loop's body, traced once
+  monkeypatch.undo()
+
+  def den(z, logsnr, w):
+    g = jnp.full((B,), w)
+    return s_model.apply({'params': s_params}, z, logsnr, text, mask, guidance=g)
+
+  _, k_sample = jax.random.split(key)
+  want = samplers.sample(den, (B, T, H, W, 3), k_sample, config=stage.sampler)
+  np.testing.assert_allclose(got, want, atol=1e-6)
+  other = sampling.sample_stage(
+    stage, s_params, key, B, text_emb=text, text_mask=mask, sampler=SamplerConfig(steps=3)
+  )
+  assert float(jnp.abs(other - got).max()) > 1e-3  # the weight reaches the network
+  with pytest.raises(ValueError, match='no negative prompt'):
+    sampling.sample_stage(
+      stage, s_params, key, B, text_emb=text, text_mask=mask, neg_text_emb=text, neg_text_mask=mask
+    )
