@@ -15,7 +15,7 @@ TensorBoard: `tensorboard --logdir=<workdir>/tensorboard`.
 
 import os
 
-from absl import app, flags, logging
+from absl import app, flags
 from ml_collections import config_flags
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -44,60 +44,20 @@ _DISTRIBUTED = flags.DEFINE_bool(
 )
 
 
-def set_data_root(config, root: str) -> None:
-  """config.data.dir = ROOT/<world name> (refused with one line unless a digits run
-  without its own data.dir)."""
-  from imagen_video_jax.cli import _checks as checks
-  from imagen_video_jax.data import prepare
-
-  if config.data.world != 'digits':
-    raise checks.Refusal(
-      f'--data_root is for Moving Digits runs; this config reads data.dir={config.data.dir!r}'
-    )
-  if config.data.dir:
-    raise checks.Refusal(
-      f'give --data_root or --config.data.dir, not both (data.dir={config.data.dir!r})'
-    )
-  config.data.dir = os.path.join(os.path.abspath(root), prepare.digits_world_name(config.data))
-
-
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   if _CONFIG.value is None or not _WORKDIR.value:
     raise app.UsageError('--config and --workdir are required.')
-  if not flags.FLAGS['verbosity'].present:
-    logging.set_verbosity(logging.WARNING)  # keep orbax/grain INFO chatter out
-  if _DATA_ROOT.value:
-    set_data_root(_CONFIG.value, _DATA_ROOT.value)
-  if _DISTRIBUTED.value:
-    from imagen_video_jax import parallel
+  from imagen_video_jax.cli._jobs import run_job
 
-    parallel.initialize_distributed()
-  from imagen_video_jax import training
-
-  try:
-    if _DATA_ONLY.value:
-      from imagen_video_jax.training import loop
-
-      if _CONFIG.value.data.world != 'digits':
-        raise training.ConfigError(
-          '--data_only makes the Moving Digits world; this config '
-          f'reads data.dir={_CONFIG.value.data.dir!r}'
-        )
-      print(f'Moving Digits world: {loop.prepare_data(_CONFIG.value, _WORKDIR.value)}')
-      return
-    training.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
-  except (
-    training.ConfigError,
-    training.ConfigMismatchError,
-    training.NonFiniteError,
-    training.NonFiniteCheckpointError,
-    training.DataError,
-    training.CheckpointError,
-    FileNotFoundError,
-  ) as e:
-    raise SystemExit(f'train: {e}') from None
+  run_job(
+    _CONFIG.value,
+    _WORKDIR.value,
+    data_root=_DATA_ROOT.value,
+    distributed=_DISTRIBUTED.value,
+    data_only=_DATA_ONLY.value,
+  )
 
 
 if __name__ == '__main__':

@@ -97,6 +97,21 @@ def diffusion(**overrides) -> ml_collections.ConfigDict:
   )
 
 
+def distill(**overrides) -> ml_collections.ConfigDict:
+  """The distillation section (`python -m imagen_video_jax.distill` sets it; see
+  diffusion/distill.py). phase '' is plain training."""
+  return ml_collections.ConfigDict(
+    dict(
+      phase='',  # '' | 'guidance' (fold guidance into the student) | 'halving' (2 steps -> 1)
+      teacher='',  # the teacher: an exported cascade or stage, or a training workdir
+      w_min=0.0,  # guidance weights are drawn uniformly from [w_min, w_max]
+      w_max=5.0,
+      student_steps=8,  # halving: the student's DDIM steps (its teacher's: twice as many)
+      **overrides,
+    )
+  )
+
+
 def optim(*, lr, warmup_steps, ema_decay, **overrides) -> ml_collections.ConfigDict:
   """AdamW with linear warm-up (then constant, or cosine over decay_steps), EMA weights."""
   return ml_collections.ConfigDict(

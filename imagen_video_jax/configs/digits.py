@@ -109,6 +109,8 @@ def get_config(arg: str = 'stage=base') -> ml_collections.ConfigDict:
       scan_blocks=False,
       # The attention kernel: 'auto' picks by backend (models/attention_kernels.py).
       attention='auto',
+      # The network also reads the guidance weight: a guided-distillation student.
+      guidance_embed=False,
     )
   )
 
@@ -153,6 +155,7 @@ def get_config(arg: str = 'stage=base') -> ml_collections.ConfigDict:
   c.sample = ml_collections.ConfigDict(
     dict(steps=8 if tiny else 32, guidance=3.0, num=4, clip='static')
   )
+  c.distill = _common.distill()
   c.mesh = ml_collections.ConfigDict(
     dict(
       data=-1,

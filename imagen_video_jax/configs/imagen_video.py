@@ -163,6 +163,8 @@ def get_config(arg: str = 'stage=base') -> ml_collections.ConfigDict:
       scan_blocks=True,
       # The attention kernel: 'auto' picks by backend (models/attention_kernels.py).
       attention='auto',
+      # The network also reads the guidance weight: a guided-distillation student.
+      guidance_embed=False,
     )
   )
 
@@ -202,6 +204,7 @@ def get_config(arg: str = 'stage=base') -> ml_collections.ConfigDict:
   # meshes of benchmarks/BENCHMARKS.md); FSDP over the devices they leave. E.g.
   # --config.mesh.data=4 for 4 data-parallel groups, and dcn_data=NUM_SLICES for
   # multi-slice TPU (see imagen_video_jax.parallel).
+  c.distill = _common.distill()
   c.mesh = ml_collections.ConfigDict(
     dict(
       data=data,

@@ -150,7 +150,7 @@ def guided_loss(
   per_frame = jnp.mean(jnp.square(student(z, logsnr, w) - target), axis=(2, 3, 4))
   mask = jnp.ones(per_frame.shape, bool) if frame_mask is None else frame_mask
   loss = objectives.masked_frame_mean(per_frame, mask)
-  return loss, {'loss': loss, 'w_mean': jnp.mean(w)}
+  return loss, {'loss': loss, 'w_mean': jnp.mean(w), 'logsnr_mean': jnp.mean(logsnr)}
 
 
 def halving_loss(
@@ -186,4 +186,4 @@ def halving_loss(
   per_frame = jnp.mean(jnp.square(x_hat - target), axis=(2, 3, 4)) * weight[:, None]
   mask = jnp.ones(per_frame.shape, bool) if frame_mask is None else frame_mask
   loss = objectives.masked_frame_mean(per_frame, mask)
-  return loss, {'loss': loss, 'w_mean': jnp.mean(w)}
+  return loss, {'loss': loss, 'w_mean': jnp.mean(w), 'logsnr_mean': jnp.mean(l_t)}

@@ -283,6 +283,9 @@ class _ScanBlock(Block):
     return super().__call__(x, emb, text, text_mask, frame_ids), None
 
 
+# The module name of the guidance-weight embedding (`UNetConfig.guidance_embed`).
+GUIDANCE_EMBEDDING = 'guidance_emb'
+
 # The module names of the temporal layers (Block): all an image U-Net of the same
 # config but `temporal='none'` lacks, and what `optim.trainable='temporal'` trains.
 TEMPORAL_LAYERS = ('temporal_attn', 'temporal_conv')
@@ -430,7 +433,7 @@ class VideoUNet(nn.Module):
       if guidance is None:
         raise ValueError('guidance_embed=True: pass guidance [B] (the guidance weight)')
       w = jnp.broadcast_to(jnp.asarray(guidance, jnp.float32), (b,))
-      emb = emb + layers.ScalarEmbedding(cfg.emb_dim, dtype=dt, name='guidance_emb')(w[:, None])
+      emb = emb + layers.ScalarEmbedding(cfg.emb_dim, dtype=dt, name=GUIDANCE_EMBEDDING)(w[:, None])
     elif guidance is not None:
       raise ValueError('guidance given, but this U-Net has no guidance_embed')
 
@@ -521,7 +524,8 @@ def init_fn(
   inputs = dummy_inputs(
     config, frames=frames, height=height, width=width, text_len=text_len, batch=batch
   )
-  return lambda key: model.init(key, *inputs)['params']
+  extra = {'guidance': jnp.ones((batch,))} if config.guidance_embed else {}
+  return lambda key: model.init(key, *inputs, **extra)['params']
 
 
 def dummy_inputs(

@@ -151,7 +151,7 @@ def _allowed(name: str, allowed: Iterable[str]) -> bool:
 
 def _added_field_defaults() -> dict[str, Any]:
   """Fields added since runs were first saved (model.*, data.crop.*, optim.trainable,
-  data.bounce),
+  data.bounce, distill.*),
   with the value older runs had.
 
   A checkpoint without such a field resumes under a config that holds its default.
@@ -168,6 +168,9 @@ def _added_field_defaults() -> dict[str, Any]:
   out.update({f'data.crop.{f.name}': f.default for f in dataclasses.fields(Crop)})
   out['optim.trainable'] = 'all'
   out['data.bounce'] = True  # runs saved before world v2 trained on the bouncing world
+  from imagen_video_jax.configs import common
+
+  out.update({f'distill.{k}': v for k, v in common.distill().items()})
   return out
 
 

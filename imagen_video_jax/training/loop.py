@@ -111,9 +111,40 @@ def validate(config) -> stage_lib.Stage:
     )
   if config.text.source not in ('t5_random', 't5', 'cache'):
     problems.append(f"text.source {config.text.source!r}: use 't5_random', 't5' or 'cache'")
+  problems += distill_problems(config, model)
   if problems:
     raise ConfigError('invalid config: ' + '; '.join(problems))
   return stage
+
+
+def distill_problems(config, model: unet_lib.UNetConfig) -> list[str]:
+  """Why `config.distill` cannot run (a distillation phase's needs), or []."""
+  d = config.get('distill') or {}
+  phase = str(d.get('phase', '') or '')
+  if not phase:
+    return []
+  if phase not in ('guidance', 'halving'):
+    return [f"distill.phase {phase!r}: use 'guidance', 'halving' or '' (plain training)"]
+  problems = []
+  if not str(d.get('teacher', '')):
+    problems.append(f'distill.phase={phase!r} needs distill.teacher (the model it learns from)')
+  if model.text_dim is None:
+    problems.append('distillation folds classifier-free guidance: the stage must read text')
+  if not model.guidance_embed:
+    problems.append(
+      f'distill.phase={phase!r}: the student reads the guidance weight; set '
+      'model.guidance_embed=True'
+    )
+  try:
+    step_lib.distill_config(config)
+  except (TypeError, ValueError, KeyError) as e:
+    problems.append(f'distill: {e}')
+  if phase == 'halving' and int(config.sample.steps) != int(d.get('student_steps', 0)):
+    problems.append(
+      f'distill.phase=halving: sample.steps ({config.sample.steps}) should be the '
+      f"student's distill.student_steps ({d.get('student_steps')})"
+    )
+  return problems
 
 
 def split_problems(mesh, clip: tuple[int, int, int]) -> list[str]:
@@ -342,6 +373,8 @@ def _run(config, workdir, stage, mesh, rules, batch_sharding, ckpt, is_main) -> 
   )
   init_key, train_key = jax.random.split(jax.random.key(int(config.seed)))
   abstract, shardings = state_lib.state_shardings(boxed_init, tx, mesh, rules)
+  # A distillation's teacher first: its misfit is the one to report.
+  teacher_model, teacher_params = make_teacher(config, model_cfg, spec, tx, mesh, rules)
   if latest is not None:
     state, latest = _restore(ckpt, latest, abstract, data_iter, config, prints)
     if is_main:
@@ -367,15 +400,17 @@ def _run(config, workdir, stage, mesh, rules, batch_sharding, ckpt, is_main) -> 
   ):
     ck = _key('step', config, mesh)
     if ck not in _CACHE:
-      fn = step_lib.make_train_step(config, model, t5_model, tx, schedule, train_key)
-      # State in its own shardings (donated: updated in place), the batch split over
-      # data x fsdp, the frozen T5 where it was loaded (never gathered per step).
-      t5_shardings = (
-        replicated if t5_params is None else jax.tree.map(lambda x: x.sharding, t5_params)
+      fn = step_lib.make_train_step(
+        config, model, t5_model, tx, schedule, train_key, teacher_model=teacher_model
       )
+      # State in its own shardings (donated: updated in place), the batch split over
+      # data x fsdp, the frozen T5 (and a distillation's teacher) where it was loaded
+      # (never gathered per step).
+      frozen = [t5_params] + ([teacher_params] if teacher_params is not None else [])
       _CACHE[ck] = jax.jit(
         fn,
-        in_shardings=(shardings, batch_sharding, t5_shardings),
+        in_shardings=(shardings, batch_sharding)
+        + tuple(replicated if p is None else jax.tree.map(lambda x: x.sharding, p) for p in frozen),
         out_shardings=(shardings, replicated),
         donate_argnums=0,
       )
@@ -396,12 +431,49 @@ def _run(config, workdir, stage, mesh, rules, batch_sharding, ckpt, is_main) -> 
       train_step,
       sample_fn,
       ckpt,
-      t5_params,
+      [t5_params] + ([teacher_params] if teacher_params is not None else []),
       batch_sharding,
       stage,
       is_main,
       prints,
     )
+
+
+def make_teacher(config, model_cfg, spec, tx, mesh, rules):
+  """(teacher model, its params placed like the student's) of a distillation phase
+  (`config.distill.teacher`: an exported cascade or stage, or a training workdir's EMA);
+  (None, None) for plain training. The guidance phase's teacher is the stage without the
+  guidance embedding; the halving phase's reads the weight too (the previous student)."""
+  import dataclasses as dc
+
+  from imagen_video_jax.training import warm_start
+
+  phase, _ = step_lib.distill_config(config)
+  if not phase:
+    return None, None
+  cfg = dc.replace(model_cfg, guidance_embed=False) if phase == 'guidance' else model_cfg
+  boxed = unet_lib.init_fn(
+    cfg,
+    frames=spec.frames,
+    height=spec.height,
+    width=spec.width,
+    text_len=int(config.text.max_length),
+  )
+  abstract, _ = state_lib.state_shardings(boxed, tx, mesh, rules)
+  try:
+    source, scanned, origin = warm_start.read_source(str(config.distill.teacher), config.stage)
+    params = warm_start.fit_params(source, scanned, abstract.params, cfg, origin)
+  except warm_start.WarmStartError as e:
+    hint = (
+      " (a halving phase's teacher reads the guidance weight: a guidance phase's "
+      'student, or an earlier halving phase)'
+      if phase == 'halving'
+      else ''
+    )
+    raise ConfigError(str(e).replace('init_from', 'distill.teacher') + hint) from None
+  if jax.process_index() == 0:
+    print(f'Distillation ({phase}): the teacher is {origin}.', flush=True)
+  return unet_lib.VideoUNet(cfg), warm_start.place(params, abstract.params)
 
 
 def _restore(ckpt, step, abstract, data_iter, config, prints):
@@ -430,7 +502,7 @@ def _loop(
   train_step,
   sample_fn,
   ckpt,
-  t5_params,
+  frozen,
   batch_sharding,
   stage,
   is_main,
@@ -488,8 +560,8 @@ def _loop(
         batch = dict(batch, video=np.full_like(batch['video'], np.nan))
       placed = _place(batch, batch_sharding)
       if step_fn is None:  # (multi-process: every process compiles before any runs it)
-        step_fn = parallel.compiled_together(train_step, state, placed, t5_params, name='step')
-      state, m = step_fn(state, placed, t5_params)
+        step_fn = parallel.compiled_together(train_step, state, placed, *frozen, name='step')
+      state, m = step_fn(state, placed, *frozen)
       step += 1
       if config.debug_sleep_secs:
         time.sleep(float(config.debug_sleep_secs))
@@ -516,7 +588,7 @@ def _loop(
           print(progress.line(step, values), flush=True)
       if sample_fn is not None and step % int(config.sample_every) == 0:
         key = jax.random.fold_in(jax.random.key(int(config.seed) + 1), step)
-        args = (state.ema_params, _place(batch, batch_sharding), t5_params, key)
+        args = (state.ema_params, _place(batch, batch_sharding), frozen[0], key)
         if sample_once is None:
           sample_once = parallel.compiled_together(sample_fn, *args, name='sample')
         videos = np.asarray(jax.device_get(sample_once(*args)))

@@ -23,7 +23,7 @@ import optax
 
 from imagen_video_jax import sampling
 from imagen_video_jax import stage as stage_lib
-from imagen_video_jax.diffusion import objectives
+from imagen_video_jax.diffusion import distill, objectives
 from imagen_video_jax.models import t5 as t5_lib
 from imagen_video_jax.models import unet as unet_lib
 from imagen_video_jax.stage import Stage
@@ -52,6 +52,21 @@ def encode_text(batch: dict, t5_model, t5_params) -> tuple[jax.Array, jax.Array]
   return jnp.where(mask[..., None], emb, 0.0), mask
 
 
+def distill_config(config):
+  """(phase, diffusion.distill.DistillConfig) of `config.distill`; phase '' (or no
+  section: a run saved before distillation existed) is plain training."""
+  d = config.get('distill') or {}
+  phase = str(d.get('phase', '') or '')
+  if not phase:
+    return '', None
+  return phase, distill.DistillConfig(
+    w_min=float(d['w_min']),
+    w_max=float(d['w_max']),
+    student_steps=int(d['student_steps']),
+    clip=str(config.sample.get('clip', 'static')),
+  )
+
+
 def _select(tree, mask):
   """The leaves of `tree` where `mask` (a pytree of bools) is True; all if mask is None."""
   if mask is None:
@@ -66,8 +81,11 @@ def make_train_step(
   tx: optax.GradientTransformation,
   schedule: optax.Schedule,
   train_key: jax.Array,
+  teacher_model: unet_lib.VideoUNet | None = None,
 ):
-  """step(state, batch, t5_params) -> (state, metrics); jit it (see loop.py)."""
+  """step(state, batch, t5_params[, teacher_params]) -> (state, metrics); jit it (see
+  loop.py). With `config.distill.phase` set, the loss is that distillation phase's
+  (`diffusion/distill.py`) against `teacher_model` at `teacher_params`."""
   dcfg = stage_lib.diffusion_from_config(config.diffusion)
   d = config.diffusion
   is_sr = bool(config.model.cond_channels)
@@ -80,8 +98,11 @@ def make_train_step(
   # An image U-Net inflated into this video U-Net: only the fresh temporal layers warm up.
   inflated = warm_started and bool(config.get('init_inflate', False))
   trainable = str(config.optim.get('trainable', 'all'))
+  phase, distill_cfg = distill_config(config)
+  if phase and teacher_model is None:
+    raise ValueError(f'distill.phase={phase!r}: pass the teacher_model')
 
-  def step(state: TrainState, batch: dict, t5_params: Any):
+  def step(state: TrainState, batch: dict, t5_params: Any, teacher_params: Any = None):
     key = jax.random.fold_in(train_key, state.step)
     k_drop, k_t, k_loss, k_aug_t, k_aug, k_dropout = jax.random.split(key, 6)
     x, fids = batch['video'], batch['frame_ids']
@@ -90,9 +111,10 @@ def make_train_step(
     text_emb = text_mask = None
     if config.model.text_dim is not None:
       text_emb, text_mask = encode_text(batch, t5_model, t5_params)
-      keep = per_clip(jax.random.uniform(k_drop, (b, t)), fids) >= dcfg.p_uncond
-      text_mask = text_mask & keep[..., None]
-      text_emb = jnp.where(text_mask[..., None], text_emb, 0.0)
+      if not phase:  # a distilled student learns the guided output of the real caption
+        keep = per_clip(jax.random.uniform(k_drop, (b, t)), fids) >= dcfg.p_uncond
+        text_mask = text_mask & keep[..., None]
+        text_emb = jnp.where(text_mask[..., None], text_emb, 0.0)
 
     if per_frame_time:
       t_draw = per_clip(jax.random.uniform(k_t, (b, t)), fids)
@@ -106,7 +128,52 @@ def make_train_step(
       )
       cond = objectives.noise_augment(k_aug, batch['cond'], cond_logsnr)
 
+    def distill_loss(params):
+      def student(z, logsnr, w):
+        return model.apply(
+          {'params': params},
+          z,
+          logsnr,
+          text_emb,
+          text_mask,
+          fids,
+          cond,
+          cond_logsnr,
+          guidance=w,
+          train=True,
+          rngs={'dropout': k_dropout},
+        )
+
+      def teacher(z, logsnr, emb, mask, **w):
+        out = teacher_model.apply(
+          {'params': teacher_params}, z, logsnr, emb, mask, fids, cond, cond_logsnr, **w
+        )
+        return jax.lax.stop_gradient(out)
+
+      common = dict(config=distill_cfg, schedule=dcfg.schedule, frame_mask=fids >= 0)
+      if phase == 'guidance':
+        null_emb, null_mask = objectives.null_text(text_emb, text_mask)
+        return distill.guided_loss(
+          student,
+          lambda z, l: teacher(z, l, text_emb, text_mask),
+          lambda z, l: teacher(z, l, null_emb, null_mask),
+          x,
+          k_loss,
+          **common,
+        )
+      return distill.halving_loss(
+        student,
+        lambda z, l, w: teacher(z, l, text_emb, text_mask, guidance=w),
+        x,
+        k_loss,
+        prediction=dcfg.prediction,
+        **common,
+      )
+
     def loss_fn(params):
+      if phase:
+        return distill_loss(params)
+
       def apply(z, logsnr):
         return model.apply(
           {'params': params},

@@ -77,11 +77,14 @@ def fit_params(
   origin: str,
   *,
   inflate: bool = False,
+  guidance: bool = False,
 ) -> dict:
   """`source` in the layout of `abstract_params`; raises WarmStartError naming misfits.
 
   inflate: the source may lack this model's temporal layers (an image U-Net of the same
   family); those stay out of the result (see `fresh_names`), anything else is a misfit.
+  guidance: the source may lack the guidance embedding (a guided-distillation student
+  starting from its teacher); it stays fresh (zero: the student starts as the teacher).
   """
   if source_scanned != bool(model_cfg.scan_blocks):
     convert = unet_lib.scan_params if model_cfg.scan_blocks else unet_lib.unscan_params
@@ -96,6 +99,8 @@ def fit_params(
   missing = sorted(set(want) - set(have))
   if inflate:
     missing = [k for k in missing if not unet_lib.is_temporal(k)]
+  if guidance:
+    missing = [k for k in missing if k.split('/')[0] != unet_lib.GUIDANCE_EMBEDDING]
   problems = [f'{k} missing' for k in missing]
   problems += [f'{k} unexpected' for k in sorted(set(have) - set(want))]
   problems += [
@@ -201,8 +206,11 @@ def warm_start(state, abstract_state, config, model_cfg: unet_lib.UNetConfig):
   fresh temporal layers (params and EMA) are kept.
   """
   inflate = bool(config.get('init_inflate', False))
+  guidance = str((config.get('distill') or {}).get('phase', '')) == 'guidance'
   source, scanned, origin = read_source(str(config.init_from), str(config.stage))
-  params = fit_params(source, scanned, abstract_state.params, model_cfg, origin, inflate=inflate)
+  params = fit_params(
+    source, scanned, abstract_state.params, model_cfg, origin, inflate=inflate, guidance=guidance
+  )
   fresh = fresh_names(params, abstract_state.params)
   if jax.process_index() == 0:
     print(f'Warm start: params and EMA from {origin}.', flush=True)

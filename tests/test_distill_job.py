@@ -1,0 +1,221 @@
+"""The distillation job (`python -m imagen_video_jax.distill`): a training job whose loss
+is a distillation phase's. Guidance phase from a trained stage, halving phase from that
+student, exact resume after SIGTERM, export and sampling of the student.
+
+All on the tiny base stage of configs/digits.py.
+"""
+
+import json
+import os
+import queue
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import jax
+import numpy as np
+import pytest
+from cli_util import run_module
+
+from imagen_video_jax import export, params_io, sampling, training
+from imagen_video_jax.cli import distill as distill_cli
+from imagen_video_jax.models import unet as unet_lib
+from imagen_video_jax.training import checkpointing
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+from configs import digits as digits_config  # noqa: E402
+
+STEPS = 12
+XLA_CACHE = os.environ['JAX_COMPILATION_CACHE_DIR']
+
+
+def _config(data_dir, **fields):
+  c = digits_config.get_config('stage=base,tiny=True')
+  c.num_steps, c.log_every, c.checkpoint_every_steps, c.sample_every = STEPS, 1, 6, 0
+  c.data.dir = data_dir
+  for k, v in fields.items():
+    setattr(c, k, v)
+  return c
+
+
+@pytest.fixture(scope='module')
+def runs(tmp_path_factory):
+  """A tiny trained teacher and a guidance student distilled from it in one go."""
+  root = tmp_path_factory.mktemp('distill')
+  data_dir = str(root / 'data')
+  teacher = str(root / 'teacher')
+  training.train_and_evaluate(_config(data_dir, num_steps=30), teacher)
+  c = _config(data_dir)
+  distill_cli.configure(c, teacher, 'guidance', None)
+  student = str(root / 'guided')
+  result = training.train_and_evaluate(c, student)
+  return root, data_dir, teacher, student, result
+
+
+def _cmd(workdir, data_dir, teacher, *extra):
+  return [
+    sys.executable,
+    '-m',
+    'imagen_video_jax.distill',
+    '--config=configs/digits.py:stage=base,tiny=True',
+    f'--workdir={workdir}',
+    f'--teacher={teacher}',
+    '--phase=guidance',
+    f'--config.num_steps={STEPS}',
+    '--config.log_every=1',
+    '--config.checkpoint_every_steps=6',
+    '--config.sample_every=0',
+    f'--config.data.dir={data_dir}',
+    *extra,
+  ]
+
+
+def _env():
+  env = dict(
+    os.environ,
+    JAX_PLATFORMS='cpu',
+    JAX_DEFAULT_MATMUL_PRECISION='highest',
+    JAX_COMPILATION_CACHE_DIR=XLA_CACHE,
+    JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0',
+    JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES='0',
+  )
+  env['PYTHONPATH'] = ROOT + os.pathsep + env.get('PYTHONPATH', '')
+  return env
+
+
+def _leaves_equal(a, b):
+  la, lb = jax.tree.leaves(a), jax.tree.leaves(b)
+  return len(la) == len(lb) and all(np.array_equal(x, y) for x, y in zip(la, lb))
+
+
+def test_the_guidance_student_starts_as_its_teacher_and_learns(runs):
+  _, _, teacher, student, result = runs
+  # The loss went down and the guidance embedding moved off zero.
+  losses = [h['loss'] for h in result.history]
+  assert np.mean(losses[-3:]) < np.mean(losses[:3]), losses
+  emb = params_io.flatten_params(jax.device_get(result.state.params))
+  names = [k for k in emb if k.startswith(unet_lib.GUIDANCE_EMBEDDING + '/')]
+  assert names and any(np.abs(emb[k]).max() > 0 for k in names if k.endswith('fc2/kernel'))
+  # Every other parameter started from the teacher's EMA weights: they are the same
+  # tree but for the guidance embedding.
+  _, t_ema, _ = export.read_training_run(teacher)
+  t_names = set(params_io.flatten_params(t_ema))
+  assert t_names == set(emb) - set(names)
+
+
+def test_the_distill_job_resumes_exactly_after_sigterm(runs, tmp_path):
+  root, data_dir, teacher, _, ref = runs
+  workdir = str(tmp_path / 'run')
+  proc = subprocess.Popen(
+    _cmd(workdir, data_dir, teacher, '--config.debug_sleep_secs=0.3'),
+    cwd=ROOT,
+    env=_env(),
+    stdout=subprocess.PIPE,
+    stderr=subprocess.STDOUT,
+    text=True,
+  )
+  try:
+    lines = queue.Queue()
+    threading.Thread(
+      target=lambda: [lines.put(l) for l in proc.stdout] + [lines.put(None)], daemon=True
+    ).start()
+    seen, deadline = [], time.monotonic() + 300
+    while not seen or seen[-1] is not None and not seen[-1].startswith('step 3/'):
+      try:
+        seen.append(lines.get(timeout=max(0.0, deadline - time.monotonic())))
+      except queue.Empty:
+        pytest.fail('no "step 3/" within 300 s:\n' + ''.join(filter(None, seen)))
+    assert seen[-1] is not None, 'the job ended before step 3:\n' + ''.join(seen[:-1])
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=120) == 0
+  finally:
+    if proc.poll() is None:
+      proc.kill()
+  while seen[-1] is not None:
+    seen.append(lines.get(timeout=60))
+  out = ''.join(seen[:-1])
+  assert 'Distillation (guidance): the teacher is' in out, out
+  saved = [l for l in out.splitlines() if l.startswith('Preempted: saved step')]
+  assert saved, out
+  k = int(saved[0].split()[3].rstrip(';'))
+  assert 3 <= k < STEPS
+
+  done = subprocess.run(
+    _cmd(workdir, data_dir, teacher), cwd=ROOT, env=_env(), capture_output=True, text=True
+  )
+  assert done.returncode == 0, done.stdout + done.stderr
+  assert f'at step {k}.' in done.stdout and f'step {k + 1}/{STEPS}' in done.stdout
+  ckpt = checkpointing.Checkpointer(workdir)
+  abstract = jax.tree.map(
+    lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), ref.state
+  )
+  got = ckpt.restore(STEPS, abstract)
+  ckpt.close()
+  assert int(got.step) == STEPS
+  for a, b in ((got.params, ref.state.params), (got.ema_params, ref.state.ema_params)):
+    assert _leaves_equal(jax.device_get(a), jax.device_get(b))
+  assert _leaves_equal(jax.device_get(got.opt_state), jax.device_get(ref.state.opt_state))
+
+
+def test_halving_from_the_guidance_student_exports_a_few_step_stage(runs, tmp_path):
+  root, data_dir, _, student, _ = runs
+  half = str(tmp_path / 'half')
+  res = run_module(
+    'distill',
+    '--config=configs/digits.py:stage=base,tiny=True',
+    f'--workdir={half}',
+    f'--teacher={student}',
+    '--phase=halving',
+    '--student_steps=4',
+    '--config.num_steps=3',
+    '--config.sample_every=0',
+    f'--config.data.dir={data_dir}',
+    cwd=ROOT,
+    env=_env(),
+  )
+  assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-3000:]
+  assert 'Distillation (halving)' in res.stdout
+  out = tmp_path / 'cascade'
+  res = run_module('export_cascade', f'--run={half}', f'--output={out}', cwd=ROOT, env=_env())
+  assert res.returncode == 0, res.stderr[-3000:]
+  with open(out / 'base' / 'stage.json') as f:
+    meta = json.load(f)
+  assert meta['unet']['guidance_embed'] and meta['sampler']['steps'] == 4
+  pipe = export.load_cascade(str(out))
+  stage = pipe.stages[0]
+  emb, mask = pipe.text_encoder(['a red 3 moving left', 'a blue 7 moving up'])
+  sample = jax.jit(lambda p, k: sampling.sample_stage(stage, p, k, 2, text_emb=emb, text_mask=mask))
+  video = sample(stage.params, jax.random.key(0))
+  assert video.shape == (2, 8, 16, 16, 3) and np.isfinite(np.asarray(video)).all()
+
+
+def test_the_distill_command_refuses_what_it_cannot_run(runs, tmp_path):
+  _, data_dir, teacher, student, _ = runs
+  missing = run_module(
+    'distill',
+    '--config=configs/digits.py:stage=base,tiny=True',
+    f'--workdir={tmp_path / "a"}',
+    f'--teacher={tmp_path / "nothing"}',
+    '--phase=guidance',
+    cwd=ROOT,
+  )
+  assert missing.returncode != 0 and 'no such cascade, stage or workdir' in missing.stderr
+  assert 'Traceback' not in missing.stderr
+  # A halving phase needs a teacher that reads the guidance weight: a plain stage misfits.
+  plain = run_module(
+    'distill',
+    '--config=configs/digits.py:stage=base,tiny=True',
+    f'--workdir={tmp_path / "b"}',
+    f'--teacher={teacher}',
+    '--phase=halving',
+    '--config.num_steps=2',
+    f'--config.data.dir={data_dir}',
+    cwd=ROOT,
+    env=_env(),
+  )
+  assert plain.returncode == 1, plain.stderr[-2000:]
+  assert 'distill.teacher' in plain.stderr and 'guidance_emb' in plain.stderr
+  assert 'Traceback' not in plain.stderr
