@@ -9,7 +9,7 @@ from test_train_loop import ROOT, tiny_config
 from imagen_video_jax import training
 from imagen_video_jax.data import prepare
 
-NAME = 'digits-16v-16i-16x32-seed0'  # the tiny config's world
+NAME = 'digits-v2-16v-16i-16x32-seed0'  # the tiny config's world (Moving Digits v2)
 
 
 def fake_world(d):

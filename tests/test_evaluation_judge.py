@@ -153,7 +153,12 @@ class _OracleCascade:
     from types import SimpleNamespace
 
     self.wrong_colour = wrong_colour
-    self.stages = [SimpleNamespace(name='base', fps=4.0), SimpleNamespace(name='sr', fps=8.0)]
+    from imagen_video_jax.diffusion.samplers import SamplerConfig
+
+    self.stages = [
+      SimpleNamespace(name='base', fps=4.0, sampler=SamplerConfig()),
+      SimpleNamespace(name='sr', fps=8.0, sampler=SamplerConfig()),
+    ]
 
   def __call__(
     self,
