@@ -130,6 +130,9 @@ class Stage:
       conditioning video when sampling (training draws it from U(0, cond_augment_max_t)).
     text: the architecture of the T5 encoder whose embeddings it reads (None: not
       recorded, or a stage without text).
+    distilled: for a distilled student, how it was made: {"phase": "guidance" |
+      "halving", "w_min", "w_max": the guidance weights it learnt, "steps": its sampling
+      steps (halving)}; None for a stage trained as usual.
   """
 
   name: str
@@ -141,6 +144,7 @@ class Stage:
   sampler: SamplerConfig = SamplerConfig()
   sample_cond_t: float = 0.1
   text: T5Config | None = None
+  distilled: Mapping[str, Any] | None = None
 
   def __post_init__(self):
     if not isinstance(self.name, str) or not self.name:
@@ -150,6 +154,13 @@ class Stage:
     t = self.sample_cond_t
     if not _is_real(t) or not 0.0 <= t <= 1.0:
       raise ValueError(f'stage {self.name}: sample_cond_t must be in [0, 1]; got {t!r}')
+    if self.distilled is not None and not (
+      isinstance(self.distilled, Mapping) and self.distilled.get('phase') in ('guidance', 'halving')
+    ):
+      raise ValueError(
+        f'stage {self.name}: distilled must be {{"phase": "guidance" | "halving", ...}}; '
+        f'got {self.distilled!r}'
+      )
 
   def with_params(self, params: Any) -> Stage:
     return dataclasses.replace(self, params=params)
@@ -174,6 +185,8 @@ class Stage:
     }
     if self.text is not None:
       out['text'] = dataclasses.asdict(self.text)
+    if self.distilled is not None:
+      out['distilled'] = dict(self.distilled)
     return out
 
   @classmethod
@@ -194,6 +207,7 @@ class Stage:
       sampler=sampler_from_json(meta['sampler']),
       sample_cond_t=float(cond_t),
       text=None if text is None else T5Config(**text),
+      distilled=meta.get('distilled'),
     )
 
 
@@ -287,4 +301,17 @@ def from_config(config: Any, params: Any = None) -> Stage:
     sampler=sampler_from_config(c.get('sample')),
     sample_cond_t=float(c['diffusion'].get('sample_cond_t', 0.1)),
     text=text,
+    distilled=distilled_from_config(c.get('distill')),
   )
+
+
+def distilled_from_config(d: Mapping[str, Any] | None) -> dict[str, Any] | None:
+  """`Stage.distilled` of a run's `distill` section (None: not a distillation run)."""
+  d = _plain(d or {})
+  phase = str(d.get('phase', '') or '')
+  if not phase:
+    return None
+  out = {'phase': phase, 'w_min': float(d['w_min']), 'w_max': float(d['w_max'])}
+  if phase == 'halving':
+    out['steps'] = int(d['student_steps'])
+  return out

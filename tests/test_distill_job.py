@@ -184,6 +184,7 @@ def test_halving_from_the_guidance_student_exports_a_few_step_stage(runs, tmp_pa
   with open(out / 'base' / 'stage.json') as f:
     meta = json.load(f)
   assert meta['unet']['guidance_embed'] and meta['sampler']['steps'] == 4
+  assert meta['distilled'] == {'phase': 'halving', 'w_min': 0.0, 'w_max': 5.0, 'steps': 4}
   pipe = export.load_cascade(str(out))
   stage = pipe.stages[0]
   emb, mask = pipe.text_encoder(['a red 3 moving left', 'a blue 7 moving up'])
