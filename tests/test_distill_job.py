@@ -7,17 +7,13 @@ All on the tiny base stage of configs/digits.py.
 
 import json
 import os
-import queue
-import signal
 import subprocess
 import sys
-import threading
-import time
 
 import jax
 import numpy as np
 import pytest
-from cli_util import run_module
+from cli_util import job_env, preempt, run_module
 
 from imagen_video_jax import export, params_io, sampling, training
 from imagen_video_jax.cli import distill as distill_cli
@@ -74,16 +70,7 @@ def _cmd(workdir, data_dir, teacher, *extra):
 
 
 def _env():
-  env = dict(
-    os.environ,
-    JAX_PLATFORMS='cpu',
-    JAX_DEFAULT_MATMUL_PRECISION='highest',
-    JAX_COMPILATION_CACHE_DIR=XLA_CACHE,
-    JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0',
-    JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES='0',
-  )
-  env['PYTHONPATH'] = ROOT + os.pathsep + env.get('PYTHONPATH', '')
-  return env
+  return job_env(XLA_CACHE, ROOT)
 
 
 def _leaves_equal(a, b):
@@ -109,34 +96,13 @@ def test_the_guidance_student_starts_as_its_teacher_and_learns(runs):
 def test_the_distill_job_resumes_exactly_after_sigterm(runs, tmp_path):
   root, data_dir, teacher, _, ref = runs
   workdir = str(tmp_path / 'run')
-  proc = subprocess.Popen(
+  code, out = preempt(
     _cmd(workdir, data_dir, teacher, '--config.debug_sleep_secs=0.3'),
+    'step 3/',
     cwd=ROOT,
     env=_env(),
-    stdout=subprocess.PIPE,
-    stderr=subprocess.STDOUT,
-    text=True,
   )
-  try:
-    lines = queue.Queue()
-    threading.Thread(
-      target=lambda: [lines.put(l) for l in proc.stdout] + [lines.put(None)], daemon=True
-    ).start()
-    seen, deadline = [], time.monotonic() + 300
-    while not seen or seen[-1] is not None and not seen[-1].startswith('step 3/'):
-      try:
-        seen.append(lines.get(timeout=max(0.0, deadline - time.monotonic())))
-      except queue.Empty:
-        pytest.fail('no "step 3/" within 300 s:\n' + ''.join(filter(None, seen)))
-    assert seen[-1] is not None, 'the job ended before step 3:\n' + ''.join(seen[:-1])
-    proc.send_signal(signal.SIGTERM)
-    assert proc.wait(timeout=120) == 0
-  finally:
-    if proc.poll() is None:
-      proc.kill()
-  while seen[-1] is not None:
-    seen.append(lines.get(timeout=60))
-  out = ''.join(seen[:-1])
+  assert code == 0, out
   assert 'Distillation (guidance): the teacher is' in out, out
   saved = [l for l in out.splitlines() if l.startswith('Preempted: saved step')]
   assert saved, out

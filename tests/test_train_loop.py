@@ -8,12 +8,8 @@ them), and the subprocesses share a persistent compilation cache.
 
 import dataclasses
 import os
-import queue
-import signal
 import subprocess
 import sys
-import threading
-import time
 
 import jax
 import jax.numpy as jnp
@@ -33,6 +29,7 @@ sys.path.insert(0, ROOT)
 from configs import digits as digits_config  # noqa: E402
 
 import distributed_util  # noqa: E402
+from cli_util import job_env, preempt  # noqa: E402
 
 STEPS = 20
 # The run's persistent XLA cache (conftest.py): a subprocess here loads the executables
@@ -156,51 +153,16 @@ def _cmd(workdir, data_dir, *extra):
 
 
 def _env(cache_dir):
-  env = dict(
-    os.environ,
-    JAX_PLATFORMS='cpu',
-    JAX_DEFAULT_MATMUL_PRECISION='highest',
-    JAX_COMPILATION_CACHE_DIR=cache_dir,
-    JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0',
-    JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES='0',
-  )
-  env['PYTHONPATH'] = ROOT + os.pathsep + env.get('PYTHONPATH', '')
-  return env
+  return job_env(cache_dir, ROOT)
 
 
 def test_sigterm_saves_exits_zero_and_resumes_exactly(straight, data_dir, tmp_path):
   _, ref = straight
   workdir, env = str(tmp_path / 'run'), _env(XLA_CACHE)
-  proc = subprocess.Popen(
-    _cmd(workdir, data_dir, '--config.debug_sleep_secs=0.3'),
-    cwd=ROOT,
-    env=env,
-    stdout=subprocess.PIPE,
-    stderr=subprocess.STDOUT,
-    text=True,
+  code, out = preempt(
+    _cmd(workdir, data_dir, '--config.debug_sleep_secs=0.3'), 'step 3/', cwd=ROOT, env=env
   )
-  try:
-    # Wait until it is training, then preempt it. The output is read on a thread, so the
-    # deadline holds even if the job hangs without printing.
-    lines = queue.Queue()
-    threading.Thread(
-      target=lambda: [lines.put(l) for l in proc.stdout] + [lines.put(None)], daemon=True
-    ).start()
-    seen, deadline = [], time.monotonic() + 300
-    while not seen or seen[-1] is not None and not seen[-1].startswith('step 3/'):
-      try:
-        seen.append(lines.get(timeout=max(0.0, deadline - time.monotonic())))
-      except queue.Empty:
-        pytest.fail('no "step 3/" within 300 s:\n' + ''.join(filter(None, seen)))
-    assert seen[-1] is not None, 'the job ended before step 3:\n' + ''.join(seen[:-1])
-    proc.send_signal(signal.SIGTERM)
-    assert proc.wait(timeout=120) == 0
-  finally:
-    if proc.poll() is None:
-      proc.kill()
-  while seen[-1] is not None:
-    seen.append(lines.get(timeout=60))
-  out = ''.join(seen[:-1])
+  assert code == 0, out
   saved = [l for l in out.splitlines() if l.startswith('Preempted: saved step')]
   assert saved, out
   k = int(saved[0].split()[3].rstrip(';'))

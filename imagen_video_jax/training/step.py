@@ -128,33 +128,35 @@ def make_train_step(
       )
       cond = objectives.noise_augment(k_aug, batch['cond'], cond_logsnr)
 
-    def distill_loss(params):
-      def student(z, logsnr, w):
-        return model.apply(
-          {'params': params},
-          z,
-          logsnr,
-          text_emb,
-          text_mask,
-          fids,
-          cond,
-          cond_logsnr,
-          guidance=w,
-          train=True,
-          rngs={'dropout': k_dropout},
-        )
+    def student(params, z, logsnr, **w):
+      """The model being trained (with `guidance=w`: a distillation's student)."""
+      return model.apply(
+        {'params': params},
+        z,
+        logsnr,
+        text_emb,
+        text_mask,
+        fids,
+        cond,
+        cond_logsnr,
+        train=True,
+        rngs={'dropout': k_dropout},
+        **w,
+      )
 
+    def distill_loss(params):
       def teacher(z, logsnr, emb, mask, **w):
         out = teacher_model.apply(
           {'params': teacher_params}, z, logsnr, emb, mask, fids, cond, cond_logsnr, **w
         )
         return jax.lax.stop_gradient(out)
 
+      reads_w = lambda z, l, w: student(params, z, l, guidance=w)
       common = dict(config=distill_cfg, schedule=dcfg.schedule, frame_mask=fids >= 0)
       if phase == 'guidance':
         null_emb, null_mask = objectives.null_text(text_emb, text_mask)
         return distill.guided_loss(
-          student,
+          reads_w,
           lambda z, l: teacher(z, l, text_emb, text_mask),
           lambda z, l: teacher(z, l, null_emb, null_mask),
           x,
@@ -162,7 +164,7 @@ def make_train_step(
           **common,
         )
       return distill.halving_loss(
-        student,
+        reads_w,
         lambda z, l, w: teacher(z, l, text_emb, text_mask, guidance=w),
         x,
         k_loss,
@@ -173,23 +175,14 @@ def make_train_step(
     def loss_fn(params):
       if phase:
         return distill_loss(params)
-
-      def apply(z, logsnr):
-        return model.apply(
-          {'params': params},
-          z,
-          logsnr,
-          text_emb,
-          text_mask,
-          fids,
-          cond,
-          cond_logsnr,
-          train=True,
-          rngs={'dropout': k_dropout},
-        )
-
       return objectives.diffusion_loss(
-        apply, x, k_loss, config=dcfg, frame_ids=fids, t=t_draw, per_frame_time=per_frame_time
+        lambda z, logsnr: student(params, z, logsnr),
+        x,
+        k_loss,
+        config=dcfg,
+        frame_ids=fids,
+        t=t_draw,
+        per_frame_time=per_frame_time,
       )
 
     (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
