@@ -295,8 +295,15 @@ def _check_workdir(workdir: str) -> None:
     raise ExportError(f'{workdir} holds no checkpoints/: not a training workdir')
 
 
-def read_training_run(workdir: str, step: int | None = None) -> tuple[dict, Any, int]:
-  """(saved config dict, EMA params, step) of a training run's latest (or given) checkpoint.
+WEIGHTS = ('ema', 'trained')
+
+
+def read_training_run(
+  workdir: str, step: int | None = None, weights: str = 'ema'
+) -> tuple[dict, Any, int]:
+  """(saved config dict, params, step) of a training run's latest (or given) checkpoint:
+  its EMA params, or with weights='trained' the optimiser's own (what a run that has just
+  moved to new data has learnt, before its EMA catches up).
 
   Works on any machine: a run saved from a device mesh or by several processes is
   read whole onto this host (`Checkpointer.restore_to_host`).
@@ -309,7 +316,10 @@ def read_training_run(workdir: str, step: int | None = None) -> tuple[dict, Any,
     step = ckpt.latest_step() if step is None else step
     if step is None:
       raise ExportError(f'{ckpt.directory} has no finished checkpoint yet')
-    return ckpt.saved_config(step), ckpt.restore_to_host(step)['ema_params'], int(step)
+    if weights not in WEIGHTS:
+      raise ExportError(f'weights must be one of {WEIGHTS}; got {weights!r}')
+    state = ckpt.restore_to_host(step)
+    return ckpt.saved_config(step), state['ema_params' if weights == 'ema' else 'params'], int(step)
   finally:
     ckpt.close()
 
@@ -456,8 +466,11 @@ def export_training_runs(
   *,
   t5_dir: str | None = None,
   vocabulary: list[str] | None = None,
+  weights: str = 'ema',
 ) -> str:
   """Exports trained stages (base first, then SR stages) as one sampling cascade.
+
+  weights: 'ema' (the default) or 'trained' (`read_training_run`).
 
   t5_dir: for runs trained on cached embeddings (`text.source='cache'`), the converted
   T5 that made the cache (checked against it), shipped as the cascade's text encoder.
@@ -468,7 +481,7 @@ def export_training_runs(
     raise ExportError(f'{output} already holds a cascade; choose an empty directory')
   for w in workdirs:  # every run, before the first is read
     _check_workdir(w)
-  runs = [read_training_run(w) for w in workdirs]
+  runs = [read_training_run(w, weights=weights) for w in workdirs]
   texts = {json.dumps(c['text'], sort_keys=True) for c, _, _ in runs}
   if len(texts) > 1:
     raise ExportError(

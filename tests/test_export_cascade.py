@@ -64,6 +64,15 @@ def test_export_training_run_and_sample(trained_base, tmp_path):
   assert video.shape == (1, 8, 16, 16, 3)
   # The export records the world the run trained on (the default: Moving Digits v2).
   assert pipe.world == {'name': 'digits', 'version': 2}
+  # --weights=trained: the optimiser's own weights instead of the EMA.
+  raw = tmp_path / 'trained'
+  res = run_module('export_cascade', f'--run={workdir}', f'--output={raw}', '--weights=trained')
+  assert res.returncode == 0, res.stderr[-3000:]
+  jax.tree.map(
+    np.testing.assert_array_equal,
+    export.load_cascade(str(raw)).stages[0].params,
+    jax.device_get(result.state.params),
+  )
   # Refusals: the output exists already; a directory that is no run.
   res = run_module('export_cascade', f'--run={workdir}', f'--output={out}')
   assert res.returncode != 0 and 'already holds a cascade' in res.stderr

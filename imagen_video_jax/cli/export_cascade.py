@@ -1,4 +1,4 @@
-r"""Export trained stages as one sampling cascade (EMA weights, safetensors + JSON).
+r"""Export trained stages as one sampling cascade (EMA weights by default, safetensors + JSON).
 
     python -m imagen_video_jax.export_cascade --output=checkpoints/digits \
         --run=runs/digits/base --run=runs/digits/tsr --run=runs/digits/ssr
@@ -30,6 +30,13 @@ _T5 = flags.DEFINE_string(
   'the converted T5 that made the cache, shipped as the text encoder.',
 )
 
+_WEIGHTS = flags.DEFINE_enum(
+  'weights',
+  'ema',
+  ['ema', 'trained'],
+  "ema: each run's EMA weights (what sampling wants); trained: the optimiser's own, e.g. "
+  'of a run that has just moved to new data, before its EMA has caught up.',
+)
 _VOCABULARY = flags.DEFINE_string(
   'vocabulary',
   None,
@@ -67,7 +74,7 @@ def main(argv):
 
   try:
     path = export.export_training_runs(
-      _RUN.value, _OUTPUT.value, t5_dir=_T5.value, vocabulary=vocabulary
+      _RUN.value, _OUTPUT.value, t5_dir=_T5.value, vocabulary=vocabulary, weights=_WEIGHTS.value
     )
     pipe = export.load_cascade(path)  # proves the export loads
   except (export.ExportError, ValueError, FileNotFoundError) as e:
