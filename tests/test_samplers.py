@@ -27,7 +27,9 @@ def gaussian_denoiser(mu, s, prediction='v'):
   return fn
 
 
-@pytest.mark.parametrize('sampler,gamma', [('ddim', 0.0), ('ancestral', 0.0), ('ancestral', 0.3)])
+@pytest.mark.parametrize(
+  'sampler,gamma', [('ddim', 0.0), ('ancestral', 0.0), ('ancestral', 0.3), ('stepback', 0.0)]
+)
 @pytest.mark.parametrize('prediction', ['v', 'eps'])
 def test_sampler_reproduces_gaussian_data(sampler, gamma, prediction):
   # Both are first-order: the std error shrinks as 1/steps (measured 4% low at 128
@@ -136,7 +138,7 @@ def test_clipping_keeps_samples_in_range():
 
 
 def test_bad_sampler_config_is_refused():
-  with pytest.raises(ValueError, match="sampler must be 'ddim' or 'ancestral'"):
+  with pytest.raises(ValueError, match="sampler must be one of.*'stepback'"):
     SamplerConfig(sampler='euler')
   with pytest.raises(ValueError, match='steps'):
     SamplerConfig(steps=0)
@@ -224,3 +226,27 @@ def test_stage_json_written_before_the_paper_schedule_loads_or_is_refused():
   assert sampler_from_json({**old, 'oscillate_until': 0.5}).guidance_weights().tolist() == [3] * 8
   with pytest.raises(ValueError, match='oscillate_until=0.5.*oscillate_from'):
     sampler_from_json({**old, 'guidance_low': 1.0, 'oscillate_until': 0.5})
+
+
+def test_stepback_lands_on_a_point_mass_whatever_its_noise():
+  """With a denoiser that always predicts x0, every step-back sample ends at x0 exactly
+  (the last step is DDIM's), though the steps between add noise."""
+  x0 = jax.random.normal(jax.random.key(0), (4, 1, 2, 2, 1))
+
+  def den(z, logsnr, w):
+    return objectives.convert(jnp.broadcast_to(x0, z.shape), z, logsnr, 'x', 'v')
+
+  cfg = SamplerConfig(sampler='stepback', steps=4, clip='none')
+  run = jax.jit(lambda key: samplers.sample(den, x0.shape, key, config=cfg, return_z=True))
+  a, b = run(jax.random.key(1)), run(jax.random.key(2))
+  # z at t = 0 is x0 up to sigma(logsnr_max) ~ 5e-5 of noise.
+  np.testing.assert_allclose(a, x0, atol=3e-4)
+  np.testing.assert_allclose(b, x0, atol=3e-4)
+  # ... and between, each step's noise is its own: two seeds part after the first step.
+  two = SamplerConfig(sampler='stepback', steps=4, clip='none')
+  mid = jax.jit(
+    lambda key: samplers.sample(
+      gaussian_denoiser(MU, S), x0.shape, key, config=dataclasses.replace(two, steps=2)
+    )
+  )
+  assert float(jnp.abs(mid(jax.random.key(1)) - mid(jax.random.key(2))).max()) > 1e-3

@@ -37,7 +37,7 @@ _GUIDANCE = flags.DEFINE_float(
 _SAMPLER = flags.DEFINE_enum(
   'sampler',
   None,
-  ['ddim', 'ancestral'],
+  ['ddim', 'ancestral', 'stepback'],
   "adherence: sampler for every stage (default: each stage's own).",
 )
 _HELD_OUT = flags.DEFINE_string(

@@ -43,7 +43,9 @@ _SEED = flags.DEFINE_integer('seed', 0, 'Random seed.')
 _NUM_SAMPLES = flags.DEFINE_integer('num_samples', 1, 'Videos per prompt.')
 _STEPS = flags.DEFINE_integer('steps', None, 'Sampling steps for every stage (default: per stage).')
 _GUIDANCE = flags.DEFINE_float('guidance', None, 'Guidance weight for every stage (1 = none).')
-_SAMPLER = flags.DEFINE_enum('sampler', None, ['ddim', 'ancestral'], 'Sampler for every stage.')
+_SAMPLER = flags.DEFINE_enum(
+  'sampler', None, ['ddim', 'ancestral', 'stepback'], 'Sampler for every stage.'
+)
 _SCALE = flags.DEFINE_integer(
   'scale', 4, f'Enlarge the written files by this integer factor (1 to {MAX_SCALE}).'
 )

@@ -28,6 +28,7 @@ from imagen_video_jax.diffusion.schedules import CosineSchedule, alpha_sigma
 
 Denoiser = Callable[[jax.Array, jax.Array, jax.Array], jax.Array]
 
+SAMPLERS = ('ddim', 'ancestral', 'stepback')
 MAX_STEPS = 10_000  # far more denoising steps than any stage needs: more is a typo
 
 
@@ -36,7 +37,9 @@ class SamplerConfig:
   """How to sample one stage.
 
   Attributes:
-    sampler: 'ddim' (deterministic given the initial noise) or 'ancestral'.
+    sampler: 'ddim' (deterministic given the initial noise), 'ancestral', or 'stepback'
+      (Meng et al.'s stochastic sampler for few-step distilled students: a deterministic
+      DDIM step of twice the step length, then forward noise back by one step length).
     steps: number of denoising steps.
     guidance: classifier-free guidance weight w (1 = none).
     guidance_low: if set, oscillating guidance as Imagen Video uses it for high weights
@@ -50,7 +53,7 @@ class SamplerConfig:
     gamma: ancestral variance interpolation: sigma^2 = post_var^(1-gamma) * fwd_var^gamma.
   """
 
-  sampler: Literal['ddim', 'ancestral'] = 'ddim'
+  sampler: Literal['ddim', 'ancestral', 'stepback'] = 'ddim'
   steps: int = 64
   guidance: float = 1.0
   guidance_low: float | None = None
@@ -60,8 +63,8 @@ class SamplerConfig:
   gamma: float = 0.0
 
   def __post_init__(self):
-    if self.sampler not in ('ddim', 'ancestral'):
-      raise ValueError(f"sampler must be 'ddim' or 'ancestral'; got {self.sampler!r}")
+    if self.sampler not in SAMPLERS:
+      raise ValueError(f'sampler must be one of {SAMPLERS}; got {self.sampler!r}')
     if isinstance(self.steps, bool) or not isinstance(self.steps, numbers.Integral):
       raise ValueError(f'steps must be an integer; got {self.steps!r}')
     if not 1 <= self.steps <= MAX_STEPS:
@@ -198,7 +201,7 @@ def sample(
 
   Starts from z_init or N(0, I) of `shape` drawn from `key`; returns the final
   x-prediction (thresholded as configured). DDIM uses `key` only for the initial
-  noise; ancestral also for each step's noise (fold_in(key, step)).
+  noise; ancestral and stepback also for each step's noise (fold_in(key, step)).
   `on_step(i)` is called on the host after each step (progress bars), through
   `jax.debug.callback`, so the loop stays one compiled program.
   `traced`: the step count and guidance as values (`Traced`, e.g. arguments of the
@@ -227,6 +230,16 @@ def sample(
     a_s, s_s = alpha_sigma(l_s)
     if config.sampler == 'ddim':
       z_s = a_s * x + s_s * eps
+    elif config.sampler == 'stepback':
+      # DDIM to u = t - 2/N, then q(z_s | z_u) back up to s = t - 1/N. On the last step
+      # u = s = 0 and the noise vanishes: the step is DDIM's.
+      l_u = _logsnr_at(schedule, jnp.minimum(i + 2, traced.steps), traced.steps)
+      a_u, s_u = alpha_sigma(l_u)
+      z_u = a_u * x + s_u * eps
+      ratio = a_s / a_u
+      var = jnp.maximum(jnp.square(s_s) - jnp.square(ratio * s_u), 0.0)
+      noise = jax.random.normal(jax.random.fold_in(k_steps, i), z.shape, z.dtype)
+      z_s = ratio * z_u + jnp.sqrt(var) * noise
     else:
       # Posterior q(z_s | z_t, x): mean and variance (VDM eq. 32-33), written with
       # r = exp(l_t - l_s) = snr_t / snr_s in (0, 1).
