@@ -2,7 +2,7 @@ r"""Sample videos from a prompt with an exported cascade.
 
     python -m imagen_video_jax.sample --config=configs/digits.py \
         --prompt="a red 3 moving left" --output=outputs/demo.mp4 [--seed=0] \
-        [--num_samples=1] [--steps=N] [--guidance=W] [--sampler=ddim|ancestral] [--scale=4]
+        [--num_samples=1] [--steps=N] [--guidance=W] [--sampler=ddim|ancestral|stepback] [--scale=4]
 
 --config=FILE samples the cascade that config file ships (its CASCADE or CASCADE_DIR);
 --checkpoints=DIR a cascade of your own (`export_cascade` writes one). Writes OUTPUT (.mp4), and beside it the same stem as .gif and .png (contact sheet);
