@@ -11,6 +11,10 @@ Layout of an exported cascade directory (e.g. `checkpoints/digits/`):
     base/params.safetensors its EMA parameters, one tensor per '/'-joined parameter path
     tsr/ ...  ssr/ ...
 
+"students" (optional) maps a stage to a distilled student of it stored beside it
+({"base": "base_student"}: few-step sampling, `python -m imagen_video_jax.distill`);
+loading takes the students by default and the teachers with `students=False`.
+
 "world" (optional) names the synthetic world the stages were trained on and its version
 (Moving Digits v1 bounces, v2 does not): an export refuses runs of different versions, and
 the evaluation refuses a judge of another version. Exports without it predate it.
@@ -154,7 +158,7 @@ def _files(directory: str, meta: Mapping[str, Any], *, text: bool) -> list[str]:
   `directory`."""
   where = os.path.join(directory, CASCADE_FILE)
   rels = []
-  for name in meta['stages']:
+  for name in list(meta['stages']) + list((meta.get('students') or {}).values()):
     _inside(directory, name, f'{where}: the stage')
     rels += [f'{name}/{STAGE_FILE}', f'{name}/{PARAMS_FILE}']
   if meta.get('text'):
@@ -182,21 +186,31 @@ def save_cascade(
   max_length: int = 32,
   vocabulary: list[str] | None = None,
   world: Mapping[str, Any] | None = None,
+  students: list[Stage] | None = None,
 ) -> str:
   """Writes every stage and cascade.json, with the sha256 of every file it loads. The
   text encoder (if any) is expected at `directory/text_dir`, written before this by
   `text.checkpoints.save_t5(..., vocab=...)`. `vocabulary`: every word the training
   captions use, when they come from a closed set (recorded in the "text" section).
-  `world`: the synthetic world trained on, e.g. {"name": "digits", "version": 2}."""
+  `world`: the synthetic world trained on, e.g. {"name": "digits", "version": 2}.
+  `students`: distilled students, each named as the stage it stands in for, stored in
+  `<name>_student/`."""
   os.makedirs(directory, exist_ok=True)
+  names = [st.name for st in stages]
   for st in stages:
     save_stage(os.path.join(directory, st.name), st)
+  for st in students or []:
+    if st.name not in names:
+      raise ExportError(f'student {st.name!r} stands in for no stage of the cascade {names}')
+    save_stage(os.path.join(directory, f'{st.name}_student'), st)
   text = None if text_dir is None else {'dir': text_dir, 'max_length': max_length}
   if text is not None and vocabulary is not None:
     text['vocabulary'] = sorted(set(vocabulary))
   meta = {'format': FORMAT, 'stages': [s.name for s in stages], 'text': text}
   if world is not None:
     meta['world'] = dict(world)
+  if students:
+    meta['students'] = {st.name: f'{st.name}_student' for st in students}
   has_text = text_dir is not None and os.path.isdir(os.path.join(directory, text_dir))
   meta[DIGESTS] = {
     rel: sha256_file(os.path.join(directory, rel)) for rel in _files(directory, meta, text=has_text)
@@ -224,6 +238,12 @@ def _check_cascade_meta(path: str, meta: Mapping[str, Any]) -> None:
       isinstance(words, list) and words and all(isinstance(w, str) and w for w in words)
     ):
       raise ExportError(f'{path}: "text"."vocabulary" must be a non-empty list of words')
+  students = meta.get('students')
+  if students is not None and not (
+    isinstance(students, dict)
+    and all(k in stages and isinstance(v, str) and v for k, v in students.items())
+  ):
+    raise ExportError(f'{path}: "students" must map stage names to directories; got {students!r}')
   world = meta.get('world')
   if world is not None and not (
     isinstance(world, dict)
@@ -258,10 +278,12 @@ def verify_digests(directory: str, meta: Mapping[str, Any], rels: list[str]) -> 
       )
 
 
-def load_cascade(directory: str, *, text_encoder=None) -> CascadePipeline:
+def load_cascade(directory: str, *, text_encoder=None, students: bool = True) -> CascadePipeline:
   """A ready CascadePipeline from an exported directory.
 
   text_encoder: prompts -> (emb, mask); by default the T5 stored in the directory.
+  students: sample a stage's distilled student where the cascade holds one (few steps);
+    False: the teachers.
   """
   path = os.path.join(directory, CASCADE_FILE)
   if not os.path.isfile(path):
@@ -273,7 +295,8 @@ def load_cascade(directory: str, *, text_encoder=None) -> CascadePipeline:
   _check_cascade_meta(path, meta)
   own_text = text_encoder is None and bool(meta.get('text'))
   verify_digests(directory, meta, _files(directory, meta, text=own_text))
-  stages = [load_stage(os.path.join(directory, name)) for name in meta['stages']]
+  chosen = dict(meta.get('students') or {}) if students else {}
+  stages = [load_stage(os.path.join(directory, chosen.get(n, n))) for n in meta['stages']]
   if own_text:
     from imagen_video_jax.text.encoder import TextEncoder
     import jax.numpy as jnp
@@ -467,10 +490,13 @@ def export_training_runs(
   t5_dir: str | None = None,
   vocabulary: list[str] | None = None,
   weights: str = 'ema',
+  student_runs: list[str] | None = None,
 ) -> str:
   """Exports trained stages (base first, then SR stages) as one sampling cascade.
 
   weights: 'ema' (the default) or 'trained' (`read_training_run`).
+  student_runs: distillation workdirs (`python -m imagen_video_jax.distill`), each a
+  student of one of the stages, stored beside it (`save_cascade`'s `students`).
 
   t5_dir: for runs trained on cached embeddings (`text.source='cache'`), the converted
   T5 that made the cache (checked against it), shipped as the cascade's text encoder.
@@ -479,16 +505,28 @@ def export_training_runs(
   """
   if os.path.exists(os.path.join(output, CASCADE_FILE)):
     raise ExportError(f'{output} already holds a cascade; choose an empty directory')
-  for w in workdirs:  # every run, before the first is read
+  for w in list(workdirs) + list(student_runs or []):  # every run, before any is read
     _check_workdir(w)
   runs = [read_training_run(w, weights=weights) for w in workdirs]
+  student_cfgs = [read_training_run(w, weights=weights) for w in student_runs or []]
+  for (c, _, _), w in zip(student_cfgs, student_runs or []):
+    if not (c.get('distill') or {}).get('phase'):
+      raise ExportError(f'--student={w} is not a distillation run (its distill.phase is empty)')
   texts = {json.dumps(c['text'], sort_keys=True) for c, _, _ in runs}
   if len(texts) > 1:
     raise ExportError(
       'the runs were trained with different text encoders (config.text); a cascade shares one'
     )
-  world = training_world([c for c, _, _ in runs])
+  world = training_world([c for c, _, _ in runs + student_cfgs])
   stages = [stage_lib.from_config(c, ema) for c, ema, _ in runs]
+  students = [stage_lib.from_config(c, ema) for c, ema, _ in student_cfgs]
+  for st in students:
+    teacher = next((t for t in stages if t.name == st.name), None)
+    if teacher is None or teacher.spec != st.spec:
+      raise ExportError(
+        f'the student {st.name} ({st.spec}) matches no stage of the cascade '
+        f'{[(t.name, t.spec) for t in stages]}'
+      )
   config0 = runs[0][0]
   text_dir, length = None, None
   if any(s.unet.text_dim is not None for s in stages):
@@ -501,5 +539,6 @@ def export_training_runs(
     max_length=length or int(config0['text'].get('max_length', 32)),
     vocabulary=vocabulary if vocabulary is not None else training_vocabulary(config0),
     world=world,
+    students=students,
   )
   return output

@@ -127,7 +127,7 @@ def test_the_distill_job_resumes_exactly_after_sigterm(runs, tmp_path):
 
 
 def test_halving_from_the_guidance_student_exports_a_few_step_stage(runs, tmp_path):
-  root, data_dir, _, student, _ = runs
+  root, data_dir, teacher, student, _ = runs
   half = str(tmp_path / 'half')
   res = run_module(
     'distill',
@@ -158,6 +158,26 @@ def test_halving_from_the_guidance_student_exports_a_few_step_stage(runs, tmp_pa
   video = sample(stage.params, jax.random.key(0))
   assert video.shape == (2, 8, 16, 16, 3) and np.isfinite(np.asarray(video)).all()
 
+  # Teacher and student in one cascade: the student is sampled unless asked otherwise.
+  both = tmp_path / 'both'
+  res = run_module(
+    'export_cascade', f'--run={teacher}', f'--student={half}', f'--output={both}', env=_env()
+  )
+  assert res.returncode == 0, res.stderr[-3000:]
+  with open(both / 'cascade.json') as f:
+    assert json.load(f)['students'] == {'base': 'base_student'}
+  fast, full = export.load_cascade(str(both)), export.load_cascade(str(both), students=False)
+  assert fast.stages[0].unet.guidance_embed and fast.stages[0].sampler.steps == 4
+  assert not full.stages[0].unet.guidance_embed
+  _, t_ema, _ = export.read_training_run(teacher)
+  assert _leaves_equal(full.stages[0].params, t_ema)
+  assert _leaves_equal(fast.stages[0].params, stage.params)
+  # A run that was not distilled is no student.
+  res = run_module(
+    'export_cascade', f'--run={teacher}', f'--student={teacher}', f'--output={tmp_path / "x"}'
+  )
+  assert res.returncode != 0 and 'not a distillation run' in res.stderr
+
 
 def test_the_distill_command_refuses_what_it_cannot_run(runs, tmp_path):
   _, data_dir, teacher, student, _ = runs
@@ -186,3 +206,11 @@ def test_the_distill_command_refuses_what_it_cannot_run(runs, tmp_path):
   assert plain.returncode == 1, plain.stderr[-2000:]
   assert 'distill.teacher' in plain.stderr and 'guidance_emb' in plain.stderr
   assert 'Traceback' not in plain.stderr
+
+
+def test_cascade_json_students_are_validated():
+  meta = {'format': export.FORMAT, 'stages': ['base', 'ssr'], 'text': None}
+  export._check_cascade_meta('c.json', {**meta, 'students': {'base': 'base_student'}})
+  for bad in ({'tsr': 'tsr_student'}, {'base': ''}, ['base']):
+    with pytest.raises(export.ExportError, match='"students"'):
+      export._check_cascade_meta('c.json', {**meta, 'students': bad})

@@ -40,6 +40,11 @@ _SAMPLER = flags.DEFINE_enum(
   ['ddim', 'ancestral', 'stepback'],
   "adherence: sampler for every stage (default: each stage's own).",
 )
+_TEACHER = flags.DEFINE_bool(
+  'teacher',
+  False,
+  "adherence: score each stage's teacher even where the cascade holds a distilled student.",
+)
 _HELD_OUT = flags.DEFINE_string(
   'held_out',
   None,
@@ -175,7 +180,9 @@ def main(argv):
       from imagen_video_jax import export, shipped  # default: the shipped digits cascade
       from imagen_video_jax.cascade import CascadePipeline
 
-      pipe = export.load_cascade(_CHECKPOINTS.value or shipped.pretrained_dir('digits'))
+      pipe = export.load_cascade(
+        _CHECKPOINTS.value or shipped.pretrained_dir('digits'), students=not _TEACHER.value
+      )
       if not 0 <= _STAGES.value <= len(pipe.stages) or _STEPS.value < 0:
         raise ValueError(
           f'--stages={_STAGES.value} --steps={_STEPS.value}: the cascade has '

@@ -3,7 +3,9 @@ r"""Export trained stages as one sampling cascade (EMA weights by default, safet
     python -m imagen_video_jax.export_cascade --output=checkpoints/digits \
         --run=runs/digits/base --run=runs/digits/tsr --run=runs/digits/ssr
 
-Runs are given base first, then each SR stage in sampling order; each is a training
+--student=RUN adds a distilled student of one of the stages (sampled by default;
+`sample --teacher` samples the teachers). Runs are given base first, then each SR stage
+in sampling order; each is a training
 workdir of `python -m imagen_video_jax.train`, read at its latest checkpoint. Runs trained
 on cached T5 embeddings (`text.source='cache'`, the paper configs' default) also need
 `--t5=DIR`: the converted T5 that `encode_text` made the cache with (it is checked
@@ -22,6 +24,12 @@ from absl import app, flags, logging
 from imagen_video_jax.cli import _checks as checks
 
 _RUN = flags.DEFINE_multi_string('run', None, 'A training workdir; repeat, base first.')
+_STUDENT = flags.DEFINE_multi_string(
+  'student',
+  None,
+  'A distillation workdir (python -m imagen_video_jax.distill) of one of the --run stages: '
+  'stored beside it, and sampled instead of it unless sampling asks for --teacher.',
+)
 _OUTPUT = flags.DEFINE_string('output', None, 'The cascade directory to write.')
 _T5 = flags.DEFINE_string(
   't5',
@@ -74,7 +82,12 @@ def main(argv):
 
   try:
     path = export.export_training_runs(
-      _RUN.value, _OUTPUT.value, t5_dir=_T5.value, vocabulary=vocabulary, weights=_WEIGHTS.value
+      _RUN.value,
+      _OUTPUT.value,
+      t5_dir=_T5.value,
+      vocabulary=vocabulary,
+      weights=_WEIGHTS.value,
+      student_runs=_STUDENT.value,
     )
     pipe = export.load_cascade(path)  # proves the export loads
   except (export.ExportError, ValueError, FileNotFoundError) as e:

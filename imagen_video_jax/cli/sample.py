@@ -49,6 +49,12 @@ _SAMPLER = flags.DEFINE_enum(
 _SCALE = flags.DEFINE_integer(
   'scale', 4, f'Enlarge the written files by this integer factor (1 to {MAX_SCALE}).'
 )
+_TEACHER = flags.DEFINE_bool(
+  'teacher',
+  False,
+  "Sample each stage's full (teacher) model even where the cascade holds a distilled "
+  'few-step student of it (students are sampled by default).',
+)
 _PROGRESS = flags.DEFINE_bool('progress', True, 'Progress bars.')
 _STRICT = flags.DEFINE_bool(
   'strict',
@@ -153,7 +159,7 @@ def main(argv):
       path = shipped.pretrained_dir('digits')  # NotFoundError: says where to put a copy
     if not os.path.exists(path):
       raise ValueError(f'{path} does not exist')
-    pipe = export.load_cascade(path)
+    pipe = export.load_cascade(path, students=not _TEACHER.value)
   except (export.ExportError, FileNotFoundError, ValueError) as e:
     raise checks.Refusal(str(e)) from None
   try:
