@@ -16,7 +16,7 @@ import pytest
 from cli_util import job_env, preempt, run_module
 
 from imagen_video_jax import export, params_io, sampling, training
-from imagen_video_jax.cli import distill as distill_cli
+from imagen_video_jax.cli._jobs import configure_distill
 from imagen_video_jax.models import unet as unet_lib
 from imagen_video_jax.training import checkpointing
 
@@ -45,7 +45,7 @@ def runs(tmp_path_factory):
   teacher = str(root / 'teacher')
   training.train_and_evaluate(_config(data_dir, num_steps=30), teacher)
   c = _config(data_dir)
-  distill_cli.configure(c, teacher, 'guidance', None)
+  configure_distill(c, teacher, 'guidance', None)
   student = str(root / 'guided')
   result = training.train_and_evaluate(c, student)
   return root, data_dir, teacher, student, result

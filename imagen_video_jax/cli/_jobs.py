@@ -64,3 +64,21 @@ def run_job(
     FileNotFoundError,
   ) as e:
     raise SystemExit(f'{prog}: {e}') from None
+
+
+def configure_distill(config, teacher: str, phase: str, student_steps: int | None) -> None:
+  """Sets `config` up as a distillation phase's student (in place)."""
+  from imagen_video_jax.cli import _checks as checks
+
+  if not teacher or not os.path.exists(teacher):
+    raise checks.Refusal(f'--teacher={teacher!r}: no such cascade, stage or workdir')
+  config.distill.phase = phase
+  config.distill.teacher = os.path.abspath(teacher)
+  config.init_from = os.path.abspath(teacher)  # the student starts as its teacher
+  config.model.guidance_embed = True
+  if student_steps is not None:
+    if student_steps < 1:
+      raise checks.Refusal(f'--student_steps must be >= 1; got {student_steps}')
+    config.distill.student_steps = student_steps
+  if phase == 'halving':
+    config.sample.steps = int(config.distill.student_steps)

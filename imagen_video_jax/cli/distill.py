@@ -52,34 +52,16 @@ _DATA_ROOT = flags.DEFINE_string(
 )
 
 
-def configure(config, teacher: str, phase: str, student_steps: int | None) -> None:
-  """Sets `config` up as a distillation phase's student (in place)."""
-  from imagen_video_jax.cli import _checks as checks
-
-  if not teacher or not os.path.exists(teacher):
-    raise checks.Refusal(f'--teacher={teacher!r}: no such cascade, stage or workdir')
-  config.distill.phase = phase
-  config.distill.teacher = os.path.abspath(teacher)
-  config.init_from = os.path.abspath(teacher)  # the student starts as its teacher
-  config.model.guidance_embed = True
-  if student_steps is not None:
-    if student_steps < 1:
-      raise checks.Refusal(f'--student_steps must be >= 1; got {student_steps}')
-    config.distill.student_steps = student_steps
-  if phase == 'halving':
-    config.sample.steps = int(config.distill.student_steps)
-
-
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   if _CONFIG.value is None or not _WORKDIR.value or not _PHASE.value or not _TEACHER.value:
     raise app.UsageError('--config, --workdir, --phase and --teacher are required.')
   from imagen_video_jax.cli import _checks as checks
-  from imagen_video_jax.cli._jobs import run_job
+  from imagen_video_jax.cli._jobs import configure_distill, run_job
 
   try:
-    configure(_CONFIG.value, _TEACHER.value, _PHASE.value, _STUDENT_STEPS.value)
+    configure_distill(_CONFIG.value, _TEACHER.value, _PHASE.value, _STUDENT_STEPS.value)
   except checks.Refusal as e:
     raise SystemExit(f'distill: {e}') from None
   run_job(_CONFIG.value, _WORKDIR.value, data_root=_DATA_ROOT.value, prog='distill')
