@@ -214,3 +214,26 @@ def test_cascade_json_students_are_validated():
   for bad in ({'tsr': 'tsr_student'}, {'base': ''}, ['base']):
     with pytest.raises(export.ExportError, match='"students"'):
       export._check_cascade_meta('c.json', {**meta, 'students': bad})
+
+
+def test_configure_distill_sets_up_the_student_and_refuses_bad_flags(tmp_path):
+  from imagen_video_jax.cli import _checks as checks
+
+  teacher = tmp_path / 'teacher'
+  teacher.mkdir()
+  c = _config(str(tmp_path / 'data'))
+  configure_distill(c, str(teacher), 'halving', 4)
+  assert (c.distill.phase, c.distill.teacher, c.init_from) == (
+    'halving',
+    str(teacher),
+    str(teacher),
+  )
+  assert c.model.guidance_embed and c.distill.student_steps == 4 and c.sample.steps == 4
+  g = _config(str(tmp_path / 'data'))
+  steps = g.sample.steps
+  configure_distill(g, str(teacher), 'guidance', None)
+  assert g.sample.steps == steps  # only a halving student samples with fewer steps
+  with pytest.raises(checks.Refusal, match='no such cascade'):
+    configure_distill(_config(''), str(tmp_path / 'nothing'), 'guidance', None)
+  with pytest.raises(checks.Refusal, match='student_steps must be >= 1'):
+    configure_distill(_config(''), str(teacher), 'halving', 0)

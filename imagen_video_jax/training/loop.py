@@ -374,7 +374,9 @@ def _run(config, workdir, stage, mesh, rules, batch_sharding, ckpt, is_main) -> 
   init_key, train_key = jax.random.split(jax.random.key(int(config.seed)))
   abstract, shardings = state_lib.state_shardings(boxed_init, tx, mesh, rules)
   # A distillation's teacher first: its misfit is the one to report.
-  teacher_model, teacher_params = make_teacher(config, model_cfg, spec, tx, mesh, rules)
+  teacher_model, teacher_params = make_teacher(config, model_cfg, spec, mesh, rules)
+  # What the step reads but never updates: the T5 (and a distillation's teacher).
+  frozen = [t5_params] + ([teacher_params] if teacher_params is not None else [])
   if latest is not None:
     state, latest = _restore(ckpt, latest, abstract, data_iter, config, prints)
     if is_main:
@@ -406,7 +408,6 @@ def _run(config, workdir, stage, mesh, rules, batch_sharding, ckpt, is_main) -> 
       # State in its own shardings (donated: updated in place), the batch split over
       # data x fsdp, the frozen T5 (and a distillation's teacher) where it was loaded
       # (never gathered per step).
-      frozen = [t5_params] + ([teacher_params] if teacher_params is not None else [])
       _CACHE[ck] = jax.jit(
         fn,
         in_shardings=(shardings, batch_sharding)
@@ -431,7 +432,7 @@ def _run(config, workdir, stage, mesh, rules, batch_sharding, ckpt, is_main) -> 
       train_step,
       sample_fn,
       ckpt,
-      [t5_params] + ([teacher_params] if teacher_params is not None else []),
+      frozen,
       batch_sharding,
       stage,
       is_main,
@@ -439,7 +440,7 @@ def _run(config, workdir, stage, mesh, rules, batch_sharding, ckpt, is_main) -> 
     )
 
 
-def make_teacher(config, model_cfg, spec, tx, mesh, rules):
+def make_teacher(config, model_cfg, spec, mesh, rules):
   """(teacher model, its params placed like the student's) of a distillation phase
   (`config.distill.teacher`: an exported cascade or stage, or a training workdir's EMA);
   (None, None) for plain training. The guidance phase's teacher is the stage without the
@@ -459,10 +460,13 @@ def make_teacher(config, model_cfg, spec, tx, mesh, rules):
     width=spec.width,
     text_len=int(config.text.max_length),
   )
-  abstract, _ = state_lib.state_shardings(boxed, tx, mesh, rules)
+  shapes, shardings = state_lib.param_shardings(boxed, mesh, rules)
+  abstract = jax.tree.map(
+    lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), shapes, shardings
+  )
   try:
     source, scanned, origin = warm_start.read_source(str(config.distill.teacher), config.stage)
-    params = warm_start.fit_params(source, scanned, abstract.params, cfg, origin)
+    params = warm_start.fit_params(source, scanned, abstract, cfg, origin)
   except warm_start.WarmStartError as e:
     hint = (
       " (a halving phase's teacher reads the guidance weight: a guidance phase's "
@@ -473,7 +477,7 @@ def make_teacher(config, model_cfg, spec, tx, mesh, rules):
     raise ConfigError(str(e).replace('init_from', 'distill.teacher') + hint) from None
   if jax.process_index() == 0:
     print(f'Distillation ({phase}): the teacher is {origin}.', flush=True)
-  return unet_lib.VideoUNet(cfg), warm_start.place(params, abstract.params)
+  return unet_lib.VideoUNet(cfg), warm_start.place(params, abstract)
 
 
 def _restore(ckpt, step, abstract, data_iter, config, prints):

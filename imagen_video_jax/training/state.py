@@ -150,6 +150,18 @@ def ema_update(ema, params, decay: float, num_updates: jax.Array, warmup=True, f
   return jax.tree.map(one, ema, params, warm, frozen)
 
 
+def param_shardings(boxed_init: Callable[[jax.Array], Any], mesh, rules) -> tuple[Any, Any]:
+  """(abstract params, their shardings) of a model, without allocating anything: what a
+  frozen copy of it (a distillation's teacher) is placed by.
+
+  boxed_init(key) returns the model's boxed (LogicallyPartitioned) params.
+  """
+  from imagen_video_jax import parallel
+
+  boxed = jax.eval_shape(boxed_init, jax.random.key(0))
+  return nn.unbox(boxed), parallel.logical_shardings(boxed, mesh, rules)
+
+
 def state_shardings(
   boxed_init: Callable[[jax.Array], Any], tx: optax.GradientTransformation, mesh, rules
 ) -> tuple[TrainState, TrainState]:
@@ -157,11 +169,7 @@ def state_shardings(
 
   boxed_init(key) returns the model's boxed (LogicallyPartitioned) params.
   """
-  from imagen_video_jax import parallel
-
-  boxed = jax.eval_shape(boxed_init, jax.random.key(0))
-  param_sh = parallel.logical_shardings(boxed, mesh, rules)
-  params = nn.unbox(boxed)
+  params, param_sh = param_shardings(boxed_init, mesh, rules)
   abstract = jax.eval_shape(lambda p: TrainState.create(p, tx), params)
   replicated = NamedSharding(mesh, PartitionSpec())
   opt_sh = _opt_state_shardings(abstract.opt_state, param_sh, replicated)
