@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from imagen_video_jax import export, stage as stage_lib
+from imagen_video_jax import stage as stage_lib
 from imagen_video_jax.diffusion.schedules import CosineSchedule
 from imagen_video_jax.models.t5 import T5Config
 from imagen_video_jax.stage import Stage, StageSpec
@@ -17,7 +17,7 @@ sys.path.insert(0, ROOT)
 from configs import digits as digits_config  # noqa: E402
 from configs import imagen_video as paper  # noqa: E402
 
-SHIPPED = os.path.join(ROOT, 'checkpoints', 'digits')
+EARLIER_TSR = os.path.join(ROOT, 'tests', 'data', 'tsr_stage_earlier_format.json')
 
 
 @pytest.mark.parametrize('name', digits_config.STAGES)
@@ -70,8 +70,8 @@ def test_stage_json_round_trips():
 
 def test_an_export_of_an_earlier_version_still_loads(tmp_path):
   """Earlier exports name the SR conditioning level `cond_aug_t` and record no text
-  encoder; the shipped cascade is one of them."""
-  with open(os.path.join(SHIPPED, 'tsr', export.STAGE_FILE)) as f:
+  encoder: the data file is the TSR stage.json of the cascade shipped before world v2."""
+  with open(EARLIER_TSR) as f:
     old = json.load(f)
   assert 'cond_aug_t' in old and 'sample_cond_t' not in old and 'text' not in old
   s = Stage.from_json(old)
