@@ -2,9 +2,11 @@ r"""The shipped cascade's time per video, end to end and per stage, and the eval
 per 100 prompts.
 
     .venv/bin/python benchmarks/sampling_throughput.py [--num_samples=1,4,8] [--repeats=1] \
-        [--steps=0] [--eval_num_samples=4] [--eval_batch_size=8] [--label=...]
+        [--steps=0] [--eval_num_samples=4] [--eval_batch_size=8] [--label=...] \
+        [--cascade=checkpoints/digits] [--teacher]
 
-Loads the shipped Moving Digits cascade (checkpoints/digits) and, for each num_samples
+Loads the shipped Moving Digits cascade (or --cascade; its distilled students where it
+holds them, the full stages with --teacher) and, for each num_samples
 (one prompt, each stage's own steps unless --steps), makes a first call (it compiles that
 batch bucket's three samplers) and then --repeats calls with other seeds (compiled, the
 steady state); prints one JSON line per call with its wall time, the time of each stage
@@ -43,6 +45,11 @@ def main():
   p.add_argument('--eval_num_samples', type=int, default=4, help='prompts per group; 0: skip')
   p.add_argument('--eval_batch_size', type=int, default=8, help='as the command (its default)')
   p.add_argument('--label', default=None, help='first cell of the Markdown row')
+  p.add_argument(
+    '--teacher',
+    action='store_true',
+    help="the full stages where the cascade holds distilled students (default: the students)",
+  )
   args = p.parse_args()
 
   import dataclasses
@@ -52,7 +59,7 @@ def main():
   from imagen_video_jax import export
 
   start = time.perf_counter()
-  pipe = export.load_cascade(args.cascade)
+  pipe = export.load_cascade(args.cascade, students=not args.teacher)
   print(json.dumps({'load_s': round(time.perf_counter() - start, 2)}), flush=True)
   samplers = None
   if args.steps:

@@ -483,6 +483,79 @@ def training_world(configs: list[Mapping[str, Any]]) -> dict[str, Any] | None:
   return None if world is None else {'name': world[0], 'version': world[1]}
 
 
+def add_students(
+  cascade_dir: str, student_runs: list[str], output: str, *, weights: str = 'ema'
+) -> str:
+  """A copy of the exported cascade `cascade_dir` in `output`, with the students of
+  `student_runs` (distillation workdirs) stored beside the stages they stand in for.
+
+  For a cascade whose training runs are gone (a shipped one): its teachers, text encoder,
+  vocabulary and world are copied as they are (checked against their digests first), and
+  a student replaces an earlier student of the same stage. A student must be of a stage of
+  the cascade (same name and output spec), read text with the same encoder architecture,
+  and come from the cascade's world. `output` must not hold a cascade.
+  """
+  import shutil
+
+  if os.path.exists(os.path.join(output, CASCADE_FILE)):
+    raise ExportError(f'{output} already holds a cascade; choose an empty directory')
+  path = os.path.join(cascade_dir, CASCADE_FILE)
+  if not os.path.isfile(path):
+    raise ExportError(f'{cascade_dir} holds no {CASCADE_FILE}: not an exported cascade')
+  meta = _read_json(path)
+  _check_cascade_meta(path, meta)
+  verify_digests(cascade_dir, meta, _files(cascade_dir, meta, text=True))
+  if not student_runs:
+    raise ExportError('no student to add: give at least one distillation workdir')
+  for w in student_runs:  # every run, before any is read
+    _check_workdir(w)
+  read = [read_training_run(w, weights=weights) for w in student_runs]
+  stages = [load_stage(os.path.join(cascade_dir, n)) for n in meta['stages']]
+  by_name = {st.name: st for st in stages}
+  students = {
+    n: load_stage(os.path.join(cascade_dir, d)) for n, d in (meta.get('students') or {}).items()
+  }
+  added = []
+  for (config, params, _), w in zip(read, student_runs):
+    if not (config.get('distill') or {}).get('phase'):
+      raise ExportError(f'{w} is not a distillation run (its distill.phase is empty)')
+    st = stage_lib.from_config(config, params)
+    teacher = by_name.get(st.name)
+    if teacher is None or teacher.spec != st.spec:
+      raise ExportError(
+        f'the student {w} ({st.name}, {st.spec}) matches no stage of {cascade_dir} '
+        f'{[(t.name, t.spec) for t in stages]}'
+      )
+    if teacher.text is not None and st.text != teacher.text:
+      raise ExportError(
+        f'the student {w} reads text from another encoder than {cascade_dir}/{st.name} '
+        '(config.text differs)'
+      )
+    world = training_world([config])
+    if meta.get('world') is not None and world is not None and world != meta['world']:
+      raise ExportError(
+        f'the student {w} was trained on {world}, the cascade {cascade_dir} on '
+        f"{meta['world']}: distil on the cascade's own world (data.bounce)"
+      )
+    if st.name in added:
+      raise ExportError(f'two students of the stage {st.name!r}: give one')
+    added.append(st.name)
+    students[st.name] = st
+  text = meta.get('text')
+  if text:
+    src = _inside(cascade_dir, text['dir'], f'{path}: the text dir')
+    shutil.copytree(src, os.path.join(output, text['dir']), dirs_exist_ok=True)
+  return save_cascade(
+    output,
+    stages,
+    text_dir=text['dir'] if text else None,
+    max_length=int(text['max_length']) if text else 32,
+    vocabulary=(text or {}).get('vocabulary'),
+    world=meta.get('world'),
+    students=[students[n] for n in meta['stages'] if n in students],
+  )
+
+
 def export_training_runs(
   workdirs: list[str],
   output: str,

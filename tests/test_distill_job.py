@@ -7,6 +7,7 @@ All on the tiny base stage of configs/digits.py.
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -237,3 +238,61 @@ def test_configure_distill_sets_up_the_student_and_refuses_bad_flags(tmp_path):
     configure_distill(_config(''), str(tmp_path / 'nothing'), 'guidance', None)
   with pytest.raises(checks.Refusal, match='student_steps must be >= 1'):
     configure_distill(_config(''), str(teacher), 'halving', 0)
+
+
+def test_students_are_added_to_a_copy_of_an_exported_cascade(runs, tmp_path):
+  """`export_cascade --cascade=DIR --student=RUN`: what ships students of a cascade whose
+  training runs are gone (the shipped one)."""
+  _, _, teacher, student, _ = runs
+  teachers = tmp_path / 'teachers'
+  res = run_module('export_cascade', f'--run={teacher}', f'--output={teachers}', env=_env())
+  assert res.returncode == 0, res.stderr[-3000:]
+  before = {p: p.read_bytes() for p in teachers.rglob('*') if p.is_file()}
+  both = tmp_path / 'both'
+  res = run_module(
+    'export_cascade', f'--cascade={teachers}', f'--student={student}', f'--output={both}'
+  )
+  assert res.returncode == 0, res.stderr[-3000:]
+  assert 'students: base' in res.stdout
+  assert {p: p.read_bytes() for p in teachers.rglob('*') if p.is_file()} == before  # untouched
+  with open(both / 'cascade.json') as f:
+    meta = json.load(f)
+  with open(teachers / 'cascade.json') as f:
+    old = json.load(f)
+  assert meta['students'] == {'base': 'base_student'}
+  assert meta['world'] == old['world'] and meta['text'] == old['text']
+  full = export.load_cascade(str(both), students=False)  # digests of every file checked
+  fast = export.load_cascade(str(both))
+  assert _leaves_equal(full.stages[0].params, export.load_cascade(str(teachers)).stages[0].params)
+  _, s_ema, _ = export.read_training_run(student)
+  assert _leaves_equal(fast.stages[0].params, s_ema) and fast.stages[0].distilled
+  emb_a, _ = full.text_encoder(['a red 3 moving left'])
+  emb_b, _ = export.load_cascade(str(teachers)).text_encoder(['a red 3 moving left'])
+  np.testing.assert_array_equal(np.asarray(emb_a), np.asarray(emb_b))
+
+  # Refused, with the reason: a full output, a run that was not distilled, both sources.
+  again = run_module(
+    'export_cascade', f'--cascade={teachers}', f'--student={student}', f'--output={both}'
+  )
+  assert again.returncode != 0 and 'already holds a cascade' in again.stderr
+  plain = run_module(
+    'export_cascade', f'--cascade={teachers}', f'--student={teacher}', f'--output={tmp_path / "p"}'
+  )
+  assert plain.returncode != 0 and 'not a distillation run' in plain.stderr
+  mixed = run_module(
+    'export_cascade',
+    f'--cascade={teachers}',
+    f'--run={teacher}',
+    f'--student={student}',
+    f'--output={tmp_path / "m"}',
+  )
+  assert mixed.returncode != 0 and 'not both' in mixed.stderr
+  for r in (again, plain, mixed):
+    assert 'Traceback' not in r.stderr
+  # A student of another world than the cascade's (here the cascade claims v1).
+  other = tmp_path / 'other'
+  shutil.copytree(teachers, other)
+  meta_v1 = {**old, 'world': {'name': 'digits', 'version': 1}}
+  (other / 'cascade.json').write_text(json.dumps(meta_v1))
+  with pytest.raises(export.ExportError, match="cascade's own world"):
+    export.add_students(str(other), [student], str(tmp_path / 'w'))

@@ -205,7 +205,7 @@ def test_digits_cascade_dry_run():
   )
   assert len(seq) == 5 and not any(l.endswith('&') or l == 'wait' for l in seq)
   assert '--config=configs/digits.py:stage=tsr,tiny=True' in shlex.split(seq[2])
-  assert 'evaluate' not in ' '.join(seq)
+  assert 'evaluate' not in ' '.join(seq) and 'sampling_throughput' not in ' '.join(seq)
   own = run(['bash', 'launch/digits_cascade.sh', '--dry-run', '--', '--config.data.dir=/w'])
   assert not any('--data_root' in l for l in own)  # an explicit world replaces the shared one
   assert all('--config.data.dir=/w' in l for l in own[:4])
@@ -292,3 +292,151 @@ def test_offline_wheels_dry_run_fetches_the_pinned_versions():
   for w in wanted:  # exactly the versions the tests here run with
     name, version = w.lower().split('==')
     assert pins[name] == version, w
+
+
+# ------------------------------------------------------------- launch/distill_digits.sh
+def test_distill_digits_dry_run():
+  lines = run(
+    [
+      'bash',
+      'launch/distill_digits.sh',
+      '--dry-run',
+      '--runs=/r',
+      '--budget_secs=300',
+      '--eval_samples=50',
+      '--',
+      '--config.data.batch_size=8',
+    ]
+  )
+  data, base, tsr, ssr, wait, export, students, teachers, fast, full = lines
+  assert shlex.split(data)[1:] == [
+    '-m',
+    'imagen_video_jax.train',
+    '--config=configs/digits.py:stage=base',
+    '--workdir=/r/world',
+    '--data_root=/r/data',
+    '--data_only',
+    '--config.data.batch_size=8',
+  ]
+  for line, stage in ((base, 'base'), (tsr, 'tsr'), (ssr, 'ssr')):
+    # Each stage's phases in order (guidance, then 32 -> 16 -> 8), the stages at once.
+    assert line.startswith('( ') and line.endswith(' ) &')
+    phases = [shlex.split(c)[1:] for c in line[2:-4].split(' && ')]
+    common = ['--data_root=/r/data', '--config.stop_after_secs=300', '--config.data.batch_size=8']
+    config = f'--config=configs/digits.py:stage={stage}'
+    assert phases == [
+      ['-m', 'imagen_video_jax.distill', config, '--phase=guidance',
+       '--teacher=checkpoints/digits', f'--workdir=/r/{stage}/guidance', *common],
+      ['-m', 'imagen_video_jax.distill', config, '--phase=halving', '--student_steps=16',
+       f'--teacher=/r/{stage}/guidance', f'--workdir=/r/{stage}/steps_16', *common],
+      ['-m', 'imagen_video_jax.distill', config, '--phase=halving', '--student_steps=8',
+       f'--teacher=/r/{stage}/steps_16', f'--workdir=/r/{stage}/steps_8', *common],
+    ]  # fmt: skip
+  assert wait == 'wait'
+  assert shlex.split(export)[1:] == [
+    '-m',
+    'imagen_video_jax.export_cascade',
+    '--cascade=checkpoints/digits',
+    '--output=/r/cascade',
+    '--student=/r/base/steps_8',
+    '--student=/r/tsr/steps_8',
+    '--student=/r/ssr/steps_8',
+  ]
+  for line, extra in ((students, []), (teachers, ['--teacher'])):
+    out = 'adherence_teachers' if extra else 'adherence'
+    assert shlex.split(line)[3:] == [
+      '--mode=adherence',
+      '--checkpoints=/r/cascade',
+      '--num_samples=50',
+      '--noprogress',
+      *extra,
+      f'--output=/r/cascade/{out}.json',
+    ]
+  # One video end to end, students then teachers, in the same run.
+  for line, extra, name in ((fast, [], 'students'), (full, ['--teacher'], 'teachers')):
+    cmd, dest = line.split(' > ')
+    assert shlex.split(cmd)[1:] == [
+      'benchmarks/sampling_throughput.py',
+      '--cascade=/r/cascade',
+      '--num_samples=1',
+      '--repeats=2',
+      '--eval_num_samples=0',
+      *extra,
+      f'--label={name}',
+    ]
+    assert dest == f'/r/cascade/speed_{name}.txt'
+  seq = run(
+    ['bash', 'launch/distill_digits.sh', '--dry-run', '--sequential', '--steps=2',
+     '--phase_steps=40', '--eval_samples=0', '--speed_repeats=0', '--tiny', '--teacher_steps=8']
+  )  # fmt: skip
+  # guidance, 8 -> 4 -> 2, per stage, one after the other; steps instead of a time budget
+  assert len(seq) == 1 + 3 * 3 + 1 and not any(l.endswith('&') or l == 'wait' for l in seq)
+  assert '--student_steps=2' in seq[3] and '--config.num_steps=40' in shlex.split(seq[3])
+  assert '--config=configs/digits.py:stage=ssr,tiny=True' in shlex.split(seq[9])
+  assert 'evaluate' not in ' '.join(seq)
+
+
+def test_distill_digits_refuses_bad_arguments(tmp_path):
+  def fails(*args):
+    out = subprocess.run(
+      ['bash', 'launch/distill_digits.sh', *args],
+      cwd=ROOT,
+      capture_output=True,
+      text=True,
+      timeout=60,
+    )
+    assert out.returncode == 2, out.stdout + out.stderr
+    return out.stderr
+
+  assert 'whole numbers' in fails('--budget_secs=ten')
+  assert 'whole numbers' in fails('--speed_repeats=-1')
+  assert 'unknown argument' in fails('--nope')
+  assert 'halved' in fails('--steps=6')  # 32 -> 16 -> 8: 6 is never reached
+  assert 'halved' in fails('--steps=0')
+  assert 'holds no cascade.json' in fails(f'--teacher={tmp_path}')
+  (tmp_path / 'cascade.json').write_text('{}')
+  assert 'already holds a cascade' in fails(f'--teacher={tmp_path}', f'--output={tmp_path}')
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(2400)
+def test_distill_digits_distils_exports_and_scores_a_tiny_cascade(tmp_path):
+  """The real chain on the tiny configs: a tiny cascade trained by digits_cascade.sh, then
+  every stage distilled (guidance, 8 -> 4 steps), exported beside its teacher, scored."""
+  env = dict(os.environ, JAX_COMPILATION_CACHE_DIR=str(tmp_path / 'xla'))
+  world = ['--config.data.num_videos=16', '--config.data.num_images=16']
+
+  def script(*args):
+    out = subprocess.run(
+      ['bash', *args], cwd=ROOT, capture_output=True, text=True, timeout=1100, env=env
+    )
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    return out.stdout
+
+  teacher = tmp_path / 'teacher'
+  script('launch/digits_cascade.sh', f'--python={sys.executable}', f'--runs={tmp_path}/runs',
+         f'--output={teacher}', '--tiny', '--eval_samples=0', '--', '--config.num_steps=3',
+         *world)  # fmt: skip
+  out = tmp_path / 'distilled'
+  log = script('launch/distill_digits.sh', f'--python={sys.executable}', f'--teacher={teacher}',
+               f'--runs={tmp_path}/distill', f'--output={out}', '--tiny', '--teacher_steps=8',
+               '--steps=4', '--phase_steps=2', '--eval_samples=2', '--speed_repeats=1', '--',
+               *world)  # fmt: skip
+  for stage in ('base', 'tsr', 'ssr'):
+    assert f'[distill_digits] {stage}: step 2/2' in log, log
+  from imagen_video_jax import export
+
+  fast, full = export.load_cascade(str(out)), export.load_cascade(str(out), students=False)
+  for s, t in zip(fast.stages, full.stages):
+    assert s.distilled['phase'] == 'halving' and s.sampler.steps == 4, s.name
+    assert t.distilled is None and t.sampler.steps == 8, t.name
+  students = json.loads((out / 'adherence.json').read_text())
+  teachers = json.loads((out / 'adherence_teachers.json').read_text())
+  assert [students['samplers'][n]['steps'] for n in ('base', 'tsr', 'ssr')] == [4, 4, 4]
+  assert [teachers['samplers'][n]['steps'] for n in ('base', 'tsr', 'ssr')] == [8, 8, 8]
+  # Timed in the same run: students at 4 steps per stage, teachers at 8.
+  for name, steps in (('students', 4), ('teachers', 8)):
+    rows = (out / f'speed_{name}.txt').read_text().splitlines()
+    steady = [json.loads(r) for r in rows if r.startswith('{') and '"steady"' in r]
+    assert steady and steady[0]['steps'] == {'base': steps, 'tsr': steps, 'ssr': steps}, rows
+    assert rows[-1].startswith(f'| {name} |'), rows[-1]

@@ -201,3 +201,12 @@ def test_evaluate_cli_scores_a_cascade_prefix_per_stage(exported, tmp_path):
   )
   assert res.returncode != 0 and f'has {len(stages)} stages' in res.stderr
   assert 'Traceback' not in res.stderr
+  # One sample per group cannot give the judge's Fréchet distance: refused up front.
+  res = subprocess.run(
+    [c for c in cmd if not c.startswith('--num_samples')] + ['--num_samples=1'],
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
+  assert res.returncode != 0 and '--num_samples=1: give at least 2' in res.stderr
+  assert 'Traceback' not in res.stderr

@@ -177,6 +177,11 @@ def main(argv):
         'num_generated': len(sets[1]),
       }
     else:
+      if _NUM_SAMPLES.value < 2:
+        raise ValueError(
+          f"--num_samples={_NUM_SAMPLES.value}: give at least 2 (the judge's Fréchet "
+          'distance compares the features of at least two samples per group)'
+        )
       from imagen_video_jax import export, shipped  # default: the shipped digits cascade
       from imagen_video_jax.cascade import CascadePipeline
 

@@ -4,7 +4,14 @@ r"""Export trained stages as one sampling cascade (EMA weights by default, safet
         --run=runs/digits/base --run=runs/digits/tsr --run=runs/digits/ssr
 
 --student=RUN adds a distilled student of one of the stages (sampled by default;
-`sample --teacher` samples the teachers). Runs are given base first, then each SR stage
+`sample --teacher` samples the teachers). --cascade=DIR adds students to a copy of an
+exported cascade instead (e.g. the shipped one, whose training runs are not at hand):
+
+    python -m imagen_video_jax.export_cascade --cascade=checkpoints/digits \
+        --student=runs/distill/base_8 --student=runs/distill/tsr_8 \
+        --student=runs/distill/ssr_8 --output=runs/distill/cascade
+
+Runs are given base first, then each SR stage
 in sampling order; each is a training
 workdir of `python -m imagen_video_jax.train`, read at its latest checkpoint. Runs trained
 on cached T5 embeddings (`text.source='cache'`, the paper configs' default) also need
@@ -29,6 +36,11 @@ _STUDENT = flags.DEFINE_multi_string(
   None,
   'A distillation workdir (python -m imagen_video_jax.distill) of one of the --run stages: '
   'stored beside it, and sampled instead of it unless sampling asks for --teacher.',
+)
+_CASCADE = flags.DEFINE_string(
+  'cascade',
+  None,
+  'An exported cascade to copy to --output with the --student runs added (instead of --run).',
 )
 _OUTPUT = flags.DEFINE_string('output', None, 'The cascade directory to write.')
 _T5 = flags.DEFINE_string(
@@ -69,7 +81,15 @@ def read_vocabulary(path: str) -> list[str]:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
-  if not _RUN.value or not _OUTPUT.value:
+  if _CASCADE.value and _RUN.value:
+    raise app.UsageError('give --cascade (add students to an export) or --run, not both')
+  if _CASCADE.value and (_T5.value or _VOCABULARY.value):
+    raise app.UsageError(
+      '--cascade keeps the text encoder and vocabulary it has: drop --t5/--vocabulary'
+    )
+  if _CASCADE.value and not _STUDENT.value:
+    raise app.UsageError('--cascade needs at least one --student (a distillation workdir)')
+  if not (_RUN.value or _CASCADE.value) or not _OUTPUT.value:
     raise app.UsageError('give --output and at least one --run (base first)')
   # Before anything is read: the output must be a new or empty folder we can write.
   if os.path.exists(_OUTPUT.value) and not os.path.isdir(_OUTPUT.value):
@@ -81,21 +101,28 @@ def main(argv):
   from imagen_video_jax import export
 
   try:
-    path = export.export_training_runs(
-      _RUN.value,
-      _OUTPUT.value,
-      t5_dir=_T5.value,
-      vocabulary=vocabulary,
-      weights=_WEIGHTS.value,
-      student_runs=_STUDENT.value,
-    )
+    if _CASCADE.value:
+      path = export.add_students(
+        _CASCADE.value, _STUDENT.value, _OUTPUT.value, weights=_WEIGHTS.value
+      )
+    else:
+      path = export.export_training_runs(
+        _RUN.value,
+        _OUTPUT.value,
+        t5_dir=_T5.value,
+        vocabulary=vocabulary,
+        weights=_WEIGHTS.value,
+        student_runs=_STUDENT.value,
+      )
     pipe = export.load_cascade(path)  # proves the export loads
   except (export.ExportError, ValueError, FileNotFoundError) as e:
     raise checks.Refusal(str(e)) from None
   stages = ', '.join(
     f'{s.name} {s.spec.frames}x{s.spec.height}x{s.spec.width}@{s.fps:g}fps' for s in pipe.stages
   )
-  print(f'Exported {stages} to {path}')
+  students = [s.name for s in pipe.stages if s.distilled]
+  with_students = f' (students: {", ".join(students)})' if students else ''
+  print(f'Exported {stages}{with_students} to {path}')
 
 
 if __name__ == '__main__':
