@@ -48,7 +48,7 @@ def main():
   p.add_argument(
     '--teacher',
     action='store_true',
-    help="the full stages where the cascade holds distilled students (default: the students)",
+    help='the full stages where the cascade holds distilled students (default: the students)',
   )
   args = p.parse_args()
 
