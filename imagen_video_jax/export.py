@@ -483,6 +483,35 @@ def training_world(configs: list[Mapping[str, Any]]) -> dict[str, Any] | None:
   return None if world is None else {'name': world[0], 'version': world[1]}
 
 
+def _student_stages(
+  read: list[tuple[dict, Any, int]], student_runs: list[str], stages: list[Stage]
+) -> list[Stage]:
+  """The students (`read_training_run` of each of `student_runs`) as stages, each checked
+  to stand in for one of `stages`: a distillation run, of a stage's name and output spec,
+  reading text with that stage's encoder, and at most one per stage."""
+  by_name = {t.name: t for t in stages}
+  students = []
+  for (config, params, _), w in zip(read, student_runs):
+    if not (config.get('distill') or {}).get('phase'):
+      raise ExportError(f'--student={w} is not a distillation run (its distill.phase is empty)')
+    st = stage_lib.from_config(config, params)
+    teacher = by_name.get(st.name)
+    if teacher is None or teacher.spec != st.spec:
+      raise ExportError(
+        f'the student {w} ({st.name}, {st.spec}) matches no stage of the cascade '
+        f'{[(t.name, t.spec) for t in stages]}'
+      )
+    if teacher.text is not None and st.text != teacher.text:
+      raise ExportError(
+        f'the student {w} reads text from another encoder than the stage {st.name} '
+        '(config.text differs)'
+      )
+    if any(o.name == st.name for o in students):
+      raise ExportError(f'two students of the stage {st.name!r}: give one')
+    students.append(st)
+  return students
+
+
 def add_students(
   cascade_dir: str, student_runs: list[str], output: str, *, weights: str = 'ema'
 ) -> str:
@@ -497,6 +526,8 @@ def add_students(
   """
   import shutil
 
+  if not student_runs:
+    raise ExportError('no student to add: give at least one distillation workdir')
   if os.path.exists(os.path.join(output, CASCADE_FILE)):
     raise ExportError(f'{output} already holds a cascade; choose an empty directory')
   path = os.path.join(cascade_dir, CASCADE_FILE)
@@ -505,41 +536,20 @@ def add_students(
   meta = _read_json(path)
   _check_cascade_meta(path, meta)
   verify_digests(cascade_dir, meta, _files(cascade_dir, meta, text=True))
-  if not student_runs:
-    raise ExportError('no student to add: give at least one distillation workdir')
   for w in student_runs:  # every run, before any is read
     _check_workdir(w)
   read = [read_training_run(w, weights=weights) for w in student_runs]
   stages = [load_stage(os.path.join(cascade_dir, n)) for n in meta['stages']]
-  by_name = {st.name: st for st in stages}
   students = {
     n: load_stage(os.path.join(cascade_dir, d)) for n, d in (meta.get('students') or {}).items()
   }
-  added = []
-  for (config, params, _), w in zip(read, student_runs):
-    if not (config.get('distill') or {}).get('phase'):
-      raise ExportError(f'{w} is not a distillation run (its distill.phase is empty)')
-    st = stage_lib.from_config(config, params)
-    teacher = by_name.get(st.name)
-    if teacher is None or teacher.spec != st.spec:
-      raise ExportError(
-        f'the student {w} ({st.name}, {st.spec}) matches no stage of {cascade_dir} '
-        f'{[(t.name, t.spec) for t in stages]}'
-      )
-    if teacher.text is not None and st.text != teacher.text:
-      raise ExportError(
-        f'the student {w} reads text from another encoder than {cascade_dir}/{st.name} '
-        '(config.text differs)'
-      )
+  for (config, _, _), w, st in zip(read, student_runs, _student_stages(read, student_runs, stages)):
     world = training_world([config])
     if meta.get('world') is not None and world is not None and world != meta['world']:
       raise ExportError(
         f'the student {w} was trained on {world}, the cascade {cascade_dir} on '
         f"{meta['world']}: distil on the cascade's own world (data.bounce)"
       )
-    if st.name in added:
-      raise ExportError(f'two students of the stage {st.name!r}: give one')
-    added.append(st.name)
     students[st.name] = st
   text = meta.get('text')
   if text:
@@ -582,9 +592,6 @@ def export_training_runs(
     _check_workdir(w)
   runs = [read_training_run(w, weights=weights) for w in workdirs]
   student_cfgs = [read_training_run(w, weights=weights) for w in student_runs or []]
-  for (c, _, _), w in zip(student_cfgs, student_runs or []):
-    if not (c.get('distill') or {}).get('phase'):
-      raise ExportError(f'--student={w} is not a distillation run (its distill.phase is empty)')
   texts = {json.dumps(c['text'], sort_keys=True) for c, _, _ in runs}
   if len(texts) > 1:
     raise ExportError(
@@ -592,14 +599,7 @@ def export_training_runs(
     )
   world = training_world([c for c, _, _ in runs + student_cfgs])
   stages = [stage_lib.from_config(c, ema) for c, ema, _ in runs]
-  students = [stage_lib.from_config(c, ema) for c, ema, _ in student_cfgs]
-  for st in students:
-    teacher = next((t for t in stages if t.name == st.name), None)
-    if teacher is None or teacher.spec != st.spec:
-      raise ExportError(
-        f'the student {st.name} ({st.spec}) matches no stage of the cascade '
-        f'{[(t.name, t.spec) for t in stages]}'
-      )
+  students = _student_stages(student_cfgs, student_runs or [], stages)
   config0 = runs[0][0]
   text_dir, length = None, None
   if any(s.unet.text_dim is not None for s in stages):

@@ -19,6 +19,7 @@
 # to a new --output. --tiny trains the configs' tiny variants (a check of the whole chain
 # in minutes on a CPU). --dry-run prints the commands and runs nothing.
 set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/_digits_common.sh"
 
 BUDGET=480 RUNS='runs/digits' OUTPUT='checkpoints/digits' EVAL=100 SEQ=0 DRY=0 TINY=''
 PY="${PYTHON:-.venv/bin/python}"
@@ -47,12 +48,8 @@ if [[ $DRY == 0 && -e "$OUTPUT/cascade.json" ]]; then
   exit 2
 fi
 
-ROOT=(--data_root="$RUNS/data")
-for a in "${EXTRA[@]}"; do
-  [[ "$a" == --config.data.dir=* ]] && ROOT=()
-done
+world_root
 
-show() { printf '%q ' "$@" | sed 's/ $//'; echo; }
 stage_cmd() {  # CMD: the train command of one stage
   CMD=("$PY" -m imagen_video_jax.train "--config=configs/digits.py:stage=$1$TINY"
        "--workdir=$RUNS/$1" "${ROOT[@]}" "--config.stop_after_secs=$BUDGET" "${EXTRA[@]}")
@@ -77,10 +74,7 @@ if [[ $DRY == 1 ]]; then
   exit 0
 fi
 
-export PYTHONUNBUFFERED=1
-# One GPU, three processes: each may take a third of its memory (JAX's default is 75%).
-export XLA_PYTHON_CLIENT_MEM_FRACTION="${XLA_PYTHON_CLIENT_MEM_FRACTION:-0.3}"
-export JAX_COMPILATION_CACHE_DIR="${JAX_COMPILATION_CACHE_DIR:-$HOME/.cache/jax}"
+one_machine_env
 t0=$SECONDS
 "${DATA[@]}"
 echo "[digits_cascade] world ready after $((SECONDS - t0)) s"

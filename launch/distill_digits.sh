@@ -28,6 +28,7 @@
 # the chain in minutes on a CPU; give it a --teacher of tiny stages). --dry-run prints the
 # commands and runs nothing.
 set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/_digits_common.sh"
 
 TEACHER='checkpoints/digits' RUNS='runs/distill' OUTPUT='' STEPS=8 TSTEPS=32
 BUDGET=600 PSTEPS=0 EVAL=100 SPEED=2 SEQ=0 DRY=0 TINY=''
@@ -78,14 +79,10 @@ if [[ $DRY == 0 && -e "$OUTPUT/cascade.json" ]]; then
   exit 2
 fi
 
-ROOT=(--data_root="$RUNS/data")
-for a in "${EXTRA[@]}"; do
-  [[ "$a" == --config.data.dir=* ]] && ROOT=()
-done
+world_root
 LIMIT=("--config.stop_after_secs=$BUDGET")
 ((PSTEPS > 0)) && LIMIT=("--config.num_steps=$PSTEPS")
 
-show() { printf '%q ' "$@" | sed 's/ $//'; echo; }
 phase_cmds() {  # CMDS: the distill commands of stage $1, one per line (%q-quoted)
   local s=$1 prev="$TEACHER"
   CMDS=("$(show "$PY" -m imagen_video_jax.distill "--config=configs/digits.py:stage=$s$TINY" \
@@ -132,10 +129,7 @@ if [[ $DRY == 1 ]]; then
   exit 0
 fi
 
-export PYTHONUNBUFFERED=1
-# One GPU, three processes: each may take a third of its memory (JAX's default is 75%).
-export XLA_PYTHON_CLIENT_MEM_FRACTION="${XLA_PYTHON_CLIENT_MEM_FRACTION:-0.3}"
-export JAX_COMPILATION_CACHE_DIR="${JAX_COMPILATION_CACHE_DIR:-$HOME/.cache/jax}"
+one_machine_env
 t0=$SECONDS
 "${DATA[@]}"
 echo "[distill_digits] world ready after $((SECONDS - t0)) s"

@@ -296,3 +296,8 @@ def test_students_are_added_to_a_copy_of_an_exported_cascade(runs, tmp_path):
   (other / 'cascade.json').write_text(json.dumps(meta_v1))
   with pytest.raises(export.ExportError, match="cascade's own world"):
     export.add_students(str(other), [student], str(tmp_path / 'w'))
+  # One student per stage: a second of the same stage is refused, not silently dropped.
+  with pytest.raises(export.ExportError, match="two students of the stage 'base'"):
+    export.add_students(str(teachers), [student, student], str(tmp_path / 't'))
+  with pytest.raises(export.ExportError, match="two students of the stage 'base'"):
+    export.export_training_runs([teacher], str(tmp_path / 'u'), student_runs=[student, student])
