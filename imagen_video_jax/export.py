@@ -61,10 +61,14 @@ class ExportError(ValueError):
 DIGESTS = 'digests'
 
 
-def save_stage(directory: str, stage: Stage) -> str:
-  """Writes stage.json and params.safetensors (float32) under `directory`."""
+def save_stage(directory: str, stage: Stage, dtype: str = 'float32') -> str:
+  """Writes stage.json and params.safetensors under `directory`, the parameters stored in
+  `dtype` (float32, or float16 at half the size; loading gives float32 either way)."""
   os.makedirs(directory, exist_ok=True)
-  params_io.save_params(os.path.join(directory, PARAMS_FILE), stage.params)
+  try:
+    params_io.save_params(os.path.join(directory, PARAMS_FILE), stage.params, dtype)
+  except ValueError as e:
+    raise ExportError(f'stage {stage.name}: {e}') from None
   with open(os.path.join(directory, STAGE_FILE), 'w') as f:
     json.dump(stage.to_json(), f, indent=2)
   return directory
@@ -149,6 +153,9 @@ def load_stage(directory: str) -> Stage:
   except ValueError as e:
     raise ExportError(str(e)) from None
   check_params(stage, params, params_path)
+  # Stored in float16 or float32; the U-Nets' parameters are float32 either way.
+  flat = params_io.flatten_params(params)
+  params = params_io.unflatten_params({k: v.astype(np.float32) for k, v in flat.items()})
   return stage.with_params(params)
 
 
@@ -187,6 +194,7 @@ def save_cascade(
   vocabulary: list[str] | None = None,
   world: Mapping[str, Any] | None = None,
   students: list[Stage] | None = None,
+  student_dtype: str = 'float32',
 ) -> str:
   """Writes every stage and cascade.json, with the sha256 of every file it loads. The
   text encoder (if any) is expected at `directory/text_dir`, written before this by
@@ -194,7 +202,8 @@ def save_cascade(
   captions use, when they come from a closed set (recorded in the "text" section).
   `world`: the synthetic world trained on, e.g. {"name": "digits", "version": 2}.
   `students`: distilled students, each named as the stage it stands in for, stored in
-  `<name>_student/`."""
+  `<name>_student/`, their parameters in `student_dtype` (float16: half the bytes; the
+  stages themselves are always float32)."""
   os.makedirs(directory, exist_ok=True)
   names = [st.name for st in stages]
   for st in stages:
@@ -202,7 +211,7 @@ def save_cascade(
   for st in students or []:
     if st.name not in names:
       raise ExportError(f'student {st.name!r} stands in for no stage of the cascade {names}')
-    save_stage(os.path.join(directory, f'{st.name}_student'), st)
+    save_stage(os.path.join(directory, f'{st.name}_student'), st, student_dtype)
   text = None if text_dir is None else {'dir': text_dir, 'max_length': max_length}
   if text is not None and vocabulary is not None:
     text['vocabulary'] = sorted(set(vocabulary))
@@ -513,7 +522,12 @@ def _student_stages(
 
 
 def add_students(
-  cascade_dir: str, student_runs: list[str], output: str, *, weights: str = 'ema'
+  cascade_dir: str,
+  student_runs: list[str],
+  output: str,
+  *,
+  weights: str = 'ema',
+  student_dtype: str = 'float32',
 ) -> str:
   """A copy of the exported cascade `cascade_dir` in `output`, with the students of
   `student_runs` (distillation workdirs) stored beside the stages they stand in for.
@@ -563,6 +577,7 @@ def add_students(
     vocabulary=(text or {}).get('vocabulary'),
     world=meta.get('world'),
     students=[students[n] for n in meta['stages'] if n in students],
+    student_dtype=student_dtype,
   )
 
 
@@ -574,12 +589,14 @@ def export_training_runs(
   vocabulary: list[str] | None = None,
   weights: str = 'ema',
   student_runs: list[str] | None = None,
+  student_dtype: str = 'float32',
 ) -> str:
   """Exports trained stages (base first, then SR stages) as one sampling cascade.
 
   weights: 'ema' (the default) or 'trained' (`read_training_run`).
   student_runs: distillation workdirs (`python -m imagen_video_jax.distill`), each a
-  student of one of the stages, stored beside it (`save_cascade`'s `students`).
+  student of one of the stages, stored beside it (`save_cascade`'s `students`) in
+  `student_dtype`.
 
   t5_dir: for runs trained on cached embeddings (`text.source='cache'`), the converted
   T5 that made the cache (checked against it), shipped as the cascade's text encoder.
@@ -613,5 +630,6 @@ def export_training_runs(
     vocabulary=vocabulary if vocabulary is not None else training_vocabulary(config0),
     world=world,
     students=students,
+    student_dtype=student_dtype,
   )
   return output

@@ -1,6 +1,7 @@
 """Parameter trees <-> safetensors files (arrays only: nothing runs on load).
 
-A nested dict of arrays is stored flat, one tensor per '/'-joined path, in float32.
+A nested dict of arrays is stored flat, one tensor per '/'-joined path, in float32 (or
+float16, half the bytes: what an exported cascade may choose for its distilled students).
 Used by exported cascades and by the Moving Digits judge.
 """
 
@@ -41,13 +42,30 @@ def unflatten_params(flat: Mapping[str, np.ndarray]) -> dict[str, Any]:
   return tree
 
 
-def save_params(path: str, params: Mapping[str, Any]) -> str:
-  """Writes a parameter tree as float32 safetensors."""
+STORAGE_DTYPES = ('float32', 'float16')
+_FLOAT16_MAX = float(np.finfo(np.float16).max)
+
+
+def save_params(path: str, params: Mapping[str, Any], dtype: str = 'float32') -> str:
+  """Writes a parameter tree as safetensors in `dtype` (one of STORAGE_DTYPES).
+
+  float16 keeps 11 significant bits (bfloat16 keeps 8), enough for inference weights;
+  a value beyond its range (65504) is refused by name rather than stored as inf.
+  """
   from safetensors.numpy import save_file
 
-  save_file(
-    {k: np.ascontiguousarray(v, np.float32) for k, v in flatten_params(params).items()}, path
-  )
+  if dtype not in STORAGE_DTYPES:
+    raise ValueError(f'storage dtype {dtype!r}: choose one of {STORAGE_DTYPES}')
+  flat = {}
+  for k, v in flatten_params(params).items():
+    v = np.asarray(v, np.float32)
+    if dtype == 'float16' and v.size and float(np.max(np.abs(v))) > _FLOAT16_MAX:
+      raise ValueError(
+        f'parameter {k} holds {float(np.max(np.abs(v))):.3g}, beyond float16 (65504): '
+        'store it in float32'
+      )
+    flat[k] = np.ascontiguousarray(v, dtype)
+  save_file(flat, path)
   return path
 
 

@@ -266,6 +266,26 @@ def test_students_are_added_to_a_copy_of_an_exported_cascade(runs, tmp_path):
   assert _leaves_equal(full.stages[0].params, export.load_cascade(str(teachers)).stages[0].params)
   _, s_ema, _ = export.read_training_run(student)
   assert _leaves_equal(fast.stages[0].params, s_ema) and fast.stages[0].distilled
+  # --student_dtype=float16: the student's file at half the size, read back as float32
+  # equal to its EMA rounded to float16; the teachers' files the same bytes as before.
+  half = tmp_path / 'half'
+  res = run_module(
+    'export_cascade',
+    f'--cascade={teachers}',
+    f'--student={student}',
+    '--student_dtype=float16',
+    f'--output={half}',
+  )
+  assert res.returncode == 0, res.stderr[-3000:]
+  p16, p32 = (d / 'base_student' / export.PARAMS_FILE for d in (half, both))
+  assert p16.stat().st_size < 0.55 * p32.stat().st_size
+  assert (half / 'base' / export.PARAMS_FILE).read_bytes() == (
+    both / 'base' / export.PARAMS_FILE
+  ).read_bytes()
+  got = params_io.flatten_params(export.load_cascade(str(half)).stages[0].params)
+  for k, v in params_io.flatten_params(s_ema).items():
+    assert got[k].dtype == np.float32
+    np.testing.assert_array_equal(got[k], np.asarray(v).astype(np.float16).astype(np.float32))
   emb_a, _ = full.text_encoder(['a red 3 moving left'])
   emb_b, _ = export.load_cascade(str(teachers)).text_encoder(['a red 3 moving left'])
   np.testing.assert_array_equal(np.asarray(emb_a), np.asarray(emb_b))

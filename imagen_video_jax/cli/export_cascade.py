@@ -42,6 +42,13 @@ _CASCADE = flags.DEFINE_string(
   None,
   'An exported cascade to copy to --output with the --student runs added (instead of --run).',
 )
+_STUDENT_DTYPE = flags.DEFINE_enum(
+  'student_dtype',
+  'float32',
+  ['float32', 'float16'],
+  'How the --student parameters are stored: float16 halves their bytes (loading gives '
+  'float32; the stages themselves are always float32).',
+)
 _OUTPUT = flags.DEFINE_string('output', None, 'The cascade directory to write.')
 _T5 = flags.DEFINE_string(
   't5',
@@ -103,7 +110,11 @@ def main(argv):
   try:
     if _CASCADE.value:
       path = export.add_students(
-        _CASCADE.value, _STUDENT.value, _OUTPUT.value, weights=_WEIGHTS.value
+        _CASCADE.value,
+        _STUDENT.value,
+        _OUTPUT.value,
+        weights=_WEIGHTS.value,
+        student_dtype=_STUDENT_DTYPE.value,
       )
     else:
       path = export.export_training_runs(
@@ -113,6 +124,7 @@ def main(argv):
         vocabulary=vocabulary,
         weights=_WEIGHTS.value,
         student_runs=_STUDENT.value,
+        student_dtype=_STUDENT_DTYPE.value,
       )
     pipe = export.load_cascade(path)  # proves the export loads
   except (export.ExportError, ValueError, FileNotFoundError) as e:
