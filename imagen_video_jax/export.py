@@ -74,7 +74,7 @@ def save_stage(directory: str, stage: Stage, dtype: str = 'float32') -> str:
   return directory
 
 
-def _inside(root: str, rel: Any, what: str) -> str:
+def inside(root: str, rel: Any, what: str) -> str:
   """root/rel, refused unless `rel` is a relative path that resolves (links followed)
   inside `root` and is not `root` itself."""
   if not isinstance(rel, str) or not rel or os.path.isabs(rel):
@@ -137,7 +137,7 @@ def check_params(stage: Stage, params: Any, where: str) -> None:
 
 def load_stage(directory: str) -> Stage:
   """Reads a stage written by `save_stage` (params as numpy arrays), validated."""
-  paths = [_inside(directory, f, 'the stage file') for f in (STAGE_FILE, PARAMS_FILE)]
+  paths = [inside(directory, f, 'the stage file') for f in (STAGE_FILE, PARAMS_FILE)]
   for p in paths:
     if not os.path.isfile(p):
       raise ExportError(f'{directory} is not an exported stage: {os.path.basename(p)} is missing')
@@ -166,15 +166,15 @@ def _files(directory: str, meta: Mapping[str, Any], *, text: bool) -> list[str]:
   where = os.path.join(directory, CASCADE_FILE)
   rels = []
   for name in list(meta['stages']) + list((meta.get('students') or {}).values()):
-    _inside(directory, name, f'{where}: the stage')
+    inside(directory, name, f'{where}: the stage')
     rels += [f'{name}/{STAGE_FILE}', f'{name}/{PARAMS_FILE}']
   if meta.get('text'):
-    text_dir = _inside(directory, meta['text'].get('dir'), f'{where}: the text dir')
+    text_dir = inside(directory, meta['text'].get('dir'), f'{where}: the text dir')
   if text:
     for parent, dirs, files in os.walk(text_dir):
       for f in sorted(dirs + files):
         rel = os.path.relpath(os.path.join(parent, f), directory)
-        _inside(directory, rel, f'{where}: the text encoder file')
+        inside(directory, rel, f'{where}: the text encoder file')
         if f in files:
           rels.append(rel)
   return rels
@@ -278,7 +278,7 @@ def verify_digests(directory: str, meta: Mapping[str, Any], rels: list[str]) -> 
   if unlisted:
     raise ExportError(f'{where} lists no digest for {unlisted[:5]}: refusing to load them')
   for rel, want in digests.items():
-    path = _inside(directory, rel, f'{where}: the digested file')
+    path = inside(directory, rel, f'{where}: the digested file')
     if not os.path.isfile(path):
       raise ExportError(f'{path} is missing (cascade.json lists its digest)')
     if sha256_file(path) != want:
@@ -567,7 +567,7 @@ def add_students(
     students[st.name] = st
   text = meta.get('text')
   if text:
-    src = _inside(cascade_dir, text['dir'], f'{path}: the text dir')
+    src = inside(cascade_dir, text['dir'], f'{path}: the text dir')
     shutil.copytree(src, os.path.join(output, text['dir']), dirs_exist_ok=True)
   return save_cascade(
     output,

@@ -179,6 +179,31 @@ def test_halving_from_the_guidance_student_exports_a_few_step_stage(runs, tmp_pa
   )
   assert res.returncode != 0 and 'not a distillation run' in res.stderr
 
+  # A cascade as a halving phase's --teacher: its student of the stage is the teacher,
+  # and the new student starts from it; a cascade without students is refused by name.
+  def halve(source, workdir):
+    return run_module(
+      'distill',
+      '--config=configs/digits.py:stage=base,tiny=True',
+      f'--workdir={tmp_path / workdir}',
+      f'--teacher={source}',
+      '--phase=halving',
+      '--student_steps=2',
+      '--config.num_steps=1',
+      '--config.sample_every=0',
+      f'--config.data.dir={data_dir}',
+      cwd=ROOT,
+      env=_env(),
+    )
+
+  res = halve(both, 'from_cascade')
+  assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-3000:]
+  assert f'the teacher is exported stage {both / "base_student"}' in res.stdout
+  assert f'Warm start: params and EMA from exported stage {both / "base_student"}' in res.stdout
+  res = halve(tmp_path / 'cascade', 'no_student')
+  assert res.returncode == 1 and 'holds no distilled student' in res.stderr
+  assert 'Traceback' not in res.stderr
+
 
 def test_the_distill_command_refuses_what_it_cannot_run(runs, tmp_path):
   _, data_dir, teacher, student, _ = runs

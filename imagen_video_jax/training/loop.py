@@ -444,7 +444,8 @@ def make_teacher(config, model_cfg, spec, mesh, rules):
   """(teacher model, its params placed like the student's) of a distillation phase
   (`config.distill.teacher`: an exported cascade or stage, or a training workdir's EMA);
   (None, None) for plain training. The guidance phase's teacher is the stage without the
-  guidance embedding; the halving phase's reads the weight too (the previous student)."""
+  guidance embedding; the halving phase's reads the weight too (the previous student; of
+  a cascade, its student of this stage)."""
   import dataclasses as dc
 
   from imagen_video_jax.training import warm_start
@@ -465,7 +466,9 @@ def make_teacher(config, model_cfg, spec, mesh, rules):
     lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), shapes, shardings
   )
   try:
-    source, scanned, origin = warm_start.read_source(str(config.distill.teacher), config.stage)
+    source, scanned, origin = warm_start.read_source(
+      str(config.distill.teacher), config.stage, student=phase == 'halving'
+    )
     params = warm_start.fit_params(source, scanned, abstract, cfg, origin)
   except warm_start.WarmStartError as e:
     hint = (

@@ -7,7 +7,8 @@ across machines when only the exported weights travel (the digits cascade is tra
 in pieces that way: the EMA weights are 32 MB, a full train state four times that).
 
 `init_from` may name
-  - an exported cascade (`cascade.json`): its stage named like this run's `config.stage`;
+  - an exported cascade (`cascade.json`): its stage named like this run's `config.stage`
+    (a halving phase of distillation: that stage's distilled student);
   - an exported stage directory (`stage.json` + `params.safetensors`);
   - a training workdir (`checkpoints/`): the EMA params of its latest checkpoint.
 It is read only when the workdir holds no checkpoint: a run that has begun resumes
@@ -45,16 +46,32 @@ class WarmStartError(ValueError):
 _name = params_io.key_path_name
 
 
-def read_source(path: str, stage: str) -> tuple[dict, bool, str]:
-  """(EMA params as numpy, whether they are in the scanned layout, what was read)."""
+def read_source(path: str, stage: str, student: bool = False) -> tuple[dict, bool, str]:
+  """(EMA params as numpy, whether they are in the scanned layout, what was read).
+
+  `student`: from an exported cascade, read the distilled student of the stage (what a
+  halving phase starts from) rather than the stage itself."""
   path = os.path.abspath(os.path.expanduser(path))
   if os.path.isfile(os.path.join(path, export.CASCADE_FILE)):
     with open(os.path.join(path, export.CASCADE_FILE)) as f:
-      stages = json.load(f).get('stages', [])
+      meta = json.load(f)
+    stages = meta.get('stages', [])
     if stage not in stages:
       raise WarmStartError(
         f"init_from={path}: the cascade has stages {stages}, not this run's stage {stage!r}"
       )
+    if student:
+      students = meta.get('students') or {}
+      if stage not in students:
+        raise WarmStartError(
+          f'init_from={path}: the cascade holds no distilled student of the stage {stage!r} '
+          '(a halving phase starts from one: give a guidance or halving workdir)'
+        )
+      try:
+        student_dir = export.inside(path, students[stage], 'the student dir')
+      except export.ExportError as e:
+        raise WarmStartError(f'init_from={path}: {e}') from None
+      return read_source(student_dir, stage)
     path = os.path.join(path, stage)
   if os.path.isfile(os.path.join(path, export.STAGE_FILE)):
     st = export.load_stage(path)
@@ -206,8 +223,11 @@ def warm_start(state, abstract_state, config, model_cfg: unet_lib.UNetConfig):
   fresh temporal layers (params and EMA) are kept.
   """
   inflate = bool(config.get('init_inflate', False))
-  guidance = str((config.get('distill') or {}).get('phase', '')) == 'guidance'
-  source, scanned, origin = read_source(str(config.init_from), str(config.stage))
+  phase = str((config.get('distill') or {}).get('phase', ''))
+  guidance = phase == 'guidance'
+  source, scanned, origin = read_source(
+    str(config.init_from), str(config.stage), student=phase == 'halving'
+  )
   params = fit_params(
     source, scanned, abstract_state.params, model_cfg, origin, inflate=inflate, guidance=guidance
   )
