@@ -6,7 +6,7 @@
 #   launch/distill_digits.sh [--dry-run] [--teacher=checkpoints/digits] [--runs=runs/distill]
 #       [--output=runs/distill/cascade] [--steps=8] [--teacher_steps=32] [--budget_secs=600]
 #       [--phase_steps=0] [--eval_samples=100] [--speed_repeats=2] [--sequential]
-#       [--python=.venv/bin/python] [--tiny] [-- DISTILL_FLAGS...]
+#       [--student_dtype=float16] [--python=.venv/bin/python] [--tiny] [-- DISTILL_FLAGS...]
 #
 # 1. `train --data_only` makes the cascade's world once, in RUNS/data/ (every phase gets
 #    --data_root=RUNS/data; a --config.data.dir in DISTILL_FLAGS names the world instead);
@@ -16,7 +16,8 @@
 #    --student_steps = teacher_steps/2, /4, ... down to --steps, each from the phase before;
 #    every phase runs for --budget_secs of wall clock (--phase_steps=N: N steps instead);
 # 3. `export_cascade --cascade=TEACHER --student=...` writes a copy of the teacher cascade
-#    with the last students beside their stages to --output (which must not hold a cascade);
+#    with the last students beside their stages to --output (which must not hold a cascade),
+#    stored in --student_dtype (float16, as the shipped students; or float32);
 # 4. `evaluate` scores --eval_samples prompts per group (0: skip) twice, the students
 #    (OUTPUT/adherence.json) and the teachers (--teacher, OUTPUT/adherence_teachers.json);
 # 5. benchmarks/sampling_throughput.py times one video end to end, students then teachers
@@ -31,7 +32,7 @@ set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/_digits_common.sh"
 
 TEACHER='checkpoints/digits' RUNS='runs/distill' OUTPUT='' STEPS=8 TSTEPS=32
-BUDGET=600 PSTEPS=0 EVAL=100 SPEED=2 SEQ=0 DRY=0 TINY=''
+BUDGET=600 PSTEPS=0 EVAL=100 SPEED=2 SEQ=0 DRY=0 TINY='' DTYPE=float16
 PY="${PYTHON:-.venv/bin/python}"
 EXTRA=()
 while (($#)); do
@@ -47,6 +48,7 @@ while (($#)); do
     --eval_samples=*) EVAL="${1#*=}" ;;
     --speed_repeats=*) SPEED="${1#*=}" ;;
     --sequential) SEQ=1 ;;
+    --student_dtype=*) DTYPE="${1#*=}" ;;
     --tiny) TINY=',tiny=True' ;;
     --python=*) PY="${1#*=}" ;;
     --) shift; EXTRA+=("$@"); break ;;
@@ -68,6 +70,10 @@ while ((k > STEPS && k % 2 == 0)); do k=$((k / 2)); HALVES+=("$k"); done
 if ((STEPS < 1 || k != STEPS)); then
   echo "distill_digits.sh: --steps=$STEPS is not --teacher_steps=$TSTEPS halved some" \
     "number of times (e.g. 16, 8, 4, 2)" >&2
+  exit 2
+fi
+if [[ $DTYPE != float16 && $DTYPE != float32 ]]; then
+  echo "distill_digits.sh: --student_dtype is float16 or float32, not $DTYPE" >&2
   exit 2
 fi
 if [[ $DRY == 0 && ! -f "$TEACHER/cascade.json" ]]; then
@@ -99,7 +105,8 @@ phase_cmds() {  # CMDS: the distill commands of stage $1, one per line (%q-quote
 
 DATA=("$PY" -m imagen_video_jax.train "--config=configs/digits.py:stage=base$TINY"
       --workdir="$RUNS/world" "${ROOT[@]}" --data_only "${EXTRA[@]}")
-EXPORT=("$PY" -m imagen_video_jax.export_cascade --cascade="$TEACHER" --output="$OUTPUT")
+EXPORT=("$PY" -m imagen_video_jax.export_cascade --cascade="$TEACHER" --output="$OUTPUT"
+        --student_dtype="$DTYPE")
 for s in base tsr ssr; do EXPORT+=(--student="$RUNS/$s/steps_$STEPS"); done
 EVAL_S=("$PY" -m imagen_video_jax.evaluate --mode=adherence --checkpoints="$OUTPUT"
         --num_samples="$EVAL" --noprogress --output="$OUTPUT/adherence.json")

@@ -339,6 +339,7 @@ def test_distill_digits_dry_run():
     'imagen_video_jax.export_cascade',
     '--cascade=checkpoints/digits',
     '--output=/r/cascade',
+    '--student_dtype=float16',
     '--student=/r/base/steps_8',
     '--student=/r/tsr/steps_8',
     '--student=/r/ssr/steps_8',
@@ -385,6 +386,7 @@ def test_distill_digits_refuses_bad_arguments(tmp_path):
   assert 'whole numbers' in fails('--speed_repeats=-1')
   assert 'unknown argument' in fails('--nope')
   assert 'halved' in fails('--steps=6')  # 32 -> 16 -> 8: 6 is never reached
+  assert 'float16 or float32' in fails('--student_dtype=bfloat16')
   assert 'halved' in fails('--steps=0')
   assert 'holds no cascade.json' in fails(f'--teacher={tmp_path}')
   (tmp_path / 'cascade.json').write_text('{}')
