@@ -150,6 +150,17 @@ def test_sample_cli_errors_are_one_line(tmp_path):
   )
   assert res.returncode != 0 and 'ships no trained cascade' in res.stderr, res.stderr[-2000:]
   assert 'Traceback' not in res.stderr
+  # The shipped students take no negative prompt: refused before sampling, with the way out.
+  res = run_module(
+    'sample',
+    '--prompt=a red 3 moving left',
+    '--negative_prompt=a blue 7 moving up',
+    '--config=configs/digits.py',
+    f'--output={tmp_path}/n.mp4',
+    cwd=ROOT,
+  )
+  assert res.returncode != 0 and 'add --teacher' in res.stderr, res.stderr[-2000:]
+  assert 'Traceback' not in res.stderr and not (tmp_path / 'n.mp4').exists()
 
 
 def test_the_digits_config_names_the_shipped_cascade():

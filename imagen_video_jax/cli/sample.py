@@ -167,6 +167,12 @@ def main(argv):
   except ValueError as e:
     raise checks.Refusal(str(e)) from None
   negative = [_NEGATIVE_PROMPT.value] if _NEGATIVE_PROMPT.value else []
+  students = [s.name for s in pipe.stages if s.unet.guidance_embed]
+  if negative and students:
+    raise checks.Refusal(
+      f'--negative_prompt: the distilled students ({", ".join(students)}) fold guidance into '
+      'one forward and take no negative prompt; add --teacher to sample the full stages'
+    )
   problem = pipe.check_prompts(_PROMPT.value + negative)
   if problem and _STRICT.value:
     raise checks.Refusal(f'{problem}. Nothing was written (--strict).')
