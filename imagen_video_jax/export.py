@@ -155,7 +155,9 @@ def load_stage(directory: str) -> Stage:
   check_params(stage, params, params_path)
   # Stored in float16 or float32; the U-Nets' parameters are float32 either way.
   flat = params_io.flatten_params(params)
-  params = params_io.unflatten_params({k: v.astype(np.float32) for k, v in flat.items()})
+  params = params_io.unflatten_params(
+    {k: v.astype(np.float32, copy=False) for k, v in flat.items()}
+  )
   return stage.with_params(params)
 
 

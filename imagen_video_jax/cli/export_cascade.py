@@ -28,6 +28,7 @@ import os
 
 from absl import app, flags, logging
 
+from imagen_video_jax import params_io
 from imagen_video_jax.cli import _checks as checks
 
 _RUN = flags.DEFINE_multi_string('run', None, 'A training workdir; repeat, base first.')
@@ -45,7 +46,7 @@ _CASCADE = flags.DEFINE_string(
 _STUDENT_DTYPE = flags.DEFINE_enum(
   'student_dtype',
   'float32',
-  ['float32', 'float16'],
+  list(params_io.STORAGE_DTYPES),
   'How the --student parameters are stored: float16 halves their bytes (loading gives '
   'float32; the stages themselves are always float32).',
 )
