@@ -523,6 +523,32 @@ def _student_stages(
   return students
 
 
+def with_student_samplers(
+  students: Mapping[str, Stage], samplers: Mapping[str, str] | None
+) -> dict[str, Stage]:
+  """`students` (by stage name) with the default sampler of some of them replaced:
+  `samplers` maps a stage to 'ddim', 'ancestral' or 'stepback' (few-step students often
+  sample better with the stochastic 'stepback'; which one is measured per stage)."""
+  import dataclasses
+
+  from imagen_video_jax.diffusion.samplers import SAMPLERS
+
+  out = dict(students)
+  for name, sampler in (samplers or {}).items():
+    if name not in out:
+      raise ExportError(
+        f'a sampler for the student of {name!r}, but there is no such student '
+        f'(students: {sorted(out) or "none"})'
+      )
+    if sampler not in SAMPLERS:
+      raise ExportError(
+        f'the sampler of the student of {name!r} is one of {SAMPLERS}, not {sampler!r}'
+      )
+    st = out[name]
+    out[name] = dataclasses.replace(st, sampler=dataclasses.replace(st.sampler, sampler=sampler))
+  return out
+
+
 def add_students(
   cascade_dir: str,
   student_runs: list[str],
@@ -530,9 +556,12 @@ def add_students(
   *,
   weights: str = 'ema',
   student_dtype: str = 'float32',
+  student_samplers: Mapping[str, str] | None = None,
 ) -> str:
   """A copy of the exported cascade `cascade_dir` in `output`, with the students of
-  `student_runs` (distillation workdirs) stored beside the stages they stand in for.
+  `student_runs` (distillation workdirs) stored beside the stages they stand in for, and
+  the default sampler of the students `student_samplers` names set
+  (`with_student_samplers`; the cascade's own students too).
 
   For a cascade whose training runs are gone (a shipped one): its teachers, text encoder,
   vocabulary and world are copied as they are (checked against their digests first), and
@@ -542,8 +571,11 @@ def add_students(
   """
   import shutil
 
-  if not student_runs:
-    raise ExportError('no student to add: give at least one distillation workdir')
+  student_runs = list(student_runs or [])
+  if not student_runs and not student_samplers:
+    raise ExportError(
+      'nothing to change: give a distillation workdir to add, or a student sampler to set'
+    )
   if os.path.exists(os.path.join(output, CASCADE_FILE)):
     raise ExportError(f'{output} already holds a cascade; choose an empty directory')
   path = os.path.join(cascade_dir, CASCADE_FILE)
@@ -567,6 +599,7 @@ def add_students(
         f"{meta['world']}: distil on the cascade's own world (data.bounce)"
       )
     students[st.name] = st
+  students = with_student_samplers(students, student_samplers)
   text = meta.get('text')
   if text:
     src = inside(cascade_dir, text['dir'], f'{path}: the text dir')
@@ -592,13 +625,14 @@ def export_training_runs(
   weights: str = 'ema',
   student_runs: list[str] | None = None,
   student_dtype: str = 'float32',
+  student_samplers: Mapping[str, str] | None = None,
 ) -> str:
   """Exports trained stages (base first, then SR stages) as one sampling cascade.
 
   weights: 'ema' (the default) or 'trained' (`read_training_run`).
   student_runs: distillation workdirs (`python -m imagen_video_jax.distill`), each a
   student of one of the stages, stored beside it (`save_cascade`'s `students`) in
-  `student_dtype`.
+  `student_dtype`; `student_samplers`: their default samplers (`with_student_samplers`).
 
   t5_dir: for runs trained on cached embeddings (`text.source='cache'`), the converted
   T5 that made the cache (checked against it), shipped as the cascade's text encoder.
@@ -619,6 +653,8 @@ def export_training_runs(
   world = training_world([c for c, _, _ in runs + student_cfgs])
   stages = [stage_lib.from_config(c, ema) for c, ema, _ in runs]
   students = _student_stages(student_cfgs, student_runs or [], stages)
+  chosen = with_student_samplers({st.name: st for st in students}, student_samplers)
+  students = [chosen[st.name] for st in students]
   config0 = runs[0][0]
   text_dir, length = None, None
   if any(s.unet.text_dim is not None for s in stages):

@@ -256,7 +256,7 @@ def sampler_from_config(s: Mapping[str, Any] | None) -> SamplerConfig:
   """The `sample` section (sample videos during training, the exported default)."""
   s = _plain(s or {})
   return SamplerConfig(
-    sampler='ddim',
+    sampler=s.get('sampler', 'ddim'),
     steps=int(s.get('steps', 64)),
     guidance=float(s.get('guidance', 1.0)),
     clip=s.get('clip', 'static'),

@@ -6,7 +6,8 @@
 #   launch/distill_digits.sh [--dry-run] [--teacher=checkpoints/digits] [--runs=runs/distill]
 #       [--output=runs/distill/cascade] [--steps=8] [--teacher_steps=32] [--budget_secs=600]
 #       [--phase_steps=0] [--eval_samples=100] [--speed_repeats=2] [--sequential]
-#       [--student_dtype=float16] [--python=.venv/bin/python] [--tiny] [-- DISTILL_FLAGS...]
+#       [--student_dtype=float16] [--student_sampler=STAGE:SAMPLER ...]
+#       [--python=.venv/bin/python] [--tiny] [-- DISTILL_FLAGS...]
 #
 # 1. `train --data_only` makes the cascade's world once, in RUNS/data/ (every phase gets
 #    --data_root=RUNS/data; a --config.data.dir in DISTILL_FLAGS names the world instead);
@@ -17,7 +18,8 @@
 #    every phase runs for --budget_secs of wall clock (--phase_steps=N: N steps instead);
 # 3. `export_cascade --cascade=TEACHER --student=...` writes a copy of the teacher cascade
 #    with the last students beside their stages to --output (which must not hold a cascade),
-#    stored in --student_dtype (float16, as the shipped students; or float32);
+#    stored in --student_dtype (float16, as the shipped students; or float32), each
+#    --student_sampler (repeatable, e.g. ssr:stepback) setting a student's sampler;
 # 4. `evaluate` scores --eval_samples prompts per group (0: skip) twice, the students
 #    (OUTPUT/adherence.json) and the teachers (--teacher, OUTPUT/adherence_teachers.json);
 # 5. benchmarks/sampling_throughput.py times one video end to end, students then teachers
@@ -34,7 +36,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/_digits_common.sh"
 TEACHER='checkpoints/digits' RUNS='runs/distill' OUTPUT='' STEPS=8 TSTEPS=32
 BUDGET=600 PSTEPS=0 EVAL=100 SPEED=2 SEQ=0 DRY=0 TINY='' DTYPE=float16
 PY="${PYTHON:-.venv/bin/python}"
-EXTRA=()
+EXTRA=() SAMPLERS=()
 while (($#)); do
   case "$1" in
     --dry-run) DRY=1 ;;
@@ -49,6 +51,7 @@ while (($#)); do
     --speed_repeats=*) SPEED="${1#*=}" ;;
     --sequential) SEQ=1 ;;
     --student_dtype=*) DTYPE="${1#*=}" ;;
+    --student_sampler=*) SAMPLERS+=("$1") ;;
     --tiny) TINY=',tiny=True' ;;
     --python=*) PY="${1#*=}" ;;
     --) shift; EXTRA+=("$@"); break ;;
@@ -108,6 +111,7 @@ DATA=("$PY" -m imagen_video_jax.train "--config=configs/digits.py:stage=base$TIN
 EXPORT=("$PY" -m imagen_video_jax.export_cascade --cascade="$TEACHER" --output="$OUTPUT"
         --student_dtype="$DTYPE")
 for s in base tsr ssr; do EXPORT+=(--student="$RUNS/$s/steps_$STEPS"); done
+EXPORT+=("${SAMPLERS[@]}")  # export_cascade checks them
 EVAL_S=("$PY" -m imagen_video_jax.evaluate --mode=adherence --checkpoints="$OUTPUT"
         --num_samples="$EVAL" --noprogress --output="$OUTPUT/adherence.json")
 EVAL_T=("${EVAL_S[@]:0:7}" --teacher --output="$OUTPUT/adherence_teachers.json")

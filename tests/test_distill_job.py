@@ -5,6 +5,7 @@ student, exact resume after SIGTERM, export and sampling of the student.
 All on the tiny base stage of configs/digits.py.
 """
 
+import dataclasses
 import json
 import os
 import shutil
@@ -139,6 +140,7 @@ def test_halving_from_the_guidance_student_exports_a_few_step_stage(runs, tmp_pa
     '--student_steps=4',
     '--config.num_steps=3',
     '--config.sample_every=0',
+    '--config.sample.sampler=stepback',
     f'--config.data.dir={data_dir}',
     cwd=ROOT,
     env=_env(),
@@ -151,6 +153,7 @@ def test_halving_from_the_guidance_student_exports_a_few_step_stage(runs, tmp_pa
   with open(out / 'base' / 'stage.json') as f:
     meta = json.load(f)
   assert meta['unet']['guidance_embed'] and meta['sampler']['steps'] == 4
+  assert meta['sampler']['sampler'] == 'stepback'  # the run's sample.sampler
   assert meta['distilled'] == {'phase': 'halving', 'w_min': 0.0, 'w_max': 5.0, 'steps': 4}
   pipe = export.load_cascade(str(out))
   stage = pipe.stages[0]
@@ -278,7 +281,7 @@ def test_students_are_added_to_a_copy_of_an_exported_cascade(runs, tmp_path):
     'export_cascade', f'--cascade={teachers}', f'--student={student}', f'--output={both}'
   )
   assert res.returncode == 0, res.stderr[-3000:]
-  assert 'students: base' in res.stdout
+  assert 'students: base (ddim)' in res.stdout
   assert {p: p.read_bytes() for p in teachers.rglob('*') if p.is_file()} == before  # untouched
   with open(both / 'cascade.json') as f:
     meta = json.load(f)
@@ -346,3 +349,54 @@ def test_students_are_added_to_a_copy_of_an_exported_cascade(runs, tmp_path):
     export.add_students(str(teachers), [student, student], str(tmp_path / 't'))
   with pytest.raises(export.ExportError, match="two students of the stage 'base'"):
     export.export_training_runs([teacher], str(tmp_path / 'u'), student_runs=[student, student])
+
+
+def test_export_sets_a_students_sampler(runs, tmp_path):
+  """`export_cascade --student_sampler=STAGE:SAMPLER`: a student's default sampler chosen
+  at export, for a --student run or a student the --cascade already holds; nothing else
+  in the cascade changes."""
+  _, _, teacher, student, _ = runs
+  both = tmp_path / 'both'
+  res = run_module(
+    'export_cascade', f'--run={teacher}', f'--student={student}', f'--output={both}', env=_env()
+  )
+  assert res.returncode == 0, res.stderr[-3000:]
+  assert export.load_cascade(str(both)).stages[0].sampler.sampler == 'ddim'
+  set_ = tmp_path / 'set'
+  res = run_module(
+    'export_cascade',
+    f'--cascade={both}',
+    '--student_sampler=base:stepback',
+    f'--output={set_}',
+    env=_env(),
+  )
+  assert res.returncode == 0, res.stderr[-3000:]
+  assert 'students: base (stepback)' in res.stdout
+  fast, full = export.load_cascade(str(set_)), export.load_cascade(str(set_), students=False)
+  old = export.load_cascade(str(both))
+  assert fast.stages[0].sampler == dataclasses.replace(old.stages[0].sampler, sampler='stepback')
+  assert full.stages[0].sampler.sampler == 'ddim'  # the teacher keeps its own
+  for d in ('base', 'base_student'):
+    assert (set_ / d / export.PARAMS_FILE).read_bytes() == (
+      both / d / export.PARAMS_FILE
+    ).read_bytes()
+  # With a --student run in the same command (export_training_runs).
+  ran = export.export_training_runs(
+    [teacher], str(tmp_path / 'ran'), student_runs=[student], student_samplers={'base': 'ancestral'}
+  )
+  assert export.load_cascade(ran).stages[0].sampler.sampler == 'ancestral'
+
+  # Refused, with the reason and no traceback.
+  def bad(*flags):
+    r = run_module('export_cascade', *flags, f'--output={tmp_path / "bad"}', env=_env())
+    assert r.returncode != 0 and 'Traceback' not in r.stderr, r.stderr[-2000:]
+    assert not (tmp_path / 'bad' / 'cascade.json').exists()
+    return r.stderr
+
+  assert 'no such student' in bad(f'--cascade={both}', '--student_sampler=ssr:stepback')
+  assert 'STAGE:SAMPLER' in bad(f'--cascade={both}', '--student_sampler=base:euler')
+  assert 'STAGE:SAMPLER' in bad(f'--cascade={both}', '--student_sampler=stepback')
+  assert 'twice' in bad(
+    f'--cascade={both}', '--student_sampler=base:ddim', '--student_sampler=base:stepback'
+  )
+  assert 'no such student' in bad(f'--cascade={set_}', '--student_sampler=tsr:ddim')

@@ -305,6 +305,7 @@ def test_distill_digits_dry_run():
       '--runs=/r',
       '--budget_secs=300',
       '--eval_samples=50',
+      '--student_sampler=base:stepback',
       '--',
       '--config.data.batch_size=8',
     ]
@@ -343,6 +344,7 @@ def test_distill_digits_dry_run():
     '--student=/r/base/steps_8',
     '--student=/r/tsr/steps_8',
     '--student=/r/ssr/steps_8',
+    '--student_sampler=base:stepback',
   ]
   for line, extra in ((students, []), (teachers, ['--teacher'])):
     out = 'adherence_teachers' if extra else 'adherence'

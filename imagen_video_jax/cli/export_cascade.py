@@ -11,6 +11,11 @@ exported cascade instead (e.g. the shipped one, whose training runs are not at h
         --student=runs/distill/base_8 --student=runs/distill/tsr_8 \
         --student=runs/distill/ssr_8 --output=runs/distill/cascade
 
+A student samples with its run's `sample.sampler` (DDIM unless the run set another);
+--student_sampler=STAGE:SAMPLER sets it at export, for a --student or for a student the
+--cascade already holds (e.g. `--student_sampler=base:stepback`, the stochastic sampler
+few-step students often do better with).
+
 Runs are given base first, then each SR stage
 in sampling order; each is a training
 workdir of `python -m imagen_video_jax.train`, read at its latest checkpoint. Runs trained
@@ -50,6 +55,12 @@ _STUDENT_DTYPE = flags.DEFINE_enum(
   'How the --student parameters are stored: float16 halves their bytes (loading gives '
   'float32; the stages themselves are always float32).',
 )
+_STUDENT_SAMPLER = flags.DEFINE_multi_string(
+  'student_sampler',
+  None,
+  "STAGE:SAMPLER, e.g. ssr:stepback: the default sampler of that stage's student (ddim, "
+  'ancestral or stepback; repeat per stage), a --student or one the --cascade holds.',
+)
 _OUTPUT = flags.DEFINE_string('output', None, 'The cascade directory to write.')
 _T5 = flags.DEFINE_string(
   't5',
@@ -86,6 +97,24 @@ def read_vocabulary(path: str) -> list[str]:
   return words
 
 
+def read_student_samplers(values: list[str]) -> dict[str, str]:
+  """--student_sampler's STAGE:SAMPLER values as {stage: sampler}, each stage once."""
+  from imagen_video_jax.diffusion.samplers import SAMPLERS
+
+  out: dict[str, str] = {}
+  for v in values:
+    stage, sep, sampler = v.partition(':')
+    if not sep or not stage or sampler not in SAMPLERS:
+      raise app.UsageError(
+        f'--student_sampler={v}: give STAGE:SAMPLER, the sampler one of {", ".join(SAMPLERS)} '
+        '(e.g. --student_sampler=ssr:stepback)'
+      )
+    if stage in out:
+      raise app.UsageError(f'--student_sampler names the stage {stage!r} twice: give it once')
+    out[stage] = sampler
+  return out
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
@@ -95,8 +124,11 @@ def main(argv):
     raise app.UsageError(
       '--cascade keeps the text encoder and vocabulary it has: drop --t5/--vocabulary'
     )
-  if _CASCADE.value and not _STUDENT.value:
-    raise app.UsageError('--cascade needs at least one --student (a distillation workdir)')
+  if _CASCADE.value and not (_STUDENT.value or _STUDENT_SAMPLER.value):
+    raise app.UsageError(
+      '--cascade needs at least one --student (a distillation workdir) or --student_sampler'
+    )
+  student_samplers = read_student_samplers(_STUDENT_SAMPLER.value or [])
   if not (_RUN.value or _CASCADE.value) or not _OUTPUT.value:
     raise app.UsageError('give --output and at least one --run (base first)')
   # Before anything is read: the output must be a new or empty folder we can write.
@@ -116,6 +148,7 @@ def main(argv):
         _OUTPUT.value,
         weights=_WEIGHTS.value,
         student_dtype=_STUDENT_DTYPE.value,
+        student_samplers=student_samplers,
       )
     else:
       path = export.export_training_runs(
@@ -126,6 +159,7 @@ def main(argv):
         weights=_WEIGHTS.value,
         student_runs=_STUDENT.value,
         student_dtype=_STUDENT_DTYPE.value,
+        student_samplers=student_samplers,
       )
     pipe = export.load_cascade(path)  # proves the export loads
   except (export.ExportError, ValueError, FileNotFoundError) as e:
@@ -133,7 +167,7 @@ def main(argv):
   stages = ', '.join(
     f'{s.name} {s.spec.frames}x{s.spec.height}x{s.spec.width}@{s.fps:g}fps' for s in pipe.stages
   )
-  students = [s.name for s in pipe.stages if s.distilled]
+  students = [f'{s.name} ({s.sampler.sampler})' for s in pipe.stages if s.distilled]
   with_students = f' (students: {", ".join(students)})' if students else ''
   print(f'Exported {stages}{with_students} to {path}')
 

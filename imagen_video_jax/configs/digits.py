@@ -152,8 +152,9 @@ def get_config(arg: str = 'stage=base') -> ml_collections.ConfigDict:
     )
   )
 
+  # sampler: the exported stage's default ('ddim'; 'stepback' for few-step students).
   c.sample = ml_collections.ConfigDict(
-    dict(steps=8 if tiny else 32, guidance=3.0, num=4, clip='static')
+    dict(sampler='ddim', steps=8 if tiny else 32, guidance=3.0, num=4, clip='static')
   )
   c.distill = _common.distill()
   c.mesh = ml_collections.ConfigDict(

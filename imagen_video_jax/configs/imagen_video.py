@@ -196,8 +196,15 @@ def get_config(arg: str = 'stage=base') -> ml_collections.ConfigDict:
     )
   )
 
+  # sampler: the exported stage's default ('ddim'; 'stepback' for few-step students).
   c.sample = ml_collections.ConfigDict(
-    dict(steps=64, guidance=6.0 if stage == 'base' else 3.0, num=4, clip='dynamic')
+    dict(
+      sampler='ddim',
+      steps=64,
+      guidance=6.0 if stage == 'base' else 3.0,
+      num=4,
+      clip='dynamic',
+    )
   )
 
   # Per stage: data-parallel groups and the devices that split one clip (the planned
