@@ -152,9 +152,15 @@ def get_config(arg: str = 'stage=base') -> ml_collections.ConfigDict:
     )
   )
 
-  # sampler: the exported stage's default ('ddim'; 'stepback' for few-step students).
   c.sample = ml_collections.ConfigDict(
-    dict(sampler='ddim', steps=8 if tiny else 32, guidance=3.0, num=4, clip='static')
+    dict(
+      # The exported stage's default sampler: 'ddim', 'ancestral' or 'stepback'.
+      sampler='ddim',
+      steps=8 if tiny else 32,
+      guidance=3.0,
+      num=4,
+      clip='static',
+    )
   )
   c.distill = _common.distill()
   c.mesh = ml_collections.ConfigDict(

@@ -196,9 +196,9 @@ def get_config(arg: str = 'stage=base') -> ml_collections.ConfigDict:
     )
   )
 
-  # sampler: the exported stage's default ('ddim'; 'stepback' for few-step students).
   c.sample = ml_collections.ConfigDict(
     dict(
+      # The exported stage's default sampler: 'ddim', 'ancestral' or 'stepback'.
       sampler='ddim',
       steps=64,
       guidance=6.0 if stage == 'base' else 3.0,
