@@ -27,6 +27,8 @@ SHIPPED = digits_config.CASCADE_DIR
 MAX_BYTES = 40 * 1024 * 1024  # issue #7: the three stages together at most 40 MB
 # Their distilled students, stored in float16 (`export_cascade --student_dtype=float16`).
 MAX_STUDENT_BYTES = 20 * 1024 * 1024
+# Each stage's student: (sampling steps, sampler), as the model card's "Distilled students".
+STUDENTS = {'base': (4, 'stepback'), 'tsr': (4, 'stepback'), 'ssr': (8, 'stepback')}
 
 
 def _size(path):
@@ -43,11 +45,13 @@ def test_shipped_cascade_fits_the_budget_and_matches_the_config():
   teachers = export.load_cascade(SHIPPED, students=False)
   pipe = export.load_cascade(SHIPPED)
   assert [s.name for s in pipe.stages] == list(digits_config.STAGES)
-  # Every stage has a student of 8 steps with guidance folded in (`distill`): sampling
-  # takes it by default.
+  # Every stage has a student with guidance folded in (`distill`), of the steps and
+  # sampler the model card gives: sampling takes it by default.
   assert len(student_dirs) == len(pipe.stages)
   for stage in pipe.stages:
-    assert stage.unet.guidance_embed and stage.distilled['steps'] == stage.sampler.steps == 8
+    steps, sampler = STUDENTS[stage.name]
+    assert stage.unet.guidance_embed and stage.distilled['steps'] == stage.sampler.steps == steps
+    assert stage.sampler.sampler == sampler, stage.name
   for stage in teachers.stages + pipe.stages:
     # The weights a user warm-starts or distils from (`init_from=checkpoints/digits`)
     # must fit the config they train with: same spec, same U-Net, same parameter shapes.
@@ -123,9 +127,10 @@ def test_the_shipped_cascade_draws_the_prompted_digit_and_colour():
   _samples_keep_the_prompt(teachers, os.path.join(DATA, 'shipped_cascade_samples.npz'), STEPS)
 
 
-def test_the_shipped_students_draw_the_prompted_digit_and_colour_in_8_steps():
+def test_the_shipped_students_draw_the_prompted_digit_and_colour_in_few_steps():
   """The distilled students, what `sample`, `make demo` and the notebook use, at their
-  own 8 steps of one forward each (the teachers take 32 steps of two)."""
+  own steps of one forward each (`STUDENTS`: 4, 4 and 8 with the step-back sampler; the
+  teachers take 32 steps of two)."""
   _samples_keep_the_prompt(
     export.load_cascade(SHIPPED), os.path.join(DATA, 'shipped_students_samples.npz')
   )
