@@ -36,6 +36,7 @@ the shapes the stage's U-Net has. Every refusal is an `ExportError` naming the f
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from typing import Any, Mapping
@@ -529,10 +530,6 @@ def with_student_samplers(
   """`students` (by stage name) with the default sampler of some of them replaced:
   `samplers` maps a stage to 'ddim', 'ancestral' or 'stepback' (few-step students often
   sample better with the stochastic 'stepback'; which one is measured per stage)."""
-  import dataclasses
-
-  from imagen_video_jax.diffusion.samplers import SAMPLERS
-
   out = dict(students)
   for name, sampler in (samplers or {}).items():
     if name not in out:
@@ -540,12 +537,12 @@ def with_student_samplers(
         f'a sampler for the student of {name!r}, but there is no such student '
         f'(students: {sorted(out) or "none"})'
       )
-    if sampler not in SAMPLERS:
-      raise ExportError(
-        f'the sampler of the student of {name!r} is one of {SAMPLERS}, not {sampler!r}'
-      )
     st = out[name]
-    out[name] = dataclasses.replace(st, sampler=dataclasses.replace(st.sampler, sampler=sampler))
+    try:  # SamplerConfig validates the name
+      chosen = dataclasses.replace(st.sampler, sampler=sampler)
+    except ValueError as e:
+      raise ExportError(f'the student of {name!r}: {e}') from None
+    out[name] = dataclasses.replace(st, sampler=chosen)
   return out
 
 

@@ -400,3 +400,6 @@ def test_export_sets_a_students_sampler(runs, tmp_path):
     f'--cascade={both}', '--student_sampler=base:ddim', '--student_sampler=base:stepback'
   )
   assert 'no such student' in bad(f'--cascade={set_}', '--student_sampler=tsr:ddim')
+  with pytest.raises(export.ExportError, match="student of 'base': sampler must be one of"):
+    export.add_students(str(both), [], str(tmp_path / 'lib'), student_samplers={'base': 'euler'})
+  assert not (tmp_path / 'lib' / 'cascade.json').exists()
