@@ -43,7 +43,14 @@ CONFIGS = [
 ]
 
 # configs/common.py's helpers -> the section they fill ('' = top-level fields).
-_COMMON_SECTIONS = {'run': '', 'spec': 'spec', 'diffusion': 'diffusion', 'optim': 'optim'}
+_COMMON_SECTIONS = {
+  'run': '',
+  'spec': 'spec',
+  'diffusion': 'diffusion',
+  'optim': 'optim',
+  'distill': 'distill',
+  'frame_cond': 'frame_cond',
+}
 _SKIP_COMMENTS = re.compile(r'#\s*(fmt:|noqa|type:)')
 
 

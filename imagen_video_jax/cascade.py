@@ -22,6 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from imagen_video_jax import io
+from imagen_video_jax.diffusion import frame_cond
 from imagen_video_jax.diffusion.samplers import SamplerConfig
 from imagen_video_jax.sampling import initial_noise, noise_shape, sample_stage
 from imagen_video_jax.stage import Stage
@@ -166,7 +167,8 @@ class CascadePipeline:
     )
 
   def _sampler(self, index: int, cfg: SamplerConfig) -> Callable:
-    """run(params, emb, mask, neg_emb, neg_mask, low, key, z_init, cfg.traced()), jitted."""
+    """run(params, emb, mask, neg_emb, neg_mask, low, key, z_init, cfg.traced(), known,
+    known_frames), jitted."""
     key = (index, cfg.static())  # steps and guidance are run's argument, not its program
     if key not in self._compiled:
       # z_init (the initial noise, `sampling.initial_noise`) is donated: the sampled
@@ -182,7 +184,7 @@ class CascadePipeline:
   def _make_sampler(self, stage: Stage, cfg: SamplerConfig) -> Callable:
     on_step = lambda i: self._on_step(i)  # stable identity: the jit cache is reused
 
-    def run(params, emb, mask, neg_emb, neg_mask, low, key, z_init, traced):
+    def run(params, emb, mask, neg_emb, neg_mask, low, key, z_init, traced, known, known_frames):
       return sample_stage(
         stage,
         params,
@@ -197,9 +199,69 @@ class CascadePipeline:
         on_step=on_step,
         traced=traced,
         z_init=z_init,
+        known=known,
+        known_frames=known_frames,
       )
 
     return run
+
+  def given_frames(
+    self, given: Any, mode: str | None, batch: int
+  ) -> dict[int, tuple[jax.Array, jax.Array]]:
+    """{stage index: (known [batch, T], known_frames [batch, T, H, W, 3])} for the
+    stages that read given frames (`unet.frame_cond`).
+
+    given: one image [H, W, 3] or frames [G, H, W, 3], uint8 (0..255) or float in
+      [-1, 1], at any size (each stage gets them resized to its own).
+    mode: where they go (`diffusion.frame_cond.given_positions`) in the base stage's
+      frames: 'animate' (one image: the first frame; the default for one image),
+      'extend' (the first G frames) or 'interpolate' (every other frame, or the first
+      and last). A TSR stage of factor f has base frame i at its frame i * f.
+    Raises ValueError naming the problem.
+    """
+    frames = np.asarray(given)
+    if frames.ndim == 3:
+      frames = frames[None]
+    if frames.ndim != 4 or frames.shape[-1] != 3 or 0 in frames.shape:
+      raise ValueError(
+        f'given frames must be one RGB image [H, W, 3] or frames [N, H, W, 3]; got shape '
+        f'{tuple(np.shape(given))}'
+      )
+    if frames.dtype == np.uint8:
+      frames = frames.astype(np.float32) / 127.5 - 1.0
+    elif not np.issubdtype(frames.dtype, np.floating):
+      raise ValueError(f'given frames must be uint8 or float in [-1, 1]; got {frames.dtype}')
+    elif not (np.isfinite(frames).all() and np.abs(frames).max() <= 1.0 + 1e-6):
+      raise ValueError('given float frames must be finite and in [-1, 1] (or pass uint8)')
+    readers = [i for i, s in enumerate(self.stages) if s.unet.frame_cond]
+    if not readers:
+      raise ValueError(
+        'no stage of this cascade reads given frames (none was trained with '
+        'model.frame_cond=True): it samples from text only'
+      )
+    if mode is None:
+      if len(frames) != 1:
+        raise ValueError(
+          f"{len(frames)} given frames: say where they go (mode='extend' or 'interpolate')"
+        )
+      mode = 'animate'
+    positions = frame_cond.given_positions(mode, len(frames), self.stages[0].spec.frames)
+    out, stride = {}, 1
+    for i, stage in enumerate(self.stages):
+      if stage.spec.kind == 'tsr':
+        stride *= stage.spec.factor
+      if i not in readers:
+        continue
+      spec = stage.spec
+      sized = jax.image.resize(
+        jnp.asarray(frames), (len(frames), spec.height, spec.width, 3), 'bilinear', antialias=True
+      )
+      known, placed = frame_cond.place(sized[None], positions * stride, spec.frames)
+      out[i] = (
+        jnp.broadcast_to(known, (batch,) + known.shape[1:]),
+        jnp.broadcast_to(placed, (batch,) + placed.shape[1:]),
+      )
+    return out
 
   def __call__(
     self,
@@ -212,6 +274,8 @@ class CascadePipeline:
     return_intermediates: bool = False,
     progress: bool = True,
     strict: bool = False,
+    given: Any = None,
+    mode: str | None = None,
   ) -> CascadeOutput:
     """Samples `num_samples` videos per prompt; returns uint8 videos of the last stage.
 
@@ -219,6 +283,9 @@ class CascadePipeline:
     oscillating guidance, thresholding, sampler), keyed by stage name.
     strict: raise `UnknownPromptError` (before sampling) for prompts `check_prompts`
       reports, instead of an `UnknownPromptWarning`.
+    given, mode: frames every video starts from, goes through or continues (image-to-
+      video, interpolation, extension; see `given_frames`), for the stages trained with
+      frame conditioning.
     """
     prompts = [prompts] if isinstance(prompts, str) else list(prompts)
     if not prompts or num_samples < 1:
@@ -237,6 +304,9 @@ class CascadePipeline:
     # Padded with copies of the last prompt; every row's noise is its own slice of one
     # draw (threefry is partitionable), so a real row samples the same padded or not.
     padded = batch_prompts + batch_prompts[-1:] * (batch_bucket(n) - n)
+    if given is None and mode is not None:
+      raise ValueError(f'mode={mode!r} without given frames: pass given=')
+    given_by_stage = {} if given is None else self.given_frames(given, mode, len(padded))
     emb = mask = neg_emb = neg_mask = None
     if self.text_encoder is not None:
       emb, mask = (jnp.asarray(a) for a in self.text_encoder(padded))
@@ -263,6 +333,7 @@ class CascadePipeline:
           key_i,
           _initial_noise(key_i, noise_shape(stage, len(padded))),
           cfg.traced(),
+          *given_by_stage.get(i, (None, None)),
         )
         video = jax.block_until_ready(video)
       finally:

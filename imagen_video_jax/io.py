@@ -120,6 +120,35 @@ def read_gif(path: str) -> np.ndarray:
     return np.stack([np.asarray(f.convert('RGB')) for f in ImageSequence.Iterator(im)])
 
 
+IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.bmp', '.webp')
+VIDEO_EXTENSIONS = ('.mp4', '.mov', '.webm', '.avi', '.mkv', '.gif')
+
+
+def read_frames(path: str) -> np.ndarray:
+  """An image or a video file as uint8 frames [N, H, W, 3] (N = 1 for an image), by its
+  extension (IMAGE_EXTENSIONS, VIDEO_EXTENSIONS). Raises FileNotFoundError or ValueError
+  naming the problem."""
+  from PIL import Image, UnidentifiedImageError
+
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f'no file at {path}')
+  ext = os.path.splitext(path)[1].lower()
+  try:
+    if ext in IMAGE_EXTENSIONS:
+      with Image.open(path) as im:
+        return np.asarray(im.convert('RGB'))[None]
+    if ext == '.gif':
+      return read_gif(path)
+    if ext in VIDEO_EXTENSIONS:
+      return read_mp4(path)[0]
+  except (OSError, UnidentifiedImageError, RuntimeError) as e:
+    raise ValueError(f'cannot read {path}: {e}') from None
+  raise ValueError(
+    f'{path}: unknown file type {ext!r}; use an image ({", ".join(IMAGE_EXTENSIONS)}) '
+    f'or a video ({", ".join(VIDEO_EXTENSIONS)})'
+  )
+
+
 def contact_sheet(video: np.ndarray, *, columns: int | None = None, gap: int = 1) -> np.ndarray:
   """All frames tiled left-to-right, top-to-bottom on a black grid: uint8 [H', W', 3]."""
   video = _check(video)

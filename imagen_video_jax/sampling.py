@@ -68,6 +68,8 @@ def sample_stage(
   low: jax.Array | None = None,
   cond: jax.Array | None = None,
   frame_ids: jax.Array | None = None,
+  known: jax.Array | None = None,
+  known_frames: jax.Array | None = None,
   sampler: SamplerConfig | None = None,
   on_step: Callable[[Any], None] | None = None,
   traced: samplers.Traced | None = None,
@@ -84,6 +86,9 @@ def sample_stage(
     low: SR stages: the video below, [B, T', H', W', C] at the previous stage's size;
       or `cond`: the conditioning already at this stage's size (training batches).
     frame_ids: [B, T] clip ids of packed image rows (None: every row one video).
+    known, known_frames: [B, T] / [B, T, H, W, C] frames given to a `frame_cond` stage
+      (`diffusion/frame_cond.py`), at this stage's size in [-1, 1]; both halves of a
+      guided forward see them.
     sampler: default `stage.sampler`.
     traced: its steps and guidance as (traced) values, see `samplers.sample`.
     z_init: the initial noise, `initial_noise(key, noise_shape(stage, batch_size))`
@@ -105,11 +110,17 @@ def sample_stage(
     if unet.cond_augment:
       cond_logsnr = jnp.full((batch_size,), aug_logsnr)
 
+  if (known is not None) and not unet.frame_cond:
+    raise ValueError(f'stage {stage.name} takes no given frames (its U-Net has no frame_cond)')
+  given = dict(known=known, known_frames=known_frames) if unet.frame_cond else {}
+
   if unet.text_dim is None:
 
     def denoise(z, logsnr, w):
       del w
-      return model.apply({'params': params}, z, logsnr, None, None, frame_ids, cond, cond_logsnr)
+      return model.apply(
+        {'params': params}, z, logsnr, None, None, frame_ids, cond, cond_logsnr, **given
+      )
   elif text_emb is None:
     raise ValueError(f'stage {stage.name} reads text: pass text_emb and text_mask')
   elif unet.guidance_embed:
@@ -122,14 +133,26 @@ def sample_stage(
     def denoise(z, logsnr, w):
       w = jnp.full((z.shape[0],), w, jnp.float32)
       return model.apply(
-        {'params': params}, z, logsnr, text_emb, text_mask, frame_ids, cond, cond_logsnr, guidance=w
+        {'params': params},
+        z,
+        logsnr,
+        text_emb,
+        text_mask,
+        frame_ids,
+        cond,
+        cond_logsnr,
+        guidance=w,
+        **given,
       )
   else:
     double = lambda a: None if a is None else jnp.concatenate([a, a])  # cond + uncond halves
     cond2, cond_logsnr2, frame_ids2 = double(cond), double(cond_logsnr), double(frame_ids)
+    given2 = {k: double(v) for k, v in given.items()}
 
     def apply(z, logsnr, e, m):
-      return model.apply({'params': params}, z, logsnr, e, m, frame_ids2, cond2, cond_logsnr2)
+      return model.apply(
+        {'params': params}, z, logsnr, e, m, frame_ids2, cond2, cond_logsnr2, **given2
+      )
 
     denoise = samplers.guided_denoiser(apply, text_emb, text_mask, neg_text_emb, neg_text_mask)
   return samplers.sample(

@@ -51,7 +51,7 @@ def _fake_text_encoder(prompts):
   return emb, mask
 
 
-def _stage(name, spec, sr, seed, fps):
+def _stage(name, spec, sr, seed, fps, frame_cond=False):
   cfg = unet_lib.UNetConfig(
     levels=(
       unet_lib.LevelConfig(8, 1, temporal='attention' if not sr else 'conv', cross_attention=True),
@@ -61,6 +61,7 @@ def _stage(name, spec, sr, seed, fps):
     head_dim=8,
     cond_channels=3 if sr else 0,
     cond_augment=sr,
+    frame_cond=frame_cond,
   )
   params = jax.jit(
     lambda k: nn.unbox(

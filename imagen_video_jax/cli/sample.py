@@ -3,10 +3,16 @@ r"""Sample videos from a prompt with an exported cascade.
     python -m imagen_video_jax.sample --config=configs/digits.py \
         --prompt="a red 3 moving left" --output=outputs/demo.mp4 [--seed=0] \
         [--num_samples=1] [--steps=N] [--guidance=W] [--sampler=ddim|ancestral|stepback] [--scale=4]
+        [--init_image=FILE | --init_video=FILE --mode=extend|interpolate]
 
 --config=FILE samples the cascade that config file ships (its CASCADE or CASCADE_DIR);
 --checkpoints=DIR a cascade of your own (`export_cascade` writes one). Writes OUTPUT (.mp4), and beside it the same stem as .gif and .png (contact sheet);
 with --num_samples > 1, stem_0.mp4, stem_1.mp4, ...
+
+--init_image animates an image (it becomes the first frame); --init_video with
+--mode=extend continues its frames, with --mode=interpolate fills in between them (every
+other frame, or the first and last). Both need a cascade trained with frame conditioning
+(`model.frame_cond`).
 
 A prompt with words the cascade was never trained on (the words its cascade.json
 records, e.g. the Moving Digits grammar; for an open vocabulary, a prompt whose words
@@ -54,6 +60,20 @@ _TEACHER = flags.DEFINE_bool(
   False,
   "Sample each stage's full (teacher) model even where the cascade holds a distilled "
   'few-step student of it (students are sampled by default).',
+)
+_INIT_IMAGE = flags.DEFINE_string(
+  'init_image', None, 'Animate this image (png, jpg, ...): it is the first frame.'
+)
+_INIT_VIDEO = flags.DEFINE_string(
+  'init_video', None, 'Frames to extend or interpolate (mp4, gif, ...); see --mode.'
+)
+_MODE = flags.DEFINE_enum(
+  'mode',
+  None,
+  ['animate', 'extend', 'interpolate'],
+  'Where the given frames go: animate (--init_image, the default for it), extend (the '
+  'first frames), interpolate (every other frame, or the first and last). In the base '
+  "stage's frames.",
 )
 _PROGRESS = flags.DEFINE_bool('progress', True, 'Progress bars.')
 _STRICT = flags.DEFINE_bool(
@@ -122,6 +142,16 @@ def check_flags() -> dict:
       except ValueError as e:
         raise checks.Refusal(f'--{name}={value}: {e}') from None
       overrides[name] = value
+  if _INIT_IMAGE.value and _INIT_VIDEO.value:
+    raise checks.Refusal('give --init_image or --init_video, not both')
+  if _INIT_IMAGE.value and _MODE.value not in (None, 'animate'):
+    raise checks.Refusal(
+      f'--mode={_MODE.value} takes --init_video (frames); --init_image is animated'
+    )
+  if _INIT_VIDEO.value and _MODE.value not in ('extend', 'interpolate'):
+    raise checks.Refusal('--init_video needs --mode=extend or --mode=interpolate')
+  if _MODE.value and not (_INIT_IMAGE.value or _INIT_VIDEO.value):
+    raise checks.Refusal(f'--mode={_MODE.value} needs --init_image or --init_video')
   checks.check_writable_parent('output', _OUTPUT.value)
   paths = output_paths(_OUTPUT.value, len(_PROMPT.value) * _NUM_SAMPLES.value)
   for p in paths:
@@ -173,6 +203,23 @@ def main(argv):
       f'--negative_prompt: the distilled students ({", ".join(students)}) fold guidance into '
       'one forward and take no negative prompt; add --teacher to sample the full stages'
     )
+  given = None
+  if _INIT_IMAGE.value or _INIT_VIDEO.value:
+    from imagen_video_jax import io
+
+    flag, path = (
+      ('init_image', _INIT_IMAGE.value) if _INIT_IMAGE.value else ('init_video', _INIT_VIDEO.value)
+    )
+    try:
+      given = io.read_frames(path)
+      if flag == 'init_image' and len(given) != 1:
+        raise ValueError(f'{path} holds {len(given)} frames: pass a video as --init_video')
+      pipe.given_frames(given, _MODE.value, 1)  # where they go and whether a stage reads them
+    except (FileNotFoundError, ValueError) as e:
+      hint = ''
+      if 'no stage of this cascade reads given frames' in str(e) and students:
+        hint = ' (the distilled students may lack what the stages have: try --teacher)'
+      raise checks.Refusal(f'--{flag}={path}: {e}{hint}') from None
   problem = pipe.check_prompts(_PROMPT.value + negative)
   if problem and _STRICT.value:
     raise checks.Refusal(f'{problem}. Nothing was written (--strict).')
@@ -189,6 +236,8 @@ def main(argv):
         seed=_SEED.value,
         samplers_by_stage=per_stage,
         progress=_PROGRESS.value,
+        given=given,
+        mode=_MODE.value,
       )
   except NonFiniteSampleError as e:
     raise checks.Refusal(f'{e}; nothing was written') from None

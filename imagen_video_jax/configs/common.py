@@ -98,8 +98,9 @@ def diffusion(**overrides) -> ml_collections.ConfigDict:
 
 
 def distill(**overrides) -> ml_collections.ConfigDict:
-  """The distillation section (`python -m imagen_video_jax.distill` sets it; see
-  diffusion/distill.py). phase '' is plain training."""
+  """Distillation (diffusion/distill.py); `python -m imagen_video_jax.distill` sets it.
+
+  phase '' is plain training."""
   return ml_collections.ConfigDict(
     dict(
       phase='',  # '' | 'guidance' (fold guidance into the student) | 'halving' (2 steps -> 1)
@@ -107,6 +108,22 @@ def distill(**overrides) -> ml_collections.ConfigDict:
       w_min=0.0,  # guidance weights are drawn uniformly from [w_min, w_max]
       w_max=5.0,
       student_steps=8,  # halving: the student's DDIM steps (its teacher's: twice as many)
+      **overrides,
+    )
+  )
+
+
+def frame_cond(**overrides) -> ml_collections.ConfigDict:
+  """Given frames in training (diffusion/frame_cond.py), read when model.frame_cond is set."""
+  return ml_collections.ConfigDict(
+    dict(
+      # The fraction of video rows trained with given frames (the rest: text only).
+      p=0.5,
+      # Which frames are given, drawn uniformly (comma-separated): first, first_k,
+      # every_other, ends.
+      patterns='first,first_k,every_other,ends',
+      # The largest k of first_k (0: half the clip's frames).
+      max_known=0,
       **overrides,
     )
   )

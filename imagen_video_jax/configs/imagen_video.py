@@ -165,6 +165,9 @@ def get_config(arg: str = 'stage=base') -> ml_collections.ConfigDict:
       attention='auto',
       # The network also reads the guidance weight: a guided-distillation student.
       guidance_embed=False,
+      # The network also reads given frames (`frame_cond` section): image-to-video,
+      # extension and interpolation by one model.
+      frame_cond=False,
     )
   )
 
@@ -212,6 +215,7 @@ def get_config(arg: str = 'stage=base') -> ml_collections.ConfigDict:
   # --config.mesh.data=4 for 4 data-parallel groups, and dcn_data=NUM_SLICES for
   # multi-slice TPU (see imagen_video_jax.parallel).
   c.distill = _common.distill()
+  c.frame_cond = _common.frame_cond()
   c.mesh = ml_collections.ConfigDict(
     dict(
       data=data,

@@ -82,6 +82,14 @@ class UNetConfig:
       [B] (an embedding added to the conditioning vector, zero at initialisation): the
       student of guided distillation (`diffusion/distill.py`), which computes in one
       forward what the guided teacher computes in two.
+    frame_cond: the network also reads given frames (Make-A-Video's masked frame
+      conditioning, `diffusion/frame_cond.py`): `known` [B, T] (which frames are given)
+      and `known_frames` [B, T, H, W, C] (zero where not given), as 1 + C more input
+      channels of the first convolution. They have their own zero-initialised kernel
+      (`FRAME_CONDITIONING`, summed with `conv_in`'s output: the same linear map as a
+      wider `conv_in`), so a network warm-started from one without frame conditioning
+      computes what it did (to float rounding) until it is trained, and with no frame
+      given (`known` None or all False) it reads nothing but its bias.
   """
 
   levels: tuple[LevelConfig, ...]
@@ -100,6 +108,7 @@ class UNetConfig:
   scan_blocks: bool = False
   attention: str = 'auto'
   guidance_embed: bool = False
+  frame_cond: bool = False
 
   def __post_init__(self):
     levels = tuple(l if isinstance(l, LevelConfig) else LevelConfig(**l) for l in self.levels)
@@ -189,6 +198,24 @@ class UNetConfig:
         raise ValueError('the model is text-conditioned: pass text_emb and text_mask')
       if text_shape[-1] != self.text_dim:
         raise ValueError(f'text_emb width {text_shape[-1]} != config text_dim {self.text_dim}')
+
+
+def frame_cond_channels(x_BTHWC, known_BT=None, known_frames_BTHWC=None) -> jax.Array:
+  """The 1 + C channels a `frame_cond` U-Net reads: the given frames (zero where not
+  given) and the mask, [B, T, H, W, C + 1]; all zero when `known_BT` is None."""
+  b, t, h, w, c = x_BTHWC.shape
+  if known_BT is None:
+    if known_frames_BTHWC is not None:
+      raise ValueError('known_frames given without known [B, T] (which frames are given)')
+    return jnp.zeros((b, t, h, w, c + 1), jnp.float32)
+  if tuple(known_BT.shape) != (b, t):
+    raise ValueError(f'known must be [B, T] = {(b, t)}; got {tuple(known_BT.shape)}')
+  if known_frames_BTHWC is None or tuple(known_frames_BTHWC.shape) != (b, t, h, w, c):
+    got = None if known_frames_BTHWC is None else tuple(known_frames_BTHWC.shape)
+    raise ValueError(f'known_frames must be [B, T, H, W, C] = {(b, t, h, w, c)}; got {got}')
+  k = known_BT.astype(jnp.float32)[:, :, None, None, None]
+  frames = jnp.asarray(known_frames_BTHWC, jnp.float32) * k
+  return jnp.concatenate([frames, jnp.broadcast_to(k, (b, t, h, w, 1))], axis=-1)
 
 
 def upsample_nearest(x_BTHWC: jax.Array) -> jax.Array:
@@ -286,6 +313,9 @@ class _ScanBlock(Block):
 # The module name of the guidance-weight embedding (`UNetConfig.guidance_embed`).
 GUIDANCE_EMBEDDING = 'guidance_emb'
 
+# The module name of the frame-conditioning input convolution (`UNetConfig.frame_cond`).
+FRAME_CONDITIONING = 'frame_cond_in'
+
 # The module names of the temporal layers (Block): all an image U-Net of the same
 # config but `temporal='none'` lacks, and what `optim.trainable='temporal'` trains.
 TEMPORAL_LAYERS = ('temporal_attn', 'temporal_conv')
@@ -380,6 +410,8 @@ class VideoUNet(nn.Module):
     cond: [B, T, H, W, Cc] low-res video at the output size (super-resolution stages).
     cond_logsnr: [B] noise-augmentation level of `cond`.
     guidance: [B] guidance weight (only with `guidance_embed`).
+    known: [B, T] bool, the frames given (only with `frame_cond`; default none).
+    known_frames: [B, T, H, W, C] those frames' pixels (ignored where not `known`).
   Returns [B, T, H, W, C] float32.
   """
 
@@ -397,6 +429,8 @@ class VideoUNet(nn.Module):
     cond_logsnr=None,
     *,
     guidance=None,
+    known=None,
+    known_frames=None,
     train: bool = False,
   ):
     cfg = self.config
@@ -441,6 +475,12 @@ class VideoUNet(nn.Module):
     if cfg.cond_channels:
       h = jnp.concatenate([h, cond.astype(dt)], axis=-1)
     h = layers.conv(cfg.levels[0].channels, (1, 3, 3), dtype=dt, name='conv_in')(h)
+    if cfg.frame_cond:
+      h = h + layers.conv(
+        cfg.levels[0].channels, (1, 3, 3), dtype=dt, zero=True, name=FRAME_CONDITIONING
+      )(frame_cond_channels(x, known, known_frames).astype(dt))
+    elif known is not None or known_frames is not None:
+      raise ValueError('known frames given, but this U-Net has no frame_cond')
     # Pins the activations' layout (batch; frames and rows split over the mesh's `time`
     # and `space` axes where it has them); a no-op without a global mesh.
     h = parallel.constrain(h, _ACT_AXES)

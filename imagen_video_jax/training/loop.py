@@ -27,6 +27,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 from imagen_video_jax import parallel, stage as stage_lib
 from imagen_video_jax.data import pipeline as pipeline_lib
 from imagen_video_jax.data import prepare
+from imagen_video_jax.diffusion import frame_cond as frame_cond_lib
 from imagen_video_jax.models import t5 as t5_lib
 from imagen_video_jax.models import unet as unet_lib
 from imagen_video_jax.training import checkpointing, metrics as metrics_lib, state as state_lib
@@ -112,6 +113,11 @@ def validate(config) -> stage_lib.Stage:
   if config.text.source not in ('t5_random', 't5', 'cache'):
     problems.append(f"text.source {config.text.source!r}: use 't5_random', 't5' or 'cache'")
   problems += distill_problems(config, model)
+  if model.frame_cond:
+    try:
+      frame_cond_lib.FrameCondConfig.from_config(config.frame_cond)
+    except (TypeError, ValueError, KeyError, AttributeError) as e:
+      problems.append(str(e))
   if problems:
     raise ConfigError('invalid config: ' + '; '.join(problems))
   return stage
@@ -470,6 +476,11 @@ def make_teacher(config, model_cfg, spec, mesh, rules):
       str(config.distill.teacher), config.stage, student=phase == 'halving'
     )
     params = warm_start.fit_params(source, scanned, abstract, cfg, origin)
+    if warm_start.fresh_names(params, abstract):  # a frame_cond student's teacher lacks it
+      raise warm_start.WarmStartError(
+        f'init_from: {origin} has no frame conditioning (model.frame_cond), which the '
+        'student has: distil a frame-conditioned stage'
+      )
   except warm_start.WarmStartError as e:
     hint = (
       " (a halving phase's teacher reads the guidance weight: a guidance phase's "

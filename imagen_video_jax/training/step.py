@@ -23,7 +23,7 @@ import optax
 
 from imagen_video_jax import sampling
 from imagen_video_jax import stage as stage_lib
-from imagen_video_jax.diffusion import distill, objectives
+from imagen_video_jax.diffusion import distill, frame_cond, objectives
 from imagen_video_jax.models import t5 as t5_lib
 from imagen_video_jax.models import unet as unet_lib
 from imagen_video_jax.stage import Stage
@@ -99,6 +99,10 @@ def make_train_step(
   inflated = warm_started and bool(config.get('init_inflate', False))
   trainable = str(config.optim.get('trainable', 'all'))
   phase, distill_cfg = distill_config(config)
+  # Frame conditioning (`diffusion/frame_cond.py`): rows train with given frames.
+  given_cfg = None
+  if config.model.get('frame_cond', False):
+    given_cfg = frame_cond.FrameCondConfig.from_config(config.frame_cond)
   if phase and teacher_model is None:
     raise ValueError(f'distill.phase={phase!r}: pass the teacher_model')
 
@@ -128,6 +132,13 @@ def make_train_step(
       )
       cond = objectives.noise_augment(k_aug, batch['cond'], cond_logsnr)
 
+    known = known_frames = None
+    if given_cfg is not None:
+      # Its own stream (a fold-in, not a seventh split): every other draw stays as it was.
+      known = frame_cond.draw_known(jax.random.fold_in(key, 7), fids, given_cfg)
+      known_frames = jnp.where(known[:, :, None, None, None], x, 0.0)
+    given = dict(known=known, known_frames=known_frames) if given_cfg is not None else {}
+
     def student(params, z, logsnr, **w):
       """The model being trained (with `guidance=w`: a distillation's student)."""
       return model.apply(
@@ -141,13 +152,24 @@ def make_train_step(
         cond_logsnr,
         train=True,
         rngs={'dropout': k_dropout},
+        **given,
         **w,
       )
 
     def distill_loss(params):
       def teacher(z, logsnr, emb, mask, **w):
+        # A frame-conditioned teacher sees the student's given frames.
         out = teacher_model.apply(
-          {'params': teacher_params}, z, logsnr, emb, mask, fids, cond, cond_logsnr, **w
+          {'params': teacher_params},
+          z,
+          logsnr,
+          emb,
+          mask,
+          fids,
+          cond,
+          cond_logsnr,
+          **(given if teacher_model.config.frame_cond else {}),
+          **w,
         )
         return jax.lax.stop_gradient(out)
 

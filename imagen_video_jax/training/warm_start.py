@@ -102,6 +102,8 @@ def fit_params(
   family); those stay out of the result (see `fresh_names`), anything else is a misfit.
   guidance: the source may lack the guidance embedding (a guided-distillation student
   starting from its teacher); it stays fresh (zero: the student starts as the teacher).
+  A `frame_cond` model may start from a source without frame conditioning: its
+  frame-conditioning kernel stays fresh (zero: it computes what the source did).
   """
   if source_scanned != bool(model_cfg.scan_blocks):
     convert = unet_lib.scan_params if model_cfg.scan_blocks else unet_lib.unscan_params
@@ -118,6 +120,8 @@ def fit_params(
     missing = [k for k in missing if not unet_lib.is_temporal(k)]
   if guidance:
     missing = [k for k in missing if k.split('/')[0] != unet_lib.GUIDANCE_EMBEDDING]
+  if model_cfg.frame_cond:
+    missing = [k for k in missing if k.split('/')[0] != unet_lib.FRAME_CONDITIONING]
   problems = [f'{k} missing' for k in missing]
   problems += [f'{k} unexpected' for k in sorted(set(have) - set(want))]
   problems += [
