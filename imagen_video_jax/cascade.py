@@ -206,26 +206,35 @@ class CascadePipeline:
     return run
 
   def given_frames(
-    self, given: Any, mode: str | None, batch: int
+    self, given: Any, mode: str | None, rows: int | Sequence[int]
   ) -> dict[int, tuple[jax.Array, jax.Array]]:
-    """{stage index: (known [batch, T], known_frames [batch, T, H, W, 3])} for the
-    stages that read given frames (`unet.frame_cond`).
+    """{stage index: (known [B, T], known_frames [B, T, H, W, 3])} for the stages that
+    read given frames (`unet.frame_cond`), B the batch's rows.
 
-    given: one image [H, W, 3] or frames [G, H, W, 3], uint8 (0..255) or float in
-      [-1, 1], at any size (each stage gets them resized to its own).
+    given: one image [H, W, 3] or frames [G, H, W, 3] for every row; or one set per
+      prompt, [P, G, H, W, 3]. uint8 (0..255) or float in [-1, 1], at any size (each
+      stage gets them resized to its own).
     mode: where they go (`diffusion.frame_cond.given_positions`) in the base stage's
       frames: 'animate' (one image: the first frame; the default for one image),
-      'extend' (the first G frames) or 'interpolate' (every other frame, or the first
-      and last). A TSR stage of factor f has base frame i at its frame i * f.
+      'extend' (the first G frames) or 'interpolate' (the first and last, or every other
+      frame). A TSR stage of factor f has base frame i at its frame i * f.
+    rows: the batch size B (one set for every row), or each row's prompt (per-prompt sets).
     Raises ValueError naming the problem.
     """
     frames = np.asarray(given)
-    if frames.ndim == 3:
-      frames = frames[None]
-    if frames.ndim != 4 or frames.shape[-1] != 3 or 0 in frames.shape:
+    if frames.ndim in (3, 4):
+      frames = frames[None, None] if frames.ndim == 3 else frames[None]
+      rows = np.zeros(rows if isinstance(rows, int) else len(rows), int)
+    elif frames.ndim == 5 and not isinstance(rows, int) and len(frames) > max(rows):
+      rows = np.asarray(rows)
+    else:
       raise ValueError(
-        f'given frames must be one RGB image [H, W, 3] or frames [N, H, W, 3]; got shape '
-        f'{tuple(np.shape(given))}'
+        'given frames must be one RGB image [H, W, 3], frames [G, H, W, 3], or a set per '
+        f'prompt [P, G, H, W, 3]; got shape {tuple(np.shape(given))}'
+      )
+    if frames.shape[-1] != 3 or 0 in frames.shape:
+      raise ValueError(
+        f'given frames must be RGB (3 channels, none empty); got shape {tuple(np.shape(given))}'
       )
     if frames.dtype == np.uint8:
       frames = frames.astype(np.float32) / 127.5 - 1.0
@@ -239,13 +248,12 @@ class CascadePipeline:
         'no stage of this cascade reads given frames (none was trained with '
         'model.frame_cond=True): it samples from text only'
       )
+    sets, num = frames.shape[:2]
     if mode is None:
-      if len(frames) != 1:
-        raise ValueError(
-          f"{len(frames)} given frames: say where they go (mode='extend' or 'interpolate')"
-        )
+      if num != 1:
+        raise ValueError(f"{num} given frames: say where they go (mode='extend' or 'interpolate')")
       mode = 'animate'
-    positions = frame_cond.given_positions(mode, len(frames), self.stages[0].spec.frames)
+    positions = frame_cond.given_positions(mode, num, self.stages[0].spec.frames)
     out, stride = {}, 1
     for i, stage in enumerate(self.stages):
       if stage.spec.kind == 'tsr':
@@ -253,14 +261,12 @@ class CascadePipeline:
       if i not in readers:
         continue
       spec = stage.spec
+      flat = frames.reshape((sets * num,) + frames.shape[2:])
       sized = jax.image.resize(
-        jnp.asarray(frames), (len(frames), spec.height, spec.width, 3), 'bilinear', antialias=True
-      )
-      known, placed = frame_cond.place(sized[None], positions * stride, spec.frames)
-      out[i] = (
-        jnp.broadcast_to(known, (batch,) + known.shape[1:]),
-        jnp.broadcast_to(placed, (batch,) + placed.shape[1:]),
-      )
+        jnp.asarray(flat), (sets * num, spec.height, spec.width, 3), 'bilinear', antialias=True
+      ).reshape(sets, num, spec.height, spec.width, 3)
+      known, placed = frame_cond.place(sized, positions * stride, spec.frames)
+      out[i] = (known[rows], placed[rows])
     return out
 
   def __call__(
@@ -283,9 +289,9 @@ class CascadePipeline:
     oscillating guidance, thresholding, sampler), keyed by stage name.
     strict: raise `UnknownPromptError` (before sampling) for prompts `check_prompts`
       reports, instead of an `UnknownPromptWarning`.
-    given, mode: frames every video starts from, goes through or continues (image-to-
-      video, interpolation, extension; see `given_frames`), for the stages trained with
-      frame conditioning.
+    given, mode: frames every video (or, [P, G, H, W, 3], each prompt's videos) starts
+      from, goes through or continues (image-to-video, interpolation, extension; see
+      `given_frames`), for the stages trained with frame conditioning.
     """
     prompts = [prompts] if isinstance(prompts, str) else list(prompts)
     if not prompts or num_samples < 1:
@@ -306,7 +312,13 @@ class CascadePipeline:
     padded = batch_prompts + batch_prompts[-1:] * (batch_bucket(n) - n)
     if given is None and mode is not None:
       raise ValueError(f'mode={mode!r} without given frames: pass given=')
-    given_by_stage = {} if given is None else self.given_frames(given, mode, len(padded))
+    given_by_stage = {}
+    if given is not None:
+      rows = [p for p in range(len(prompts)) for _ in range(num_samples)]
+      rows += rows[-1:] * (len(padded) - n)
+      if np.ndim(given) == 5 and len(given) != len(prompts):
+        raise ValueError(f'{len(given)} sets of given frames for {len(prompts)} prompts')
+      given_by_stage = self.given_frames(given, mode, rows)
     emb = mask = neg_emb = neg_mask = None
     if self.text_encoder is not None:
       emb, mask = (jnp.asarray(a) for a in self.text_encoder(padded))

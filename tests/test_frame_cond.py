@@ -352,10 +352,22 @@ def test_the_cascade_gives_each_frame_conditioned_stage_the_frames_at_its_size()
   assert np.abs(out.videos.astype(int) - plain.videos).max() > 0
   assert np.abs(out.videos.astype(int) - other.videos).max() > 0
 
+  # One set per prompt: the same sets as one shared set, the same videos; another set
+  # for the second prompt changes only its videos.
+  prompts = ['a red 3', 'a blue 7']
+  shared = pipe(prompts, seed=1, num_samples=2, given=clip[0], progress=False).videos
+  per = pipe(prompts, seed=1, num_samples=2, given=clip[:1, None].repeat(2, 0), progress=False)
+  np.testing.assert_array_equal(per.videos, shared)
+  sets = np.stack([clip[:1], 255 - clip[:1]])
+  mixed = pipe(prompts, seed=1, num_samples=2, given=sets, progress=False).videos
+  np.testing.assert_array_equal(mixed[:2], shared[:2])
+  assert np.abs(mixed[2:].astype(int) - shared[2:]).max() > 0
+
   for kwargs, msg in (
+    (dict(given=sets[:1].repeat(3, 0)), '3 sets of given frames for 1 prompts'),
     (dict(given=clip), 'say where they go'),
     (dict(given=clip[:1], mode='interpolate'), 'interpolate takes 2 frames'),
-    (dict(given=clip[..., :2]), 'one RGB image'),
+    (dict(given=clip[..., :2]), 'must be RGB'),
     (dict(given=clip.astype(np.float32)), r'in \[-1, 1\]'),
     (dict(mode='animate'), 'without given frames'),
   ):
@@ -435,6 +447,16 @@ def test_a_frame_conditioned_run_warm_starts_from_a_plain_one_and_samples_from_a
   plain_video = pipe('a red 3 moving left', seed=2, progress=False).videos[0]
   assert np.abs(plain_video.astype(int) - want.videos[0]).max() > 0  # the image was read
 
+  # The evaluation from real clips' first frames (what `evaluate --given=animate` runs).
+  from imagen_video_jax.evaluation import judge as judge_lib, metrics
+
+  report = metrics.evaluate_cascade(
+    pipe, judge_lib.load_judge(), num_samples=2, given='animate', batch_size=4, progress=False
+  )
+  assert report['train_combinations']['num'] == report['held_out_combinations']['num'] == 2
+  assert report['given']['clip_frames'] == [0] and report['given']['num_given'] == 1
+  assert set(report['given']['mean_abs_error_by_stage']) == {'base'}
+
   (tmp_path / 'notes.txt').write_text('x')
   refused = tmp_path / 'refused' / 'v.mp4'
   for flags, msg in (
@@ -456,3 +478,40 @@ def test_a_frame_conditioned_run_warm_starts_from_a_plain_one_and_samples_from_a
   res = sample(plain_path, f'--init_image={tmp_path / "start.png"}', out=refused)
   assert res.returncode == 1 and 'no stage of this cascade reads given frames' in res.stderr
   assert not refused.parent.exists()  # nothing written
+
+
+def test_given_frame_errors_measure_what_each_stage_hands_back():
+  from types import SimpleNamespace
+
+  from imagen_video_jax.evaluation import metrics
+  from imagen_video_jax.stage import StageSpec
+
+  stages = [
+    SimpleNamespace(name='base', spec=StageSpec(frames=4, height=8, width=8)),
+    SimpleNamespace(name='tsr', spec=StageSpec(frames=8, height=8, width=8, kind='tsr', factor=2)),
+    SimpleNamespace(
+      name='ssr', spec=StageSpec(frames=8, height=16, width=16, kind='ssr', factor=2)
+    ),
+  ]
+  pipe = SimpleNamespace(stages=stages)
+  rng = np.random.default_rng(0)
+  clips = rng.integers(0, 256, (3, 8, 16, 16, 3)).astype(np.uint8)
+  frames, at = metrics.given_clip_frames(pipe, clips, 'interpolate', 2)
+  assert list(at) == [0, 6] and (frames == clips[:, [0, 6]]).all()  # base frame 3 = clip frame 6
+  small = lambda v: np.asarray(
+    jax.image.resize(v.astype(np.float32), v.shape[:2] + (8, 8, 3), 'bilinear', antialias=True)
+  )
+  # Videos that are the clips themselves (at each stage's size, base frames every other).
+  videos = {'base': small(clips[:, ::2]), 'tsr': small(clips), 'ssr': clips.astype(np.float32)}
+  errors = metrics.given_frame_errors(pipe, videos, clips, 'interpolate', 2)
+  assert max(errors['mean_abs_error_by_stage'].values()) < 1e-3
+  # Black videos: the error is the given frames' mean value.
+  black = {k: np.zeros_like(v) for k, v in videos.items()}
+  errors = metrics.given_frame_errors(pipe, black, clips, 'interpolate', 2)
+  assert errors['mean_abs_error_by_stage']['ssr'] == pytest.approx(
+    clips[:, [0, 6]].mean(), rel=1e-5
+  )
+  seq = clips[:, ::2].astype(float)
+  assert errors['successive_base_frames'] == pytest.approx(np.abs(seq[:, 1:] - seq[:, :-1]).mean())
+  with pytest.raises(ValueError, match='too short'):
+    metrics.given_clip_frames(pipe, clips[:, :5], 'interpolate', 2)

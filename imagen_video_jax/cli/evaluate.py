@@ -4,6 +4,7 @@ r"""Evaluate videos: prompt adherence (the digits judge), FVD and the judge's FD
         --num_samples=100 [--output=outputs/adherence.json] [--stages=1] [--steps=16]
     python -m imagen_video_jax.evaluate --mode=fvd --real=data/digits --generated=outputs/gen
     python -m imagen_video_jax.evaluate --stages=1 --guidance=5 --sampler=ancestral  # base alone
+    python -m imagen_video_jax.evaluate --checkpoints=DIR --given=animate  # from real first frames
     python -m imagen_video_jax.evaluate --mode=judge_accuracy     # the shipped judge, fresh clips
     python -m imagen_video_jax.evaluate --mode=train_judge --judge=outputs/judge
     python -m imagen_video_jax.evaluate --mode=train_judge --overwrite  # replace checkpoints/judge
@@ -44,6 +45,19 @@ _TEACHER = flags.DEFINE_bool(
   'teacher',
   False,
   "adherence: score each stage's teacher even where the cascade holds a distilled student.",
+)
+_GIVEN = flags.DEFINE_enum(
+  'given',
+  None,
+  ['animate', 'extend', 'interpolate'],
+  'adherence: sample from given frames (a cascade trained with frame conditioning): the '
+  "prompts are real clips' captions and each sample gets its clip's frames (animate: the "
+  'first; extend: the first --num_given; interpolate: the first and last, or every other).',
+)
+_NUM_GIVEN = flags.DEFINE_integer(
+  'num_given',
+  None,
+  "adherence with --given: frames given (default 1, half the base's frames, 2).",
 )
 _HELD_OUT = flags.DEFINE_string(
   'held_out',
@@ -120,6 +134,10 @@ def main(argv):
   from imagen_video_jax.evaluation import fvd, judge as J, metrics
 
   try:
+    if (_GIVEN.value or _NUM_GIVEN.value is not None) and _MODE.value != 'adherence':
+      raise ValueError('--given and --num_given belong to --mode=adherence')
+    if _NUM_GIVEN.value is not None and not _GIVEN.value:
+      raise ValueError('--num_given needs --given=animate|extend|interpolate')
     held = digits.parse_held_out(_HELD_OUT.value) if _HELD_OUT.value is not None else None
     world = digits.DigitsConfig(**({} if held is None else {'held_out': held}))
     if _NUM_CLIPS.value < 1:
@@ -232,6 +250,8 @@ def main(argv):
         progress=_PROGRESS.value,
         real_fd_clips=200,
         samplers_by_stage=samplers,
+        given=_GIVEN.value,
+        num_given=_NUM_GIVEN.value,
       )
   except (ValueError, FileNotFoundError, ImportError) as e:  # ExportError is a ValueError
     raise app.UsageError(str(e)) from None
@@ -244,6 +264,14 @@ def main(argv):
     print(f"after {report['stages'][-1]} (the cascade's output):")
   if _MODE.value in ('adherence', 'fvd'):
     print(metrics.format_table(report))
+  if report.get('given'):
+    g = report['given']
+    errors = ', '.join(f'{k} {v:.1f}' for k, v in g['mean_abs_error_by_stage'].items())
+    print(
+      f'given frames ({g["mode"]}, clip frames {g["clip_frames"]}): mean absolute '
+      f'difference from them (0-255) {errors}; successive base frames differ by '
+      f'{g["successive_base_frames"]:.1f}'
+    )
   if _OUTPUT.value:
     print(f'report: {metrics.write_report(_OUTPUT.value, report)}')
 

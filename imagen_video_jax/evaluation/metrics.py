@@ -202,6 +202,8 @@ def evaluate_cascade(
   samplers_by_stage=None,
   progress: bool = True,
   real_fd_clips: int = 0,
+  given: str | None = None,
+  num_given: int | None = None,
 ) -> dict[str, Any]:
   """Samples a cascade on training and held-out prompts and judges the videos.
 
@@ -220,6 +222,13 @@ def evaluate_cascade(
     batch_size: prompts per cascade call (bounds memory).
     real_fd_clips: if > 0, also the judge's Fréchet distance between the samples of
       training combinations and this many fresh real clips (``fd_judge``).
+    given: score sampling from given frames (a cascade trained with frame conditioning):
+      'animate', 'extend' or 'interpolate'. The prompts are then the captions of real
+      clips of the world (``judge.real_clips``, this seed), and each sample is given its
+      clip's frames where ``mode`` puts them (:func:`given_clip_frames`); the report adds
+      ``given`` (:func:`given_frame_errors`).
+    num_given: how many frames are given (default: 1 to animate, half the base stage's
+      frames to extend, 2 (first and last) to interpolate).
   Returns:
     :func:`adherence_report` of the last stage's videos plus ``fps``, ``stages`` (the
     stage names), ``samplers`` (each stage's sampler settings), ``by_stage`` (an adherence report of each stage's output, last
@@ -228,21 +237,36 @@ def evaluate_cascade(
   from tqdm.auto import tqdm
 
   judge = judge_for_cascade(pipe, judge)
-  prompts = sample_prompts(num_samples, seed, False, world) + sample_prompts(
-    num_samples, seed, True, world
-  )
+  frames = None
+  if given is None:
+    prompts = sample_prompts(num_samples, seed, False, world) + sample_prompts(
+      num_samples, seed, True, world
+    )
+  else:
+    from imagen_video_jax.evaluation.judge import real_clips
+
+    clips, truth = zip(
+      *(real_clips(judge.config, num_samples, seed, held_out=h) for h in (False, True))
+    )
+    clips = np.concatenate(clips)
+    prompts = [digits.caption_for(*t) for t in truth[0] + truth[1]]
+    num_given = default_num_given(pipe, given) if num_given is None else num_given
+    frames, clip_positions = given_clip_frames(pipe, clips, given, num_given)
   names = [s.name for s in pipe.stages]
   by_stage: dict[str, list[np.ndarray]] = {n: [] for n in names}
   for i in tqdm(
     range(0, len(prompts), batch_size), desc='cascade', unit='batch', disable=not progress
   ):
+    batch = prompts[i : i + batch_size]
+    extra = {} if frames is None else {'given': frames[i : i + batch_size], 'mode': given}
     out = pipe(
-      prompts[i : i + batch_size],
+      batch,
       num_samples=1,
       seed=seed + i,
       samplers_by_stage=samplers_by_stage,
       progress=False,
       return_intermediates=True,
+      **extra,
     )
     for n in names:
       by_stage[n].append(out.intermediates[n])
@@ -261,6 +285,15 @@ def evaluate_cascade(
     s.name: dataclasses.asdict((samplers_by_stage or {}).get(s.name, s.sampler))
     for s in pipe.stages
   }
+  if given is not None:
+    report['given'] = {
+      'mode': given,
+      'num_given': num_given,
+      'clip_frames': [int(p) for p in clip_positions],
+      **given_frame_errors(
+        pipe, {n: np.concatenate(v) for n, v in by_stage.items()}, clips, given, num_given
+      ),
+    }
   if real_fd_clips > 0:
     from imagen_video_jax.evaluation.judge import real_clips
 
@@ -269,6 +302,69 @@ def evaluate_cascade(
       judge.features(real), judge.features(videos[:num_samples], fps=fps)
     )
   return report
+
+
+def _time_strides(pipe) -> list[int]:
+  """Each stage's frames per base frame (the product of the TSR factors up to it)."""
+  out, stride = [], 1
+  for stage in pipe.stages:
+    if stage.spec.kind == 'tsr':
+      stride *= stage.spec.factor
+    out.append(stride)
+  return out
+
+
+def default_num_given(pipe, mode: str) -> int:
+  """1 to animate, half the base stage's frames to extend, 2 to interpolate."""
+  return {'animate': 1, 'extend': pipe.stages[0].spec.frames // 2, 'interpolate': 2}[mode]
+
+
+def given_clip_frames(pipe, clips: np.ndarray, mode: str, num_given: int):
+  """(given frames [N, G, H, W, 3], their frames in the clips): the frames of real
+  clips [N, T, H, W, 3] (at the last stage's frame rate) a user would give in `mode`:
+  base frame i is clip frame i * (the product of the TSR factors)."""
+  from imagen_video_jax.diffusion import frame_cond
+
+  base = frame_cond.given_positions(mode, num_given, pipe.stages[0].spec.frames)
+  at = base * _time_strides(pipe)[-1]
+  if at.max() >= clips.shape[1]:
+    raise ValueError(f'clips of {clips.shape[1]} frames are too short for frames {list(at)}')
+  return clips[:, at], at
+
+
+def given_frame_errors(
+  pipe, videos: Mapping[str, np.ndarray], clips: np.ndarray, mode: str, num_given: int
+) -> dict[str, Any]:
+  """How closely each stage's videos hand back the given frames: the mean absolute
+  difference (0-255) between each stage's frames where the given ones went and those
+  frames resized to the stage's size (``by_stage``), and for scale the mean absolute
+  difference between successive frames of the clips at the base stage's frame rate
+  (``successive_base_frames``)."""
+  import jax
+
+  from imagen_video_jax.diffusion import frame_cond
+
+  base = frame_cond.given_positions(mode, num_given, pipe.stages[0].spec.frames)
+  stride = _time_strides(pipe)
+  given = clips[:, base * stride[-1]].astype(np.float32)
+  out = {}
+  for stage, s in zip(pipe.stages, stride):
+    spec = stage.spec
+    n, g = given.shape[:2]
+    want = jax.image.resize(
+      given.reshape(n * g, *given.shape[2:]),
+      (n * g, spec.height, spec.width, 3),
+      'bilinear',
+      antialias=True,
+    )
+    got = videos[stage.name][:, base * s].astype(np.float32)
+    out[stage.name] = float(np.abs(got.reshape(want.shape) - np.asarray(want)).mean())
+  step = stride[-1]
+  seq = clips[:, ::step].astype(np.float32)
+  return {
+    'mean_abs_error_by_stage': out,
+    'successive_base_frames': float(np.abs(seq[:, 1:] - seq[:, :-1]).mean()),
+  }
 
 
 def write_report(path: str, report: Mapping[str, Any]) -> str:
