@@ -168,7 +168,7 @@ class CascadePipeline:
 
   def _sampler(self, index: int, cfg: SamplerConfig) -> Callable:
     """run(params, emb, mask, neg_emb, neg_mask, low, key, z_init, cfg.traced(), known,
-    known_frames), jitted."""
+    known_frames, fps), jitted."""
     key = (index, cfg.static())  # steps and guidance are run's argument, not its program
     if key not in self._compiled:
       # z_init (the initial noise, `sampling.initial_noise`) is donated: the sampled
@@ -184,7 +184,9 @@ class CascadePipeline:
   def _make_sampler(self, stage: Stage, cfg: SamplerConfig) -> Callable:
     on_step = lambda i: self._on_step(i)  # stable identity: the jit cache is reused
 
-    def run(params, emb, mask, neg_emb, neg_mask, low, key, z_init, traced, known, known_frames):
+    def run(
+      params, emb, mask, neg_emb, neg_mask, low, key, z_init, traced, known, known_frames, fps
+    ):
       return sample_stage(
         stage,
         params,
@@ -201,6 +203,7 @@ class CascadePipeline:
         z_init=z_init,
         known=known,
         known_frames=known_frames,
+        fps=fps,
       )
 
     return run
@@ -269,6 +272,28 @@ class CascadePipeline:
       out[i] = (known[rows], placed[rows])
     return out
 
+  def stage_rates(self, fps: float | None) -> list[Any]:
+    """Each stage's frame rate when the videos are to play at `fps`: for the stages that
+    read it (`unet.fps_embed`) `fps` / (the product of the TSR factors after the stage),
+    float32; None for the others. `fps` None: every stage's own (`stage.fps`). Raises
+    ValueError if no stage reads a frame rate or `fps` is not > 0."""
+    readers = [s.unet.fps_embed for s in self.stages]
+    if fps is not None:
+      if not any(readers):
+        raise ValueError(
+          'no stage of this cascade reads a frame rate (none was trained with '
+          f'model.fps_embed=True): its videos play at {self.stages[-1].fps:g} fps'
+        )
+      if not (np.isfinite(fps) and fps > 0):
+        raise ValueError(f'fps must be a number > 0; got {fps}')
+    out, later = [], 1
+    for stage, reads in zip(reversed(self.stages), reversed(readers)):
+      rate = stage.fps if fps is None else fps / later
+      out.append(np.float32(rate) if reads else None)
+      if stage.spec.kind == 'tsr':
+        later *= stage.spec.factor
+    return out[::-1]
+
   def __call__(
     self,
     prompts: str | Sequence[str],
@@ -282,6 +307,7 @@ class CascadePipeline:
     strict: bool = False,
     given: Any = None,
     mode: str | None = None,
+    fps: float | None = None,
   ) -> CascadeOutput:
     """Samples `num_samples` videos per prompt; returns uint8 videos of the last stage.
 
@@ -292,6 +318,8 @@ class CascadePipeline:
     given, mode: frames every video (or, [P, G, H, W, 3], each prompt's videos) starts
       from, goes through or continues (image-to-video, interpolation, extension; see
       `given_frames`), for the stages trained with frame conditioning.
+    fps: the frame rate of the videos (default: the last stage's), for cascades whose
+      stages read it (`unet.fps_embed`, see `stage_rates`).
     """
     prompts = [prompts] if isinstance(prompts, str) else list(prompts)
     if not prompts or num_samples < 1:
@@ -319,6 +347,7 @@ class CascadePipeline:
       if np.ndim(given) == 5 and len(given) != len(prompts):
         raise ValueError(f'{len(given)} sets of given frames for {len(prompts)} prompts')
       given_by_stage = self.given_frames(given, mode, rows)
+    rates = self.stage_rates(fps)
     emb = mask = neg_emb = neg_mask = None
     if self.text_encoder is not None:
       emb, mask = (jnp.asarray(a) for a in self.text_encoder(padded))
@@ -346,6 +375,7 @@ class CascadePipeline:
           _initial_noise(key_i, noise_shape(stage, len(padded))),
           cfg.traced(),
           *given_by_stage.get(i, (None, None)),
+          rates[i],
         )
         video = jax.block_until_ready(video)
       finally:
@@ -360,7 +390,7 @@ class CascadePipeline:
         intermediates[stage.name] = io.to_uint8(np.asarray(video[:n]))
     return CascadeOutput(
       io.to_uint8(np.asarray(video[:n])),
-      self.stages[-1].fps,
+      self.stages[-1].fps if fps is None else float(fps),
       batch_prompts,
       intermediates if return_intermediates else None,
     )

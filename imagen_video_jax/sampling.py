@@ -70,6 +70,7 @@ def sample_stage(
   frame_ids: jax.Array | None = None,
   known: jax.Array | None = None,
   known_frames: jax.Array | None = None,
+  fps: jax.Array | float | None = None,
   sampler: SamplerConfig | None = None,
   on_step: Callable[[Any], None] | None = None,
   traced: samplers.Traced | None = None,
@@ -89,6 +90,7 @@ def sample_stage(
     known, known_frames: [B, T] / [B, T, H, W, C] frames given to a `frame_cond` stage
       (`diffusion/frame_cond.py`), at this stage's size in [-1, 1]; both halves of a
       guided forward see them.
+    fps: the frame rate a stage with `unet.fps_embed` samples at (default `stage.fps`).
     sampler: default `stage.sampler`.
     traced: its steps and guidance as (traced) values, see `samplers.sample`.
     z_init: the initial noise, `initial_noise(key, noise_shape(stage, batch_size))`
@@ -113,6 +115,10 @@ def sample_stage(
   if (known is not None) and not unet.frame_cond:
     raise ValueError(f'stage {stage.name} takes no given frames (its U-Net has no frame_cond)')
   given = dict(known=known, known_frames=known_frames) if unet.frame_cond else {}
+  if unet.fps_embed:
+    given['fps'] = jnp.full((batch_size,), stage.fps if fps is None else fps, jnp.float32)
+  elif fps is not None:
+    raise ValueError(f'stage {stage.name} takes no frame rate (its U-Net has no fps_embed)')
 
   if unet.text_dim is None:
 

@@ -362,3 +362,31 @@ def test_skip_bad_records_config_reaches_the_pipeline(tmp_path):
   it = iter(loop.make_data(config, STAGES['base'], str(tmp_path / 'bad'), tokenize, None))
   assert len(_take(it, 3)) == 3  # the bad record is skipped (it repeats forever)
   assert records.skipped_records()['records'] > before
+
+
+def test_frame_strides_draw_a_stride_per_video_row_and_its_fps(shards):
+  """Frame-rate augmentation (fps conditioning): a video row takes every s-th frame of its
+  clip, s drawn from the strides that fit, and carries the clip's fps / s; image rows 0."""
+  import dataclasses
+
+  src = records.decode(_first_record(shards))  # 16 frames at 8 fps
+  stage = STAGES['base']  # 8 frames
+  rows = [
+    P._VideoRow(stage, False, frame_strides=(1, 2, 3)).random_map(
+      records.encode(src), np.random.default_rng(i)
+    )
+    for i in range(40)
+  ]
+  rates = sorted({float(r['fps']) for r in rows})
+  assert rates == [4.0, 8.0]  # stride 3 would need 22 frames: never drawn
+  for r in rows:
+    s = int(src.fps / r['fps'])
+    want = P.stage_example(records.encode(src), dataclasses.replace(stage, frame_stride=s))
+    np.testing.assert_array_equal(r['video'], want['video'])
+  batches = _take(iter(_pipe(shards, frame_strides=(1, 2), batch_size=8)), 4)
+  for b in batches:
+    video = (b['frame_ids'] == 0).all(1)
+    assert set(b['fps'][video]) <= {4.0, 8.0} and (b['fps'][~video] == 0).all()
+  assert 'fps' not in next(iter(_pipe(shards)))  # without strides: no fps
+  with pytest.raises(ValueError, match='frame_strides must be >= 1'):
+    P.PipelineConfig(batch_size=1, frame_strides=(0, 2))

@@ -377,7 +377,7 @@ def test_the_cascade_gives_each_frame_conditioned_stage_the_frames_at_its_size()
     _frame_cond_pipeline(reads=()).given_frames(clip[:1], None, 1)
 
 
-def test_a_frame_conditioned_run_warm_starts_from_a_plain_one_and_samples_from_an_image(
+def test_a_run_with_given_frames_and_frame_rates_warm_starts_from_a_plain_one_and_samples(
   tmp_path,
 ):
   import subprocess
@@ -399,6 +399,8 @@ def test_a_frame_conditioned_run_warm_starts_from_a_plain_one_and_samples_from_a
   c = config(num_steps=4, init_from=plain)
   c.model.frame_cond = True
   c.frame_cond.p = 1.0  # every video row given frames
+  c.model.fps_embed = True  # and its frame rate (fps conditioning): strides 1 and 2
+  c.data.frame_strides = '1,2'
   c.data.image_fraction = 0.0
   c.optim.ema_decay = 0.0  # the export's EMA weights are the trained ones: 4 steps show
   run = str(tmp_path / 'given')
@@ -408,10 +410,10 @@ def test_a_frame_conditioned_run_warm_starts_from_a_plain_one_and_samples_from_a
   kernel = params[f'{unet_lib.FRAME_CONDITIONING}/kernel']
   assert np.abs(kernel).max() > 0  # it learnt from the given frames (it starts at zero)
   _, plain_ema, _ = export.read_training_run(plain)
-  assert set(params) - set(params_io.flatten_params(plain_ema)) == {
-    f'{unet_lib.FRAME_CONDITIONING}/kernel',
-    f'{unet_lib.FRAME_CONDITIONING}/bias',
-  }
+  new = set(params) - set(params_io.flatten_params(plain_ema))
+  assert {n.split('/')[0] for n in new} == {unet_lib.FRAME_CONDITIONING, unet_lib.FPS_EMBEDDING}
+  emb = [v for k, v in params.items() if k.startswith(unet_lib.FPS_EMBEDDING + '/fc2')]
+  assert max(np.abs(v).max() for v in emb) > 0  # the rate embedding learnt too
 
   path, plain_path = str(tmp_path / 'cascade'), str(tmp_path / 'plain_cascade')
   export.export_training_runs([run], path)
@@ -438,13 +440,14 @@ def test_a_frame_conditioned_run_warm_starts_from_a_plain_one_and_samples_from_a
     ]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=600)
 
-  res = sample(path, f'--init_image={tmp_path / "start.png"}')
+  res = sample(path, f'--init_image={tmp_path / "start.png"}', '--fps=8')
   assert res.returncode == 0, res.stderr[-3000:]
   pipe = export.load_cascade(path)
-  want = pipe('a red 3 moving left', seed=2, given=image, progress=False)
+  want = pipe('a red 3 moving left', seed=2, given=image, fps=8.0, progress=False)
+  assert io.read_mp4(str(out))[1] == pytest.approx(8.0)  # the file plays at --fps
   sheet = np.asarray(Image.open(tmp_path / 'out' / 'v.png').convert('RGB'))
   np.testing.assert_array_equal(sheet, io.contact_sheet(want.videos[0]))
-  plain_video = pipe('a red 3 moving left', seed=2, progress=False).videos[0]
+  plain_video = pipe('a red 3 moving left', seed=2, fps=8.0, progress=False).videos[0]
   assert np.abs(plain_video.astype(int) - want.videos[0]).max() > 0  # the image was read
 
   # The evaluation from real clips' first frames (what `evaluate --given=animate` runs).
@@ -477,6 +480,10 @@ def test_a_frame_conditioned_run_warm_starts_from_a_plain_one_and_samples_from_a
     )
   res = sample(plain_path, f'--init_image={tmp_path / "start.png"}', out=refused)
   assert res.returncode == 1 and 'no stage of this cascade reads given frames' in res.stderr
+  res = sample(plain_path, '--fps=8', out=refused)
+  assert res.returncode == 1 and 'no stage of this cascade reads a frame rate' in res.stderr
+  res = sample(path, '--fps=0', out=refused)
+  assert res.returncode == 1 and '--fps must be > 0' in res.stderr
   assert not refused.parent.exists()  # nothing written
 
 

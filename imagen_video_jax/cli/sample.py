@@ -3,7 +3,7 @@ r"""Sample videos from a prompt with an exported cascade.
     python -m imagen_video_jax.sample --config=configs/digits.py \
         --prompt="a red 3 moving left" --output=outputs/demo.mp4 [--seed=0] \
         [--num_samples=1] [--steps=N] [--guidance=W] [--sampler=ddim|ancestral|stepback] [--scale=4]
-        [--init_image=FILE | --init_video=FILE --mode=extend|interpolate]
+        [--init_image=FILE | --init_video=FILE --mode=extend|interpolate] [--fps=F]
 
 --config=FILE samples the cascade that config file ships (its CASCADE or CASCADE_DIR);
 --checkpoints=DIR a cascade of your own (`export_cascade` writes one). Writes OUTPUT (.mp4), and beside it the same stem as .gif and .png (contact sheet);
@@ -12,7 +12,7 @@ with --num_samples > 1, stem_0.mp4, stem_1.mp4, ...
 --init_image animates an image (it becomes the first frame); --init_video with
 --mode=extend continues its frames, with --mode=interpolate fills in between them (every
 other frame, or the first and last). Both need a cascade trained with frame conditioning
-(`model.frame_cond`).
+(`model.frame_cond`); --fps one trained with fps conditioning (`model.fps_embed`).
 
 A prompt with words the cascade was never trained on (the words its cascade.json
 records, e.g. the Moving Digits grammar; for an open vocabulary, a prompt whose words
@@ -74,6 +74,12 @@ _MODE = flags.DEFINE_enum(
   'Where the given frames go: animate (--init_image, the default for it), extend (the '
   'first frames), interpolate (every other frame, or the first and last). In the base '
   "stage's frames.",
+)
+_FPS = flags.DEFINE_float(
+  'fps',
+  None,
+  'Frame rate of the videos, for a cascade trained with fps conditioning '
+  "(model.fps_embed): the motion per frame follows it. Default: the cascade's own.",
 )
 _PROGRESS = flags.DEFINE_bool('progress', True, 'Progress bars.')
 _STRICT = flags.DEFINE_bool(
@@ -142,6 +148,8 @@ def check_flags() -> dict:
       except ValueError as e:
         raise checks.Refusal(f'--{name}={value}: {e}') from None
       overrides[name] = value
+  if _FPS.value is not None and not _FPS.value > 0:
+    raise checks.Refusal(f'--fps must be > 0; got {_FPS.value}')
   if _INIT_IMAGE.value and _INIT_VIDEO.value:
     raise checks.Refusal('give --init_image or --init_video, not both')
   if _INIT_IMAGE.value and _MODE.value not in (None, 'animate'):
@@ -220,6 +228,12 @@ def main(argv):
       if 'no stage of this cascade reads given frames' in str(e) and students:
         hint = ' (the distilled students may lack what the stages have: try --teacher)'
       raise checks.Refusal(f'--{flag}={path}: {e}{hint}') from None
+  if _FPS.value is not None:
+    try:
+      pipe.stage_rates(_FPS.value)
+    except ValueError as e:
+      hint = ' (the distilled students may lack what the stages have: try --teacher)'
+      raise checks.Refusal(f'--fps={_FPS.value:g}: {e}{hint if students else ""}') from None
   problem = pipe.check_prompts(_PROMPT.value + negative)
   if problem and _STRICT.value:
     raise checks.Refusal(f'{problem}. Nothing was written (--strict).')
@@ -238,6 +252,7 @@ def main(argv):
         progress=_PROGRESS.value,
         given=given,
         mode=_MODE.value,
+        fps=_FPS.value,
       )
   except NonFiniteSampleError as e:
     raise checks.Refusal(f'{e}; nothing was written') from None

@@ -168,6 +168,9 @@ def get_config(arg: str = 'stage=base') -> ml_collections.ConfigDict:
       # The network also reads given frames (`frame_cond` section): image-to-video,
       # extension and interpolation by one model.
       frame_cond=False,
+      # The network also reads each row's frame rate (set data.frame_strides): fps
+      # conditioning.
+      fps_embed=False,
     )
   )
 
@@ -187,6 +190,10 @@ def get_config(arg: str = 'stage=base') -> ml_collections.ConfigDict:
       worker_count=8,
       # Skip (count and log) records that cannot be read instead of stopping.
       skip_bad_records=False,
+      # Frame-rate augmentation: each video row takes every s-th frame, s drawn from
+      # these comma-separated strides (e.g. '1,2'), and carries its fps ('': the stage's
+      # own stride). model.fps_embed needs it.
+      frame_strides='',
       # A random training crop of every clip (0 = the stage's full size on that axis):
       # frames, height, width of the window cut from the video, its SR conditioning
       # (made at full size first) and its frame ids and captions. For SSR the spatial

@@ -15,6 +15,8 @@ Batch layout (``B`` rows per process, ``T`` = ``stage.frames``)::
   tokens     [B, T, L] int32 + text_mask [B, T, L] bool          (given a tokenizer)
   text_emb   [B, T, L, D] + text_mask [B, T, L] bool  (given an embedder; its dtype)
   captions   [B, T] str      (only with ``PipelineConfig.keep_captions``)
+  fps        [B] float32     (only with ``PipelineConfig.frame_strides``): a video row's
+                            frame rate, its clip's fps / the stride drawn; 0 for images
 
 With a training crop (``PipelineConfig.crop``, see :class:`Crop`) every row is one
 random window of the row the stage would make, and ``T, H, W`` above are the crop's
@@ -151,6 +153,10 @@ class PipelineConfig:
     num_threads: grain read threads; prefetch_rows: rows read ahead (bounds memory);
     worker_count: grain worker processes (0 = none).
     shard_index, shard_count: this process's data shard (default: the JAX process).
+    frame_strides: frame-rate augmentation (fps conditioning): each video row takes every
+      s-th frame of its clip, s drawn uniformly from these strides (those whose frames
+      fit in the clip; the stage's own stride if none does), and carries its frame rate,
+      ``fps``; () (the default): the stage's stride, no ``fps``.
     skip_bad_records: skip a record (or shard) that cannot be read or decoded instead of
       stopping with an error naming its shard file and record index; each skip is
       counted (``records.skipped_records()``) and logged. A skipped record shifts the
@@ -171,8 +177,12 @@ class PipelineConfig:
   shard_count: int | None = None
   skip_bad_records: bool = False
   crop: Crop = Crop()
+  frame_strides: tuple[int, ...] = ()
 
   def __post_init__(self):
+    object.__setattr__(self, 'frame_strides', tuple(int(s) for s in self.frame_strides))
+    if any(s < 1 for s in self.frame_strides):
+      raise ValueError(f'frame_strides must be >= 1; got {self.frame_strides}')
     if self.batch_size < 1:
       raise ValueError(f'batch_size must be >= 1, got {self.batch_size}')
     if not 0.0 <= self.image_fraction <= 1.0:
@@ -406,15 +416,37 @@ class _Cropping(grain.transforms.RandomMap):
 
 
 class _VideoRow(_Cropping):
-  def __init__(self, stage: StageSpec, random_offset: bool, crop: Crop = Crop()):
+  def __init__(
+    self,
+    stage: StageSpec,
+    random_offset: bool,
+    crop: Crop = Crop(),
+    frame_strides: tuple[int, ...] = (),
+  ):
     super().__init__(stage, crop)
     self.random_offset = random_offset
+    self.frame_strides = tuple(frame_strides)
 
   def random_map(self, element, rng: np.random.Generator):
     ex = _as_example(element)
-    slack = ex.video.shape[0] - self.stage.source_span
+    stage = self.stage
+    if self.frame_strides:
+      n = ex.video.shape[0]
+      fits = [s for s in self.frame_strides if (stage.frames - 1) * s < n] or [stage.frame_stride]
+      stage = dataclasses.replace(stage, frame_stride=int(fits[rng.integers(len(fits))]))
+    slack = ex.video.shape[0] - stage.source_span
     offset = int(rng.integers(slack + 1)) if self.random_offset and slack > 0 else 0
-    return stage_example(ex, self.stage, offset, self.window(rng))
+    row = stage_example(ex, stage, offset, self.window(rng))
+    if self.frame_strides:
+      row['fps'] = np.float32(ex.fps / stage.frame_stride)
+    return row
+
+
+class _StillRate(grain.transforms.Map):
+  """Packed images carry frame rate 0 when video rows carry theirs (fps conditioning)."""
+
+  def map(self, row):
+    return {**row, 'fps': np.float32(0.0)}
 
 
 class _PackImages(_Cropping):
@@ -624,7 +656,7 @@ def make_pipeline(
 
   if f < 1:
     rows = read(videos, records.VIDEO_PREFIX, 0).random_map(
-      _VideoRow(stage, config.random_offset, config.crop), seed=seed + 2
+      _VideoRow(stage, config.random_offset, config.crop, config.frame_strides), seed=seed + 2
     )
     parts.append(rows)
     weights.append(1.0 - f)
@@ -634,6 +666,8 @@ def make_pipeline(
       .batch(stage.frames, batch_fn=list)
       .random_map(_PackImages(stage, config.crop), seed=seed + 3)
     )
+    if config.frame_strides:
+      rows = rows.map(_StillRate())
     parts.append(rows)
     weights.append(f)
   rows = parts[0] if len(parts) == 1 else grain.MapDataset.mix(parts, weights)

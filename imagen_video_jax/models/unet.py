@@ -90,6 +90,10 @@ class UNetConfig:
       wider `conv_in`), so a network warm-started from one without frame conditioning
       computes what it did (to float rounding) until it is trained, and with no frame
       given (`known` None or all False) it reads nothing but its bias.
+    fps_embed: the network also reads each row's frame rate `fps` [B] (an embedding of
+      log2(fps) added to the conditioning vector, zero at initialisation; fps <= 0, a
+      row of still images, adds nothing): fps conditioning, trained on frame strides
+      drawn per row (`data.frame_strides`).
   """
 
   levels: tuple[LevelConfig, ...]
@@ -109,6 +113,7 @@ class UNetConfig:
   attention: str = 'auto'
   guidance_embed: bool = False
   frame_cond: bool = False
+  fps_embed: bool = False
 
   def __post_init__(self):
     levels = tuple(l if isinstance(l, LevelConfig) else LevelConfig(**l) for l in self.levels)
@@ -313,6 +318,9 @@ class _ScanBlock(Block):
 # The module name of the guidance-weight embedding (`UNetConfig.guidance_embed`).
 GUIDANCE_EMBEDDING = 'guidance_emb'
 
+# The module name of the frame-rate embedding (`UNetConfig.fps_embed`).
+FPS_EMBEDDING = 'fps_emb'
+
 # The module name of the frame-conditioning input convolution (`UNetConfig.frame_cond`).
 FRAME_CONDITIONING = 'frame_cond_in'
 
@@ -410,6 +418,7 @@ class VideoUNet(nn.Module):
     cond: [B, T, H, W, Cc] low-res video at the output size (super-resolution stages).
     cond_logsnr: [B] noise-augmentation level of `cond`.
     guidance: [B] guidance weight (only with `guidance_embed`).
+    fps: [B] frame rate of each row (only with `fps_embed`; <= 0: still images).
     known: [B, T] bool, the frames given (only with `frame_cond`; default none).
     known_frames: [B, T, H, W, C] those frames' pixels (ignored where not `known`).
   Returns [B, T, H, W, C] float32.
@@ -429,6 +438,7 @@ class VideoUNet(nn.Module):
     cond_logsnr=None,
     *,
     guidance=None,
+    fps=None,
     known=None,
     known_frames=None,
     train: bool = False,
@@ -470,6 +480,17 @@ class VideoUNet(nn.Module):
       emb = emb + layers.ScalarEmbedding(cfg.emb_dim, dtype=dt, name=GUIDANCE_EMBEDDING)(w[:, None])
     elif guidance is not None:
       raise ValueError('guidance given, but this U-Net has no guidance_embed')
+
+    if cfg.fps_embed:
+      if fps is None:
+        raise ValueError("fps_embed=True: pass fps [B] (each row's frame rate)")
+      rate = jnp.broadcast_to(jnp.asarray(fps, jnp.float32), (b,))
+      fps_emb = layers.ScalarEmbedding(cfg.emb_dim, dtype=dt, name=FPS_EMBEDDING)(
+        jnp.log2(jnp.maximum(rate, 1e-3))[:, None]
+      )
+      emb = emb + jnp.where((rate > 0)[:, None, None], fps_emb, 0.0).astype(emb.dtype)
+    elif fps is not None:
+      raise ValueError('fps given, but this U-Net has no fps_embed')
 
     h = x.astype(dt)
     if cfg.cond_channels:
@@ -565,6 +586,8 @@ def init_fn(
     config, frames=frames, height=height, width=width, text_len=text_len, batch=batch
   )
   extra = {'guidance': jnp.ones((batch,))} if config.guidance_embed else {}
+  if config.fps_embed:
+    extra['fps'] = jnp.ones((batch,))
   return lambda key: model.init(key, *inputs, **extra)['params']
 
 

@@ -113,6 +113,17 @@ def validate(config) -> stage_lib.Stage:
   if config.text.source not in ('t5_random', 't5', 'cache'):
     problems.append(f"text.source {config.text.source!r}: use 't5_random', 't5' or 'cache'")
   problems += distill_problems(config, model)
+  try:
+    strides = frame_strides(config)
+    pipeline_lib.PipelineConfig(batch_size=1, frame_strides=strides)
+  except ValueError as e:
+    problems.append(str(e))
+    strides = ()
+  if model.fps_embed and not strides:
+    problems.append(
+      'model.fps_embed reads each row\'s frame rate: set data.frame_strides (e.g. "1,2"), '
+      'the strides whose frame rates it learns'
+    )
   if model.frame_cond:
     try:
       frame_cond_lib.FrameCondConfig.from_config(config.frame_cond)
@@ -252,6 +263,17 @@ def make_text(config, data_dir: str, mesh):
   return tokenizer, None, t5_lib.T5Encoder(t5_cfg), params
 
 
+def frame_strides(config) -> tuple[int, ...]:
+  """`data.frame_strides` ('1,2', or '' for none) as a tuple of strides."""
+  text = str(config.data.get('frame_strides', '') or '')
+  try:
+    return tuple(int(s) for s in text.split(',') if s.strip())
+  except ValueError:
+    raise ValueError(
+      f"data.frame_strides {text!r}: give comma-separated strides, e.g. '1,2'"
+    ) from None
+
+
 def make_data(config, spec, data_dir, tokenizer, embedder):
   d = config.data
   pcfg = pipeline_lib.PipelineConfig(
@@ -263,6 +285,7 @@ def make_data(config, spec, data_dir, tokenizer, embedder):
     worker_count=int(d.worker_count),
     skip_bad_records=bool(d.get('skip_bad_records', False)),
     crop=data_crop(config),
+    frame_strides=frame_strides(config),
   )
   f = pcfg.image_fraction
   return pipeline_lib.make_pipeline(

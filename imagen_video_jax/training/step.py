@@ -67,6 +67,11 @@ def distill_config(config):
   )
 
 
+def _reads(unet_cfg: unet_lib.UNetConfig, name: str) -> bool:
+  """Whether a U-Net of this config takes the input `name` (a teacher may not)."""
+  return unet_cfg.fps_embed if name == 'fps' else unet_cfg.frame_cond
+
+
 def _select(tree, mask):
   """The leaves of `tree` where `mask` (a pytree of bools) is True; all if mask is None."""
   if mask is None:
@@ -138,6 +143,8 @@ def make_train_step(
       known = frame_cond.draw_known(jax.random.fold_in(key, 7), fids, given_cfg)
       known_frames = jnp.where(known[:, :, None, None, None], x, 0.0)
     given = dict(known=known, known_frames=known_frames) if given_cfg is not None else {}
+    if config.model.get('fps_embed', False):
+      given['fps'] = batch['fps']
 
     def student(params, z, logsnr, **w):
       """The model being trained (with `guidance=w`: a distillation's student)."""
@@ -158,7 +165,8 @@ def make_train_step(
 
     def distill_loss(params):
       def teacher(z, logsnr, emb, mask, **w):
-        # A frame-conditioned teacher sees the student's given frames.
+        # A frame-conditioned (frame-rate reading) teacher sees the student's given
+        # frames (frame rates).
         out = teacher_model.apply(
           {'params': teacher_params},
           z,
@@ -168,7 +176,7 @@ def make_train_step(
           fids,
           cond,
           cond_logsnr,
-          **(given if teacher_model.config.frame_cond else {}),
+          **{k: v for k, v in given.items() if _reads(teacher_model.config, k)},
           **w,
         )
         return jax.lax.stop_gradient(out)

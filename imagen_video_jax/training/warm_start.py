@@ -102,8 +102,9 @@ def fit_params(
   family); those stay out of the result (see `fresh_names`), anything else is a misfit.
   guidance: the source may lack the guidance embedding (a guided-distillation student
   starting from its teacher); it stays fresh (zero: the student starts as the teacher).
-  A `frame_cond` model may start from a source without frame conditioning: its
-  frame-conditioning kernel stays fresh (zero: it computes what the source did).
+  A `frame_cond` (`fps_embed`) model may start from a source without frame conditioning
+  (the frame-rate embedding): that kernel (embedding) stays fresh (zero: it computes what
+  the source did).
   """
   if source_scanned != bool(model_cfg.scan_blocks):
     convert = unet_lib.scan_params if model_cfg.scan_blocks else unet_lib.unscan_params
@@ -122,6 +123,8 @@ def fit_params(
     missing = [k for k in missing if k.split('/')[0] != unet_lib.GUIDANCE_EMBEDDING]
   if model_cfg.frame_cond:
     missing = [k for k in missing if k.split('/')[0] != unet_lib.FRAME_CONDITIONING]
+  if model_cfg.fps_embed:
+    missing = [k for k in missing if k.split('/')[0] != unet_lib.FPS_EMBEDDING]
   problems = [f'{k} missing' for k in missing]
   problems += [f'{k} unexpected' for k in sorted(set(have) - set(want))]
   problems += [
