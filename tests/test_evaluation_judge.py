@@ -77,6 +77,19 @@ def test_v2_judge_reads_world_v2_direction(judge, size, degrade):
   assert np.mean([p == t[2] for p, t in zip(pred, truth)]) >= 0.99
 
 
+def test_speed_is_the_pixels_a_digit_moves_per_frame(judge):
+  videos, _ = J.real_clips(judge.config, 50, 4_321, held_out=False)  # 16 frames, 32 px
+  one, two = judge.speed(videos[:, :8]), judge.speed(videos[:, ::2])
+  # World v2 moves at a constant speed: every other frame is twice the step, clip by clip.
+  np.testing.assert_allclose(two, 2 * one, rtol=0.1)
+  world = judge.config.world
+  lo, hi = (t * world.size / (world.frames - 1) for t in world.travel)
+  assert lo * 0.9 < one.min() and one.max() < hi * 1.1
+  # At half the size (the base stage's frames), read at the judge's size: the same.
+  small = _base_view(videos)  # every other frame, half size, float
+  np.testing.assert_allclose(judge.speed(small), two, rtol=0.1, atol=0.1)
+
+
 def _turning_clip():
   """A red 3 that moves left for 6 frames (against the left wall by the 6th), then turns
   and moves right for 10, ending right of where it began: world v1's "moving left" after a
@@ -160,6 +173,10 @@ class _OracleCascade:
       SimpleNamespace(name='sr', fps=8.0, sampler=SamplerConfig()),
     ]
 
+  def stage_rates(self, fps):
+    assert fps is None
+    return [None, None]
+
   def __call__(
     self,
     prompts,
@@ -169,6 +186,7 @@ class _OracleCascade:
     samplers_by_stage=None,
     progress=True,
     return_intermediates=False,
+    fps=None,
   ):
     from types import SimpleNamespace
     from imagen_video_jax.data import digits
@@ -202,6 +220,11 @@ def test_evaluate_cascade_reports_adherence_per_group_and_stage(judge):
     real_fd_clips=100,
   )
   assert report['stages'] == ['base', 'sr'] and report['fps'] == 8.0
+  # Real clips' speed: the world's travel (a fraction of the 32 px frame) over 15 steps.
+  world = judge.config.world
+  slow, fast = (t * world.size / (world.frames - 1) for t in world.travel)
+  lo, hi = report['speed']['ci95']
+  assert slow < lo < report['speed']['mean'] < hi < fast
   for group in ('train_combinations', 'held_out_combinations'):
     assert report[group]['num'] == 40 and report[group]['all'] >= 0.95, report[group]
     assert report['by_stage']['sr'][group] == report[group]

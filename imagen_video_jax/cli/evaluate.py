@@ -59,6 +59,12 @@ _NUM_GIVEN = flags.DEFINE_integer(
   None,
   "adherence with --given: frames given (default 1, half the base's frames, 2).",
 )
+_FPS = flags.DEFINE_float(
+  'fps',
+  None,
+  'adherence: sample at this frame rate (a cascade trained with fps conditioning); the '
+  "report's speed is the judge's pixels per frame.",
+)
 _HELD_OUT = flags.DEFINE_string(
   'held_out',
   None,
@@ -134,8 +140,10 @@ def main(argv):
   from imagen_video_jax.evaluation import fvd, judge as J, metrics
 
   try:
-    if (_GIVEN.value or _NUM_GIVEN.value is not None) and _MODE.value != 'adherence':
-      raise ValueError('--given and --num_given belong to --mode=adherence')
+    if (
+      _GIVEN.value or _NUM_GIVEN.value is not None or _FPS.value is not None
+    ) and _MODE.value != 'adherence':
+      raise ValueError('--given, --num_given and --fps belong to --mode=adherence')
     if _NUM_GIVEN.value is not None and not _GIVEN.value:
       raise ValueError('--num_given needs --given=animate|extend|interpolate')
     held = digits.parse_held_out(_HELD_OUT.value) if _HELD_OUT.value is not None else None
@@ -252,6 +260,7 @@ def main(argv):
         samplers_by_stage=samplers,
         given=_GIVEN.value,
         num_given=_NUM_GIVEN.value,
+        fps=_FPS.value,
       )
   except (ValueError, FileNotFoundError, ImportError) as e:  # ExportError is a ValueError
     raise app.UsageError(str(e)) from None
@@ -264,6 +273,12 @@ def main(argv):
     print(f"after {report['stages'][-1]} (the cascade's output):")
   if _MODE.value in ('adherence', 'fvd'):
     print(metrics.format_table(report))
+  if report.get('speed'):
+    sp = report['speed']
+    print(
+      f'speed: {sp["mean"]:.2f} px/frame (95% {sp["ci95"][0]:.2f}-{sp["ci95"][1]:.2f}) '
+      f'at {report["fps"]:g} fps'
+    )
   if report.get('given'):
     g = report['given']
     errors = ', '.join(f'{k} {v:.1f}' for k, v in g['mean_abs_error_by_stage'].items())

@@ -442,6 +442,12 @@ class Judge:
       direction_probs=_softmax(m_lp),
     )
 
+  def speed(self, videos) -> np.ndarray:
+    """``[N]``: how far the digit moves per frame, in pixels of the judge's frame size
+    (the median step of its centre track, robust to a frame where it is lost)."""
+    c = centroids(self._prepare(videos))  # [N, T, 2]
+    return np.median(np.linalg.norm(np.diff(c, axis=1), axis=-1), axis=1)
+
   def features(self, videos, fps: float | None = None, batch: int = 128) -> np.ndarray:
     """``[N, embed + 2]``: penultimate layer averaged over frames, then start velocity."""
     out = []

@@ -204,6 +204,7 @@ def evaluate_cascade(
   real_fd_clips: int = 0,
   given: str | None = None,
   num_given: int | None = None,
+  fps: float | None = None,
 ) -> dict[str, Any]:
   """Samples a cascade on training and held-out prompts and judges the videos.
 
@@ -229,10 +230,14 @@ def evaluate_cascade(
       ``given`` (:func:`given_frame_errors`).
     num_given: how many frames are given (default: 1 to animate, half the base stage's
       frames to extend, 2 (first and last) to interpolate).
+    fps: sample at this frame rate (a cascade trained with fps conditioning; see
+      ``CascadePipeline.stage_rates``); default the cascade's own.
   Returns:
     :func:`adherence_report` of the last stage's videos plus ``fps``, ``stages`` (the
-    stage names), ``samplers`` (each stage's sampler settings), ``by_stage`` (an adherence report of each stage's output, last
-    included) and, optionally, ``fd_judge``.
+    stage names), ``samplers`` (each stage's sampler settings), ``by_stage`` (an
+    adherence report of each stage's output, last included), ``speed`` (the judge's
+    median pixels per frame of the training combinations' videos: their mean and its
+    95% interval, ``Judge.speed``) and, optionally, ``fd_judge``.
   """
   from tqdm.auto import tqdm
 
@@ -266,20 +271,24 @@ def evaluate_cascade(
       samplers_by_stage=samplers_by_stage,
       progress=False,
       return_intermediates=True,
+      fps=fps,
       **extra,
     )
     for n in names:
       by_stage[n].append(out.intermediates[n])
+  rates = pipe.stage_rates(fps)
   reports = {
     stage.name: adherence_report(
       prompts,
-      judge.predict(np.concatenate(by_stage[stage.name]), fps=stage.fps).as_tuples(),
+      judge.predict(np.concatenate(by_stage[stage.name]), fps=rate or stage.fps).as_tuples(),
       world.held_out,
     )
-    for stage in pipe.stages
+    for stage, rate in zip(pipe.stages, rates)
   }
-  videos, fps = np.concatenate(by_stage[names[-1]]), pipe.stages[-1].fps
-  report = {**reports[names[-1]], 'by_stage': reports, 'stages': names, 'fps': float(fps)}
+  videos = np.concatenate(by_stage[names[-1]])
+  fps = float(pipe.stages[-1].fps if fps is None else fps)
+  report = {**reports[names[-1]], 'by_stage': reports, 'stages': names, 'fps': fps}
+  report['speed'] = mean_and_interval(judge.speed(videos[:num_samples]))
   # The settings the figures were sampled with (each stage's own, or the overrides).
   report['samplers'] = {
     s.name: dataclasses.asdict((samplers_by_stage or {}).get(s.name, s.sampler))
@@ -302,6 +311,13 @@ def evaluate_cascade(
       judge.features(real), judge.features(videos[:num_samples], fps=fps)
     )
   return report
+
+
+def mean_and_interval(values: np.ndarray, z: float = 1.959964) -> dict[str, Any]:
+  """{'mean', 'ci95': [low, high]} of values (the normal interval of their mean)."""
+  v = np.asarray(values, np.float64)
+  half = z * v.std(ddof=1) / np.sqrt(len(v)) if len(v) > 1 else float('nan')
+  return {'mean': float(v.mean()), 'ci95': [float(v.mean() - half), float(v.mean() + half)]}
 
 
 def _time_strides(pipe) -> list[int]:
