@@ -23,6 +23,7 @@ import numpy as np
 
 from imagen_video_jax import io
 from imagen_video_jax.diffusion import frame_cond
+from imagen_video_jax.diffusion.extend import ExtendConfig
 from imagen_video_jax.diffusion.samplers import SamplerConfig
 from imagen_video_jax.sampling import initial_noise, noise_shape, sample_stage
 from imagen_video_jax.stage import Stage
@@ -41,6 +42,9 @@ class UnknownPromptError(ValueError):
 class UnknownPromptWarning(UserWarning):
   """A prompt holds words the cascade was never trained on: its videos cannot follow them."""
 
+
+# A long video is at most this many times the base stage's frames.
+MAX_LENGTH_FACTOR = 16
 
 # Open vocabularies: warn when more than this fraction of a prompt's words are unknown.
 UNKNOWN_WORD_RATE = 0.25
@@ -166,10 +170,14 @@ class CascadePipeline:
       'as <unk> or are spelled out almost letter by letter): ' + '; '.join(reports)
     )
 
-  def _sampler(self, index: int, cfg: SamplerConfig) -> Callable:
+  def _sampler(
+    self, index: int, cfg: SamplerConfig, extend: ExtendConfig | None = None
+  ) -> Callable:
     """run(params, emb, mask, neg_emb, neg_mask, low, key, z_init, cfg.traced(), known,
-    known_frames, fps), jitted."""
-    key = (index, cfg.static())  # steps and guidance are run's argument, not its program
+    known_frames, fps, extend_frames), jitted; `extend`: the window is conditioned on
+    extend_frames = (x_known, known) that way (`diffusion/extend.py`)."""
+    # steps and guidance are run's argument, not its program
+    key = (index, cfg.static(), extend)
     if key not in self._compiled:
       # z_init (the initial noise, `sampling.initial_noise`) is donated: the sampled
       # video has its shape and dtype, so XLA writes the output into that buffer rather
@@ -177,15 +185,29 @@ class CascadePipeline:
       # stage and call, and `low` (the stage below) has another shape (JAX would warn
       # that it is not usable).
       self._compiled[key] = jax.jit(
-        self._make_sampler(self.stages[index], cfg.static()), donate_argnums=7
+        self._make_sampler(self.stages[index], cfg.static(), extend), donate_argnums=7
       )
     return self._compiled[key]
 
-  def _make_sampler(self, stage: Stage, cfg: SamplerConfig) -> Callable:
+  def _make_sampler(
+    self, stage: Stage, cfg: SamplerConfig, extend: ExtendConfig | None = None
+  ) -> Callable:
     on_step = lambda i: self._on_step(i)  # stable identity: the jit cache is reused
 
     def run(
-      params, emb, mask, neg_emb, neg_mask, low, key, z_init, traced, known, known_frames, fps
+      params,
+      emb,
+      mask,
+      neg_emb,
+      neg_mask,
+      low,
+      key,
+      z_init,
+      traced,
+      known,
+      known_frames,
+      fps,
+      extend_frames,
     ):
       return sample_stage(
         stage,
@@ -204,9 +226,35 @@ class CascadePipeline:
         known=known,
         known_frames=known_frames,
         fps=fps,
+        extend=None if extend is None else (*extend_frames, extend),
       )
 
     return run
+
+  def _run_stage(self, i, cfg, texts, low, key, batch, given, rate, progress, extend=None):
+    """One stage's sampler on one batch (a window of a long video: `extend` =
+    (ExtendConfig, (x_known, known))), checked finite; returns the video."""
+    stage = self.stages[i]
+    bar = _progress(stage.name, cfg.steps, progress)
+    self._on_step = lambda _, bar=bar: bar.update(1)
+    ext_cfg, ext_frames = extend or (None, None)
+    try:
+      video = self._sampler(i, cfg, ext_cfg)(
+        stage.params,
+        *texts,
+        low,
+        key,
+        _initial_noise(key, noise_shape(stage, batch)),
+        cfg.traced(),
+        *given,
+        rate,
+        ext_frames,
+      )
+      video = jax.block_until_ready(video)
+    finally:
+      self._on_step = lambda i: None
+      bar.close()
+    return video
 
   def given_frames(
     self, given: Any, mode: str | None, rows: int | Sequence[int]
@@ -294,6 +342,89 @@ class CascadePipeline:
         later *= stage.spec.factor
     return out[::-1]
 
+  def frames_per_base_frame(self) -> int:
+    """The last stage's frames per base frame (the product of the TSR factors)."""
+    return int(np.prod([s.spec.factor for s in self.stages if s.spec.kind == 'tsr']))
+
+  def windows(self, length: int, overlap: int) -> list[int]:
+    """The base stage's windows of a long video of `length` base frames, each sharing
+    `overlap` frames with the one before: their first frames (the last window may run
+    past `length`; the videos are cut to it). Raises ValueError for a bad length."""
+    t = self.stages[0].spec.frames
+    if not t <= length <= MAX_LENGTH_FACTOR * t:
+      raise ValueError(
+        f'length must be {t} to {MAX_LENGTH_FACTOR * t} base frames (the base stage makes '
+        f'{t} at a time); got {length}'
+      )
+    if not 1 <= overlap < t:
+      raise ValueError(f'overlap must be 1 to {t - 1} frames of the base stage; got {overlap}')
+    step = t - overlap
+    return [j * step for j in range(max(0, -(-(length - t) // step)) + 1)]
+
+  def _long_videos(self, cfgs, texts, key, batch, rates, progress, length, ext):
+    """Every stage's video of a long clip, `length` base frames: the base window by window,
+    each new window conditioned on the `ext.overlap` frames it shares with the video so
+    far (`diffusion/extend.py`); each SR stage window by window on those windows of the
+    stage below, the windows' shared frames blended linearly."""
+    base = self.stages[0].spec
+    starts = self.windows(length, ext.overlap)
+    key0 = jax.random.fold_in(key, 0)
+    video = None
+    for j, start in enumerate(starts):
+      # The first window draws what a short video draws: a long video begins as it.
+      k = key0 if j == 0 else jax.random.fold_in(key0, j)
+      if j == 0:
+        video = self._run_stage(0, cfgs[0], texts, None, k, batch, (None, None), rates[0], progress)
+        continue
+      known = jnp.zeros((batch, base.frames), bool).at[:, : ext.overlap].set(True)
+      x_known = jnp.zeros((batch, base.frames) + video.shape[2:], jnp.float32)
+      x_known = x_known.at[:, : ext.overlap].set(video[:, start : start + ext.overlap])
+      window = self._run_stage(
+        0, cfgs[0], texts, None, k, batch, (None, None), rates[0], progress, (ext, (x_known, known))
+      )
+      video = jnp.concatenate([video, window[:, ext.overlap :]], axis=1)
+    out = [video]
+    scale = 1  # frames per base frame at the stage below
+    for i in range(1, len(self.stages)):
+      spec = self.stages[i].spec
+      f = spec.factor if spec.kind == 'tsr' else 1
+      size = base.frames * scale * f  # the stage's frames per window
+      total = (starts[-1] + base.frames) * scale * f
+      acc = jnp.zeros((batch, total, spec.height, spec.width, 3), jnp.float32)
+      weight = jnp.zeros((total,), jnp.float32)
+      ramp = _blend_ramp(size, ext.overlap * scale * f)
+      key_i = jax.random.fold_in(key, i)
+      for j, start in enumerate(starts):
+        low = out[-1][:, start * scale : (start + base.frames) * scale]
+        win = self._run_stage(
+          i,
+          cfgs[i],
+          texts,
+          low,
+          key_i if j == 0 else jax.random.fold_in(key_i, j),
+          batch,
+          (None, None),
+          rates[i],
+          progress,
+        )
+        w = ramp.copy()
+        if j == 0:
+          w[: len(w) // 2] = 1.0  # nothing before the first window to blend with
+        if j == len(starts) - 1:
+          w[len(w) // 2 :] = 1.0
+        at = start * scale * f
+        acc = acc.at[:, at : at + size].add(win * w[None, :, None, None, None])
+        weight = weight.at[at : at + size].add(w)
+      out.append(acc / weight[None, :, None, None, None])
+      scale *= f
+    # Cut to `length` base frames.
+    cut, scale = [], 1
+    for stage, video in zip(self.stages, out):
+      if stage.spec.kind == 'tsr':
+        scale *= stage.spec.factor
+      cut.append(video[:, : length * scale])
+    return cut
+
   def __call__(
     self,
     prompts: str | Sequence[str],
@@ -308,6 +439,8 @@ class CascadePipeline:
     given: Any = None,
     mode: str | None = None,
     fps: float | None = None,
+    length: int | None = None,
+    extend: ExtendConfig | None = None,
   ) -> CascadeOutput:
     """Samples `num_samples` videos per prompt; returns uint8 videos of the last stage.
 
@@ -320,6 +453,11 @@ class CascadePipeline:
       `given_frames`), for the stages trained with frame conditioning.
     fps: the frame rate of the videos (default: the last stage's), for cascades whose
       stages read it (`unet.fps_embed`, see `stage_rates`).
+    length: a video longer than the base stage makes, in base frames (up to
+      `MAX_LENGTH_FACTOR` times its own): sampled window by window (`windows`), each new
+      window of the base conditioned on the frames it shares with the one before as
+      `extend` says (default `ExtendConfig()`: reconstruction guidance, 4 frames), the
+      SR stages window by window with the shared frames blended.
     """
     prompts = [prompts] if isinstance(prompts, str) else list(prompts)
     if not prompts or num_samples < 1:
@@ -356,31 +494,31 @@ class CascadePipeline:
           jnp.asarray(a) for a in self.text_encoder([negative_prompt] * len(padded))
         )
     key = jax.random.key(seed)
-    video = None
-    intermediates = {}
-    for i, stage in enumerate(self.stages):
-      cfg = overrides.get(stage.name, stage.sampler)
-      bar = _progress(stage.name, cfg.steps, progress)
-      self._on_step = lambda _, bar=bar: bar.update(1)
-      key_i = jax.random.fold_in(key, i)
-      try:
-        video = self._sampler(i, cfg)(
-          stage.params,
-          emb,
-          mask,
-          neg_emb,
-          neg_mask,
+    texts = (emb, mask, neg_emb, neg_mask)
+    cfgs = [overrides.get(s.name, s.sampler) for s in self.stages]
+    if length is None:
+      videos, video = [], None
+      for i, cfg in enumerate(cfgs):
+        video = self._run_stage(
+          i,
+          cfg,
+          texts,
           video,
-          key_i,
-          _initial_noise(key_i, noise_shape(stage, len(padded))),
-          cfg.traced(),
-          *given_by_stage.get(i, (None, None)),
+          jax.random.fold_in(key, i),
+          len(padded),
+          given_by_stage.get(i, (None, None)),
           rates[i],
+          progress,
         )
-        video = jax.block_until_ready(video)
-      finally:
-        self._on_step = lambda i: None
-        bar.close()
+        videos.append(video)
+    else:
+      if given is not None:
+        raise ValueError('given frames and length= (a long video) cannot be combined yet')
+      videos = self._long_videos(
+        cfgs, texts, key, len(padded), rates, progress, length, extend or ExtendConfig()
+      )
+    intermediates = {}
+    for stage, video in zip(self.stages, videos):
       if not bool(jnp.isfinite(video[:n]).all()):
         raise NonFiniteSampleError(
           f'stage {stage.name} sampled a video with non-finite values (NaN or inf): its '
@@ -388,6 +526,7 @@ class CascadePipeline:
         )
       if return_intermediates:
         intermediates[stage.name] = io.to_uint8(np.asarray(video[:n]))
+    video = videos[-1]
     return CascadeOutput(
       io.to_uint8(np.asarray(video[:n])),
       self.stages[-1].fps if fps is None else float(fps),
@@ -399,6 +538,14 @@ class CascadePipeline:
 # The initial noise, drawn before each stage's sampler so that the sampler can take it
 # as a donated argument; compiled once per shape, it equals what the sampler drew itself.
 _initial_noise = jax.jit(initial_noise, static_argnums=1)
+
+
+def _blend_ramp(size: int, overlap: int) -> np.ndarray:
+  """[size] weights of a window in a linear cross-fade: rising over its first `overlap`
+  frames, falling over its last, 1 between (two windows' weights sum to 1 where they
+  overlap by `overlap` frames)."""
+  t = np.arange(size, dtype=np.float32) + 0.5
+  return np.minimum(1.0, np.minimum(t, size - t) / overlap).astype(np.float32)
 
 
 def batch_bucket(n: int) -> int:

@@ -17,7 +17,7 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 
-from imagen_video_jax.diffusion import objectives, samplers
+from imagen_video_jax.diffusion import extend as extend_lib, objectives, samplers
 from imagen_video_jax.diffusion.samplers import SamplerConfig
 from imagen_video_jax.models.unet import VideoUNet
 from imagen_video_jax.stage import Stage, StageSpec
@@ -71,6 +71,7 @@ def sample_stage(
   known: jax.Array | None = None,
   known_frames: jax.Array | None = None,
   fps: jax.Array | float | None = None,
+  extend: tuple[jax.Array, jax.Array, extend_lib.ExtendConfig] | None = None,
   sampler: SamplerConfig | None = None,
   on_step: Callable[[Any], None] | None = None,
   traced: samplers.Traced | None = None,
@@ -91,6 +92,9 @@ def sample_stage(
       (`diffusion/frame_cond.py`), at this stage's size in [-1, 1]; both halves of a
       guided forward see them.
     fps: the frame rate a stage with `unet.fps_embed` samples at (default `stage.fps`).
+    extend: (x_known [B, T, H, W, C] in [-1, 1], known [B, T], ExtendConfig): condition
+      the sample on the known frames by replacement or reconstruction guidance
+      (`diffusion/extend.py`), with a model not trained for it; the output holds them.
     sampler: default `stage.sampler`.
     traced: its steps and guidance as (traced) values, see `samplers.sample`.
     z_init: the initial noise, `initial_noise(key, noise_shape(stage, batch_size))`
@@ -161,6 +165,17 @@ def sample_stage(
       )
 
     denoise = samplers.guided_denoiser(apply, text_emb, text_mask, neg_text_emb, neg_text_mask)
+  if extend is not None:
+    x_known, known, ext_cfg = extend
+    eps_known = jax.random.normal(jax.random.fold_in(key, 2), shape, jnp.float32)
+    denoise = extend_lib.conditioned_denoiser(
+      denoise,
+      jnp.asarray(x_known, jnp.float32),
+      jnp.asarray(known),
+      eps_known,
+      config=ext_cfg,
+      prediction=stage.diffusion.prediction,
+    )
   return samplers.sample(
     denoise,
     shape,

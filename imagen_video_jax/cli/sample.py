@@ -4,6 +4,7 @@ r"""Sample videos from a prompt with an exported cascade.
         --prompt="a red 3 moving left" --output=outputs/demo.mp4 [--seed=0] \
         [--num_samples=1] [--steps=N] [--guidance=W] [--sampler=ddim|ancestral|stepback] [--scale=4]
         [--init_image=FILE | --init_video=FILE --mode=extend|interpolate] [--fps=F]
+        [--length=N [--extend=reconstruction|replacement] [--overlap=4]]
 
 --config=FILE samples the cascade that config file ships (its CASCADE or CASCADE_DIR);
 --checkpoints=DIR a cascade of your own (`export_cascade` writes one). Writes OUTPUT (.mp4), and beside it the same stem as .gif and .png (contact sheet);
@@ -13,6 +14,7 @@ with --num_samples > 1, stem_0.mp4, stem_1.mp4, ...
 --mode=extend continues its frames, with --mode=interpolate fills in between them (every
 other frame, or the first and last). Both need a cascade trained with frame conditioning
 (`model.frame_cond`); --fps one trained with fps conditioning (`model.fps_embed`).
+--length makes a video longer than the cascade's, window by window (any cascade).
 
 A prompt with words the cascade was never trained on (the words its cascade.json
 records, e.g. the Moving Digits grammar; for an open vocabulary, a prompt whose words
@@ -81,6 +83,25 @@ _FPS = flags.DEFINE_float(
   'Frame rate of the videos, for a cascade trained with fps conditioning '
   "(model.fps_embed): the motion per frame follows it. Default: the cascade's own.",
 )
+_LENGTH = flags.DEFINE_integer(
+  'length',
+  None,
+  'Frames of a video longer than the cascade makes (a multiple of its frames per base '
+  'frame, up to 16 times its length): sampled window by window, see --extend.',
+)
+_EXTEND = flags.DEFINE_enum(
+  'extend',
+  'reconstruction',
+  ['reconstruction', 'replacement'],
+  'With --length: how each new window of the base is held to the frames it shares with '
+  "the video so far: VDM's reconstruction guidance, or replacement.",
+)
+_EXTEND_WEIGHT = flags.DEFINE_float(
+  'extend_weight', 2.0, 'With --length and --extend=reconstruction: the guidance weight w_r.'
+)
+_OVERLAP = flags.DEFINE_integer(
+  'overlap', 4, 'With --length: base frames each window shares with the one before.'
+)
 _PROGRESS = flags.DEFINE_bool('progress', True, 'Progress bars.')
 _STRICT = flags.DEFINE_bool(
   'strict',
@@ -148,6 +169,12 @@ def check_flags() -> dict:
       except ValueError as e:
         raise checks.Refusal(f'--{name}={value}: {e}') from None
       overrides[name] = value
+  if _LENGTH.value is not None and _LENGTH.value < 1:
+    raise checks.Refusal(f'--length must be >= 1; got {_LENGTH.value}')
+  if _LENGTH.value is not None and (_INIT_IMAGE.value or _INIT_VIDEO.value):
+    raise checks.Refusal(
+      '--length and given frames (--init_image, --init_video) cannot be combined yet'
+    )
   if _FPS.value is not None and not _FPS.value > 0:
     raise checks.Refusal(f'--fps must be > 0; got {_FPS.value}')
   if _INIT_IMAGE.value and _INIT_VIDEO.value:
@@ -234,6 +261,19 @@ def main(argv):
     except ValueError as e:
       hint = ' (the distilled students may lack what the stages have: try --teacher)'
       raise checks.Refusal(f'--fps={_FPS.value:g}: {e}{hint if students else ""}') from None
+  length = extend = None
+  if _LENGTH.value is not None:
+    from imagen_video_jax.diffusion.extend import ExtendConfig
+
+    scale = pipe.frames_per_base_frame()
+    try:
+      if _LENGTH.value % scale:
+        raise ValueError(f'give a multiple of {scale} (the frames each base frame becomes)')
+      length = _LENGTH.value // scale
+      extend = ExtendConfig(_EXTEND.value, _EXTEND_WEIGHT.value, _OVERLAP.value)
+      pipe.windows(length, extend.overlap)
+    except ValueError as e:
+      raise checks.Refusal(f'--length={_LENGTH.value} --overlap={_OVERLAP.value}: {e}') from None
   problem = pipe.check_prompts(_PROMPT.value + negative)
   if problem and _STRICT.value:
     raise checks.Refusal(f'{problem}. Nothing was written (--strict).')
@@ -253,6 +293,8 @@ def main(argv):
         given=given,
         mode=_MODE.value,
         fps=_FPS.value,
+        length=length,
+        extend=extend,
       )
   except NonFiniteSampleError as e:
     raise checks.Refusal(f'{e}; nothing was written') from None
