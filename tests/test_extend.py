@@ -153,3 +153,52 @@ def test_sample_cli_writes_the_long_video_the_library_samples(tmp_path):
   ):
     res = sample(*flags)
     assert res.returncode == 1 and msg in res.stderr and 'Traceback' not in res.stderr, res.stderr
+
+
+class _LongOracle:
+  """Stands in for a cascade: `length=` videos whose every piece is the world's clip of the
+  prompt, but for the second piece of every other video, drawn in another colour."""
+
+  def __init__(self):
+    from types import SimpleNamespace
+
+    from imagen_video_jax.stage import StageSpec
+
+    self.world = None
+    self.stages = [
+      SimpleNamespace(name='base', fps=8.0, spec=StageSpec(frames=16, height=32, width=32))
+    ]
+
+  def __call__(self, prompts, *, seed, length, extend, samplers_by_stage, progress):
+    from types import SimpleNamespace
+
+    from imagen_video_jax.data import digits
+
+    world, out = digits.DigitsConfig(), []
+    for i, p in enumerate(prompts):
+      d, c, m = digits.parse_caption(p)
+      clip = lambda colour: digits._render_video(
+        np.random.default_rng([seed, i]), world, d, colour, m
+      )[0]
+      other = 'white' if c != 'white' else 'red'
+      pieces = [clip(c) if k == 0 or (seed + i) % 2 else clip(other) for k in range(length // 16)]
+      out.append(np.concatenate(pieces))
+    return SimpleNamespace(videos=np.stack(out))
+
+
+def test_long_video_evaluation_reads_every_piece():
+  from imagen_video_jax.evaluation import judge as judge_lib, metrics
+
+  report = metrics.evaluate_long_videos(
+    _LongOracle(),
+    judge_lib.load_judge(),
+    length_factor=2,
+    num_samples=20,
+    batch_size=4,
+    progress=False,
+  )
+  assert report['num'] == 20 and len(report['pieces']) == 2
+  assert report['pieces'][0]['all'] >= 0.95  # the first pieces are the prompts' clips
+  assert report['pieces'][1]['colour'] <= 0.6  # half the second pieces are another colour
+  assert 0.4 <= report['all_pieces_right'] <= 0.6 and report['consistent'] <= 0.6
+  assert report['extend']['method'] == 'reconstruction'

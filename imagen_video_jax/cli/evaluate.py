@@ -65,6 +65,24 @@ _FPS = flags.DEFINE_float(
   'adherence: sample at this frame rate (a cascade trained with fps conditioning); the '
   "report's speed is the judge's pixels per frame.",
 )
+_LENGTH_FACTOR = flags.DEFINE_integer(
+  'length_factor',
+  None,
+  "adherence: score videos this many times the cascade's length instead (training "
+  "prompts, --num_samples of them): the judge reads each piece of the cascade's length.",
+)
+_EXTEND = flags.DEFINE_enum(
+  'extend',
+  'reconstruction',
+  ['reconstruction', 'replacement'],
+  'adherence with --length_factor: how each new window is held to the video so far.',
+)
+_EXTEND_WEIGHT = flags.DEFINE_float(
+  'extend_weight', 2.0, 'adherence with --length_factor: reconstruction guidance weight.'
+)
+_OVERLAP = flags.DEFINE_integer(
+  'overlap', 4, 'adherence with --length_factor: base frames each window shares.'
+)
 _HELD_OUT = flags.DEFINE_string(
   'held_out',
   None,
@@ -248,6 +266,36 @@ def main(argv):
         if overrides
         else None
       )
+      if _LENGTH_FACTOR.value is not None:
+        from imagen_video_jax.diffusion.extend import ExtendConfig
+
+        if not 2 <= _LENGTH_FACTOR.value <= 16:
+          raise ValueError(f'--length_factor must be 2 to 16; got {_LENGTH_FACTOR.value}')
+        ext = ExtendConfig(_EXTEND.value, _EXTEND_WEIGHT.value, _OVERLAP.value)
+        pipe.windows(pipe.stages[0].spec.frames * _LENGTH_FACTOR.value, ext.overlap)
+        report = metrics.evaluate_long_videos(
+          pipe,
+          J.load_judge(_JUDGE.value),
+          length_factor=_LENGTH_FACTOR.value,
+          extend=ext,
+          num_samples=_NUM_SAMPLES.value,
+          seed=_SEED.value,
+          world=world,
+          batch_size=_BATCH_SIZE.value,
+          samplers_by_stage=samplers,
+          progress=_PROGRESS.value,
+        )
+        print(
+          f'{report["num"]} videos {report["length_factor"]}x long ({_EXTEND.value}): every '
+          f'piece right in {100 * report["all_pieces_right"]:.1f}% (95% '
+          f'{100 * report["all_pieces_right_ci95"][0]:.0f}-'
+          f'{100 * report["all_pieces_right_ci95"][1]:.0f}%), pieces read alike in '
+          f'{100 * report["consistent"]:.1f}%; all three right per piece: '
+          + ', '.join(f'{100 * p["all"]:.0f}%' for p in report['pieces'])
+        )
+        if _OUTPUT.value:
+          print(f'report: {metrics.write_report(_OUTPUT.value, report)}')
+        return
       report = metrics.evaluate_cascade(
         pipe,
         J.load_judge(_JUDGE.value),

@@ -383,6 +383,76 @@ def given_frame_errors(
   }
 
 
+def evaluate_long_videos(
+  pipe,
+  judge,
+  *,
+  length_factor: int = 2,
+  extend=None,
+  num_samples: int = 50,
+  seed: int = 0,
+  world: digits.DigitsConfig = digits.DigitsConfig(),
+  batch_size: int = 8,
+  samplers_by_stage=None,
+  progress: bool = True,
+) -> dict[str, Any]:
+  """Samples videos `length_factor` times the cascade's length on training-combination
+  prompts (`CascadePipeline(length=..., extend=extend)`) and has the judge read each
+  consecutive piece of the cascade's own length.
+
+  Returns ``{"num", "length_factor", "extend", "pieces": the judge's accuracy on every
+  piece, by attribute and all three (a list, first piece first), "all_pieces_right":
+  the fraction of videos every piece of which shows all three attributes of the prompt
+  (with its 95% interval), "consistent": the fraction whose pieces all read the same
+  (digit, colour, direction), right or not}``.
+  """
+  from tqdm.auto import tqdm
+
+  from imagen_video_jax.diffusion.extend import ExtendConfig
+
+  extend = ExtendConfig() if extend is None else extend
+  judge = judge_for_cascade(pipe, judge)
+  prompts = sample_prompts(num_samples, seed, False, world)
+  base = pipe.stages[0].spec.frames
+  videos = []
+  for i in tqdm(range(0, len(prompts), batch_size), desc='long videos', disable=not progress):
+    out = pipe(
+      prompts[i : i + batch_size],
+      seed=seed + i,
+      length=base * length_factor,
+      extend=extend,
+      samplers_by_stage=samplers_by_stage,
+      progress=False,
+    )
+    videos.append(out.videos)
+  videos = np.concatenate(videos)
+  frames = videos.shape[1] // length_factor
+  truth = [digits.parse_caption(p) for p in prompts]
+  reads = [
+    judge.predict(videos[:, k * frames : (k + 1) * frames], fps=pipe.stages[-1].fps).as_tuples()
+    for k in range(length_factor)
+  ]
+  pieces = []
+  for got in reads:
+    entry = {
+      a: float(np.mean([g[j] == t[j] for g, t in zip(got, truth)]))
+      for j, a in enumerate(ATTRIBUTES)
+    }
+    entry['all'] = float(np.mean([tuple(g) == tuple(t) for g, t in zip(got, truth)]))
+    pieces.append(entry)
+  right = sum(all(tuple(r[n]) == tuple(truth[n]) for r in reads) for n in range(len(prompts)))
+  same = sum(len({tuple(r[n]) for r in reads}) == 1 for n in range(len(prompts)))
+  return {
+    'num': len(prompts),
+    'length_factor': length_factor,
+    'extend': dataclasses.asdict(extend),
+    'pieces': pieces,
+    'all_pieces_right': right / len(prompts),
+    'all_pieces_right_ci95': list(wilson_interval(right, len(prompts))),
+    'consistent': same / len(prompts),
+  }
+
+
 def write_report(path: str, report: Mapping[str, Any]) -> str:
   """Writes the report as indented JSON."""
   import os
