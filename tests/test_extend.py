@@ -115,46 +115,6 @@ def test_a_long_video_begins_as_the_short_one_and_is_sampled_window_by_window():
     pipe('a red 3', length=2, progress=False)
 
 
-def test_sample_cli_writes_the_long_video_the_library_samples(tmp_path):
-  import subprocess
-  import sys
-
-  from PIL import Image
-  from test_cascade import _pipeline
-  from test_sample_cli import export_test_cascade
-
-  from imagen_video_jax import export, io
-
-  (path,) = export_test_cascade(tmp_path, _pipeline.__wrapped__().stages)
-  out = tmp_path / 'long.mp4'
-
-  def sample(*flags):
-    cmd = [sys.executable, '-m', 'imagen_video_jax.sample', f'--checkpoints={path}']
-    cmd += ['--prompt=a red 3', '--seed=1', f'--output={out}', '--scale=1', '--noprogress']
-    return subprocess.run(cmd + list(flags), capture_output=True, text=True, timeout=600)
-
-  # 16 frames: twice the cascade's 8 (base 4 frames -> TSR 8), windows sharing 2 base frames.
-  res = sample('--length=16', '--extend=replacement', '--overlap=2')
-  assert res.returncode == 0, res.stderr[-3000:]
-  want = export.load_cascade(path)(
-    'a red 3',
-    seed=1,
-    length=8,
-    extend=extend.ExtendConfig('replacement', overlap=2),
-    progress=False,
-  )
-  assert want.videos.shape[1] == 16
-  sheet = np.asarray(Image.open(tmp_path / 'long.png').convert('RGB'))
-  np.testing.assert_array_equal(sheet, io.contact_sheet(want.videos[0]))
-  for flags, msg in (
-    (['--length=15'], 'give a multiple of 2'),
-    (['--length=16', '--overlap=4'], 'overlap must be 1 to 3'),
-    (['--length=0'], '--length must be >= 1'),
-  ):
-    res = sample(*flags)
-    assert res.returncode == 1 and msg in res.stderr and 'Traceback' not in res.stderr, res.stderr
-
-
 class _LongOracle:
   """Stands in for a cascade: `length=` videos whose every piece is the world's clip of the
   prompt, but for the second piece of every other video, drawn in another colour."""

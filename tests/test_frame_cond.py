@@ -385,6 +385,7 @@ def test_a_run_with_given_frames_and_frame_rates_warm_starts_from_a_plain_one_an
   from PIL import Image
 
   from imagen_video_jax import export, io, training
+  from imagen_video_jax.diffusion.extend import ExtendConfig
 
   def config(**fields):
     c = digits_config.get_config('stage=base,tiny=True')
@@ -460,6 +461,15 @@ def test_a_run_with_given_frames_and_frame_rates_warm_starts_from_a_plain_one_an
   assert report['given']['clip_frames'] == [0] and report['given']['num_given'] == 1
   assert set(report['given']['mean_abs_error_by_stage']) == {'base'}
 
+  # A long video (any cascade): twice its 8 frames, windows sharing 4, as the library.
+  res = sample(path, '--length=16', '--extend=replacement', '--fps=8')
+  assert res.returncode == 0, res.stderr[-3000:]
+  ext = ExtendConfig('replacement', overlap=4)
+  want = pipe('a red 3 moving left', seed=2, length=16, extend=ext, fps=8.0, progress=False)
+  sheet = np.asarray(Image.open(tmp_path / 'out' / 'v.png').convert('RGB'))
+  assert want.videos.shape[1] == 16
+  np.testing.assert_array_equal(sheet, io.contact_sheet(want.videos[0]))
+
   (tmp_path / 'notes.txt').write_text('x')
   refused = tmp_path / 'refused' / 'v.mp4'
   for flags, msg in (
@@ -472,6 +482,9 @@ def test_a_run_with_given_frames_and_frame_rates_warm_starts_from_a_plain_one_an
       [f'--init_video={tmp_path / "start.png"}', '--mode=interpolate'],
       'interpolate takes 2 frames',
     ),
+    (['--length=12', '--overlap=8'], 'overlap must be 1 to 7'),
+    (['--length=0'], '--length must be >= 1'),
+    (['--length=16', f'--init_image={tmp_path / "start.png"}'], 'cannot be combined yet'),
   ):
     res = sample(path, *flags, out=refused)
     assert res.returncode == 1 and msg in res.stderr and 'Traceback' not in res.stderr, (
