@@ -72,8 +72,8 @@ def main():
   stage_s = {}
   real_sampler = pipe._sampler
 
-  def timed_sampler(index, cfg):
-    run = real_sampler(index, cfg)
+  def timed_sampler(index, cfg, *rest):
+    run = real_sampler(index, cfg, *rest)
 
     def timed(*a):
       t = time.perf_counter()

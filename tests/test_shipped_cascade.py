@@ -28,7 +28,7 @@ MAX_BYTES = 40 * 1024 * 1024  # issue #7: the three stages together at most 40 M
 # Their distilled students, stored in float16 (`export_cascade --student_dtype=float16`).
 MAX_STUDENT_BYTES = 20 * 1024 * 1024
 # Each stage's student: (sampling steps, sampler), as the model card's "Distilled students".
-STUDENTS = {'base': (4, 'stepback'), 'tsr': (4, 'stepback'), 'ssr': (8, 'stepback')}
+STUDENTS = {'base': (4, 'stepback'), 'tsr': (4, 'stepback'), 'ssr': (4, 'stepback')}
 
 
 def _size(path):
@@ -129,7 +129,7 @@ def test_the_shipped_cascade_draws_the_prompted_digit_and_colour():
 
 def test_the_shipped_students_draw_the_prompted_digit_and_colour_in_few_steps():
   """The distilled students, what `sample`, `make demo` and the notebook use, at their
-  own steps of one forward each (`STUDENTS`: 4, 4 and 8 with the step-back sampler; the
+  own steps of one forward each (`STUDENTS`: 4 each with the step-back sampler; the
   teachers take 32 steps of two)."""
   _samples_keep_the_prompt(
     export.load_cascade(SHIPPED), os.path.join(DATA, 'shipped_students_samples.npz')

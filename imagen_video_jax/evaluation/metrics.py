@@ -256,7 +256,8 @@ def evaluate_cascade(
     clips = np.concatenate(clips)
     prompts = [digits.caption_for(*t) for t in truth[0] + truth[1]]
     num_given = default_num_given(pipe, given) if num_given is None else num_given
-    frames, clip_positions = given_clip_frames(pipe, clips, given, num_given)
+    step = clip_step(pipe, judge.config.world.fps, fps)
+    frames, clip_positions = given_clip_frames(pipe, clips, given, num_given, step)
   names = [s.name for s in pipe.stages]
   by_stage: dict[str, list[np.ndarray]] = {n: [] for n in names}
   for i in tqdm(
@@ -300,7 +301,7 @@ def evaluate_cascade(
       'num_given': num_given,
       'clip_frames': [int(p) for p in clip_positions],
       **given_frame_errors(
-        pipe, {n: np.concatenate(v) for n, v in by_stage.items()}, clips, given, num_given
+        pipe, {n: np.concatenate(v) for n, v in by_stage.items()}, clips, given, num_given, step
       ),
     }
   if real_fd_clips > 0:
@@ -335,36 +336,55 @@ def default_num_given(pipe, mode: str) -> int:
   return {'animate': 1, 'extend': pipe.stages[0].spec.frames // 2, 'interpolate': 2}[mode]
 
 
-def given_clip_frames(pipe, clips: np.ndarray, mode: str, num_given: int):
+def clip_step(pipe, clip_fps: float, fps: float | None = None) -> int:
+  """Clip frames per base frame: real clips at `clip_fps` against the base stage's rate
+  (its own, or its share of `fps`, `CascadePipeline.stage_rates`). Raises ValueError
+  unless it is a whole number >= 1."""
+  rate = pipe.stage_rates(fps)[0] if hasattr(pipe, 'stage_rates') else None
+  base_fps = float(pipe.stages[0].fps if rate is None else rate)
+  step = clip_fps / base_fps
+  if step < 1 or abs(step - round(step)) > 1e-6:
+    raise ValueError(
+      f'clips at {clip_fps:g} fps cannot give frames of a base stage at {base_fps:g} fps '
+      '(a whole number of clip frames per base frame is needed)'
+    )
+  return int(round(step))
+
+
+def given_clip_frames(pipe, clips: np.ndarray, mode: str, num_given: int, step: int):
   """(given frames [N, G, H, W, 3], their frames in the clips): the frames of real
-  clips [N, T, H, W, 3] (at the last stage's frame rate) a user would give in `mode`:
-  base frame i is clip frame i * (the product of the TSR factors)."""
+  clips [N, T, H, W, 3] a user would give in `mode`: base frame i is clip frame i * step
+  (`clip_step`)."""
   from imagen_video_jax.diffusion import frame_cond
 
   base = frame_cond.given_positions(mode, num_given, pipe.stages[0].spec.frames)
-  at = base * _time_strides(pipe)[-1]
+  at = base * step
   if at.max() >= clips.shape[1]:
     raise ValueError(f'clips of {clips.shape[1]} frames are too short for frames {list(at)}')
   return clips[:, at], at
 
 
 def given_frame_errors(
-  pipe, videos: Mapping[str, np.ndarray], clips: np.ndarray, mode: str, num_given: int
+  pipe,
+  videos: Mapping[str, np.ndarray],
+  clips: np.ndarray,
+  mode: str,
+  num_given: int,
+  step: int,
 ) -> dict[str, Any]:
   """How closely each stage's videos hand back the given frames: the mean absolute
   difference (0-255) between each stage's frames where the given ones went and those
   frames resized to the stage's size (``by_stage``), and for scale the mean absolute
   difference between successive frames of the clips at the base stage's frame rate
-  (``successive_base_frames``)."""
+  (``successive_base_frames``; base frame i is clip frame i * step)."""
   import jax
 
   from imagen_video_jax.diffusion import frame_cond
 
   base = frame_cond.given_positions(mode, num_given, pipe.stages[0].spec.frames)
-  stride = _time_strides(pipe)
-  given = clips[:, base * stride[-1]].astype(np.float32)
+  given = clips[:, base * step].astype(np.float32)
   out = {}
-  for stage, s in zip(pipe.stages, stride):
+  for stage, s in zip(pipe.stages, _time_strides(pipe)):
     spec = stage.spec
     n, g = given.shape[:2]
     want = jax.image.resize(
@@ -375,7 +395,6 @@ def given_frame_errors(
     )
     got = videos[stage.name][:, base * s].astype(np.float32)
     out[stage.name] = float(np.abs(got.reshape(want.shape) - np.asarray(want)).mean())
-  step = stride[-1]
   seq = clips[:, ::step].astype(np.float32)
   return {
     'mean_abs_error_by_stage': out,
