@@ -95,6 +95,7 @@ def test_peak_flops_table_known_unknown_and_override():
   assert run_lib.peak_flops('NVIDIA H100 80GB HBM3', 5e14)[0] == 5e14
 
 
+@pytest.mark.slow  # a longer end-to-end run: make test-all
 def test_dry_run_end_to_end(tmp_path):
   out, md = tmp_path / 'cpu.json', tmp_path / 'table.md'
   env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get('PYTHONPATH', ''))

@@ -364,6 +364,7 @@ def test_training_clip_size_reaches_the_memory_planner():
 
 
 # ----------------------------------------------------------------------- end to end
+@pytest.mark.slow  # a longer end-to-end run: make test-all
 def test_crop_trained_ssr_stage_exports_and_samples_at_full_size(tmp_path):
   from PIL import Image
 

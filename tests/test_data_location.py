@@ -3,6 +3,8 @@ and where it was for a run that began when the default was `<workdir>/../data`."
 
 import os
 
+import pytest
+
 from cli_util import run_module
 from test_train_loop import ROOT, tiny_config
 
@@ -54,6 +56,7 @@ def test_data_only_writes_inside_the_workdir_or_under_data_root(tmp_path):
   assert not (tmp_path / 'x').exists() and not (tmp_path / 'y').exists()
 
 
+@pytest.mark.slow  # a longer end-to-end run: make test-all
 def test_a_run_begun_with_its_world_beside_the_workdir_resumes_there(tmp_path, capsys):
   work = str(tmp_path / 'runs' / 'base')
   legacy = str(tmp_path / 'runs' / 'data' / NAME)  # the old default, <workdir>/../data

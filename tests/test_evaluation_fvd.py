@@ -255,6 +255,7 @@ def _cli(*args):
   )
 
 
+@pytest.mark.slow  # a longer end-to-end run: make test-all
 def test_cli_fvd_report_equals_the_library_on_the_same_clips(reference, tmp_path):
   real, _ = reference
   sets = {'real': real, 'generated': _unit_range(real[:2])}  # set sizes differ: 3 and 2

@@ -135,6 +135,7 @@ def test_base_stage_without_allocating_it():
   assert 'parameters            5,' in stdout and 'FITS in 95 GB' in stdout
 
 
+@pytest.mark.slow  # a longer end-to-end run: make test-all
 def test_compiled_memory_analysis_tiny_stage():
   """The compiled path end to end on the tiny Moving Digits stage (frozen T5 in the step).
 

@@ -185,6 +185,7 @@ def _sheet_frames(png, frames, size, columns=8, gap=1):
   return np.stack(out)
 
 
+@pytest.mark.slow  # a longer end-to-end run: make test-all
 def test_the_demo_contact_sheets_end_on_the_prompted_side(tmp_path):
   """`make demo`'s prompt in each of the four directions, sampled as `sample` does (its
   default seed, each stage's own steps): on the contact sheet the digit ends on the side
