@@ -305,10 +305,8 @@ class CascadePipeline:
         raise ValueError(f"{num} given frames: say where they go (mode='extend' or 'interpolate')")
       mode = 'animate'
     positions = frame_cond.given_positions(mode, num, self.stages[0].spec.frames)
-    out, stride = {}, 1
-    for i, stage in enumerate(self.stages):
-      if stage.spec.kind == 'tsr':
-        stride *= stage.spec.factor
+    out = {}
+    for i, (stage, stride) in enumerate(zip(self.stages, time_strides(self.stages))):
       if i not in readers:
         continue
       spec = stage.spec
@@ -334,17 +332,15 @@ class CascadePipeline:
         )
       if not (np.isfinite(fps) and fps > 0):
         raise ValueError(f'fps must be a number > 0; got {fps}')
-    out, later = [], 1
-    for stage, reads in zip(reversed(self.stages), reversed(readers)):
-      rate = stage.fps if fps is None else fps / later
-      out.append(np.float32(rate) if reads else None)
-      if stage.spec.kind == 'tsr':
-        later *= stage.spec.factor
-    return out[::-1]
+    strides = time_strides(self.stages)
+    return [
+      (np.float32(stage.fps if fps is None else fps * s / strides[-1]) if reads else None)
+      for stage, reads, s in zip(self.stages, readers, strides)
+    ]
 
   def frames_per_base_frame(self) -> int:
     """The last stage's frames per base frame (the product of the TSR factors)."""
-    return int(np.prod([s.spec.factor for s in self.stages if s.spec.kind == 'tsr']))
+    return time_strides(self.stages)[-1]
 
   def windows(self, length: int, overlap: int) -> list[int]:
     """The base stage's windows of a long video of `length` base frames, each sharing
@@ -384,15 +380,15 @@ class CascadePipeline:
       )
       video = jnp.concatenate([video, window[:, ext.overlap :]], axis=1)
     out = [video]
-    scale = 1  # frames per base frame at the stage below
+    strides = time_strides(self.stages)
     for i in range(1, len(self.stages)):
       spec = self.stages[i].spec
-      f = spec.factor if spec.kind == 'tsr' else 1
-      size = base.frames * scale * f  # the stage's frames per window
-      total = (starts[-1] + base.frames) * scale * f
+      scale, s = strides[i - 1], strides[i]  # frames per base frame below and here
+      size = base.frames * s  # the stage's frames per window
+      total = (starts[-1] + base.frames) * s
       acc = jnp.zeros((batch, total, spec.height, spec.width, 3), jnp.float32)
       weight = jnp.zeros((total,), jnp.float32)
-      ramp = _blend_ramp(size, ext.overlap * scale * f)
+      ramp = _blend_ramp(size, ext.overlap * s)
       key_i = jax.random.fold_in(key, i)
       for j, start in enumerate(starts):
         low = out[-1][:, start * scale : (start + base.frames) * scale]
@@ -412,18 +408,11 @@ class CascadePipeline:
           w[: len(w) // 2] = 1.0  # nothing before the first window to blend with
         if j == len(starts) - 1:
           w[len(w) // 2 :] = 1.0
-        at = start * scale * f
+        at = start * s
         acc = acc.at[:, at : at + size].add(win * w[None, :, None, None, None])
         weight = weight.at[at : at + size].add(w)
       out.append(acc / weight[None, :, None, None, None])
-      scale *= f
-    # Cut to `length` base frames.
-    cut, scale = [], 1
-    for stage, video in zip(self.stages, out):
-      if stage.spec.kind == 'tsr':
-        scale *= stage.spec.factor
-      cut.append(video[:, : length * scale])
-    return cut
+    return [video[:, : length * s] for video, s in zip(out, strides)]  # `length` base frames
 
   def __call__(
     self,
@@ -538,6 +527,16 @@ class CascadePipeline:
 # The initial noise, drawn before each stage's sampler so that the sampler can take it
 # as a donated argument; compiled once per shape, it equals what the sampler drew itself.
 _initial_noise = jax.jit(initial_noise, static_argnums=1)
+
+
+def time_strides(stages: Sequence[Any]) -> list[int]:
+  """Each stage's frames per base frame: the product of the TSR factors up to it."""
+  out, stride = [], 1
+  for stage in stages:
+    if stage.spec.kind == 'tsr':
+      stride *= stage.spec.factor
+    out.append(stride)
+  return out
 
 
 def _blend_ramp(size: int, overlap: int) -> np.ndarray:

@@ -321,16 +321,6 @@ def mean_and_interval(values: np.ndarray, z: float = 1.959964) -> dict[str, Any]
   return {'mean': float(v.mean()), 'ci95': [float(v.mean() - half), float(v.mean() + half)]}
 
 
-def _time_strides(pipe) -> list[int]:
-  """Each stage's frames per base frame (the product of the TSR factors up to it)."""
-  out, stride = [], 1
-  for stage in pipe.stages:
-    if stage.spec.kind == 'tsr':
-      stride *= stage.spec.factor
-    out.append(stride)
-  return out
-
-
 def default_num_given(pipe, mode: str) -> int:
   """1 to animate, half the base stage's frames to extend, 2 to interpolate."""
   return {'animate': 1, 'extend': pipe.stages[0].spec.frames // 2, 'interpolate': 2}[mode]
@@ -384,7 +374,9 @@ def given_frame_errors(
   base = frame_cond.given_positions(mode, num_given, pipe.stages[0].spec.frames)
   given = clips[:, base * step].astype(np.float32)
   out = {}
-  for stage, s in zip(pipe.stages, _time_strides(pipe)):
+  from imagen_video_jax.cascade import time_strides
+
+  for stage, s in zip(pipe.stages, time_strides(pipe.stages)):
     spec = stage.spec
     n, g = given.shape[:2]
     want = jax.image.resize(
