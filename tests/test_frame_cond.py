@@ -480,7 +480,6 @@ def test_a_run_with_given_frames_and_frame_rates_warm_starts_from_a_plain_one_an
       [f'--init_video={tmp_path / "start.png"}', '--mode=interpolate'],
       'interpolate takes 2 frames',
     ),
-    (['--length=12', '--overlap=8'], 'overlap must be 1 to 7'),
     (['--length=16', f'--init_image={tmp_path / "start.png"}'], 'cannot be combined yet'),
   ):
     res = sample(path, *flags, out=refused)

@@ -163,6 +163,24 @@ def test_sample_cli_errors_are_one_line(tmp_path):
   assert 'Traceback' not in res.stderr and not (tmp_path / 'n.mp4').exists()
 
 
+def test_a_long_video_s_length_is_refused_in_the_video_s_frames(exported, tmp_path):
+  """--length counts the videos' frames; a TSR cascade's base makes fewer, which the
+  refusal must not name in their place (a user asking for 12 frames is told 16 to 256)."""
+  path, stages = exported
+  made = stages[0].spec.frames * export.load_cascade(path).frames_per_base_frame()
+  assert made > stages[0].spec.frames  # the test cascade has a TSR stage
+  out = tmp_path / 'o' / 'v.mp4'
+  for flags, msg in (
+    ([f'--length={made - 1}'], f'give {made} to {16 * made} frames (the cascade makes {made}'),
+    ([f'--length={2 * made}', f'--overlap={stages[0].spec.frames}'], 'overlap must be 1 to'),
+  ):
+    res = run_module(
+      'sample', '--prompt=a red 3', f'--checkpoints={path}', f'--output={out}', *flags
+    )
+    assert res.returncode == 1 and msg in res.stderr, res.stderr[-2000:]
+    assert 'Traceback' not in res.stderr and not out.parent.exists()
+
+
 def test_the_digits_config_names_the_shipped_cascade():
   from imagen_video_jax.cli.sample import cascade_dir_from_config
 

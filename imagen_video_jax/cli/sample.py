@@ -263,10 +263,18 @@ def main(argv):
       raise checks.Refusal(f'--fps={_FPS.value:g}: {e}{hint if students else ""}') from None
   length = extend = None
   if _LENGTH.value is not None:
+    from imagen_video_jax import cascade as cascade_lib
     from imagen_video_jax.diffusion.extend import ExtendConfig
 
     scale = pipe.frames_per_base_frame()
+    made = pipe.stages[0].spec.frames * scale
     try:
+      if not made <= _LENGTH.value <= cascade_lib.MAX_LENGTH_FACTOR * made:
+        # In the user's unit (the videos' frames), not the base stage's.
+        raise ValueError(
+          f'give {made} to {cascade_lib.MAX_LENGTH_FACTOR * made} frames (the cascade '
+          f'makes {made} at a time)'
+        )
       if _LENGTH.value % scale:
         raise ValueError(f'give a multiple of {scale} (the frames each base frame becomes)')
       length = _LENGTH.value // scale
