@@ -161,4 +161,6 @@ def test_long_video_evaluation_reads_every_piece():
   assert report['pieces'][0]['all'] >= 0.95  # the first pieces are the prompts' clips
   assert report['pieces'][1]['colour'] <= 0.6  # half the second pieces are another colour
   assert 0.4 <= report['all_pieces_right'] <= 0.6 and report['consistent'] <= 0.6
+  by = report['consistent_by_attribute']  # only the colour changes between pieces
+  assert by['colour'] <= 0.6 and by['digit'] >= 0.95 and by['direction'] >= 0.9
   assert report['extend']['method'] == 'reconstruction'

@@ -290,7 +290,9 @@ def main(argv):
           f'piece right in {100 * report["all_pieces_right"]:.1f}% (95% '
           f'{100 * report["all_pieces_right_ci95"][0]:.0f}-'
           f'{100 * report["all_pieces_right_ci95"][1]:.0f}%), pieces read alike in '
-          f'{100 * report["consistent"]:.1f}%; all three right per piece: '
+          f'{100 * report["consistent"]:.1f}% ('
+          + ', '.join(f'{a} {100 * v:.0f}%' for a, v in report['consistent_by_attribute'].items())
+          + '); all three right per piece: '
           + ', '.join(f'{100 * p["all"]:.0f}%' for p in report['pieces'])
         )
         if _OUTPUT.value:

@@ -415,7 +415,10 @@ def evaluate_long_videos(
   piece, by attribute and all three (a list, first piece first), "all_pieces_right":
   the fraction of videos every piece of which shows all three attributes of the prompt
   (with its 95% interval), "consistent": the fraction whose pieces all read the same
-  (digit, colour, direction), right or not}``.
+  (digit, colour, direction), right or not, and "consistent_by_attribute": that fraction
+  per attribute (in world v2 a digit stops short of the wall within one clip, so a later
+  piece may hold it still and its direction reads as chance; digit and colour do not
+  depend on the motion)}``.
   """
   from tqdm.auto import tqdm
 
@@ -453,6 +456,10 @@ def evaluate_long_videos(
     pieces.append(entry)
   right = sum(all(tuple(r[n]) == tuple(truth[n]) for r in reads) for n in range(len(prompts)))
   same = sum(len({tuple(r[n]) for r in reads}) == 1 for n in range(len(prompts)))
+  same_by = {
+    a: float(np.mean([len({r[n][j] for r in reads}) == 1 for n in range(len(prompts))]))
+    for j, a in enumerate(ATTRIBUTES)
+  }
   return {
     'num': len(prompts),
     'length_factor': length_factor,
@@ -461,6 +468,7 @@ def evaluate_long_videos(
     'all_pieces_right': right / len(prompts),
     'all_pieces_right_ci95': list(wilson_interval(right, len(prompts))),
     'consistent': same / len(prompts),
+    'consistent_by_attribute': same_by,
   }
 
 
