@@ -117,7 +117,8 @@ def test_a_long_video_begins_as_the_short_one_and_is_sampled_window_by_window():
 
 class _LongOracle:
   """Stands in for a cascade: `length=` videos whose every piece is the world's clip of the
-  prompt, but for the second piece of every other video, drawn in another colour."""
+  prompt, but for the second piece of every other video, drawn in another colour, and
+  every later piece of every fourth video (one of those) held still at its first frame."""
 
   def __init__(self):
     from types import SimpleNamespace
@@ -142,6 +143,8 @@ class _LongOracle:
       )[0]
       other = 'white' if c != 'white' else 'red'
       pieces = [clip(c) if k == 0 or (seed + i) % 2 else clip(other) for k in range(length // 16)]
+      if (seed + i) % 4 == 0:  # (a wrong colour already) its first frame held still
+        pieces[1:] = [np.repeat(p[:1], 16, axis=0) for p in pieces[1:]]
       out.append(np.concatenate(pieces))
     return SimpleNamespace(videos=np.stack(out))
 
@@ -162,5 +165,7 @@ def test_long_video_evaluation_reads_every_piece():
   assert report['pieces'][1]['colour'] <= 0.6  # half the second pieces are another colour
   assert 0.4 <= report['all_pieces_right'] <= 0.6 and report['consistent'] <= 0.6
   by = report['consistent_by_attribute']  # only the colour changes between pieces
-  assert by['colour'] <= 0.6 and by['digit'] >= 0.95 and by['direction'] >= 0.9
+  assert by['colour'] <= 0.6 and by['digit'] >= 0.95
+  assert report['moving'] == 0.75  # every fourth video's second piece is held still
+  assert report['direction_kept_when_moving'] >= 0.9
   assert report['extend']['method'] == 'reconstruction'

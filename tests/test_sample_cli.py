@@ -223,8 +223,8 @@ def test_evaluate_cli_scores_a_cascade_prefix_per_stage(exported, tmp_path):
   used = json.load(open(report_path))['samplers'][stages[0].name]
   assert (used['guidance'], used['sampler'], used['steps']) == (1.5, 'ancestral', 2)
   res = subprocess.run(cmd + ['--guidance=nan'], capture_output=True, text=True, timeout=300)
-  assert res.returncode != 0 and '--guidance=nan' in res.stderr
-  assert 'Traceback' not in res.stderr
+  assert res.returncode == 1 and '--guidance=nan' in res.stderr
+  assert 'Traceback' not in res.stderr and 'train_judge:' not in res.stderr  # no usage text
   res = subprocess.run(
     cmd + [f'--stages={len(stages) + 1}'], capture_output=True, text=True, timeout=300
   )
@@ -239,3 +239,19 @@ def test_evaluate_cli_scores_a_cascade_prefix_per_stage(exported, tmp_path):
   )
   assert res.returncode != 0 and '--num_samples=1: give at least 2' in res.stderr
   assert 'Traceback' not in res.stderr
+  # Long videos: each piece of the cascade's length read by the judge (a report and a line).
+  long = [c for c in cmd if not c.startswith('--num_samples')]
+  res = subprocess.run(
+    long
+    + ['--stages=1', '--num_samples=2', '--length_factor=2', '--extend=replacement']
+    + [f'--overlap={stages[0].spec.frames // 2}'],
+    capture_output=True,
+    text=True,
+    timeout=600,
+  )
+  assert res.returncode == 0, res.stderr[-3000:]
+  report = json.load(open(report_path))
+  assert report['length_factor'] == 2 and report['num'] == 2 and len(report['pieces']) == 2
+  assert report['extend']['method'] == 'replacement'
+  assert set(report['consistent_by_attribute']) == {'digit', 'colour', 'direction'}
+  assert 'videos 2x long (replacement)' in res.stdout and 'later pieces moving' in res.stdout

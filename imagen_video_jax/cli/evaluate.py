@@ -206,7 +206,7 @@ def main(argv):
       }
     elif _MODE.value == 'fvd':
       if not _REAL.value or not _GENERATED.value:
-        raise app.UsageError('--mode=fvd needs --real and --generated')
+        raise ValueError('--mode=fvd needs --real and --generated')
       sets = [fvd.load_videos(s, _MAX_VIDEOS.value) for s in (_REAL.value, _GENERATED.value)]
       cfg = fvd.FVDConfig(
         frames=_FRAMES.value, batch_size=_BATCH_SIZE.value, progress=_PROGRESS.value
@@ -294,6 +294,12 @@ def main(argv):
           + ', '.join(f'{a} {100 * v:.0f}%' for a, v in report['consistent_by_attribute'].items())
           + '); all three right per piece: '
           + ', '.join(f'{100 * p["all"]:.0f}%' for p in report['pieces'])
+          + f'; later pieces moving {100 * report["moving"]:.0f}%, of those direction kept '
+          + (
+            'n/a'
+            if report['direction_kept_when_moving'] is None
+            else f'{100 * report["direction_kept_when_moving"]:.0f}%'
+          )
         )
         if _OUTPUT.value:
           print(f'report: {metrics.write_report(_OUTPUT.value, report)}')
@@ -313,7 +319,8 @@ def main(argv):
         fps=_FPS.value,
       )
   except (ValueError, FileNotFoundError, ImportError) as e:  # ExportError is a ValueError
-    raise app.UsageError(str(e)) from None
+    # One line and exit 1 (app.UsageError would print every flag's help after it).
+    raise _checks.Refusal(str(e)) from None
   for name, value in report.items():
     if name in ('clean', 'degraded'):
       print(f'{name} clips:\n{metrics.format_table(value)}')

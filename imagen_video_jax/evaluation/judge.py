@@ -448,6 +448,12 @@ class Judge:
     c = centroids(self._prepare(videos))  # [N, T, 2]
     return np.median(np.linalg.norm(np.diff(c, axis=1), axis=-1), axis=1)
 
+  def displacement(self, videos) -> np.ndarray:
+    """``[N]``: how far the digit's centre is from where it began at the last frame, in
+    pixels of the judge's frame size (zero for a digit held still)."""
+    c = centroids(self._prepare(videos))  # [N, T, 2]
+    return np.linalg.norm(c[:, -1] - c[:, 0], axis=-1)
+
   def features(self, videos, fps: float | None = None, batch: int = 128) -> np.ndarray:
     """``[N, embed + 2]``: penultimate layer averaged over frames, then start velocity."""
     out = []

@@ -418,7 +418,10 @@ def evaluate_long_videos(
   (digit, colour, direction), right or not, and "consistent_by_attribute": that fraction
   per attribute (in world v2 a digit stops short of the wall within one clip, so a later
   piece may hold it still and its direction reads as chance; digit and colour do not
-  depend on the motion)}``.
+  depend on the motion), "moving": the fraction of later pieces (after the first) whose
+  digit covers at least half the least distance a world v2 clip travels, and
+  "direction_kept_when_moving": of those, the fraction whose direction reads as the first
+  piece's}``.
   """
   from tqdm.auto import tqdm
 
@@ -442,9 +445,16 @@ def evaluate_long_videos(
   videos = np.concatenate(videos)
   frames = videos.shape[1] // length_factor
   truth = [digits.parse_caption(p) for p in prompts]
-  reads = [
-    judge.predict(videos[:, k * frames : (k + 1) * frames], fps=pipe.stages[-1].fps).as_tuples()
-    for k in range(length_factor)
+  pieces_v = [videos[:, k * frames : (k + 1) * frames] for k in range(length_factor)]
+  reads = [judge.predict(v, fps=pipe.stages[-1].fps).as_tuples() for v in pieces_v]
+  # A piece moves when its digit covers half the least travel of a world v2 clip.
+  still_below = 0.5 * min(world.travel) * judge.config.size
+  moving = [judge.displacement(v) >= still_below for v in pieces_v[1:]]
+  kept = [
+    reads[k + 1][n][2] == reads[0][n][2]
+    for k, m in enumerate(moving)
+    for n in range(len(prompts))
+    if m[n]
   ]
   pieces = []
   for got in reads:
@@ -469,6 +479,8 @@ def evaluate_long_videos(
     'all_pieces_right_ci95': list(wilson_interval(right, len(prompts))),
     'consistent': same / len(prompts),
     'consistent_by_attribute': same_by,
+    'moving': float(np.mean(moving)),
+    'direction_kept_when_moving': float(np.mean(kept)) if kept else None,
   }
 
 
