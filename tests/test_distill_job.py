@@ -128,6 +128,7 @@ def test_the_distill_job_resumes_exactly_after_sigterm(runs, tmp_path):
   assert _leaves_equal(jax.device_get(got.opt_state), jax.device_get(ref.state.opt_state))
 
 
+@pytest.mark.slow  # the distill CLI end to end (halving, export, sample): make test-all
 def test_halving_from_the_guidance_student_exports_a_few_step_stage(runs, tmp_path):
   root, data_dir, teacher, student, _ = runs
   half = str(tmp_path / 'half')

@@ -114,6 +114,7 @@ def _samples_keep_the_prompt(pipe, pinned, steps=None):
     assert (right >= 0.85).all(), (stage.name, 'digit, colour, direction', right)
 
 
+@pytest.mark.slow  # the teachers' pinned samples (the students' below stay in make test)
 def test_the_shipped_cascade_draws_the_prompted_digit_and_colour():
   """Correctly shaped random weights pass the checks above; these need trained ones.
 
