@@ -9,8 +9,8 @@ PY := $(VENV)/bin/python
 FIND_LINKS := $(if $(wildcard /opt/wheels),--find-links /opt/wheels,)
 PIP := $(PY) -m pip install -q --disable-pip-version-check $(FIND_LINKS)
 # Two workers: JAX compiles are single-threaded, so an idle 2-core machine runs `make test`
-# in about 18 min (2026-12-06: 14 min 55 s for the fast tests, then 3 min 17 s for the 8
-# multi-process jobs; six end-to-end runs have since moved to `make test-all`).
+# in about 17.5 min (2026-12-06: 13 min 56 s for the fast tests, then 3 min 32 s for the 8
+# multi-process jobs).
 # PYTEST_FLAGS="-n 0" runs serially.
 PYTEST_FLAGS ?= -n 2
 
