@@ -450,8 +450,9 @@ def evaluate_long_videos(
   # A piece moves when its digit covers half the least travel of a world v2 clip.
   still_below = 0.5 * min(world.travel) * judge.config.size
   moving = [judge.displacement(v) >= still_below for v in pieces_v[1:]]
+  d = ATTRIBUTES.index('direction')
   kept = [
-    reads[k + 1][n][2] == reads[0][n][2]
+    reads[k + 1][n][d] == reads[0][n][d]
     for k, m in enumerate(moving)
     for n in range(len(prompts))
     if m[n]
